@@ -1,0 +1,43 @@
+# PutPlace: the two commands are `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup lint typecheck pytest bench clean
+
+# Create the virtualenv and install PutPlace with every extra and the test tools.
+# Re-runs only when pyproject.toml changes.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@PY=$$(scripts/find-python.sh) || exit 1; \
+	  [ -x $(BIN)/python ] || $$PY -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@touch $(STAMP)
+
+# Start the server on the embedded defaults (SQLite + ./putplace-data).
+run: setup
+	@echo "PutPlace server on http://127.0.0.1:8000 (docs at /docs); data in ./putplace-data"
+	@echo "First API key:  $(BIN)/ppserver keys create --name admin --scope admin"
+	$(BIN)/ppserver serve
+
+# Lint, format check, strict type check, then every test.
+test: setup lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

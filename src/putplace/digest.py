@@ -1,0 +1,24 @@
+"""SHA-256 helpers shared by client and server (standard library only)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+SHA256_HEX_LENGTH: Final = 64
+SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+_SHA256_RE: Final = re.compile(SHA256_PATTERN)
+
+#: Bytes read or moved per step when streaming content. Bounded memory per stream.
+CHUNK_SIZE: Final = 1024 * 1024
+
+
+def is_sha256_hex(value: str) -> bool:
+    """True when *value* is exactly 64 lowercase hex digits: the only valid blob name."""
+    return _SHA256_RE.fullmatch(value) is not None
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of an in-memory byte string (tests and small payloads only)."""
+    return hashlib.sha256(data).hexdigest()
