@@ -1,0 +1,75 @@
+"""API keys: generation, hashing, verification. Keys are stored as SHA-256 only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Final
+
+from putplace.models import ApiKeyRecord
+
+KEY_BYTES: Final = 32  # 64 hex characters
+_KEY_RE: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def generate_key() -> str:
+    """A new API key: 64 hex characters from the OS CSPRNG."""
+    return secrets.token_hex(KEY_BYTES)
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def looks_like_key(key: str) -> bool:
+    """Cheap shape check so junk never reaches the database."""
+    return _KEY_RE.fullmatch(key) is not None
+
+
+def key_matches(key: str, record: ApiKeyRecord) -> bool:
+    """Constant-time comparison of a presented key against a stored hash."""
+    return hmac.compare_digest(hash_key(key), record.key_hash)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class KeyCache:
+    """A small per-process cache of verified keys, bounded in size and age.
+
+    A revoked or deleted key keeps working for at most ``ttl`` seconds in a process that
+    had verified it just before. ``ttl == 0`` disables caching.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 4096) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: OrderedDict[str, tuple[float, ApiKeyRecord]] = OrderedDict()
+
+    def get(self, key_hash: str) -> ApiKeyRecord | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        expires, record = entry
+        if time.monotonic() >= expires:
+            del self._entries[key_hash]
+            return None
+        return record
+
+    def put(self, record: ApiKeyRecord) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[record.key_hash] = (time.monotonic() + self._ttl, record)
+        self._entries.move_to_end(record.key_hash)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)

@@ -1,0 +1,105 @@
+"""The content-addressed blob store interface every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from putplace.digest import is_sha256_hex
+
+
+class BlobError(Exception):
+    """Base class of blob store errors."""
+
+
+class InvalidBlobNameError(BlobError, ValueError):
+    """A name that is not 64 lowercase hex digits: never used as a path or key."""
+
+
+class BlobNotFoundError(BlobError, LookupError):
+    pass
+
+
+class StorageFullError(BlobError):
+    """The store has no space left (HTTP 507)."""
+
+
+class StorageUnavailableError(BlobError):
+    """The store failed for a reason that may pass (HTTP 503)."""
+
+
+def checked_name(sha256: str) -> str:
+    """*sha256* itself, or :class:`InvalidBlobNameError` if it is not a valid blob name."""
+    if not is_sha256_hex(sha256):
+        raise InvalidBlobNameError(f"not a lowercase hex SHA-256: {sha256[:80]!r}")
+    return sha256
+
+
+class BlobWriter(ABC):
+    """Bytes on their way into the store, under a temporary name until :meth:`commit`."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Make the blob visible under its final name, durably. Idempotent per content:
+        committing content that is already stored leaves one intact blob."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Discard everything written. Safe to call more than once."""
+
+
+class BlobStore(ABC):
+    """Stores content under its SHA-256. Backends never hash; :mod:`.ingest` verifies."""
+
+    kind: str
+
+    async def open(self) -> None:
+        """Prepare the store (create directories, check the bucket)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers."""
+
+    @abstractmethod
+    async def begin(self, sha256: str) -> BlobWriter:
+        """Start writing the content named *sha256* to a temporary location."""
+
+    @abstractmethod
+    async def size(self, sha256: str) -> int | None:
+        """Size in bytes, or None when the blob is not stored."""
+
+    async def exists(self, sha256: str) -> bool:
+        return await self.size(sha256) is not None
+
+    @abstractmethod
+    def read(self, sha256: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (all remaining when None) from offset ``start``.
+
+        Raises :class:`BlobNotFoundError` on first iteration when the blob is absent."""
+
+    @abstractmethod
+    async def delete(self, sha256: str) -> bool:
+        """Remove a blob. True when it existed."""
+
+    @abstractmethod
+    def list(self) -> AsyncIterator[str]:
+        """Every stored blob name, in no particular order."""
+
+    @abstractmethod
+    async def cleanup_temporary(self, older_than_seconds: float) -> int:
+        """Remove abandoned temporary uploads older than the given age; returns how many."""
+
+    @abstractmethod
+    async def quarantine(self, sha256: str) -> bool:
+        """Move a blob whose bytes no longer match its name out of the way for inspection."""
+
+    def describe(self) -> dict[str, Any]:
+        """Safe-to-show description (no credentials)."""
+        return {"type": self.kind}

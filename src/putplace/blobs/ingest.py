@@ -1,0 +1,93 @@
+"""Verified ingest: the one place where incoming content is hashed, sized and committed.
+
+Every backend gets the same guarantees from here: the hash is computed from the bytes as
+they stream in (never trusted from the client), nothing is visible under the final name
+unless hash and size match, and a failure at any point discards the temporary copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterable
+
+from putplace.blobs.base import BlobStore, checked_name
+from putplace.digest import CHUNK_SIZE
+
+#: Below this, hashing inline is cheaper than a hop to a worker thread.
+_INLINE_HASH_LIMIT = 64 * 1024
+
+
+class IngestError(Exception):
+    """The content was refused; nothing was stored."""
+
+
+class HashMismatchError(IngestError):
+    pass
+
+
+class SizeMismatchError(IngestError):
+    pass
+
+
+class TooLargeError(IngestError):
+    pass
+
+
+async def store_verified(
+    store: BlobStore,
+    sha256: str,
+    chunks: AsyncIterable[bytes],
+    *,
+    expected_size: int | None = None,
+    max_size: int | None = None,
+) -> int:
+    """Stream *chunks* into *store* as blob *sha256*; return the size stored.
+
+    Raises :class:`HashMismatchError`, :class:`SizeMismatchError` or :class:`TooLargeError`
+    (and whatever the backend raises) with nothing stored.
+    """
+    checked_name(sha256)
+    limit = expected_size if expected_size is not None else max_size
+    if max_size is not None and limit is not None:
+        limit = min(limit, max_size)
+    hasher = hashlib.sha256()
+    size = 0
+    buffer = bytearray()
+    writer = await store.begin(sha256)
+    try:
+
+        async def flush() -> None:
+            data = bytes(buffer)
+            buffer.clear()
+            if len(data) < _INLINE_HASH_LIMIT:
+                hasher.update(data)
+                await writer.write(data)
+            else:  # hash on a worker thread while the backend writes
+                await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+        async for chunk in chunks:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                if expected_size is not None and (max_size is None or size <= max_size):
+                    raise SizeMismatchError(
+                        f"received more than the registered {expected_size} bytes"
+                    )
+                raise TooLargeError(f"upload exceeds the limit of {max_size} bytes")
+            buffer += chunk
+            if len(buffer) >= CHUNK_SIZE:
+                await flush()
+        if buffer:
+            await flush()
+        if expected_size is not None and size != expected_size:
+            raise SizeMismatchError(
+                f"received {size} bytes, but the registered size is {expected_size}"
+            )
+        actual = hasher.hexdigest()
+        if actual != sha256:
+            raise HashMismatchError(f"content hashes to {actual}, not {sha256}")
+        await writer.commit()
+    except BaseException:
+        await asyncio.shield(writer.abort())
+        raise
+    return size

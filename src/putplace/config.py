@@ -1,0 +1,176 @@
+"""Server settings: one place, validated at start-up.
+
+Sources, highest priority first: environment variables (``PUTPLACE_*``), a ``.env`` file in
+the working directory, a TOML file (``ppserver.toml``, or the path in ``PUTPLACE_CONFIG``),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "ppserver.toml"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Settings(BaseSettings):
+    """Every server setting. Names map to ``PUTPLACE_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PUTPLACE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Address `ppserver serve` binds to.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="TCP port to serve on.")
+    workers: Annotated[int, Field(ge=1, le=256)] = Field(
+        1, description="uvicorn worker processes for `ppserver serve`."
+    )
+    database_url: str = Field(
+        "sqlite:///putplace-data/putplace.db",
+        description="Metadata store: `sqlite:///path` or `mongodb://...` / `mongodb+srv://...`.",
+    )
+    database_name: str = Field("putplace", description="MongoDB database name.")
+    mongo_max_pool_size: Annotated[int, Field(ge=1, le=10000)] = Field(
+        100, description="MongoDB connection pool size per server process."
+    )
+    mongo_timeout_ms: Annotated[int, Field(ge=100, le=600_000)] = Field(
+        5000, description="MongoDB server-selection and connect timeout, milliseconds."
+    )
+    storage_url: str = Field(
+        "file://putplace-data/blobs",
+        description="Blob store: `file:///abs/path`, `file://relative/path` or `s3://bucket/prefix`.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph RGW, R2...). Unset for AWS."
+    )
+    s3_region: str | None = Field(None, description="S3 region; unset uses the AWS chain.")
+    s3_sse: str | None = Field(
+        None, description="Server-side encryption: `AES256` or `aws:kms`; unset for none."
+    )
+    s3_sse_kms_key_id: str | None = Field(None, description="KMS key id when s3_sse=aws:kms.")
+    s3_allow_http: bool = Field(False, description="Allow plain-HTTP S3 endpoints (testing).")
+    fsync: bool = Field(
+        True, description="fsync blobs and their directory before recording them present."
+    )
+    max_upload_bytes: Annotated[int, Field(ge=0)] = Field(
+        1 << 40, description="Largest accepted upload, bytes (default 1 TiB)."
+    )
+    max_batch_records: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1000, description="Most records accepted by one POST /put_files."
+    )
+    key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
+        5.0,
+        description="How long a verified API key is cached per process. A revoked key "
+        "stops working within this many seconds. 0 disables the cache.",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(
+        LogFormat.text, description="`text` or `json` (one object a line)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"sqlite", "mongodb", "mongodb+srv"}:
+            raise ValueError("must start with sqlite:///, mongodb:// or mongodb+srv://")
+        if scheme == "sqlite" and not sqlite_path(value):
+            raise ValueError(
+                "sqlite URL needs a file path, e.g. sqlite:///putplace-data/putplace.db"
+            )
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"file", "s3"}:
+            raise ValueError("must start with file:// or s3://")
+        if parts.scheme == "s3" and not parts.netloc:
+            raise ValueError("s3 URL needs a bucket, e.g. s3://my-bucket/putplace/")
+        if parts.scheme == "file" and not (parts.netloc + parts.path):
+            raise ValueError("file URL needs a directory, e.g. file:///var/lib/putplace/blobs")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _check_sse(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"AES256", "aws:kms"}:
+            raise ValueError("must be AES256 or aws:kms")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("PUTPLACE_CONFIG", DEFAULT_CONFIG_FILE))
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file path in ``sqlite:///relative`` or ``sqlite:////absolute``."""
+    return database_url.removeprefix("sqlite://").removeprefix("/")
+
+
+def file_storage_path(storage_url: str) -> Path:
+    """The directory of a ``file://`` storage URL (``file:///abs`` or ``file://relative``)."""
+    rest = storage_url.removeprefix("file://")
+    return Path(rest)
+
+
+class SettingsError(Exception):
+    """A setting failed validation; the message is one line naming the setting."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, turning a validation failure into a one-line error."""
+    toml_file = Path(os.environ.get("PUTPLACE_CONFIG", DEFAULT_CONFIG_FILE))
+    if "PUTPLACE_CONFIG" in os.environ and not toml_file.is_file():
+        raise SettingsError(f"PUTPLACE_CONFIG: file not found: {toml_file}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise SettingsError(
+            f"invalid setting PUTPLACE_{name.upper()} ({name}): {first['msg']}"
+        ) from None
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise SettingsError(f"cannot read settings: {exc}") from None

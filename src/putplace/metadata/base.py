@@ -1,0 +1,158 @@
+"""The metadata store interface every backend implements, and the logic they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+
+#: Fields of a file record as the client reports them, in wire-protocol order.
+FILE_FIELDS: tuple[str, ...] = tuple(FileMetadata.model_fields)
+MAX_PAGE = 10_000
+
+
+class StoreUnavailableError(Exception):
+    """The metadata store cannot be reached or refused the operation for a transient reason."""
+
+
+def dedupe_by_location(files: Sequence[FileMetadata]) -> list[FileMetadata]:
+    """Last record wins when a batch names the same ``(hostname, filepath)`` twice."""
+    latest: dict[tuple[str, str], FileMetadata] = {}
+    for meta in files:
+        key = (meta.hostname, meta.filepath)
+        latest.pop(key, None)
+        latest[key] = meta
+    return list(latest.values())
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+class MetadataStore(ABC):
+    """Where files, blobs and API keys are recorded.
+
+    Implementations resolve races in the database (unique indexes, upserts), never by
+    read-then-write, so any number of API processes can share one store.
+    """
+
+    #: Short backend name shown by ``/health``: ``sqlite`` or ``mongodb``.
+    kind: str
+
+    # -- lifecycle -------------------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create tables/collections and indexes (idempotent)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query."""
+
+    # -- files -----------------------------------------------------------------------
+    @abstractmethod
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
+        """Insert or update each ``(hostname, filepath)`` in one transaction / bulk write.
+
+        Returns the stored records in the order of ``dedupe_by_location(files)``.
+        """
+
+    @abstractmethod
+    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None: ...
+
+    @abstractmethod
+    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
+        """Records for the given ``(hostname, filepath)`` pairs that exist, any order."""
+
+    @abstractmethod
+    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
+        """Records whose content is *sha256*, oldest first."""
+
+    @abstractmethod
+    async def list_files(
+        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        """Records in insertion order, after the record whose id is *after*."""
+
+    @abstractmethod
+    async def delete_file(self, hostname: str, filepath: str) -> bool: ...
+
+    @abstractmethod
+    async def count_files(self) -> int: ...
+
+    # -- blobs -----------------------------------------------------------------------
+    @abstractmethod
+    async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
+        """Blob records for the hashes that have one."""
+
+    @abstractmethod
+    async def add_blob(self, blob: BlobRecord) -> bool:
+        """Record content as stored. True if new; False (no change) if already recorded."""
+
+    @abstractmethod
+    async def set_blob_state(self, sha256: str, state: BlobState) -> bool: ...
+
+    @abstractmethod
+    async def delete_blob(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
+        """Blob records ordered by hash, after *after*."""
+
+    @abstractmethod
+    async def is_referenced(self, sha256: str) -> bool:
+        """True when at least one file record has this content."""
+
+    # -- API keys --------------------------------------------------------------------
+    @abstractmethod
+    async def add_api_key(
+        self,
+        *,
+        key_hash: str,
+        name: str,
+        description: str | None,
+        scope: Scope,
+        created_at: datetime,
+    ) -> ApiKeyRecord: ...
+
+    @abstractmethod
+    async def get_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    async def get_api_key_by_id(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, oldest first."""
+
+    @abstractmethod
+    async def touch_api_key(self, key_id: str, when: datetime) -> None: ...
+
+    @abstractmethod
+    async def deactivate_api_key(self, key_id: str) -> bool:
+        """Revoke. True if the key exists (revoking twice is not an error)."""
+
+    @abstractmethod
+    async def delete_api_key(self, key_id: str) -> bool: ...
+
+    @abstractmethod
+    async def count_api_keys(self) -> int: ...
+
+    # -- shared conveniences ---------------------------------------------------------
+    async def put_file(self, meta: FileMetadata, now: datetime) -> FileRecord:
+        (record,) = await self.put_files([meta], now)
+        return record
+
+    async def get_blob(self, sha256: str) -> BlobRecord | None:
+        return (await self.get_blobs([sha256])).get(sha256)
+
+    def describe(self) -> dict[str, Any]:
+        """Safe-to-show description (no credentials)."""
+        return {"type": self.kind}

@@ -1,0 +1,449 @@
+"""SQLite metadata store: one file, WAL mode, safe with several worker processes.
+
+Writes from every request in a process are queued and applied by one writer thread in
+group commits: each queued operation runs inside its own savepoint, the whole group in one
+``BEGIN IMMEDIATE`` transaction with a single durable commit. Reads use a second
+connection on their own thread (WAL lets them run while a write is in progress). Other
+processes writing the same file wait on SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from putplace.metadata.base import (
+    FILE_FIELDS,
+    MetadataStore,
+    StoreUnavailableError,
+    check_limit,
+    dedupe_by_location,
+)
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 30_000
+_SQLITE_VARIABLE_CHUNK = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    filepath TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    ip_address TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    file_size INTEGER NOT NULL,
+    file_mode INTEGER NOT NULL,
+    file_uid INTEGER NOT NULL,
+    file_gid INTEGER NOT NULL,
+    file_mtime REAL NOT NULL,
+    file_atime REAL NOT NULL,
+    file_ctime REAL NOT NULL,
+    is_symlink INTEGER NOT NULL,
+    link_target TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (hostname, filepath)
+);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stored_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    description TEXT,
+    scope TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    is_active INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_is_active ON api_keys (is_active);
+"""
+
+_FILE_COLUMNS = ", ".join(FILE_FIELDS)
+_UPSERT_FILE = (
+    f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at) "
+    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 2))}) "
+    "ON CONFLICT (hostname, filepath) DO UPDATE SET "
+    + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
+    + ", updated_at = excluded.updated_at "
+    f"RETURNING id, {_FILE_COLUMNS}, created_at, updated_at"
+)
+_SELECT_FILE = f"SELECT id, {_FILE_COLUMNS}, created_at, updated_at FROM files"
+_SELECT_KEY = (
+    "SELECT id, key_hash, name, description, scope, created_at, last_used_at, is_active "
+    "FROM api_keys"
+)
+
+WriteOp = Callable[[sqlite3.Connection], Any]
+
+
+def _file_from_row(row: sqlite3.Row) -> FileRecord:
+    data = dict(row)
+    data["id"] = str(data["id"])
+    data["is_symlink"] = bool(data["is_symlink"])
+    return FileRecord.model_validate(data)
+
+
+def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
+    data = dict(row)
+    data["id"] = str(data["id"])
+    data["is_active"] = bool(data["is_active"])
+    return ApiKeyRecord.model_validate(data)
+
+
+def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
+    return BlobRecord.model_validate(dict(row))
+
+
+def _int_id(key_id: str) -> int | None:
+    return int(key_id) if key_id.isdecimal() and len(key_id) < 19 else None
+
+
+def _chunks(items: Sequence[T], size: int = _SQLITE_VARIABLE_CHUNK) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SQLiteMetadataStore(MetadataStore):
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_sync(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+        self._reader = self._connect()
+
+    async def open(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._open_sync)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite database {self._path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        for conn, thread in (
+            (self._writer, self._writer_thread),
+            (self._reader, self._reader_thread),
+        ):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+        self._writer = self._reader = None
+        self._writer_thread.shutdown(wait=True)
+        self._reader_thread.shutdown(wait=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.kind, "path": str(self._path)}
+
+    # -- plumbing --------------------------------------------------------------------
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader
+        if conn is None:
+            raise StoreUnavailableError("SQLite store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader_thread, fn, conn)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"SQLite read failed: {exc}") from exc
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue *op* for the next group commit and wait until it is durable."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._writer_thread, self._apply_group, [op for op, _ in group]
+                )
+            except sqlite3.Error as exc:
+                error = StoreUnavailableError(f"SQLite write failed: {exc}")
+                outcomes = [error] * len(group)
+            for (_, future), outcome in zip(group, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _apply_group(self, ops: list[WriteOp]) -> list[Any]:
+        conn = self._writer
+        if conn is None:
+            raise sqlite3.OperationalError("store is closed")
+        outcomes: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append(op(conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append(exc)
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    async def ping(self) -> bool:
+        try:
+            return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except StoreUnavailableError:
+            return False
+
+    # -- files -----------------------------------------------------------------------
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
+        unique = dedupe_by_location(files)
+        stamp = now.isoformat()
+
+        def upsert(conn: sqlite3.Connection) -> list[FileRecord]:
+            records = []
+            for meta in unique:
+                values = [*meta.model_dump().values(), stamp, stamp]
+                records.append(_file_from_row(conn.execute(_UPSERT_FILE, values).fetchone()))
+            return records
+
+        return await self._write(upsert)
+
+    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:
+        def query(conn: sqlite3.Connection) -> FileRecord | None:
+            row = conn.execute(
+                f"{_SELECT_FILE} WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+            ).fetchone()
+            return None if row is None else _file_from_row(row)
+
+        return await self._read(query)
+
+    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
+        pairs = list(dict.fromkeys(locations))
+
+        def query(conn: sqlite3.Connection) -> list[FileRecord]:
+            found: list[FileRecord] = []
+            for chunk in _chunks(pairs, _SQLITE_VARIABLE_CHUNK // 2):
+                where = " OR ".join(["(hostname = ? AND filepath = ?)"] * len(chunk))
+                params = [value for pair in chunk for value in pair]
+                found += map(_file_from_row, conn.execute(f"{_SELECT_FILE} WHERE {where}", params))
+            return found
+
+        return await self._read(query)
+
+    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
+        check_limit(limit)
+        return await self._read(
+            lambda c: [
+                _file_from_row(r)
+                for r in c.execute(
+                    f"{_SELECT_FILE} WHERE sha256 = ? ORDER BY id LIMIT ?", (sha256, limit)
+                )
+            ]
+        )
+
+    async def list_files(
+        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        check_limit(limit)
+        start = _int_id(after) if after else 0
+        if start is None:
+            raise ValueError(f"invalid cursor: {after!r}")
+        clauses: list[str] = ["id > ?"]
+        params: list[int | str] = [start]
+        if hostname is not None:
+            clauses.append("hostname = ?")
+            params.append(hostname)
+        sql = f"{_SELECT_FILE} WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
+        return await self._read(
+            lambda c: [_file_from_row(r) for r in c.execute(sql, (*params, limit))]
+        )
+
+    async def delete_file(self, hostname: str, filepath: str) -> bool:
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def count_files(self) -> int:
+        return await self._read(
+            lambda c: int(c.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+        )
+
+    # -- blobs -----------------------------------------------------------------------
+    async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
+        hashes = list(dict.fromkeys(sha256s))
+
+        def query(conn: sqlite3.Connection) -> dict[str, BlobRecord]:
+            found: dict[str, BlobRecord] = {}
+            for chunk in _chunks(hashes):
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(f"SELECT * FROM blobs WHERE sha256 IN ({marks})", chunk):
+                    found[row["sha256"]] = _blob_from_row(row)
+            return found
+
+        return await self._read(query)
+
+    async def add_blob(self, blob: BlobRecord) -> bool:
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "INSERT INTO blobs (sha256, size, state, stored_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (sha256) DO NOTHING",
+                    (blob.sha256, blob.size, blob.state.value, blob.stored_at.isoformat()),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "UPDATE blobs SET state = ? WHERE sha256 = ?", (state.value, sha256)
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def delete_blob(self, sha256: str) -> bool:
+        return await self._write(
+            lambda c: c.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)).rowcount > 0
+        )
+
+    async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
+        check_limit(limit)
+        return await self._read(
+            lambda c: [
+                _blob_from_row(r)
+                for r in c.execute(
+                    "SELECT * FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
+                    (after or "", limit),
+                )
+            ]
+        )
+
+    async def is_referenced(self, sha256: str) -> bool:
+        return await self._read(
+            lambda c: (
+                c.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone()
+                is not None
+            )
+        )
+
+    # -- API keys --------------------------------------------------------------------
+    async def add_api_key(
+        self,
+        *,
+        key_hash: str,
+        name: str,
+        description: str | None,
+        scope: Scope,
+        created_at: datetime,
+    ) -> ApiKeyRecord:
+        def insert(conn: sqlite3.Connection) -> ApiKeyRecord:
+            row = conn.execute(
+                "INSERT INTO api_keys (key_hash, name, description, scope, created_at, is_active) "
+                "VALUES (?, ?, ?, ?, ?, 1) "
+                "RETURNING id, key_hash, name, description, scope, created_at, last_used_at, "
+                "is_active",
+                (key_hash, name, description, scope.value, created_at.isoformat()),
+            ).fetchone()
+            return _key_from_row(row)
+
+        return await self._write(insert)
+
+    async def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        def query(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = conn.execute(f"{_SELECT_KEY} WHERE key_hash = ?", (key_hash,)).fetchone()
+            return None if row is None else _key_from_row(row)
+
+        return await self._read(query)
+
+    async def get_api_key_by_id(self, key_id: str) -> ApiKeyRecord | None:
+        row_id = _int_id(key_id)
+        if row_id is None:
+            return None
+
+        def query(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = conn.execute(f"{_SELECT_KEY} WHERE id = ?", (row_id,)).fetchone()
+            return None if row is None else _key_from_row(row)
+
+        return await self._read(query)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        return await self._read(
+            lambda c: [_key_from_row(r) for r in c.execute(f"{_SELECT_KEY} ORDER BY id")]
+        )
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        row_id = _int_id(key_id)
+        if row_id is not None:
+            await self._write(
+                lambda c: c.execute(
+                    "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when.isoformat(), row_id)
+                )
+            )
+
+    async def deactivate_api_key(self, key_id: str) -> bool:
+        row_id = _int_id(key_id)
+        if row_id is None:
+            return False
+        return await self._write(
+            lambda c: (
+                c.execute("UPDATE api_keys SET is_active = 0 WHERE id = ?", (row_id,)).rowcount > 0
+            )
+        )
+
+    async def delete_api_key(self, key_id: str) -> bool:
+        row_id = _int_id(key_id)
+        if row_id is None:
+            return False
+        return await self._write(
+            lambda c: c.execute("DELETE FROM api_keys WHERE id = ?", (row_id,)).rowcount > 0
+        )
+
+    async def count_api_keys(self) -> int:
+        return await self._read(
+            lambda c: int(c.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+        )

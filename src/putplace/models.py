@@ -1,0 +1,162 @@
+"""API and domain models (Pydantic v2). Field names follow the PutPlace wire protocol."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from putplace.digest import SHA256_PATTERN
+
+MAX_PATH_LENGTH = 4096
+MAX_NAME_LENGTH = 255
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Sha256Hex = Annotated[
+    str,
+    Field(
+        pattern=SHA256_PATTERN,
+        description="Lowercase hex SHA-256 of the content (64 characters).",
+        examples=["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],
+    ),
+]
+FilePath = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_PATH_LENGTH, examples=["/etc/hosts"]),
+    AfterValidator(_no_nul),
+]
+HostName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-01"]),
+    AfterValidator(_no_nul),
+]
+UnixTime = Annotated[float, Field(allow_inf_nan=False, examples=[1732435200.0])]
+
+
+class FileMetadata(BaseModel):
+    """What a client reports about one file: ``POST /put_file`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    filepath: FilePath
+    hostname: HostName
+    ip_address: Annotated[str, Field(max_length=64, examples=["192.0.2.10"])] = ""
+    sha256: Sha256Hex
+    file_size: Annotated[int, Field(ge=0, le=1 << 62, examples=[1024])]
+    file_mode: Annotated[int, Field(ge=0, le=0o7777777, examples=[0o100644])]
+    file_uid: Annotated[int, Field(ge=0, le=(1 << 32) - 1, examples=[1000])]
+    file_gid: Annotated[int, Field(ge=0, le=(1 << 32) - 1, examples=[1000])]
+    file_mtime: UnixTime
+    file_atime: UnixTime
+    file_ctime: UnixTime
+    is_symlink: bool = False
+    link_target: Annotated[str | None, Field(max_length=MAX_PATH_LENGTH)] = None
+
+
+class FileRecord(FileMetadata):
+    """A stored file location: one per ``(hostname, filepath)``."""
+
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class BlobState(StrEnum):
+    present = "present"
+    quarantined = "quarantined"
+
+
+class BlobRecord(BaseModel):
+    """One stored content, keyed by its hash."""
+
+    sha256: str
+    size: int
+    state: BlobState = BlobState.present
+    stored_at: datetime
+
+
+class FileResponse(FileMetadata):
+    """``POST /put_file`` and ``GET /get_file`` answer: metadata plus content status."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    id: str = Field(alias="_id")
+    has_file_content: bool
+    file_uploaded_at: datetime | None = None
+    upload_required: bool
+    upload_url: str | None = None
+
+
+class UploadResponse(BaseModel):
+    message: str = Field(examples=["File content uploaded successfully"])
+    sha256: str
+    file_size: int
+    hostname: str
+    filepath: str
+
+
+class Scope(StrEnum):
+    """What a key may do. Each scope includes the ones before it."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+    def allows(self, needed: Scope) -> bool:
+        order = (Scope.read, Scope.write, Scope.admin)
+        return order.index(self) >= order.index(needed)
+
+
+class ApiKeyRecord(BaseModel):
+    """A stored key. The key itself is never stored, only its SHA-256."""
+
+    id: str
+    key_hash: str
+    name: str
+    description: str | None = None
+    scope: Scope
+    created_at: datetime
+    last_used_at: datetime | None = None
+    is_active: bool = True
+
+
+class ApiKeyCreate(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-fleet"])]
+    description: Annotated[str | None, Field(max_length=1000)] = None
+    scope: Scope = Field(Scope.write, description="read, write or admin.")
+
+
+class ApiKeyInfo(BaseModel):
+    """A key as listed: everything but the key and its hash."""
+
+    id: str = Field(alias="_id")
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    name: str
+    description: str | None
+    scope: Scope
+    created_at: datetime
+    last_used_at: datetime | None
+    is_active: bool
+
+    @classmethod
+    def from_record(cls, record: ApiKeyRecord) -> ApiKeyInfo:
+        return cls.model_validate(record.model_dump(exclude={"key_hash"}))
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    api_key: str = Field(description="The key. Shown once; store it now.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["healthy"])
+    database: dict[str, Any]
+    storage: dict[str, Any]

@@ -1,0 +1,74 @@
+"""The FastAPI application: ``create_app()`` and the lifespan that opens the stores."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from putplace import __version__
+from putplace.auth import KeyCache
+from putplace.blobs import create_blob_store
+from putplace.config import Settings, load_settings
+from putplace.metadata import create_metadata_store
+from putplace.server.errors import install_error_handlers
+from putplace.server.routes import content, files, keys, root
+from putplace.server.state import AppState
+
+log = logging.getLogger("putplace.server")
+
+#: Temporary uploads older than this are abandoned and removed at start-up.
+STALE_UPLOAD_SECONDS = 24 * 3600
+
+DESCRIPTION = """
+PutPlace records where every file of a fleet lives and stores each distinct content once.
+
+Clients `POST /put_file` with a file's metadata; the answer says whether the server needs
+the content (`upload_required`). Only then is the content sent to `upload_url`. Every
+endpoint but `/` and `/health` needs an `X-API-Key` header; keys have a scope of `read`,
+`write` or `admin`.
+"""
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metadata = create_metadata_store(settings)
+    blobs = create_blob_store(settings)
+    await metadata.open()
+    try:
+        await blobs.open()
+        removed = await blobs.cleanup_temporary(STALE_UPLOAD_SECONDS)
+        if removed:
+            log.info("removed %d abandoned temporary uploads", removed)
+        state = AppState(
+            settings=settings,
+            metadata=metadata,
+            blobs=blobs,
+            key_cache=KeyCache(settings.key_cache_seconds),
+        )
+        app.state.putplace = state
+        try:
+            yield
+        finally:
+            await state.drain()
+            await blobs.close()
+    finally:
+        await metadata.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are loaded from the environment when not given."""
+    app = FastAPI(
+        title="PutPlace",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings or load_settings()
+    install_error_handlers(app)
+    for module in (root, files, content, keys):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,156 @@
+"""``ppserver``: run the API, check the configuration, manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from putplace.blobs import create_blob_store
+from putplace.config import Settings, SettingsError, load_settings
+from putplace.metadata import MetadataStore, StoreUnavailableError, create_metadata_store
+from putplace.models import ApiKeyCreate, Scope
+from putplace.server.routes.keys import create_key
+
+T = TypeVar("T")
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppserver",
+        description="PutPlace server. Settings come from PUTPLACE_* environment variables, "
+        ".env and ppserver.toml (or the file named by PUTPLACE_CONFIG).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", help="bind address (PUTPLACE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (PUTPLACE_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (PUTPLACE_WORKERS)")
+
+    commands.add_parser("check", help="validate settings and check both stores answer")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = keys.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--description")
+    create.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.write.value)
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {
+        name: value
+        for name in ("host", "port", "workers")
+        if (value := getattr(args, name, None)) is not None
+    }
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"ppserver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "serve":
+            return _serve(settings, overrides)
+        if args.command == "check":
+            return asyncio.run(_check(settings))
+        return asyncio.run(_with_store(settings, lambda store: _keys(store, args)))
+    except StoreUnavailableError as exc:
+        print(f"ppserver: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, overrides: dict[str, object]) -> int:
+    import uvicorn
+
+    # Worker processes build their own settings from the environment: pass overrides on.
+    for name, value in overrides.items():
+        os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
+    if asyncio.run(_with_store(settings, lambda store: store.count_api_keys())) == 0:
+        print(
+            "ppserver: no API keys yet. Create the first one with:\n"
+            "  ppserver keys create --name admin --scope admin",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        "putplace.server.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        proxy_headers=True,
+    )
+    return 0
+
+
+async def _with_store(settings: Settings, work: Callable[[MetadataStore], Awaitable[T]]) -> T:
+    store = create_metadata_store(settings)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+async def _check(settings: Settings) -> int:
+    print(f"settings: ok (database {settings.database_url}, storage {settings.storage_url})")
+    metadata = create_metadata_store(settings)
+    blobs = create_blob_store(settings)
+    failures = 0
+    for name, store in (("database", metadata), ("storage", blobs)):
+        try:
+            await store.open()
+            ok = await store.ping()
+        except Exception as exc:  # report every failure, not only the first
+            ok, detail = False, str(exc)
+        else:
+            detail = "answers" if ok else "does not answer"
+        finally:
+            await store.close()
+        print(f"{name}: {'ok' if ok else 'FAILED'} ({store.describe()['type']}: {detail})")
+        failures += not ok
+    return 1 if failures else 0
+
+
+async def _keys(store: MetadataStore, args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        created = await create_key(
+            store,
+            ApiKeyCreate(name=args.name, description=args.description, scope=Scope(args.scope)),
+        )
+        if args.json:
+            print(created.model_dump_json())
+        else:
+            print(f"Created {created.scope} key '{created.name}' (id {created.id}).")
+            print("Store it now; it is not shown again:")
+            print(created.api_key)
+        return 0
+    if args.keys_command == "list":
+        records = await store.list_api_keys()
+        if args.json:
+            print(json.dumps([r.model_dump(mode="json", exclude={"key_hash"}) for r in records]))
+            return 0
+        print(f"{'ID':<26} {'NAME':<24} {'SCOPE':<6} {'ACTIVE':<6} LAST USED")
+        for r in records:
+            last = r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else "never"
+            print(f"{r.id:<26} {r.name[:24]:<24} {r.scope:<6} {r.is_active!s:<6} {last}")
+        return 0
+    if not await store.deactivate_api_key(args.key_id):
+        print(f"ppserver: no API key with id {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"Revoked API key {args.key_id}.")
+    return 0

@@ -1,0 +1,44 @@
+"""HTTP ``Range: bytes=...`` parsing for downloads (RFC 9110 section 14)."""
+
+from __future__ import annotations
+
+import re
+
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class RangeNotSatisfiableError(ValueError):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end_inclusive)`` for a single satisfiable byte range, or None to send all.
+
+    Multi-range and malformed headers are ignored (the whole content is sent), which RFC
+    9110 allows. A syntactically valid range that lies wholly beyond the content raises
+    :class:`RangeNotSatisfiableError` (HTTP 416).
+    """
+    if not header:
+        return None
+    match = _RANGE_RE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiableError(header)
+        return (max(0, size - suffix), size - 1) if size else _unsatisfiable(header)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiableError(header)
+    return start, min(end, size - 1)
+
+
+def _unsatisfiable(header: str) -> tuple[int, int]:
+    raise RangeNotSatisfiableError(header)

@@ -1,0 +1,73 @@
+"""File metadata: ``POST /put_file``, ``GET /get_file/{sha256}``, ``GET /files``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from putplace.digest import is_sha256_hex
+from putplace.models import FileMetadata, FileResponse
+from putplace.server.deps import ReadKey, State, WriteKey
+from putplace.server.registry import describe, describe_all, register
+
+router = APIRouter(tags=["files"])
+
+INVALID_SHA256 = "Invalid SHA256 hash format: expected 64 lowercase hex characters"
+
+
+def check_sha256(sha256: str) -> str:
+    if not is_sha256_hex(sha256):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=INVALID_SHA256)
+    return sha256
+
+
+@router.post(
+    "/put_file",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FileResponse,
+    summary="Record where a file lives; learn whether its content must be uploaded",
+    responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
+)
+async def put_file(meta: FileMetadata, state: State, _: WriteKey) -> FileResponse:
+    (answer,) = await register(state.metadata, [meta])
+    return answer
+
+
+@router.get(
+    "/get_file/{sha256}",
+    response_model=FileResponse,
+    summary="Metadata of the first file recorded with this content",
+    responses={400: {"description": "Not a SHA-256"}, 404: {"description": "Unknown content"}},
+)
+async def get_file(sha256: str, state: State, _: ReadKey) -> FileResponse:
+    check_sha256(sha256)
+    records = await state.metadata.files_with_content(sha256, limit=1)
+    if not records:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="File not found")
+    return describe(records[0], await state.metadata.get_blob(sha256))
+
+
+@router.get(
+    "/files",
+    response_model=list[FileResponse],
+    summary="List file records, oldest first, a page at a time",
+    description="Pass the last `_id` of a page as `after` to get the next page.",
+)
+async def list_files(
+    state: State,
+    _: ReadKey,
+    hostname: Annotated[str | None, Query(max_length=255)] = None,
+    sha256: Annotated[str | None, Query(description="Only records with this content")] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[FileResponse]:
+    if sha256 is not None:
+        check_sha256(sha256)
+        records = await state.metadata.files_with_content(sha256, limit=limit)
+    else:
+        try:
+            records = await state.metadata.list_files(hostname=hostname, after=after, limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    return await describe_all(state.metadata, records)
