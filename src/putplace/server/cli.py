@@ -10,6 +10,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from pydantic import ValidationError
+
 from putplace.blobs import create_blob_store
 from putplace.config import Settings, SettingsError, load_settings
 from putplace.metadata import MetadataStore, StoreUnavailableError, create_metadata_store
@@ -71,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailableError as exc:
         print(f"ppserver: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"ppserver: invalid --{first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _serve(settings: Settings, overrides: dict[str, object]) -> int:
