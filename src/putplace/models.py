@@ -160,3 +160,18 @@ class HealthResponse(BaseModel):
     status: str = Field(examples=["healthy"])
     database: dict[str, Any]
     storage: dict[str, Any]
+
+
+class BatchItemResult(BaseModel):
+    """One record's outcome in ``POST /put_files``: the /put_file answer, or its errors."""
+
+    index: int = Field(description="Position of the record in the request.")
+    ok: bool
+    file: FileResponse | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class BatchResponse(BaseModel):
+    stored: int = Field(description="Records stored (inserted or updated).")
+    rejected: int = Field(description="Records refused; see their `errors`.")
+    results: list[BatchItemResult]

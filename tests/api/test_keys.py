@@ -15,6 +15,8 @@ ZERO = "0" * 64
 # (method, path, needed scope) for every authenticated endpoint.
 ENDPOINTS = [
     ("POST", "/put_file", "write"),
+    ("POST", "/put_files", "write"),
+    ("PUT", f"/blobs/{ZERO}", "write"),
     ("POST", f"/upload_file/{ZERO}?hostname=h&filepath=/f", "write"),
     ("GET", f"/get_file/{ZERO}", "read"),
     ("GET", f"/download/{ZERO}", "read"),

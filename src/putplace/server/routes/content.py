@@ -7,7 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from putplace.auth import utcnow
@@ -122,6 +122,47 @@ async def upload_file(
         hostname=hostname,
         filepath=filepath,
     )
+
+
+@router.put(
+    "/blobs/{sha256}",
+    summary="Upload content as a raw body (streamed, verified)",
+    description="PutPlace's own client sends content here as `application/octet-stream`. "
+    "The content must be registered first by a file record with this hash; the server "
+    "hashes the bytes as they arrive and stores nothing unless hash and size match.",
+    responses={
+        **UPLOAD_ERRORS,
+        201: {"description": "Stored"},
+        404: {"description": "No file record has this hash"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def put_blob(sha256: str, request: Request, state: State, _: WriteKey) -> Response:
+    check_sha256(sha256)
+    records = await state.metadata.files_with_content(sha256, limit=1)
+    if not records:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail="No file record has this content: register it with POST /put_files first",
+        )
+    expected = records[0].file_size
+    if expected > state.settings.max_upload_bytes:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"upload exceeds the limit of {state.settings.max_upload_bytes} bytes",
+        )
+    code = status.HTTP_200_OK
+    if await state.metadata.get_blob(sha256) is None:
+        await ingest(state, sha256, request.stream(), expected)
+        code = status.HTTP_201_CREATED
+    return JSONResponse({"sha256": sha256, "file_size": expected}, status_code=code)
 
 
 @router.get(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from putplace.digest import is_sha256_hex
-from putplace.models import FileMetadata, FileResponse
+from putplace.models import BatchItemResult, BatchResponse, FileMetadata, FileResponse
+from putplace.server.body import read_json
 from putplace.server.deps import ReadKey, State, WriteKey
 from putplace.server.registry import describe, describe_all, register
 
@@ -32,6 +35,75 @@ def check_sha256(sha256: str) -> str:
 async def put_file(meta: FileMetadata, state: State, _: WriteKey) -> FileResponse:
     (answer,) = await register(state.metadata, [meta])
     return answer
+
+
+@router.post(
+    "/put_files",
+    response_model=BatchResponse,
+    summary="Record many files in one round trip and one database write",
+    description='Body: `{"files": [<put_file body>, ...]}` with at most '
+    "`PUTPLACE_MAX_BATCH_RECORDS` records. Each record is validated on its own: invalid "
+    "ones are reported in `results` with their errors and the valid ones are still stored. "
+    "`results[i]` answers `files[i]`.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["files"],
+                        "properties": {
+                            "files": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/FileMetadata"},
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+    responses={413: {"description": "More records than the server accepts in one batch"}},
+)
+async def put_files(request: Request, state: State, _: WriteKey) -> Response:
+    items = _batch_items(await read_json(request), state.settings.max_batch_records)
+    valid: list[FileMetadata] = []
+    positions: list[int] = []
+    results: list[BatchItemResult | None] = [None] * len(items)
+    for index, item in enumerate(items):
+        try:
+            valid.append(FileMetadata.model_validate(item))
+            positions.append(index)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            results[index] = BatchItemResult(
+                index=index, ok=False, errors=[dict(e) for e in errors]
+            )
+    answers = {(a.hostname, a.filepath): a for a in await register(state.metadata, valid)}
+    for index, meta in zip(positions, valid, strict=True):
+        answer = answers[(meta.hostname, meta.filepath)]
+        results[index] = BatchItemResult(index=index, ok=True, file=answer)
+    body = BatchResponse(
+        stored=len(valid),
+        rejected=len(items) - len(valid),
+        results=[r for r in results if r is not None],
+    )
+    return Response(body.model_dump_json(by_alias=True), media_type="application/json")
+
+
+def _batch_items(payload: Any, limit: int) -> list[Any]:
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(files, list):
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ["body", "files"], "msg": "expected a list", "input": None}]
+        )
+    if len(files) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"{len(files)} records in one batch; the limit is {limit}",
+        )
+    return files
 
 
 @router.get(
