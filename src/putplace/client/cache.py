@@ -1,0 +1,102 @@
+"""The client's local cache: hashes of unchanged files, and what the server already has.
+
+A file is identified by ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``: if none
+of these changed, neither did the bytes, so the file is never read again. Separately, the
+cache remembers the metadata last registered for each ``(server, hostname, path)`` whose
+content the server holds, so an unchanged file is not sent again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import platformdirs
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hashes (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    PRIMARY KEY (dev, ino)
+);
+CREATE TABLE IF NOT EXISTS sent (
+    server TEXT NOT NULL, hostname TEXT NOT NULL, path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (server, hostname, path)
+);
+"""
+
+
+def default_cache_path() -> Path:
+    return Path(platformdirs.user_cache_dir("putplace")) / "ppclient-cache.sqlite3"
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ClientCache:
+    """Thread-safe; writes are committed in batches by :meth:`commit`."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._lock = threading.Lock()
+        target = ":memory:" if path is None else str(path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(SCHEMA)
+        self._db.execute("BEGIN")
+
+    def lookup_hash(self, st: os.stat_result) -> str | None:
+        dev, ino, size, mtime_ns, ctime_ns = identity(st)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256 FROM hashes WHERE dev = ? AND ino = ? AND size = ? "
+                "AND mtime_ns = ? AND ctime_ns = ?",
+                (dev, ino, size, mtime_ns, ctime_ns),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def store_hash(self, st: os.stat_result, sha256: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", (*identity(st), sha256)
+            )
+
+    def sent_fingerprints(self, server: str, hostname: str, paths: Iterable[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        wanted = list(paths)
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                found.update(
+                    self._db.execute(
+                        f"SELECT path, fingerprint FROM sent WHERE server = ? AND hostname = ? "  # noqa: S608
+                        f"AND path IN ({marks})",
+                        (server, hostname, *chunk),
+                    ).fetchall()
+                )
+        return found
+
+    def mark_sent(self, server: str, hostname: str, path: str, fingerprint: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
+                (server, hostname, path, fingerprint),
+            )
+
+    def commit(self) -> None:
+        with self._lock:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.execute("COMMIT")
+            self._db.close()

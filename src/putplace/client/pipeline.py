@@ -1,0 +1,270 @@
+"""One client run: scan -> hash (parallel) -> register in batches -> upload (concurrent).
+
+Entries are taken from the walk a batch at a time. The batch's files are hashed by a
+thread pool (unchanged files come from the cache without being read), then registered
+with one ``POST /put_files``; content the server lacks is queued for upload and the next
+batch is scanned and hashed while uploads are in flight. Memory is bounded by the batch
+size and the number of uploads allowed in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from putplace.client.api import ApiClient, ApiError, AuthError, NotSupportedError
+from putplace.client.cache import ClientCache
+from putplace.client.hashing import FileChangedError, hash_entry
+from putplace.client.names import wire_path
+from putplace.client.progress import Reporter
+from putplace.client.scanner import Entry, walk
+
+
+@dataclass(frozen=True)
+class Options:
+    paths: list[str]
+    excludes: list[str]
+    hostname: str
+    ip_address: str
+    batch_size: int = 500
+    hash_workers: int = max(2, min(8, os.cpu_count() or 2))
+    upload_workers: int = 4
+    dry_run: bool = False
+    rehash: bool = False
+    resend: bool = False
+
+
+@dataclass
+class _Item:
+    entry: Entry
+    record: dict[str, Any]
+    fingerprint: str
+
+
+def default_ip() -> str:
+    """The address of the interface that would reach the internet; no packet is sent."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def record_for(entry: Entry, sha256: str, hostname: str, ip_address: str) -> dict[str, Any]:
+    st = entry.stat
+    return {
+        "filepath": wire_path(entry.path),
+        "hostname": hostname,
+        "ip_address": ip_address,
+        "sha256": sha256,
+        "file_size": st.st_size
+        if not entry.is_symlink
+        else len(os.fsencode(os.readlink(entry.path))),
+        "file_mode": st.st_mode,
+        "file_uid": st.st_uid,
+        "file_gid": st.st_gid,
+        "file_mtime": st.st_mtime,
+        "file_atime": st.st_atime,
+        "file_ctime": st.st_ctime,
+        "is_symlink": entry.is_symlink,
+        "link_target": os.readlink(entry.path) if entry.is_symlink else None,
+    }
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """What must be unchanged for a record not to be sent again (atime excluded)."""
+    keys = ("sha256", "file_size", "file_mode", "file_uid", "file_gid", "file_mtime",
+            "file_ctime", "link_target", "ip_address")  # fmt: skip
+    return "|".join(str(record[k]) for k in keys)
+
+
+def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    iterator = iter(entries)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _reap(uploads: list[Future[None]]) -> list[Future[None]]:
+    """Drop finished uploads, re-raising any that failed in a way that ends the run."""
+    pending = []
+    for future in uploads:
+        if future.done():
+            future.result()
+        else:
+            pending.append(future)
+    return pending
+
+
+class Run:
+    def __init__(
+        self, options: Options, api: ApiClient | None, cache: ClientCache, reporter: Reporter
+    ) -> None:
+        self.options = options
+        self.api = api
+        self.cache = cache
+        self.reporter = reporter
+        self.summary = reporter.summary
+        self._uploading: set[str] = set()
+        self._upload_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(options.upload_workers * 4)
+        self._single_mode = False
+
+    def execute(self) -> None:
+        options = self.options
+        entries = walk(
+            options.paths,
+            options.excludes,
+            on_error=self.reporter.error,
+            on_skip=self.reporter.skip,
+        )
+        with (
+            ThreadPoolExecutor(options.hash_workers, thread_name_prefix="hash") as hashers,
+            ThreadPoolExecutor(options.upload_workers, thread_name_prefix="upload") as uploaders,
+        ):
+            uploads: list[Future[None]] = []
+            try:
+                for batch in _batches(entries, options.batch_size):
+                    items = self._hash_batch(batch, hashers)
+                    if not options.dry_run:
+                        uploads = _reap(uploads) + self._register(items, uploaders)
+                    self.cache.commit()
+                for future in uploads:
+                    future.result()
+            except BaseException:
+                for future in uploads:
+                    future.cancel()
+                raise
+        self.cache.commit()
+
+    # -- hashing ---------------------------------------------------------------------
+    def _hash_one(self, entry: Entry) -> _Item | None:
+        try:
+            sha = None if self.options.rehash else self.cache.lookup_hash(entry.stat)
+            if sha is None or entry.is_symlink:
+                sha = hash_entry(entry)
+                if not entry.is_symlink:
+                    self.cache.store_hash(entry.stat, sha)
+            record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
+        except FileChangedError as exc:
+            self.reporter.error(entry.path, str(exc))
+            return None
+        except OSError as exc:
+            self.reporter.error(entry.path, exc.strerror or str(exc))
+            return None
+        finally:
+            self.summary.add(files_seen=1)
+            self.reporter.file_done()
+        return _Item(entry, record, fingerprint(record))
+
+    def _hash_batch(self, batch: list[Entry], hashers: ThreadPoolExecutor) -> list[_Item]:
+        return [item for item in hashers.map(self._hash_one, batch) if item is not None]
+
+    # -- registering -----------------------------------------------------------------
+    def _register(self, items: list[_Item], uploaders: ThreadPoolExecutor) -> list[Future[None]]:
+        assert self.api is not None
+        server, host = self.api.url, self.options.hostname
+        if not self.options.resend:
+            known = self.cache.sent_fingerprints(
+                server, host, (i.record["filepath"] for i in items)
+            )
+            fresh = [i for i in items if known.get(i.record["filepath"]) != i.fingerprint]
+            self.summary.add(unchanged=len(items) - len(fresh))
+            items = fresh
+        if not items:
+            return []
+        answers = self._send([i.record for i in items])
+        futures = []
+        for item, answer in zip(items, answers, strict=True):
+            if answer is None:
+                continue
+            self.summary.add(metadata_sent=1)
+            if not answer["upload_required"]:
+                self.summary.add(already_on_server=1)
+                self.cache.mark_sent(server, host, item.record["filepath"], item.fingerprint)
+                continue
+            future = self._queue_upload(item, uploaders)
+            if future is not None:
+                futures.append(future)
+        return futures
+
+    def _send(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """Per record: the server's answer, or None after reporting why it was refused."""
+        assert self.api is not None
+        if not self._single_mode:
+            try:
+                results = self.api.put_files(records)
+            except NotSupportedError:
+                self._single_mode = True  # an older server: one record per request
+            except AuthError:
+                raise
+            except ApiError as exc:
+                for record in records:
+                    self.reporter.error(record["filepath"], f"not registered: {exc.detail}")
+                return [None] * len(records)
+            else:
+                answers: list[dict[str, Any] | None] = []
+                for record, result in zip(records, results, strict=True):
+                    if result["ok"]:
+                        answers.append(result["file"])
+                    else:
+                        self.reporter.error(record["filepath"], f"refused: {result['errors']}")
+                        answers.append(None)
+                return answers
+        single: list[dict[str, Any] | None] = []
+        for record in records:
+            try:
+                single.append(self.api.put_file(record))
+            except AuthError:
+                raise
+            except ApiError as exc:
+                self.reporter.error(record["filepath"], f"not registered: {exc.detail}")
+                single.append(None)
+        return single
+
+    # -- uploading -------------------------------------------------------------------
+    def _queue_upload(self, item: _Item, uploaders: ThreadPoolExecutor) -> Future[None] | None:
+        sha = item.record["sha256"]
+        with self._upload_lock:
+            if sha in self._uploading:  # same content seen twice in this run
+                self.summary.add(already_on_server=1)
+                return None
+            self._uploading.add(sha)
+        self._in_flight.acquire()  # bounded: the scan waits for slow uploads
+        self.reporter.upload_queued(item.record["file_size"])
+        try:
+            return uploaders.submit(self._upload, item)
+        except BaseException:
+            self._in_flight.release()
+            raise
+
+    def _upload(self, item: _Item) -> None:
+        assert self.api is not None
+        record = item.record
+        try:
+            if self._single_mode:
+                self.api.upload_multipart(
+                    record["sha256"], item.entry.path, record["hostname"], record["filepath"]
+                )
+                self.reporter.uploaded(record["file_size"])
+            else:
+                self.api.upload(record["sha256"], item.entry.path, self.reporter.uploaded)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            self.reporter.error(item.entry.path, f"upload failed: {exc.detail}")
+        except OSError as exc:
+            self.reporter.error(item.entry.path, f"upload failed: {exc.strerror or exc}")
+        else:
+            self.summary.add(content_uploaded=1)
+            self.cache.mark_sent(
+                self.api.url, record["hostname"], record["filepath"], item.fingerprint
+            )
+        finally:
+            self._in_flight.release()

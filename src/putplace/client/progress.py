@@ -1,0 +1,120 @@
+"""Counting what a run did, and showing it: a rich progress bar and a final summary."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field, fields
+from types import TracebackType
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+
+@dataclass
+class Summary:
+    """What a run did. Updated from several threads through :meth:`add`."""
+
+    files_seen: int = 0
+    metadata_sent: int = 0
+    unchanged: int = 0
+    content_uploaded: int = 0
+    bytes_uploaded: int = 0
+    already_on_server: int = 0
+    skipped: int = 0
+    errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def lines(self) -> list[tuple[str, int]]:
+        labels = {
+            "files_seen": "Files seen",
+            "metadata_sent": "New metadata sent",
+            "unchanged": "Unchanged since last run (not re-sent)",
+            "content_uploaded": "Content uploaded (files)",
+            "bytes_uploaded": "Bytes uploaded",
+            "already_on_server": "Content already on server",
+            "skipped": "Skipped (sockets, FIFOs, devices)",
+            "errors": "Errors",
+        }
+        return [(labels[f.name], getattr(self, f.name)) for f in fields(self) if f.name in labels]
+
+
+class Reporter:
+    """Progress bar (stderr, TTY only) plus messages that never garble it."""
+
+    def __init__(self, summary: Summary, *, enabled: bool, verbose: bool) -> None:
+        self.summary = summary
+        self.verbose = verbose
+        self.console = Console(stderr=True, highlight=False)
+        self._progress: Progress | None = None
+        if enabled and sys.stderr.isatty():
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._files = self._progress.add_task("Files", total=None)
+            self._bytes = self._progress.add_task("Upload", total=0)
+
+    def __enter__(self) -> Reporter:
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress:
+            self._progress.stop()
+
+    def file_done(self) -> None:
+        if self._progress:
+            self._progress.advance(self._files)
+
+    def upload_queued(self, size: int) -> None:
+        if self._progress:
+            task = self._progress.tasks[self._bytes]
+            self._progress.update(self._bytes, total=(task.total or 0) + size)
+
+    def uploaded(self, count: int) -> None:
+        self.summary.add(bytes_uploaded=count)
+        if self._progress:
+            self._progress.advance(self._bytes, count)
+
+    def error(self, path: str, message: str) -> None:
+        self.summary.add(errors=1)
+        self.console.print(f"[red]error[/]: {escape(path)}: {escape(message)}", soft_wrap=True)
+
+    def skip(self, path: str, kind: str) -> None:
+        self.summary.add(skipped=1)
+        if self.verbose:
+            self.console.print(f"skipped {kind}: {path}", markup=False, soft_wrap=True)
+
+    def info(self, message: str) -> None:
+        if self.verbose:
+            self.console.print(message, markup=False, soft_wrap=True)
+
+    def print_summary(self, title: str = "Summary") -> None:
+        out = Console(file=sys.stdout, highlight=False)
+        out.print(f"{title}:")
+        for label, value in self.summary.lines():
+            out.print(f"  {label + ':':<40} {value:>12,}")

@@ -1,0 +1,82 @@
+"""Real ``ppserver`` and ``ppclient`` processes, as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from putplace.config import Settings
+from tests.support.servers import free_port
+
+BIN = Path(sys.executable).parent
+SETTING_NAMES = tuple(Settings.model_fields)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a ``ppserver`` process use *settings*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")}
+    for name in SETTING_NAMES:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"PUTPLACE_{name.upper()}"] = str(getattr(value, "value", value))
+    return env
+
+
+def run_ppserver(
+    settings: Settings, *args: str, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "ppserver"), *args],
+        cwd=cwd,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def ppserver_process(settings: Settings, cwd: Path, *extra: str) -> Iterator[str]:
+    """Start ``ppserver serve`` on a free port; yield its base URL; stop it (SIGTERM)."""
+    port = free_port()
+    log = (cwd / f"ppserver-{port}.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "ppserver"), "serve", "--port", str(port), *extra],
+        cwd=cwd,
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ppserver exited with {process.returncode} before serving")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"ppserver at {url} not healthy after {timeout} s")
