@@ -111,7 +111,8 @@ class Run:
         self.cache = cache
         self.reporter = reporter
         self.summary = reporter.summary
-        self._uploading: set[str] = set()
+        # content being uploaded in this run -> other records with the same content
+        self._uploading: dict[str, list[_Item]] = {}
         self._upload_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(options.upload_workers * 4)
         self._single_mode = False
@@ -233,9 +234,10 @@ class Run:
         sha = item.record["sha256"]
         with self._upload_lock:
             if sha in self._uploading:  # same content seen twice in this run
+                self._uploading[sha].append(item)
                 self.summary.add(already_on_server=1)
                 return None
-            self._uploading.add(sha)
+            self._uploading[sha] = []
         self._in_flight.acquire()  # bounded: the scan waits for slow uploads
         self.reporter.upload_queued(item.record["file_size"])
         try:
@@ -263,8 +265,11 @@ class Run:
             self.reporter.error(item.entry.path, f"upload failed: {exc.strerror or exc}")
         else:
             self.summary.add(content_uploaded=1)
-            self.cache.mark_sent(
-                self.api.url, record["hostname"], record["filepath"], item.fingerprint
-            )
+            with self._upload_lock:
+                same_content = [item, *self._uploading[record["sha256"]]]
+            for done in same_content:
+                self.cache.mark_sent(
+                    self.api.url, self.options.hostname, done.record["filepath"], done.fingerprint
+                )
         finally:
             self._in_flight.release()

@@ -1,0 +1,173 @@
+"""``ppclient`` runs against a real server: flags, config, cache, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from putplace.client import pipeline
+from putplace.client.cli import main
+from putplace.client.names import os_path, wire_path
+from tests.conftest import Keys
+
+
+def records(server_url: str, key: str, hostname: str) -> dict[str, dict[str, object]]:
+    answer = httpx.get(
+        f"{server_url}/files", params={"hostname": hostname, "limit": 1000},
+        headers={"X-API-Key": key},
+    ).json()  # fmt: skip
+    return {r["filepath"]: r for r in answer}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "d").mkdir(parents=True)
+    (root / "one").write_bytes(b"1" * 1000)
+    (root / "d" / "two").write_bytes(b"2" * 2000)
+    (root / "d" / "dup").write_bytes(b"1" * 1000)
+    return root
+
+
+def counts(output: str) -> dict[str, int]:
+    """The summary ppclient printed, as label -> number."""
+    return {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
+    }
+
+
+def run(server_url: str, key: str, tmp_path: Path, *args: str) -> int:
+    return main([
+        "--url", server_url, "--api-key", key, "--no-progress",
+        "--cache-file", str(tmp_path / "cache.db"), *args,
+    ])  # fmt: skip
+
+
+def test_registers_and_uploads_then_skips_unchanged(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    first = counts(capsys.readouterr().out)
+    assert (first["Files seen"], first["Content uploaded (files)"]) == (3, 2)
+    assert first["Content already on server"] == 1
+    stored = records(server_url, keys.read, "h1")
+    assert set(stored) == {str(tree / "one"), str(tree / "d/two"), str(tree / "d/dup")}
+    assert all(r["has_file_content"] for r in stored.values())
+
+    reads: list[str] = []
+    real_hash = pipeline.hash_entry
+    monkeypatch.setattr(pipeline, "hash_entry", lambda e: reads.append(e.path) or real_hash(e))
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    assert reads == []  # unchanged files are not read again
+    assert counts(capsys.readouterr().out)["Unchanged since last run (not re-sent)"] == 3
+
+    (tree / "one").write_bytes(b"changed")
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    assert reads == [str(tree / "one")]
+    assert records(server_url, keys.read, "h1")[str(tree / "one")]["sha256"] == (
+        hashlib.sha256(b"changed").hexdigest()
+    )
+    reads.clear()
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1", "--rehash") == 0
+    assert sorted(reads) == sorted(str(p) for p in (tree / "one", tree / "d/two", tree / "d/dup"))
+
+
+def test_resend_sends_unchanged_metadata(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(server_url, keys.write, tmp_path, str(tree)) == 0
+    capsys.readouterr()
+    assert run(server_url, keys.write, tmp_path, str(tree), "--resend") == 0
+    assert counts(capsys.readouterr().out)["New metadata sent"] == 3
+
+
+def test_dry_run_sends_nothing(server_url: str, keys: Keys, tree: Path, tmp_path: Path) -> None:
+    assert main(["--url", server_url, "--dry-run", "--no-progress", "--no-cache", str(tree)]) == 0
+    assert records(server_url, keys.read, "h1") == {}
+
+
+def test_path_flag_url_suffix_config_and_env(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ppclient.conf"
+    config.write_text(f"url = {server_url}/put_file\nhostname = from-config\n")
+    monkeypatch.setenv("PUTPLACE_API_KEY", keys.write)
+    one = str(tree / "one")
+    code = main(["--config", str(config), "--path", one, "--no-progress", "--no-cache"])
+    assert code == 0
+    assert list(records(server_url, keys.read, "from-config")) == [str(tree / "one")]
+    monkeypatch.setenv("PUTPLACE_HOSTNAME", "from-env")
+    assert main(["--config", str(config), str(tree / "d"), "--no-progress", "--no-cache"]) == 0
+    assert len(records(server_url, keys.read, "from-env")) == 2
+
+
+def test_bad_key_exits_2(server_url: str, tree: Path, tmp_path: Path) -> None:
+    assert run(server_url, "0" * 64, tmp_path, str(tree)) == 2
+
+
+def test_read_only_key_exits_2(server_url: str, keys: Keys, tree: Path, tmp_path: Path) -> None:
+    assert run(server_url, keys.read, tmp_path, str(tree)) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--batch-size", "0"], ["--url", "ftp://x", "p"], ["--ca-bundle", "/nope", "p"]],
+)
+def test_usage_errors_exit_2(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUTPLACE_API_KEY", "k")
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+
+
+def test_errors_make_exit_code_1_and_the_run_carries_on(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    real_hash = pipeline.hash_entry
+
+    def flaky(entry: pipeline.Entry) -> str:
+        if entry.path.endswith("two"):
+            raise PermissionError(13, "Permission denied")
+        return real_hash(entry)
+
+    monkeypatch.setattr(pipeline, "hash_entry", flaky)
+    assert run(server_url, keys.write, tmp_path, str(tree)) == 1
+    captured = capsys.readouterr()
+    assert "two: Permission denied" in captured.err
+    assert counts(captured.out)["Errors"] == 1
+    assert len(records(server_url, keys.read, os.uname().nodename)) == 2
+
+
+def test_interrupt_prints_summary_and_exits_130(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def interrupted(entry: pipeline.Entry) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "hash_entry", interrupted)
+    assert run(server_url, keys.write, tmp_path, str(tree)) == 130
+    assert "Interrupted; summary so far" in capsys.readouterr().out
+
+
+def test_non_utf8_names_use_a_reversible_encoding(
+    server_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    root = tmp_path / "latin"
+    root.mkdir()
+    raw = os.fsencode(root) + b"/caf\xe9 100%.txt"
+    with open(raw, "wb") as handle:
+        handle.write(b"bytes")
+    assert run(server_url, keys.write, tmp_path, str(root), "--hostname", "latin") == 0
+    (name,) = records(server_url, keys.read, "latin")
+    assert name == str(root) + "/caf%E9 100%25.txt"
+    assert os_path(name, was_escaped=True) == raw
+    assert wire_path("plain 100%.txt") == "plain 100%.txt"

@@ -1,0 +1,98 @@
+"""Walking trees: what is found, what is skipped, what is reported."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from putplace.client.hashing import FileChangedError, hash_entry
+from putplace.client.scanner import Entry, walk
+
+
+def scan(root: Path, *excludes: str) -> tuple[list[str], list[str], list[str]]:
+    errors: list[str] = []
+    skipped: list[str] = []
+    found = [
+        os.path.relpath(e.path, root)
+        for e in walk(
+            [str(root)],
+            excludes,
+            on_error=lambda p, m: errors.append(p),
+            on_skip=lambda p, k: skipped.append(f"{os.path.relpath(p, root)}:{k}"),
+        )
+    ]
+    return found, skipped, errors
+
+
+def test_excludes_are_gitignore_style(tmp_path: Path) -> None:
+    for name in ("keep.txt", "app.log", ".git/HEAD", "build/x.o", "src/build/y.o", "src/a.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / "buildfile").write_text("not a dir")
+    found, _, _ = scan(tmp_path, ".git", "*.log", "build/")
+    assert sorted(found) == ["buildfile", "keep.txt", "src/a.py"]
+
+
+def test_symlinks_recorded_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "dirlink").symlink_to("real", target_is_directory=True)
+    (tmp_path / "filelink").symlink_to("real/f")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    found, _, errors = scan(tmp_path)
+    assert sorted(found) == ["dangling", "dirlink", "filelink", "real/f"]
+    assert errors == []
+
+
+def test_special_files_skipped(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        found, skipped, _ = scan(tmp_path)
+    assert found == []
+    assert sorted(skipped) == ["fifo:FIFO", "sock:socket"]
+
+
+def test_single_file_root_and_missing_root(tmp_path: Path) -> None:
+    (tmp_path / "one").write_text("1")
+    errors: list[str] = []
+    roots = [str(tmp_path / "one"), str(tmp_path / "missing")]
+    found = list(walk(roots, on_error=lambda p, m: errors.append(m), on_skip=lambda p, k: None))
+    assert [e.path for e in found] == [str(tmp_path / "one")]
+    assert errors == ["No such file or directory"]
+
+
+def test_deep_trees_do_not_recurse(tmp_path: Path) -> None:
+    path = tmp_path
+    for i in range(300):
+        path = path / f"d{i}"
+    path.mkdir(parents=True)
+    (path / "leaf").write_text("deep")
+    found, _, _ = scan(tmp_path)
+    assert len(found) == 1
+
+
+def test_hash_streams_and_detects_changes(tmp_path: Path) -> None:
+    import hashlib
+
+    target = tmp_path / "big"
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    target.write_bytes(data)
+    entry = Entry(str(target), os.lstat(target))
+    assert hash_entry(entry) == hashlib.sha256(data).hexdigest()
+    target.write_bytes(data + b"more")
+    try:
+        hash_entry(entry)
+    except FileChangedError:
+        pass
+    else:
+        raise AssertionError("a file that changed after it was scanned must be reported")
+
+
+def test_symlink_hash_is_of_its_target_path(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "l").symlink_to("some/where")
+    entry = Entry(str(tmp_path / "l"), os.lstat(tmp_path / "l"))
+    assert hash_entry(entry) == hashlib.sha256(b"some/where").hexdigest()
