@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import large_file, server_load, small_files  # noqa: E402
+from bench import large_file, server_load, small_files
 
 if __name__ == "__main__":
     small_files.main()
