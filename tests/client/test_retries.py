@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from putplace.client.api import ApiClient, ApiError, AuthError
+from putplace.client.uploader import ApiClient, ApiError, AuthError
 
 
 class Script:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from putplace.client.hashing import FileChangedError, hash_entry
-from putplace.client.scanner import Entry, walk
+from putplace.client.scanner import FileEntry, walk
 
 
 def scan(root: Path, *excludes: str) -> tuple[list[str], list[str], list[str]]:
@@ -79,7 +79,7 @@ def test_hash_streams_and_detects_changes(tmp_path: Path) -> None:
     target = tmp_path / "big"
     data = os.urandom(5 * 1024 * 1024 + 3)
     target.write_bytes(data)
-    entry = Entry(str(target), os.lstat(target))
+    entry = FileEntry(str(target), os.lstat(target))
     assert hash_entry(entry) == hashlib.sha256(data).hexdigest()
     target.write_bytes(data + b"more")
     try:
@@ -94,5 +94,5 @@ def test_symlink_hash_is_of_its_target_path(tmp_path: Path) -> None:
     import hashlib
 
     (tmp_path / "l").symlink_to("some/where")
-    entry = Entry(str(tmp_path / "l"), os.lstat(tmp_path / "l"))
+    entry = FileEntry(str(tmp_path / "l"), os.lstat(tmp_path / "l"), "some/where")
     assert hash_entry(entry) == hashlib.sha256(b"some/where").hexdigest()

@@ -1,30 +1,79 @@
-"""Streaming SHA-256 of files, with detection of files that change while being read."""
+"""Streaming SHA-256 of files, with detection of files that change while being read.
+
+Files are read in :data:`putplace.digest.CHUNK_SIZE` chunks into one reused buffer, so
+memory does not grow with file size. A symlink's hash is that of its target path
+(``os.fsencode(link_target)``), never of the file it points to.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import stat
+import threading
 
-from putplace.client.scanner import Entry
+from putplace.client.cancel import check
+from putplace.client.scanner import FileEntry
 from putplace.digest import CHUNK_SIZE
 
 
 class FileChangedError(Exception):
-    """The file's size or times changed while it was read: the hash would be wrong."""
+    """The file's size or mtime changed since it was scanned: the hash would be wrong."""
 
 
-def hash_entry(entry: Entry) -> str:
-    """Hex SHA-256 of a file's bytes, or of a symlink's target path."""
+def link_bytes(entry: FileEntry) -> bytes:
+    """What a symlink's ``sha256`` and ``file_size`` describe: its target path's bytes."""
+    assert entry.link_target is not None
+    return os.fsencode(entry.link_target)
+
+
+def hash_entry(entry: FileEntry, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of a file's bytes, or of a symlink's target path.
+
+    Raises :class:`FileChangedError` when size or ``mtime_ns`` after reading differ from
+    the scanned ``lstat``, ``OSError`` when the file cannot be read, and
+    :class:`~putplace.client.cancel.Cancelled` once *stop* is set.
+    """
     if entry.is_symlink:
-        return hashlib.sha256(os.fsencode(os.readlink(entry.path))).hexdigest()
+        return hashlib.sha256(link_bytes(entry)).hexdigest()
     hasher = hashlib.sha256()
-    with open(entry.path, "rb", buffering=0) as handle:
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    with open_scanned(entry) as handle:
         while count := handle.readinto(buffer):
+            check(stop)
             hasher.update(view[:count])
         after = os.fstat(handle.fileno())
-    before = entry.stat
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise FileChangedError("changed while being read")
+    if _changed(entry.stat, after):
+        raise FileChangedError("changed while being read (size or mtime differ); not sent")
     return hasher.hexdigest()
+
+
+def open_scanned(entry: FileEntry) -> io.FileIO:
+    """Open the regular file *entry* for reading, unbuffered.
+
+    Never follows a symlink and never blocks on a FIFO, so a path replaced since the scan
+    cannot make the client read something else or hang: that raises
+    :class:`FileChangedError`.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(entry.path, flags | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        if os.path.islink(entry.path):
+            raise FileChangedError("replaced by a symlink since it was scanned") from exc
+        raise
+    handle = open(fd, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
+    now = os.fstat(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
+        entry.stat.st_dev,
+        entry.stat.st_ino,
+    ):
+        handle.close()
+        raise FileChangedError("replaced by another file since it was scanned")
+    return handle
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)

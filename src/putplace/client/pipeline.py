@@ -9,6 +9,7 @@ size and the number of uploads allowed in flight.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import socket
@@ -18,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from putplace.client.api import ApiClient, ApiError, AuthError, NotSupportedError
 from putplace.client.cache import ClientCache
-from putplace.client.hashing import FileChangedError, hash_entry
+from putplace.client.cancel import Cancelled
+from putplace.client.hashing import FileChangedError, hash_entry, link_bytes, open_scanned
 from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
-from putplace.client.scanner import Entry, walk
+from putplace.client.scanner import FileEntry, walk
+from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Options:
 
 @dataclass
 class _Item:
-    entry: Entry
+    entry: FileEntry
     record: dict[str, Any]
     fingerprint: str
 
@@ -57,16 +59,15 @@ def default_ip() -> str:
         return "127.0.0.1"
 
 
-def record_for(entry: Entry, sha256: str, hostname: str, ip_address: str) -> dict[str, Any]:
+def record_for(entry: FileEntry, sha256: str, hostname: str, ip_address: str) -> dict[str, Any]:
+    """The ``POST /put_file`` body for *entry* (also one item of ``POST /put_files``)."""
     st = entry.stat
     return {
         "filepath": wire_path(entry.path),
         "hostname": hostname,
         "ip_address": ip_address,
         "sha256": sha256,
-        "file_size": st.st_size
-        if not entry.is_symlink
-        else len(os.fsencode(os.readlink(entry.path))),
+        "file_size": len(link_bytes(entry)) if entry.is_symlink else st.st_size,
         "file_mode": st.st_mode,
         "file_uid": st.st_uid,
         "file_gid": st.st_gid,
@@ -74,7 +75,7 @@ def record_for(entry: Entry, sha256: str, hostname: str, ip_address: str) -> dic
         "file_atime": st.st_atime,
         "file_ctime": st.st_ctime,
         "is_symlink": entry.is_symlink,
-        "link_target": os.readlink(entry.path) if entry.is_symlink else None,
+        "link_target": None if entry.link_target is None else wire_path(entry.link_target),
     }
 
 
@@ -85,7 +86,7 @@ def fingerprint(record: dict[str, Any]) -> str:
     return "|".join(str(record[k]) for k in keys)
 
 
-def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+def _batches(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
     iterator = iter(entries)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -103,10 +104,23 @@ def _reap(uploads: list[Future[None]]) -> list[Future[None]]:
 
 
 class Run:
+    """One run over ``options.paths``. ``api`` is None for a dry run.
+
+    *stop* is set when the run ends abnormally (Ctrl-C, a refused key): workers then
+    abandon their file at the next chunk, so the run ends promptly. Pass the event the
+    :class:`ApiClient` was given so that retry waits end too.
+    """
+
     def __init__(
-        self, options: Options, api: ApiClient | None, cache: ClientCache, reporter: Reporter
+        self,
+        options: Options,
+        api: ApiClient | None,
+        cache: ClientCache,
+        reporter: Reporter,
+        stop: threading.Event | None = None,
     ) -> None:
         self.options = options
+        self.stop = stop or threading.Event()
         self.api = api
         self.cache = cache
         self.reporter = reporter
@@ -139,20 +153,23 @@ class Run:
                 for future in uploads:
                     future.result()
             except BaseException:
-                for future in uploads:
-                    future.cancel()
+                self.stop.set()
+                hashers.shutdown(wait=False, cancel_futures=True)
+                uploaders.shutdown(wait=False, cancel_futures=True)
                 raise
         self.cache.commit()
 
     # -- hashing ---------------------------------------------------------------------
-    def _hash_one(self, entry: Entry) -> _Item | None:
+    def _hash_one(self, entry: FileEntry) -> _Item | None:
         try:
             sha = None if self.options.rehash else self.cache.lookup_hash(entry.stat)
             if sha is None or entry.is_symlink:
-                sha = hash_entry(entry)
+                sha = hash_entry(entry, self.stop)
                 if not entry.is_symlink:
                     self.cache.store_hash(entry.stat, sha)
             record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
+        except Cancelled:
+            return None
         except FileChangedError as exc:
             self.reporter.error(entry.path, str(exc))
             return None
@@ -164,7 +181,7 @@ class Run:
             self.reporter.file_done()
         return _Item(entry, record, fingerprint(record))
 
-    def _hash_batch(self, batch: list[Entry], hashers: ThreadPoolExecutor) -> list[_Item]:
+    def _hash_batch(self, batch: list[FileEntry], hashers: ThreadPoolExecutor) -> list[_Item]:
         return [item for item in hashers.map(self._hash_one, batch) if item is not None]
 
     # -- registering -----------------------------------------------------------------
@@ -248,28 +265,38 @@ class Run:
 
     def _upload(self, item: _Item) -> None:
         assert self.api is not None
-        record = item.record
+        record, entry = item.record, item.entry
+        sha, size = record["sha256"], record["file_size"]
         try:
-            if self._single_mode:
-                self.api.upload_multipart(
-                    record["sha256"], item.entry.path, record["hostname"], record["filepath"]
-                )
-                self.reporter.uploaded(record["file_size"])
+            if entry.is_symlink:
+                target = link_bytes(entry)
+                opener: Opener = lambda: io.BytesIO(target)  # noqa: E731
             else:
-                self.api.upload(record["sha256"], item.entry.path, self.reporter.uploaded)
-        except AuthError:
+                opener = lambda: open_scanned(entry)  # noqa: E731
+            if self._single_mode:
+                self.api.upload_file(
+                    sha, opener, hostname=record["hostname"], filepath=record["filepath"],
+                    progress=self.reporter.upload_progress,
+                )  # fmt: skip
+            else:
+                self.api.put_blob(sha, opener, self.reporter.upload_progress)
+        except (AuthError, Cancelled):
             raise
         except ApiError as exc:
-            self.reporter.error(item.entry.path, f"upload failed: {exc.detail}")
+            self.reporter.error(entry.path, f"upload failed: {exc.detail}")
+        except FileChangedError as exc:
+            self.reporter.error(entry.path, f"upload failed: {exc}")
         except OSError as exc:
-            self.reporter.error(item.entry.path, f"upload failed: {exc.strerror or exc}")
+            self.reporter.error(entry.path, f"upload failed: {exc.strerror or exc}")
         else:
-            self.summary.add(content_uploaded=1)
+            self.summary.add(content_uploaded=1, bytes_uploaded=size)
             with self._upload_lock:
-                same_content = [item, *self._uploading[record["sha256"]]]
+                same_content = [item, *self._uploading.pop(sha, [])]
             for done in same_content:
                 self.cache.mark_sent(
                     self.api.url, self.options.hostname, done.record["filepath"], done.fingerprint
                 )
         finally:
+            with self._upload_lock:
+                self._uploading.pop(sha, None)
             self._in_flight.release()

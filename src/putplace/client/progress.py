@@ -95,8 +95,9 @@ class Reporter:
             task = self._progress.tasks[self._bytes]
             self._progress.update(self._bytes, total=(task.total or 0) + size)
 
-    def uploaded(self, count: int) -> None:
-        self.summary.add(bytes_uploaded=count)
+    def upload_progress(self, count: int) -> None:
+        """Bytes handed to the connection (the bar only: the summary counts completed
+        uploads, so bytes re-sent by a retry are not counted twice)."""
         if self._progress:
             self._progress.advance(self._bytes, count)
 

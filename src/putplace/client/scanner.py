@@ -1,8 +1,10 @@
 """Walking directory trees: regular files and symlinks, with gitignore-style excludes.
 
-Symlinked directories are recorded as symlinks and never followed. Sockets, FIFOs and
-devices are skipped. Problems (unreadable directories, vanished entries) are reported to
-``on_error`` and the walk carries on.
+The walk is iterative (an explicit stack, ``os.scandir``), so depth is unlimited.
+Symlinks, including symlinked directories, are recorded as symlinks (``lstat`` data and
+the ``readlink`` target) and never followed. Sockets, FIFOs and devices are passed to
+``on_skip``. Problems (unreadable directories, vanished entries) are passed to
+``on_error`` and the walk carries on. A root that is not a directory is yielded as is.
 """
 
 from __future__ import annotations
@@ -11,29 +13,31 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pathspec
 
+ErrorHandler = Callable[[str, str], None]
+"""``on_error(path, message)``"""
+SkipHandler = Callable[[str, str], None]
+"""``on_skip(path, kind)`` with kind ``socket``, ``FIFO``, ``device`` or ``special file``."""
+
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """A file or symlink found by the walk, with its ``lstat`` data."""
+class FileEntry:
+    """A regular file or symlink found by the walk: absolute path and ``lstat`` data."""
 
     path: str
     stat: os.stat_result
+    link_target: str | None = None
+    """``os.readlink(path)`` for a symlink, read once during the walk; else None."""
 
     @property
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.stat.st_mode)
 
 
-ErrorHandler = Callable[[str, str], None]
-SkipHandler = Callable[[str, str], None]
-
-
 def excluder(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
-    """``excluded(relative_path, is_dir)`` for gitignore-style *patterns*."""
+    """``excluded(relative_posix_path, is_dir)`` for gitignore-style *patterns*."""
     spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
 
     def excluded(relative: str, is_dir: bool) -> bool:
@@ -48,8 +52,11 @@ def walk(
     *,
     on_error: ErrorHandler,
     on_skip: SkipHandler,
-) -> Iterator[Entry]:
-    """Yield every regular file and symlink under *roots* (files may be roots too)."""
+) -> Iterator[FileEntry]:
+    """Yield every regular file and symlink under *roots* (files may be roots too).
+
+    *excludes* are matched against paths relative to the root being walked.
+    """
     excluded = excluder(excludes)
     for root in roots:
         root_path = os.path.abspath(root)
@@ -58,18 +65,24 @@ def walk(
         except OSError as exc:
             on_error(root_path, exc.strerror or str(exc))
             continue
-        if not stat.S_ISDIR(root_stat.st_mode):
-            entry = _classify(root_path, root_stat, on_skip)
-            if entry is not None:
-                yield entry
-            continue
-        yield from _walk_dir(root_path, excluded, on_error, on_skip)
+        if stat.S_ISDIR(root_stat.st_mode):
+            yield from _walk_dir(root_path, excluded, on_error, on_skip)
+        elif (entry := _classify(root_path, root_stat, on_error, on_skip)) is not None:
+            yield entry
 
 
-def _classify(path: str, st: os.stat_result, on_skip: SkipHandler) -> Entry | None:
+def _classify(
+    path: str, st: os.stat_result, on_error: ErrorHandler, on_skip: SkipHandler
+) -> FileEntry | None:
     mode = st.st_mode
-    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-        return Entry(path, st)
+    if stat.S_ISREG(mode):
+        return FileEntry(path, st)
+    if stat.S_ISLNK(mode):
+        try:
+            return FileEntry(path, st, os.readlink(path))
+        except OSError as exc:
+            on_error(path, exc.strerror or str(exc))
+            return None
     kind = (
         "socket" if stat.S_ISSOCK(mode)
         else "FIFO" if stat.S_ISFIFO(mode)
@@ -85,31 +98,32 @@ def _walk_dir(
     excluded: Callable[[str, bool], bool],
     on_error: ErrorHandler,
     on_skip: SkipHandler,
-) -> Iterator[Entry]:
-    stack = [root]
+) -> Iterator[FileEntry]:
+    # (absolute directory, its path relative to root with a trailing "/" or "")
+    stack: list[tuple[str, str]] = [(root, "")]
     while stack:
-        directory = stack.pop()
+        directory, prefix = stack.pop()
         try:
             with os.scandir(directory) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             on_error(directory, exc.strerror or str(exc))
             continue
-        subdirs = []
+        subdirs: list[tuple[str, str]] = []
         for child in children:
-            relative = Path(child.path).relative_to(root).as_posix()
+            relative = prefix + child.name
             try:
                 is_dir = child.is_dir(follow_symlinks=False)
                 if excluded(relative, is_dir):
                     continue
                 if is_dir:
-                    subdirs.append(child.path)
+                    subdirs.append((child.path, relative + "/"))
                     continue
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 on_error(child.path, exc.strerror or str(exc))
                 continue
-            entry = _classify(child.path, st, on_skip)
+            entry = _classify(child.path, st, on_error, on_skip)
             if entry is not None:
                 yield entry
         stack.extend(reversed(subdirs))

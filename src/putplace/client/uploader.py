@@ -1,23 +1,40 @@
 """HTTP calls to a PutPlace server, with retries for transient failures only.
 
-Connection errors, timeouts, 5xx and 429 are retried with exponential backoff and
-jitter (429 and 503 honour ``Retry-After``); any other 4xx is final. 401/403 raise
-:class:`AuthError` so a run with a bad key stops at once.
+:class:`ApiClient` wraps one ``httpx.Client`` (one connection pool, shared by worker
+threads). Connection errors, timeouts, 5xx and 429 are retried up to ``retries`` times
+with exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date).
+Any other 4xx is final and raises :class:`ApiError` carrying the server's ``detail``;
+401 and 403 raise :class:`AuthError` so that a run with a bad key stops at once.
+
+Content is always streamed from disk: ``upload_file`` sends the wire protocol's
+multipart ``POST /upload_file/{sha256}`` (httpx reads file objects in 64 KiB pieces),
+``put_blob`` a raw ``PUT /blobs/{sha256}`` body in ``CHUNK_SIZE`` pieces. A source is
+re-opened for each attempt and closed after it.
 """
 
 from __future__ import annotations
 
-import os
+import email.utils
+import io
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import ExitStack
+from typing import IO, Any
 
 import httpx
 
+from putplace.client.cancel import check
 from putplace.digest import CHUNK_SIZE
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Opener = Callable[[], IO[bytes]]
+"""Opens the content to upload, afresh for each attempt."""
+Progress = Callable[[int], None]
+"""Called with the number of bytes just handed to the connection."""
+
+MAX_BACKOFF = 30.0
+MAX_RETRY_AFTER = 300.0
 
 
 class ApiError(Exception):
@@ -39,11 +56,15 @@ class NotSupportedError(ApiError):
 
 def base_url(url: str) -> str:
     """Accept ``http://host:8000``, ``.../`` and ``.../put_file`` alike."""
-    url = url.rstrip("/")
-    return url.removesuffix("/put_file")
+    return url.rstrip("/").removesuffix("/put_file").rstrip("/")
 
 
-def _detail(response: httpx.Response) -> str:
+def is_transient(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The ``detail`` of a FastAPI-style error body, else the body text."""
     try:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
@@ -51,15 +72,71 @@ def _detail(response: httpx.Response) -> str:
     return detail if isinstance(detail, str) else str(detail)
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
-    if response is None:
+def retry_after(response: httpx.Response | None) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or HTTP-date), capped; None if absent."""
+    value = "" if response is None else response.headers.get("retry-after", "").strip()
+    if not value:
         return None
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.replace(".", "", 1).isdigit() else None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: about 0.5 s, 1 s, 2 s, ... up to 30 s."""
+    return min(MAX_BACKOFF, 0.5 * 2.0**attempt) * random.uniform(0.8, 1.2)
+
+
+class _ProgressReader(io.RawIOBase):
+    """A readable stream over *source* that reports bytes read and stops when told."""
+
+    def __init__(self, source: IO[bytes], progress: Progress, stop: threading.Event | None):
+        super().__init__()
+        self._source = source
+        self._progress = progress
+        self._stop = stop
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        check(self._stop)
+        data = self._source.read(size if size >= 0 else CHUNK_SIZE)
+        if data:
+            self._progress(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._source.fileno()  # lets httpx learn the length without reading
+
+    def seekable(self) -> bool:
+        return self._source.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._source.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+
+def _chunks(reader: _ProgressReader) -> Iterator[bytes]:
+    while chunk := reader.read(CHUNK_SIZE):
+        yield chunk
 
 
 class ApiClient:
-    """One connection pool to the server, shared by every worker thread."""
+    """The PutPlace API over one ``httpx.Client``; safe to share between threads."""
 
     def __init__(
         self,
@@ -70,11 +147,13 @@ class ApiClient:
         retries: int = 5,
         verify: bool | str = True,
         pool_size: int = 16,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.url = base_url(url)
         self.retries = retries
-        self._sleep = sleep
+        self._stop = stop
+        self._sleep = sleep or self._wait
         self._http = httpx.Client(
             base_url=self.url,
             headers={"X-API-Key": api_key, "User-Agent": "ppclient"},
@@ -86,71 +165,102 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop is None:
+            time.sleep(seconds)
+        else:
+            self._stop.wait(seconds)
+
     def _request(
-        self, method: str, path: str, body: Callable[[], dict[str, Any]]
+        self, method: str, path: str, body: Callable[[ExitStack], dict[str, Any]]
     ) -> httpx.Response:
-        """Send, retrying transient failures; *body* builds fresh kwargs for each attempt."""
+        """Send, retrying transient failures; *body* builds fresh kwargs for each attempt
+        (opening files on the given ExitStack, closed once the attempt is over)."""
         for attempt in range(self.retries + 1):
+            check(self._stop)
             response: httpx.Response | None = None
-            try:
-                response = self._http.request(method, path, **body())
-            except httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
+            with ExitStack() as resources:
+                try:
+                    response = self._http.request(method, path, **body(resources))
+                except httpx.TransportError as exc:
+                    failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if response is not None:
+                status = response.status_code
+                if status < 400:
                     return response
-                if response.status_code in (401, 403):
-                    raise AuthError(response.status_code, _detail(response))
-                if response.status_code in (404, 405) and path in ("/put_files",):
-                    raise NotSupportedError(response.status_code, _detail(response))
-                if response.status_code not in RETRY_STATUSES:
-                    raise ApiError(response.status_code, _detail(response))
-                failure = f"HTTP {response.status_code}: {_detail(response)}"
+                if status in (401, 403):
+                    raise AuthError(status, error_detail(response))
+                if status in (404, 405) and path == "/put_files":
+                    raise NotSupportedError(status, error_detail(response))
+                if not is_transient(status):
+                    raise ApiError(status, error_detail(response))
+                failure = f"HTTP {status}: {error_detail(response)}"
             if attempt == self.retries:
-                raise ApiError(response.status_code if response else None, failure)
-            delay = _retry_after(response) or min(30.0, 0.5 * 2**attempt)
-            self._sleep(delay * random.uniform(0.8, 1.2))
+                status_or_none = None if response is None else response.status_code
+                raise ApiError(status_or_none, f"{failure} (gave up after {attempt + 1} tries)")
+            delay = retry_after(response)
+            self._sleep(backoff(attempt) if delay is None else delay)
         raise AssertionError("unreachable")
 
+    def put_file(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``POST /put_file``: register one file; the answer has ``upload_required``."""
+        answer: dict[str, Any] = self._request(
+            "POST", "/put_file", lambda _: {"json": record}
+        ).json()
+        return answer
+
     def put_files(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Register a batch; one result per record (``ok`` + ``file`` or ``errors``)."""
-        response = self._request("POST", "/put_files", lambda: {"json": {"files": records}})
+        """``POST /put_files``: one result per record (``ok`` + ``file`` or ``errors``).
+
+        Raises :class:`NotSupportedError` on a server without the endpoint.
+        """
+        response = self._request("POST", "/put_files", lambda _: {"json": {"files": records}})
         results: list[dict[str, Any]] = response.json()["results"]
         return results
 
-    def put_file(self, record: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = self._request("POST", "/put_file", lambda: {"json": record}).json()
-        return answer
-
-    def upload(self, sha256: str, path: str, progress: Callable[[int], None]) -> None:
-        """Stream a file's bytes to ``PUT /blobs/{sha256}`` (restarted on retry)."""
-
-        def body() -> dict[str, Any]:
-            return {
-                "content": _file_chunks(path, progress),
-                "headers": {"Content-Type": "application/octet-stream"},
-            }
-
-        self._request("PUT", f"/blobs/{sha256}", body)
-
-    def upload_multipart(
-        self, sha256: str, path: str, hostname: str, filepath: str
+    def upload_file(
+        self,
+        sha256: str,
+        open_content: Opener,
+        *,
+        hostname: str,
+        filepath: str,
+        progress: Progress = lambda _: None,
     ) -> dict[str, Any]:
-        """The upload existing PutPlace servers accept: ``POST /upload_file`` multipart."""
+        """``POST /upload_file/{sha256}?hostname=&filepath=``, multipart field ``file``.
 
-        def body() -> dict[str, Any]:
-            handle = open(path, "rb")  # noqa: SIM115 - httpx streams and closes it
+        *filepath* is the wire form of the path; its last component is the filename.
+        """
+
+        def body(resources: ExitStack) -> dict[str, Any]:
+            source = resources.enter_context(open_content())
+            reader = resources.enter_context(_ProgressReader(source, progress, self._stop))
+            filename = filepath.rsplit("/", 1)[-1]
             return {
                 "params": {"hostname": hostname, "filepath": filepath},
-                "files": {"file": (os.path.basename(path), handle, "application/octet-stream")},
+                "files": {"file": (filename, reader, "application/octet-stream")},
             }
 
         answer: dict[str, Any] = self._request("POST", f"/upload_file/{sha256}", body).json()
         return answer
 
+    def put_blob(
+        self, sha256: str, open_content: Opener, progress: Progress = lambda _: None
+    ) -> None:
+        """``PUT /blobs/{sha256}`` with the content as a raw, streamed body."""
 
-def _file_chunks(path: str, progress: Callable[[int], None]) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            progress(len(chunk))
-            yield chunk
+        def body(resources: ExitStack) -> dict[str, Any]:
+            source = resources.enter_context(open_content())
+            reader = resources.enter_context(_ProgressReader(source, progress, self._stop))
+            return {
+                "content": _chunks(reader),
+                "headers": {"Content-Type": "application/octet-stream"},
+            }
+
+        self._request("PUT", f"/blobs/{sha256}", body)
