@@ -1,0 +1,135 @@
+"""What only the S3 store does: settings, key layout, encryption, failures, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from putplace.blobs import create_blob_store
+from putplace.blobs.base import StorageUnavailableError
+from putplace.blobs.ingest import TooLargeError, store_verified
+from putplace.blobs.s3 import S3BlobStore
+from putplace.config import Settings
+from tests.blobs.conftest import s3_store
+from tests.support.s3 import s3_client
+from tests.support.servers import free_port
+
+MiB = 1024 * 1024
+
+
+async def chunks(data: bytes, step: int = MiB) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), step):
+        yield data[offset : offset + step]
+
+
+@pytest.mark.parametrize(
+    ("url", "prefix"),
+    [
+        ("s3://bucket", ""),
+        ("s3://bucket/", ""),
+        ("s3://bucket/putplace", "putplace/"),
+        ("s3://bucket//a//b/", "a/b/"),
+    ],
+)
+def test_storage_url_selects_bucket_and_normalised_prefix(url: str, prefix: str) -> None:
+    store = create_blob_store(Settings(storage_url=url, s3_region="eu-west-1"))
+    assert isinstance(store, S3BlobStore)
+    assert store.bucket == "bucket"
+    assert store.prefix == prefix
+    name = hashlib.sha256(b"x").hexdigest()
+    assert store.key_for(name) == f"{prefix}{name[:2]}/{name}"
+
+
+def test_describe_shows_location_never_credentials(s3_config: dict[str, Any]) -> None:
+    store = s3_store(s3_config)
+    described = store.describe()
+    assert described == {
+        "type": "s3",
+        "bucket": s3_config["bucket"],
+        "prefix": store.prefix,
+        "endpoint": s3_config["s3_endpoint_url"],
+        "region": s3_config["s3_region"],
+    }
+    text = repr(described)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(name):
+            assert os.environ[name] not in text
+
+
+async def test_blob_lives_under_its_documented_key(s3_config: dict[str, Any]) -> None:
+    store = s3_store(s3_config)
+    data = b"where is it?"
+    name = hashlib.sha256(data).hexdigest()
+    await store_verified(store, name, chunks(data))
+    body = s3_client(s3_config).get_object(
+        Bucket=store.bucket, Key=f"{store.prefix}{name[:2]}/{name}"
+    )
+    assert body["Body"].read() == data
+
+
+@pytest.mark.parametrize("size", [100, 9 * MiB])
+async def test_server_side_encryption_is_requested(s3_config: dict[str, Any], size: int) -> None:
+    store = s3_store(s3_config, s3_sse="AES256")
+    data = os.urandom(size)
+    name = hashlib.sha256(data).hexdigest()
+    await store_verified(store, name, chunks(data))
+    head = s3_client(s3_config).head_object(Bucket=store.bucket, Key=store.key_for(name))
+    assert head.get("ServerSideEncryption") == "AES256"
+
+
+async def test_unreachable_endpoint_is_storage_unavailable(s3_config: dict[str, Any]) -> None:
+    store = S3BlobStore(
+        s3_config["bucket"],
+        "dead/",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        allow_http=True,
+        max_retries=1,
+        retry_timeout=timedelta(seconds=2),
+    )
+    name = hashlib.sha256(b"x").hexdigest()
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError):
+        await store.size(name)
+    with pytest.raises(StorageUnavailableError):
+        await store.open()
+    with pytest.raises(StorageUnavailableError):
+        await anext(store.read(name))
+    with pytest.raises(StorageUnavailableError):
+        await store_verified(store, name, chunks(b"x"))
+    assert time.monotonic() - started < 30
+
+
+async def test_missing_bucket_fails_open_and_ping(s3_config: dict[str, Any]) -> None:
+    store = s3_store({**s3_config, "bucket": "putplace-no-such-bucket"})
+    assert await store.ping() is False
+    with pytest.raises(StorageUnavailableError):
+        await store.open()
+
+
+async def test_blob_beyond_the_part_limit_is_refused_and_discarded(
+    s3_config: dict[str, Any], leftovers: Any
+) -> None:
+    store = s3_store(s3_config)
+    store.max_blob_size = 6 * MiB  # as if 10,000 parts were already used
+    data = os.urandom(7 * MiB)
+    name = hashlib.sha256(data).hexdigest()
+    with pytest.raises(TooLargeError):
+        await store_verified(store, name, chunks(data))
+    assert not await store.exists(name)
+    assert await leftovers(store) == []
+
+
+async def test_close_discards_unfinished_uploads(s3_config: dict[str, Any], leftovers: Any) -> None:
+    store = s3_store(s3_config)
+    data = os.urandom(9 * MiB)
+    writer = await store.begin(hashlib.sha256(data).hexdigest())
+    await writer.write(data)
+    await store.close()
+    assert await leftovers(store) == []
