@@ -133,3 +133,19 @@ async def test_close_discards_unfinished_uploads(s3_config: dict[str, Any], left
     await writer.write(data)
     await store.close()
     assert await leftovers(store) == []
+
+
+async def test_quarantine_of_blobs_too_large_for_one_copy_streams_them(
+    s3_config: dict[str, Any], leftovers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("putplace.blobs.s3.MAX_COPY_SIZE", MiB)  # stands in for 5 GiB
+    store = s3_store(s3_config)
+    data = os.urandom(9 * MiB + 5)
+    name = hashlib.sha256(data).hexdigest()
+    await store_verified(store, name, chunks(data))
+    assert await store.quarantine(name) is True
+    assert not await store.exists(name)
+    [held] = await leftovers(store)
+    assert ".quarantine/" in held
+    body = s3_client(s3_config).get_object(Bucket=store.bucket, Key=held)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == name
