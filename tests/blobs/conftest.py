@@ -43,6 +43,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield blobs
     finally:
         await blobs.close()
+        if isinstance(blobs, S3BlobStore):  # leave a real test bucket as found
+            keys = [m["path"] for b in obstore.list(blobs.object_store, blobs.prefix) for m in b]
+            if keys:
+                await obstore.delete_async(blobs.object_store, keys)
 
 
 @pytest.fixture
