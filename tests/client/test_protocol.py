@@ -1,0 +1,167 @@
+"""``ppclient`` against a stand-in server: what goes over the wire, what the user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from putplace.client.cli import main
+from tests.client.fake_server import fake_server
+
+KEY = "k" * 64
+RECORD_FIELDS = {
+    "filepath", "hostname", "ip_address", "sha256", "file_size", "file_mode", "file_uid",
+    "file_gid", "file_mtime", "file_atime", "file_ctime", "is_symlink", "link_target",
+}  # fmt: skip
+
+
+def counts(output: str) -> dict[str, int]:
+    """The summary ppclient printed, as label -> number."""
+    return {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
+    }
+
+
+def ppclient(url: str, *args: str) -> int:
+    return main(["--url", url, "--api-key", KEY, "--no-progress", "--no-cache",
+                 "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "d").mkdir(parents=True)
+    (root / "one").write_bytes(b"1" * 1000)
+    (root / "d" / "two").write_bytes(b"2" * 2000)
+    (root / "d" / "dup").write_bytes(b"1" * 1000)
+    return root
+
+
+def test_legacy_protocol_metadata_then_multipart_upload(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with fake_server(legacy=True) as server:
+        assert ppclient(server.url, str(tree)) == 0
+    # An old server has no /put_files: one 404, then one /put_file per file.
+    assert server.paths()[0] == "POST /put_files"
+    put_files = [r for r in server.requests if r.path == "/put_file"]
+    assert len(put_files) == 3
+    assert all(r.headers["X-API-Key"] == KEY for r in server.requests)
+    one = next(r.json() for r in put_files if r.json()["filepath"] == str(tree / "one"))
+    assert set(one) == RECORD_FIELDS
+    st = os.lstat(tree / "one")
+    assert one == {
+        "filepath": str(tree / "one"), "hostname": "h1", "ip_address": "10.1.2.3",
+        "sha256": hashlib.sha256(b"1" * 1000).hexdigest(), "file_size": 1000,
+        "file_mode": st.st_mode, "file_uid": st.st_uid, "file_gid": st.st_gid,
+        "file_mtime": st.st_mtime, "file_atime": one["file_atime"], "file_ctime": st.st_ctime,
+        "is_symlink": False, "link_target": None,
+    }  # fmt: skip
+    # Two distinct contents: uploaded once each, as multipart field "file".
+    assert sorted(u.content for u in server.uploads) == [b"1" * 1000, b"2" * 2000]
+    for upload in server.uploads:
+        (path,) = upload.query["filepath"]
+        assert upload.query["hostname"] == ["h1"]
+        assert upload.filename == os.path.basename(path)
+    summary = counts(capsys.readouterr().out)
+    assert summary["Files seen"] == 3
+    assert summary["New metadata sent"] == 3
+    assert summary["Content uploaded (files)"] == 2
+    assert summary["Bytes uploaded"] == 3000
+    assert summary["Content already on server"] == 1
+    assert summary["Errors"] == 0
+
+
+def test_batch_protocol_streams_raw_uploads(tree: Path) -> None:
+    with fake_server(legacy=False) as server:
+        server.blobs[hashlib.sha256(b"2" * 2000).hexdigest()] = b"2" * 2000
+        assert ppclient(server.url, str(tree)) == 0
+    assert "POST /put_file" not in server.paths()
+    assert len(server.records()) == 3
+    assert [(r.method, r.path.split("/")[1]) for r in server.requests if r.method == "PUT"] == [
+        ("PUT", "blobs")
+    ]
+    assert [u.content for u in server.uploads] == [b"1" * 1000]
+
+
+def test_symlinks_are_recorded_and_their_target_path_is_the_content(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_bytes(b"real content")
+    (tmp_path / "dirlink").symlink_to("real", target_is_directory=True)
+    (tmp_path / "filelink").symlink_to("real/f")
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+    by_path = {r["filepath"]: r for r in server.records()}
+    assert set(by_path) == {str(tmp_path / p) for p in ("real/f", "dirlink", "filelink")}
+    link = by_path[str(tmp_path / "filelink")]
+    assert (link["is_symlink"], link["link_target"], link["file_size"]) == (True, "real/f", 6)
+    assert link["sha256"] == hashlib.sha256(b"real/f").hexdigest()
+    assert sorted(u.content for u in server.uploads) == [b"real", b"real content", b"real/f"]
+
+
+def test_dry_run_sends_nothing(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_server() as server:
+        code = main(["--url", server.url, "--dry-run", "--no-progress", "--no-cache", str(tree)])
+    assert code == 0
+    assert server.requests == []
+    summary = counts(capsys.readouterr().out)
+    assert (summary["Files seen"], summary["New metadata sent"]) == (3, 0)
+
+
+def test_bad_key_stops_the_run_with_exit_2(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_server(legacy=True, api_key="other") as server:
+        assert ppclient(server.url, str(tree)) == 2
+    assert len(server.requests) == 2  # /put_files (404), then the first /put_file: 401
+    err = capsys.readouterr().err
+    assert "refused the API key (HTTP 401): Invalid API key" in err
+
+
+def test_refused_record_shows_detail_counts_an_error_and_carries_on(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with fake_server(legacy=True, script={"/put_file": [422]}) as server:
+        assert ppclient(server.url, str(tree)) == 1
+    assert len([r for r in server.requests if r.path == "/put_file"]) == 3  # 422: no retry
+    captured = capsys.readouterr()
+    assert "scripted 422" in captured.err
+    summary = counts(captured.out)
+    assert (summary["Errors"], summary["New metadata sent"]) == (1, 2)
+
+
+def test_transient_upload_failure_is_retried(tree: Path) -> None:
+    with fake_server(legacy=True, script={"/upload_file": [503, 503]}, retry_after="0") as server:
+        assert ppclient(server.url, str(tree / "one")) == 0
+    assert [r.path.split("/")[1] for r in server.requests].count("upload_file") == 3
+    assert [u.content for u in server.uploads] == [b"1" * 1000]
+
+
+def test_upload_rejected_by_server_is_an_error(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with fake_server(legacy=True, script={"/upload_file": [400]}) as server:
+        assert ppclient(server.url, str(tree / "one")) == 1
+    assert "upload failed: scripted 400" in capsys.readouterr().err
+
+
+def test_url_ending_in_put_file_is_the_same_server(tree: Path) -> None:
+    with fake_server() as server:
+        assert ppclient(f"{server.url}/put_file", str(tree / "one")) == 0
+    assert server.paths()[:2] == ["POST /put_files", "POST /put_file"]
+
+
+def test_non_utf8_names_are_percent_encoded(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9 100%.txt"
+    with open(raw, "wb") as handle:
+        handle.write(b"bytes")
+    (tmp_path / "plain 100%.txt").write_bytes(b"plain")
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+    names = sorted(r["filepath"] for r in server.records())
+    assert names == [f"{tmp_path}/caf%E9 100%25.txt", f"{tmp_path}/plain 100%.txt"]
+    filenames = sorted(u.filename or "" for u in server.uploads)
+    assert filenames == ["caf%E9 100%25.txt", "plain 100%.txt"]
