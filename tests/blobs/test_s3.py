@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from putplace.blobs import create_blob_store
+from putplace.blobs import s3 as s3_module
 from putplace.blobs.base import StorageUnavailableError
 from putplace.blobs.ingest import TooLargeError, store_verified
 from putplace.blobs.s3 import S3BlobStore
@@ -114,16 +115,27 @@ async def test_missing_bucket_fails_open_and_ping(s3_config: dict[str, Any]) -> 
 
 
 async def test_blob_beyond_the_part_limit_is_refused_and_discarded(
-    s3_config: dict[str, Any], leftovers: Any
+    s3_config: dict[str, Any], leftovers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = s3_store(s3_config)
-    store.max_blob_size = 6 * MiB  # as if 10,000 parts were already used
-    data = os.urandom(7 * MiB)
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 1)  # one 8 MiB part allowed
+    data = os.urandom(9 * MiB)
     name = hashlib.sha256(data).hexdigest()
     with pytest.raises(TooLargeError):
         await store_verified(store, name, chunks(data))
     assert not await store.exists(name)
     assert await leftovers(store) == []
+
+
+async def test_huge_expected_size_gets_larger_parts(s3_config: dict[str, Any]) -> None:
+    store = s3_store(s3_config)
+    name = "0" * 64
+    normal = await store.begin(name, size_hint=5 * MiB)
+    huge = await store.begin(name, size_hint=s3_module.MAX_PARTS * s3_module.PART_SIZE + 1)
+    assert normal._part_size == s3_module.PART_SIZE  # type: ignore[attr-defined]
+    assert huge._part_size == s3_module.PART_SIZE + MiB  # type: ignore[attr-defined]
+    for writer in (normal, huge):
+        await writer.abort()
 
 
 async def test_close_discards_unfinished_uploads(s3_config: dict[str, Any], leftovers: Any) -> None:

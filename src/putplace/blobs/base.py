@@ -68,8 +68,10 @@ class BlobStore(ABC):
         """True when the store answers."""
 
     @abstractmethod
-    async def begin(self, sha256: str) -> BlobWriter:
-        """Start writing the content named *sha256* to a temporary location."""
+    async def begin(self, sha256: str, size_hint: int | None = None) -> BlobWriter:
+        """Start writing the content named *sha256* to a temporary location.
+
+        *size_hint* is the expected size when known; backends may size their parts by it."""
 
     @abstractmethod
     async def size(self, sha256: str) -> int | None:

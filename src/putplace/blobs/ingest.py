@@ -54,7 +54,7 @@ async def store_verified(
     hasher = hashlib.sha256()
     size = 0
     buffer = bytearray()
-    writer = await store.begin(sha256)
+    writer = await store.begin(sha256, size_hint=expected_size)
     try:
 
         async def flush() -> None:

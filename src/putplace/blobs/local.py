@@ -119,7 +119,7 @@ class LocalBlobStore(BlobStore):
             lambda: self._temp_root.is_dir() and os.access(self._temp_root, os.W_OK)
         )
 
-    async def begin(self, sha256: str) -> BlobWriter:
+    async def begin(self, sha256: str, size_hint: int | None = None) -> BlobWriter:
         checked_name(sha256)
         temp = self._temp_root / f"{sha256}.{uuid.uuid4().hex}.part"
         try:

@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("putplace.blobs.s3")
 
 #: Multipart part size: what one upload holds in memory (times ``1 + UPLOAD_CONCURRENCY``).
-PART_SIZE = 8 * 1024 * 1024
+_MIB = 1024 * 1024
+PART_SIZE = 8 * _MIB
 #: Parts of one upload in flight at once.
 UPLOAD_CONCURRENCY = 2
 #: S3 allows at most this many parts per multipart upload.
@@ -138,13 +139,15 @@ def _profile_credentials() -> S3CredentialProvider | None:
 class _S3Writer(BlobWriter):
     """One upload: a multipart upload (or a buffered single PUT) of the final key."""
 
-    def __init__(self, store: S3BlobStore, key: str) -> None:
+    def __init__(self, store: S3BlobStore, key: str, part_size: int) -> None:
         self._store = store
         self._key = key
+        self._part_size = part_size
+        self._max_size = part_size * MAX_PARTS
         self._file: AsyncWritableFile | None = obstore.open_writer_async(
             store.object_store,
             key,
-            buffer_size=store.part_size,
+            buffer_size=part_size,
             max_concurrency=UPLOAD_CONCURRENCY,
         )
         self._written = 0
@@ -154,10 +157,10 @@ class _S3Writer(BlobWriter):
         if self._file is None:
             raise StorageUnavailableError("write after commit or abort")
         self._written += len(data)
-        if self._written > self._store.max_blob_size:
+        if self._written > self._max_size:
             raise TooLargeError(
-                f"blobs larger than {self._store.max_blob_size} bytes exceed the S3 limit "
-                f"of {MAX_PARTS} parts of {self._store.part_size} bytes"
+                f"blobs larger than {self._max_size} bytes exceed the S3 limit "
+                f"of {MAX_PARTS} parts of {self._part_size} bytes"
             )
         try:
             await self._file.write(data)
@@ -208,7 +211,6 @@ class S3BlobStore(BlobStore):
         self.endpoint_url = endpoint_url
         self.region = region
         self.part_size = part_size
-        self.max_blob_size = part_size * MAX_PARTS
         self.read_segment_size = read_segment_size
         config: S3Config = {}
         if endpoint_url:
@@ -293,8 +295,12 @@ class S3BlobStore(BlobStore):
             return False
         return True
 
-    async def begin(self, sha256: str) -> BlobWriter:
-        writer = _S3Writer(self, self.key_for(sha256))  # no request until data arrives
+    async def begin(self, sha256: str, size_hint: int | None = None) -> BlobWriter:
+        part_size = self.part_size
+        if size_hint is not None and size_hint > part_size * MAX_PARTS:
+            # Larger parts for huge blobs, so they fit in S3's 10,000 parts (whole MiB).
+            part_size = -(-size_hint // (MAX_PARTS * _MIB)) * _MIB
+        writer = _S3Writer(self, self.key_for(sha256), part_size)  # no request yet
         self._writers.add(writer)
         return writer
 

@@ -55,9 +55,10 @@ async def authenticate(state: AppState, key: str | None) -> ApiKeyRecord:
         raise _unauthorized("API key has been revoked")
     now = utcnow()
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
+        # Awaited (once a minute per key at most) so the time is stored when we answer.
+        await state.metadata.touch_api_key(record.id, now)
         record = record.model_copy(update={"last_used_at": now})
         state.key_cache.put(record)
-        state.spawn(state.metadata.touch_api_key(record.id, now))
     return record
 
 
