@@ -76,8 +76,19 @@ def build_parser() -> configargparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> configargparse.Namespace:
     """Parse and validate; exits with status 2 (argparse's usage error) when invalid."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.paths = [*args.paths, *args.extra_paths]
+    # PATHs may also come after options (``ppclient /a --exclude x /b``): argparse leaves
+    # those over, so take them as paths and reject only what looks like an option.
+    args, rest = parser.parse_known_args(argv)
+    if "--" in rest:  # everything after "--" is a path, even "-name"
+        split = rest.index("--")
+        rest, verbatim = rest[:split], rest[split + 1 :]
+    else:
+        verbatim = []
+    unknown = [arg for arg in rest if arg.startswith("-")]
+    rest += verbatim
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.paths = [*args.paths, *rest, *args.extra_paths]
     if not args.paths:
         parser.error("give at least one PATH (or --path PATH)")
     if not args.dry_run and not args.api_key:
