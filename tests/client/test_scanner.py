@@ -6,8 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from putplace.client.hashing import FileChangedError, hash_entry
-from putplace.client.scanner import FileEntry, walk
+from putplace.client.scanner import walk
 
 
 def scan(root: Path, *excludes: str) -> tuple[list[str], list[str], list[str]]:
@@ -41,8 +40,32 @@ def test_symlinks_recorded_not_followed(tmp_path: Path) -> None:
     (tmp_path / "filelink").symlink_to("real/f")
     (tmp_path / "dangling").symlink_to("nowhere")
     found, _, errors = scan(tmp_path)
-    assert sorted(found) == ["dangling", "dirlink", "filelink", "real/f"]
+    assert sorted(found) == ["dangling", "dirlink", "filelink", "real/f"]  # no dirlink/f
     assert errors == []
+    entries = {os.path.basename(e.path): e for e in walk(
+        [str(tmp_path)], on_error=lambda p, m: None, on_skip=lambda p, k: None
+    )}  # fmt: skip
+    assert entries["dirlink"].is_symlink
+    assert (entries["dirlink"].link_target, entries["dangling"].link_target) == ("real", "nowhere")
+    assert entries["f"].link_target is None
+    assert not entries["f"].is_symlink
+
+
+def test_excludes_are_relative_to_the_scanned_root(tmp_path: Path) -> None:
+    root = tmp_path / "build" / "project"
+    (root / "build").mkdir(parents=True)
+    (root / "build" / "out.o").write_text("o")
+    (root / "main.c").write_text("c")
+    found, _, _ = scan(root, "build/")
+    assert found == ["main.c"]  # the root's own ancestors named build/ do not count
+
+
+def test_symlink_given_as_root_is_recorded_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "link").symlink_to("real")
+    found = list(walk([str(tmp_path / "link")], on_error=print, on_skip=print))
+    assert [(e.path, e.link_target) for e in found] == [(str(tmp_path / "link"), "real")]
 
 
 def test_special_files_skipped(tmp_path: Path) -> None:
@@ -71,28 +94,3 @@ def test_deep_trees_do_not_recurse(tmp_path: Path) -> None:
     (path / "leaf").write_text("deep")
     found, _, _ = scan(tmp_path)
     assert len(found) == 1
-
-
-def test_hash_streams_and_detects_changes(tmp_path: Path) -> None:
-    import hashlib
-
-    target = tmp_path / "big"
-    data = os.urandom(5 * 1024 * 1024 + 3)
-    target.write_bytes(data)
-    entry = FileEntry(str(target), os.lstat(target))
-    assert hash_entry(entry) == hashlib.sha256(data).hexdigest()
-    target.write_bytes(data + b"more")
-    try:
-        hash_entry(entry)
-    except FileChangedError:
-        pass
-    else:
-        raise AssertionError("a file that changed after it was scanned must be reported")
-
-
-def test_symlink_hash_is_of_its_target_path(tmp_path: Path) -> None:
-    import hashlib
-
-    (tmp_path / "l").symlink_to("some/where")
-    entry = FileEntry(str(tmp_path / "l"), os.lstat(tmp_path / "l"), "some/where")
-    assert hash_entry(entry) == hashlib.sha256(b"some/where").hexdigest()

@@ -1,4 +1,9 @@
-"""``ppclient`` runs against a real server: flags, config, cache, exit codes."""
+"""``ppclient`` against the real PutPlace server (needs the server extras).
+
+What only the real server can show: the local cache skipping unchanged files, a
+read-only key refused, non-UTF-8 names stored as sent. Everything else about the
+client is tested without a server (test_protocol, test_run, test_retries, ...).
+"""
 
 from __future__ import annotations
 
@@ -90,11 +95,6 @@ def test_resend_sends_unchanged_metadata(
     assert counts(capsys.readouterr().out)["New metadata sent"] == 3
 
 
-def test_dry_run_sends_nothing(server_url: str, keys: Keys, tree: Path, tmp_path: Path) -> None:
-    assert main(["--url", server_url, "--dry-run", "--no-progress", "--no-cache", str(tree)]) == 0
-    assert records(server_url, keys.read, "h1") == {}
-
-
 def test_path_flag_url_suffix_config_and_env(
     server_url: str, keys: Keys, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,46 +116,6 @@ def test_bad_key_exits_2(server_url: str, tree: Path, tmp_path: Path) -> None:
 
 def test_read_only_key_exits_2(server_url: str, keys: Keys, tree: Path, tmp_path: Path) -> None:
     assert run(server_url, keys.read, tmp_path, str(tree)) == 2
-
-
-@pytest.mark.parametrize(
-    "args",
-    [[], ["--batch-size", "0"], ["--url", "ftp://x", "p"], ["--ca-bundle", "/nope", "p"]],
-)
-def test_usage_errors_exit_2(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PUTPLACE_API_KEY", "k")
-    assert main(args) == 2
-
-
-def test_errors_make_exit_code_1_and_the_run_carries_on(
-    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    real_hash = pipeline.hash_entry
-
-    def flaky(entry: pipeline.FileEntry, stop: object = None) -> str:
-        if entry.path.endswith("two"):
-            raise PermissionError(13, "Permission denied")
-        return real_hash(entry)
-
-    monkeypatch.setattr(pipeline, "hash_entry", flaky)
-    assert run(server_url, keys.write, tmp_path, str(tree)) == 1
-    captured = capsys.readouterr()
-    assert "two: Permission denied" in captured.err
-    assert counts(captured.out)["Errors"] == 1
-    assert len(records(server_url, keys.read, os.uname().nodename)) == 2
-
-
-def test_interrupt_prints_summary_and_exits_130(
-    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    def interrupted(entry: pipeline.FileEntry, stop: object = None) -> str:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "hash_entry", interrupted)
-    assert run(server_url, keys.write, tmp_path, str(tree)) == 130
-    assert "Interrupted; summary so far" in capsys.readouterr().out
 
 
 def test_non_utf8_names_use_a_reversible_encoding(

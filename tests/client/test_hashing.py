@@ -1,0 +1,81 @@
+"""Streaming SHA-256 and detection of files that change under the client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from putplace.client.hashing import FileChangedError, hash_entry
+from putplace.client.scanner import FileEntry
+from putplace.digest import CHUNK_SIZE
+
+
+def entry(path: Path) -> FileEntry:
+    st = os.lstat(path)
+    return FileEntry(str(path), st, os.readlink(path) if path.is_symlink() else None)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 17])
+def test_streamed_hash_equals_hashlib(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert hash_entry(entry(tmp_path / "f")) == hashlib.sha256(data).hexdigest()
+
+
+class GrowDuringRead(threading.Event):
+    """Stands in for the stop event, which is checked after every chunk: appends once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def is_set(self) -> bool:
+        if self.path.exists():
+            with open(self.path, "ab") as handle:
+                handle.write(b"appended while hashing")
+            self.path = self.path.with_name("done")
+        return False
+
+
+def test_change_during_read_is_detected(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * (2 * CHUNK_SIZE))
+    scanned = entry(tmp_path / "f")
+    with pytest.raises(FileChangedError):
+        hash_entry(scanned, GrowDuringRead(tmp_path / "f"))
+
+
+def test_change_between_scan_and_hash_is_detected(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"before")
+    scanned = entry(tmp_path / "f")
+    (tmp_path / "f").write_bytes(b"after, longer")
+    with pytest.raises(FileChangedError):
+        hash_entry(scanned)
+
+
+def test_file_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"not yours")
+    (tmp_path / "f").write_bytes(b"original")
+    scanned = entry(tmp_path / "f")
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").symlink_to(tmp_path / "secret")
+    with pytest.raises(FileChangedError):
+        hash_entry(scanned)
+
+
+def test_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"original")
+    scanned = entry(tmp_path / "f")
+    (tmp_path / "f").unlink()
+    os.mkfifo(tmp_path / "f")
+    with pytest.raises(FileChangedError):
+        hash_entry(scanned)
+
+
+def test_symlink_hash_is_of_its_target_path_not_the_file(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"content")
+    (tmp_path / "l").symlink_to("target")
+    assert hash_entry(entry(tmp_path / "l")) == hashlib.sha256(b"target").hexdigest()

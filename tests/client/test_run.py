@@ -1,0 +1,141 @@
+"""Whole runs (dry runs: no server needed): what is reported, counted and returned."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from putplace.client import hashing, pipeline
+from putplace.client.cli import main
+from putplace.client.scanner import FileEntry
+
+
+def counts(output: str) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
+    }
+
+
+def dry_run(*args: str) -> int:
+    return main(["--dry-run", "--no-progress", "--no-cache", *args])
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "d").mkdir(parents=True)
+    for name in ("a", "d/b", "d/c"):
+        (root / name).write_text(name)
+    return root
+
+
+def test_clean_run_exits_0_and_prints_only_the_summary(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dry_run(str(tree)) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no progress bar when stderr is not a terminal
+    summary = counts(captured.out)
+    assert (
+        summary["Files seen"],
+        summary["Errors"],
+        summary["Skipped (sockets, FIFOs, devices)"],
+    ) == (3, 0, 0)
+
+
+def test_file_whose_open_fails_is_reported_and_the_run_carries_on(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = hashing.open_scanned
+
+    def refuse(entry: FileEntry) -> object:
+        if entry.path.endswith("/d/b"):
+            raise PermissionError(13, "Permission denied", entry.path)
+        return real_open(entry)
+
+    monkeypatch.setattr(hashing, "open_scanned", refuse)
+    assert dry_run(str(tree)) == 1
+    captured = capsys.readouterr()
+    assert f"{tree}/d/b: Permission denied" in captured.err
+    summary = counts(captured.out)
+    assert (summary["Files seen"], summary["Errors"]) == (3, 1)
+
+
+def test_file_that_vanishes_after_the_scan_is_an_error(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_walk = pipeline.walk
+
+    def walk_then_delete(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
+        for entry in real_walk(*args, **kwargs):
+            if entry.path.endswith("/a"):
+                os.unlink(entry.path)
+            yield entry
+
+    monkeypatch.setattr(pipeline, "walk", walk_then_delete)
+    assert dry_run(str(tree)) == 1
+    assert f"{tree}/a: No such file or directory" in capsys.readouterr().err
+
+
+def test_file_changed_since_the_scan_is_an_error(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_walk = pipeline.walk
+
+    def walk_then_modify(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
+        for entry in real_walk(*args, **kwargs):
+            if entry.path.endswith("/c"):
+                Path(entry.path).write_text("modified after the scan")
+            yield entry
+
+    monkeypatch.setattr(pipeline, "walk", walk_then_modify)
+    assert dry_run(str(tree)) == 1
+    assert f"{tree}/d/c: changed while being read" in capsys.readouterr().err
+
+
+def test_special_files_are_skipped_and_named_with_verbose(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(tree / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tree / "sock"))
+        assert dry_run(str(tree)) == 0
+        quiet = capsys.readouterr()
+        assert dry_run("--verbose", str(tree)) == 0
+        loud = capsys.readouterr()
+    assert "fifo" not in quiet.err
+    assert f"skipped FIFO: {tree}/fifo" in loud.err
+    assert f"skipped socket: {tree}/sock" in loud.err
+    assert counts(loud.out)["Skipped (sockets, FIFOs, devices)"] == 2
+
+
+def test_single_files_and_excludes(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert dry_run(str(tree / "a"), "--path", str(tree / "d" / "b")) == 0
+    assert counts(capsys.readouterr().out)["Files seen"] == 2
+    assert dry_run(str(tree), "--exclude", "d/") == 0
+    assert counts(capsys.readouterr().out)["Files seen"] == 1
+
+
+def test_missing_path_is_an_error(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert dry_run(str(tree / "nope"), str(tree)) == 1
+    captured = capsys.readouterr()
+    assert "nope: No such file or directory" in captured.err
+    assert counts(captured.out)["Files seen"] == 3
+
+
+def test_ctrl_c_prints_the_summary_so_far_and_exits_130(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt(entry: FileEntry, stop: object = None) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "hash_entry", interrupt)
+    assert dry_run(str(tree)) == 130
+    assert "Interrupted; summary so far:" in capsys.readouterr().out
