@@ -131,3 +131,22 @@ def test_non_utf8_names_use_a_reversible_encoding(
     assert name == str(root) + "/caf%E9 100%25.txt"
     assert os_path(name, was_escaped=True) == raw
     assert wire_path("plain 100%.txt") == "plain 100%.txt"
+
+
+def test_symlinks_are_registered_with_their_target(
+    server_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    root = tmp_path / "links"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "f").write_bytes(b"content")
+    (root / "dirlink").symlink_to("real", target_is_directory=True)
+    (root / "filelink").symlink_to("real/f")
+    assert run(server_url, keys.write, tmp_path, str(root), "--hostname", "links") == 0
+    stored = records(server_url, keys.read, "links")
+    assert set(stored) == {str(root / "real/f"), str(root / "dirlink"), str(root / "filelink")}
+    link = stored[str(root / "filelink")]
+    assert (link["is_symlink"], link["link_target"]) == (True, "real/f")
+    assert link["sha256"] == hashlib.sha256(b"real/f").hexdigest()
+    assert stored[str(root / "real/f")]["has_file_content"]
+    # This server asks no content for symlinks: the record (target) is the whole story.
+    assert not link["upload_required"]

@@ -4,6 +4,11 @@ A name that decodes as UTF-8 is sent unchanged. A name that does not is sent wit
 byte that is not part of valid UTF-8 written as ``%XX`` (upper-case hex) and each ``%``
 written as ``%25``; ``urllib.parse.unquote_to_bytes`` turns it back into the original
 bytes. Example: ``b"caf\\xe9.txt"`` (Latin-1) is sent as ``"caf%E9.txt"``.
+
+The same form is used for a symlink's ``link_target`` and for the multipart filename.
+Names that are valid UTF-8 are never altered, so a ``%`` in them is sent as is: the
+escaped form is only recognisable from the bytes it must stand for (a name containing
+``%XX`` sequences that decodes as UTF-8 is ambiguous by design; such names are rare).
 """
 
 from __future__ import annotations
