@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,18 +98,28 @@ def run_client(url: str, key: str, *args: str) -> tuple[float, float, str]:
         [str(BIN / "ppclient"), "--url", url, "--no-progress", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    peak = [0.0]
+    watcher = threading.Thread(target=_watch_peak_rss, args=(process.pid, peak), daemon=True)
+    watcher.start()
     out, err = process.communicate()
     elapsed = time.perf_counter() - started
+    watcher.join()
     if process.returncode != 0:
         raise RuntimeError(f"ppclient failed ({process.returncode}): {err[-2000:]}")
-    rss = _child_peak_rss_mib()
-    return elapsed, rss, out
+    return elapsed, peak[0], out
 
 
-def _child_peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def _watch_peak_rss(pid: int, peak: list[float]) -> None:
+    """Keep the process's high-water RSS (VmHWM) in *peak* until it exits."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+        except (OSError, ValueError):
+            return
+        time.sleep(0.05)
 
 
 def record(name: str, data: dict[str, Any]) -> None:

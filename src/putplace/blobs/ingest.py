@@ -54,18 +54,27 @@ async def store_verified(
     hasher = hashlib.sha256()
     size = 0
     buffer = bytearray()
+    # One chunk is hashed and written while the next is received (double buffering):
+    # the previous step is awaited before the next starts, so order is kept.
+    in_progress: asyncio.Task[None] | None = None
+
+    async def consume(data: bytes) -> None:
+        if len(data) < _INLINE_HASH_LIMIT:
+            hasher.update(data)
+            await writer.write(data)
+        else:  # hash on a worker thread while the backend writes
+            await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+    async def flush() -> None:
+        nonlocal in_progress
+        data = bytes(buffer)
+        buffer.clear()
+        if in_progress is not None:
+            await in_progress
+        in_progress = asyncio.create_task(consume(data))
+
     writer = await store.begin(sha256, size_hint=expected_size)
     try:
-
-        async def flush() -> None:
-            data = bytes(buffer)
-            buffer.clear()
-            if len(data) < _INLINE_HASH_LIMIT:
-                hasher.update(data)
-                await writer.write(data)
-            else:  # hash on a worker thread while the backend writes
-                await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
-
         async for chunk in chunks:
             size += len(chunk)
             if limit is not None and size > limit:
@@ -79,6 +88,8 @@ async def store_verified(
                 await flush()
         if buffer:
             await flush()
+        if in_progress is not None:
+            await in_progress
         if expected_size is not None and size != expected_size:
             raise SizeMismatchError(
                 f"received {size} bytes, but the registered size is {expected_size}"
@@ -88,6 +99,9 @@ async def store_verified(
             raise HashMismatchError(f"content hashes to {actual}, not {sha256}")
         await writer.commit()
     except BaseException:
+        if in_progress is not None and not in_progress.done():
+            in_progress.cancel()
+            await asyncio.gather(in_progress, return_exceptions=True)
         await asyncio.shield(writer.abort())
         raise
     return size
