@@ -147,7 +147,7 @@ class SQLiteMetadataStore(MetadataStore):
     async def open(self) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._open_sync)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: parent is not a directory
             raise StoreUnavailableError(f"cannot open SQLite database {self._path}: {exc}") from exc
 
     async def close(self) -> None:
