@@ -1,0 +1,424 @@
+"""MongoDB metadata store on PyMongo's native async API (``pymongo.AsyncMongoClient``).
+
+Collections and indexes (created idempotently by :meth:`MongoMetadataStore.open`):
+
+``files``
+    ``_id`` ObjectId (server-generated on upsert; the list cursor), unique
+    ``(hostname, filepath)``, ``(sha256, _id)`` for "who has this content, oldest first"
+    and reference checks, ``(hostname, _id)`` for per-host listing in id order.
+``blobs``
+    ``_id`` is the SHA-256 itself. The ``_id`` index is unique and exists on every
+    collection, so there is no second index to keep, ``list_blobs`` walks it in hash
+    order, and a hashed ``_id`` shard key routes one hash to one shard (MongoDB cannot
+    enforce a separate unique index under a hashed shard key).
+``api_keys``
+    ``_id`` ObjectId, unique ``key_hash``, ``is_active``.
+
+Races are resolved by the database: files are upserts on the unique location index,
+blobs and keys are inserts whose duplicate-key error means "already there".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from bson import ObjectId
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReadPreference, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    WTimeoutError,
+)
+
+from putplace.metadata.base import (
+    FILE_FIELDS,
+    MetadataStore,
+    StoreUnavailableError,
+    check_limit,
+    dedupe_by_location,
+)
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+DUPLICATE_KEY = 11000
+#: Most values in one ``$in``: far below the 16 MiB query limit, and within the
+#: expression-size limit of mongoeco (the test server), which refuses ~500.
+_IN_CHUNK = 250
+#: Errors that mean "the database is not reachable right now", not "you asked wrongly".
+_TRANSIENT = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
+_UPDATED_FIELDS = tuple(f for f in FILE_FIELDS if f not in ("hostname", "filepath"))
+
+FILE_INDEXES = [
+    IndexModel([("hostname", ASCENDING), ("filepath", ASCENDING)], name="location", unique=True),
+    IndexModel([("sha256", ASCENDING), ("_id", ASCENDING)], name="sha256"),
+    IndexModel([("hostname", ASCENDING), ("_id", ASCENDING)], name="hostname_id"),
+]
+API_KEY_INDEXES = [
+    IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
+    IndexModel([("is_active", ASCENDING)], name="is_active"),
+]
+
+
+def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _object_id(value: str) -> ObjectId | None:
+    return ObjectId(value) if ObjectId.is_valid(value) else None
+
+
+def _file(doc: Mapping[str, Any]) -> FileRecord:
+    data = {name: doc.get(name) for name in FILE_FIELDS}
+    data.update(id=str(doc["_id"]), created_at=doc["created_at"], updated_at=doc["updated_at"])
+    return FileRecord.model_validate(data)
+
+
+def _blob(doc: Mapping[str, Any]) -> BlobRecord:
+    return BlobRecord(
+        sha256=doc["_id"], size=doc["size"], state=BlobState(doc["state"]),
+        stored_at=doc["stored_at"],
+    )  # fmt: skip
+
+
+def _key(doc: Mapping[str, Any]) -> ApiKeyRecord:
+    data = {k: v for k, v in doc.items() if k != "_id"}
+    return ApiKeyRecord.model_validate({**data, "id": str(doc["_id"])})
+
+
+def _write_errors(exc: BulkWriteError) -> list[Mapping[str, Any]]:
+    errors: list[Mapping[str, Any]] = exc.details.get("writeErrors", [])
+    return errors
+
+
+def describe_url(url: str) -> dict[str, Any]:
+    """Hosts and database named by a MongoDB URL, without credentials or options."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]  # drop user:password
+    hosts = [host for host in netloc.split(",") if host]
+    return {"scheme": parts.scheme, "hosts": hosts, "url_database": unquote(parts.path[1:])}
+
+
+class MongoMetadataStore(MetadataStore):
+    kind = "mongodb"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str = "putplace",
+        max_pool_size: int = 100,
+        timeout_ms: int = 5000,
+    ) -> None:
+        self._url = url
+        self._database_name = database
+        self._max_pool_size = max_pool_size
+        self._timeout_ms = timeout_ms
+        self._client: AsyncMongoClient[Document] | None = None
+        self._db: AsyncDatabase[Document] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            client: AsyncMongoClient[Document] = AsyncMongoClient(
+                self._url,
+                maxPoolSize=self._max_pool_size,
+                serverSelectionTimeoutMS=self._timeout_ms,
+                connectTimeoutMS=self._timeout_ms,
+                tz_aware=True,
+                uuidRepresentation="standard",
+                appname="putplace",
+            )
+        except PyMongoError as exc:  # bad URL / options: not transient, but unusable
+            raise StoreUnavailableError(f"cannot use MongoDB URL: {exc}") from exc
+        db = client[self._database_name]
+        try:
+            with self._guard("create indexes"):
+                await db["files"].create_indexes(FILE_INDEXES)
+                await db["api_keys"].create_indexes(API_KEY_INDEXES)
+                # blobs: _id is the hash; its built-in unique index is all it needs.
+        except BaseException:
+            await client.close()
+            raise
+        self._client, self._db = client, db
+
+    async def close(self) -> None:
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> bool:
+        if self._client is None:
+            return False
+        try:
+            reply = await self._client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return bool(reply.get("ok"))
+
+    def describe(self) -> dict[str, Any]:
+        info = describe_url(self._url)
+        return {
+            "type": self.kind,
+            "hosts": info["hosts"],
+            "database": self._database_name,
+        }
+
+    # -- plumbing --------------------------------------------------------------------
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn "cannot reach MongoDB" errors into :class:`StoreUnavailableError`."""
+        try:
+            yield
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"MongoDB {what} failed: {exc}") from exc
+
+    def _coll(self, name: str) -> AsyncCollection[Document]:
+        if self._db is None:
+            raise StoreUnavailableError("MongoDB store is not open")
+        return self._db[name]
+
+    @property
+    def _files(self) -> AsyncCollection[Document]:
+        return self._coll("files")
+
+    @property
+    def _blobs(self) -> AsyncCollection[Document]:
+        return self._coll("blobs")
+
+    @property
+    def _keys(self) -> AsyncCollection[Document]:
+        return self._coll("api_keys")
+
+    # -- files -----------------------------------------------------------------------
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
+        unique = dedupe_by_location(files)
+        if not unique:
+            return []
+        ops = [
+            UpdateOne(
+                {"hostname": meta.hostname, "filepath": meta.filepath},
+                {
+                    "$set": {
+                        **meta.model_dump(include=set(_UPDATED_FIELDS)),
+                        "updated_at": now,
+                    },
+                    "$setOnInsert": {"created_at": now},
+                },
+                upsert=True,
+            )
+            for meta in unique
+        ]
+        with self._guard("put_files"):
+            await self._upsert(ops)
+            found = await self._find_locations(
+                [(m.hostname, m.filepath) for m in unique], primary=True
+            )
+        records = []
+        for meta in unique:
+            record = found.get((meta.hostname, meta.filepath))
+            if record is None:  # deleted by another request between upsert and read
+                raise StoreUnavailableError(
+                    f"{meta.hostname}:{meta.filepath} was deleted while being stored"
+                )
+            records.append(record)
+        return records
+
+    async def _upsert(self, ops: list[UpdateOne]) -> None:
+        """One unordered bulk write; upserts that lost a first-insert race are retried.
+
+        Two concurrent upserts of a new ``(hostname, filepath)`` may both try to insert;
+        the unique index lets one win and fails the other with E11000. Retrying turns
+        the loser into an update of the winner's document.
+        """
+        try:
+            await self._files.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = _write_errors(exc)
+            if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
+            await self._files.bulk_write([ops[e["index"]] for e in errors], ordered=False)
+
+    async def _find_locations(
+        self, locations: Collection[tuple[str, str]], *, primary: bool = False
+    ) -> dict[tuple[str, str], FileRecord]:
+        files = self._files
+        if primary:  # read our own writes even when the URL prefers secondaries
+            files = files.with_options(read_preference=ReadPreference.PRIMARY)
+        by_host: defaultdict[str, list[str]] = defaultdict(list)
+        for hostname, filepath in dict.fromkeys(locations):
+            by_host[hostname].append(filepath)
+        found: dict[tuple[str, str], FileRecord] = {}
+        for hostname, paths in by_host.items():
+            for chunk in _chunks(paths):
+                async for doc in files.find({"hostname": hostname, "filepath": {"$in": chunk}}):
+                    record = _file(doc)
+                    found[(record.hostname, record.filepath)] = record
+        return found
+
+    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:
+        with self._guard("get_file"):
+            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+        return None if doc is None else _file(doc)
+
+    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
+        with self._guard("get_files"):
+            return list((await self._find_locations(locations)).values())
+
+    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
+        check_limit(limit)
+        with self._guard("files_with_content"):
+            cursor = self._files.find({"sha256": sha256}).sort("_id", ASCENDING).limit(limit)
+            return [_file(doc) async for doc in cursor]
+
+    async def list_files(
+        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        check_limit(limit)
+        query: Document = {}
+        if after:
+            start = _object_id(after)
+            if start is None:
+                raise ValueError(f"invalid cursor: {after!r}")
+            query["_id"] = {"$gt": start}
+        if hostname is not None:
+            query["hostname"] = hostname
+        with self._guard("list_files"):
+            cursor = self._files.find(query).sort("_id", ASCENDING).limit(limit)
+            return [_file(doc) async for doc in cursor]
+
+    async def delete_file(self, hostname: str, filepath: str) -> bool:
+        with self._guard("delete_file"):
+            result = await self._files.delete_one({"hostname": hostname, "filepath": filepath})
+        return result.deleted_count > 0
+
+    async def count_files(self) -> int:
+        with self._guard("count_files"):
+            return await self._files.count_documents({})
+
+    # -- blobs -----------------------------------------------------------------------
+    async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
+        hashes = list(dict.fromkeys(sha256s))
+        found: dict[str, BlobRecord] = {}
+        with self._guard("get_blobs"):
+            for chunk in _chunks(hashes):
+                async for doc in self._blobs.find({"_id": {"$in": list(chunk)}}):
+                    found[doc["_id"]] = _blob(doc)
+        return found
+
+    async def add_blob(self, blob: BlobRecord) -> bool:
+        doc = {
+            "_id": blob.sha256, "size": blob.size, "state": blob.state.value,
+            "stored_at": blob.stored_at,
+        }  # fmt: skip
+        with self._guard("add_blob"):
+            try:
+                await self._blobs.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
+        with self._guard("set_blob_state"):
+            result = await self._blobs.update_one({"_id": sha256}, {"$set": {"state": state.value}})
+        return result.matched_count > 0
+
+    async def delete_blob(self, sha256: str) -> bool:
+        with self._guard("delete_blob"):
+            result = await self._blobs.delete_one({"_id": sha256})
+        return result.deleted_count > 0
+
+    async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
+        check_limit(limit)
+        with self._guard("list_blobs"):
+            cursor = (
+                self._blobs.find({"_id": {"$gt": after or ""}}).sort("_id", ASCENDING).limit(limit)
+            )
+            return [_blob(doc) async for doc in cursor]
+
+    async def is_referenced(self, sha256: str) -> bool:
+        with self._guard("is_referenced"):
+            doc = await self._files.find_one({"sha256": sha256}, projection={"_id": 1})
+        return doc is not None
+
+    # -- API keys --------------------------------------------------------------------
+    async def add_api_key(
+        self,
+        *,
+        key_hash: str,
+        name: str,
+        description: str | None,
+        scope: Scope,
+        created_at: datetime,
+    ) -> ApiKeyRecord:
+        doc: Document = {
+            "key_hash": key_hash, "name": name, "description": description,
+            "scope": scope.value, "created_at": created_at, "last_used_at": None,
+            "is_active": True,
+        }  # fmt: skip
+        with self._guard("add_api_key"):
+            result = await self._keys.insert_one(doc)
+            stored = await self._keys.with_options(read_preference=ReadPreference.PRIMARY).find_one(
+                {"_id": result.inserted_id}
+            )
+        if stored is None:
+            raise StoreUnavailableError("API key was deleted while being created")
+        return _key(stored)
+
+    async def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        with self._guard("get_api_key"):
+            doc = await self._keys.find_one({"key_hash": key_hash})
+        return None if doc is None else _key(doc)
+
+    async def get_api_key_by_id(self, key_id: str) -> ApiKeyRecord | None:
+        oid = _object_id(key_id)
+        if oid is None:
+            return None
+        with self._guard("get_api_key_by_id"):
+            doc = await self._keys.find_one({"_id": oid})
+        return None if doc is None else _key(doc)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self._guard("list_api_keys"):
+            cursor = self._keys.find().sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            return [_key(doc) async for doc in cursor]
+
+    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+        oid = _object_id(key_id)
+        if oid is not None:
+            with self._guard("touch_api_key"):
+                await self._keys.update_one({"_id": oid}, {"$set": {"last_used_at": when}})
+
+    async def deactivate_api_key(self, key_id: str) -> bool:
+        oid = _object_id(key_id)
+        if oid is None:
+            return False
+        with self._guard("deactivate_api_key"):
+            result = await self._keys.update_one({"_id": oid}, {"$set": {"is_active": False}})
+        return result.matched_count > 0
+
+    async def delete_api_key(self, key_id: str) -> bool:
+        oid = _object_id(key_id)
+        if oid is None:
+            return False
+        with self._guard("delete_api_key"):
+            result = await self._keys.delete_one({"_id": oid})
+        return result.deleted_count > 0
+
+    async def count_api_keys(self) -> int:
+        with self._guard("count_api_keys"):
+            return await self._keys.count_documents({})
