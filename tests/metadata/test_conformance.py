@@ -1,0 +1,454 @@
+"""One MetadataStore contract, run unchanged against every backend (SQLite and MongoDB).
+
+Times are whole seconds so that every backend stores them exactly (MongoDB keeps
+milliseconds). Records inserted one ``put_file`` after another are in insertion order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from putplace.metadata.base import MAX_PAGE, MetadataStore, StoreUnavailableError
+from putplace.metadata.mongo import MongoMetadataStore
+from putplace.metadata.sqlite import SQLiteMetadataStore
+from putplace.models import BlobRecord, BlobState, FileMetadata, Scope
+from tests.metadata.conftest import OpenStore
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def sha(label: object) -> str:
+    return hashlib.sha256(str(label).encode()).hexdigest()
+
+
+def meta(hostname: str = "web-01", filepath: str = "/etc/hosts", **extra: Any) -> FileMetadata:
+    values: dict[str, Any] = {
+        "hostname": hostname, "filepath": filepath, "ip_address": "192.0.2.10",
+        "sha256": sha(filepath), "file_size": 42, "file_mode": 0o100644, "file_uid": 1000,
+        "file_gid": 1000, "file_mtime": 1_700_000_000.5, "file_atime": 1_700_000_001.25,
+        "file_ctime": 1_700_000_002.0,
+    }  # fmt: skip
+    values.update(extra)
+    return FileMetadata(**values)
+
+
+def blob(label: object, size: int = 10, seconds: int = 0) -> BlobRecord:
+    return BlobRecord(sha256=sha(label), size=size, stored_at=at(seconds))
+
+
+def reported(record: FileMetadata) -> dict[str, Any]:
+    """The client-reported part of a record (drops id and timestamps)."""
+    return FileMetadata.model_validate(record.model_dump()).model_dump()
+
+
+async def add_key(store: MetadataStore, name: str, seconds: int = 0, scope: Scope = Scope.write):
+    return await store.add_api_key(
+        key_hash=sha(f"key-{name}"), name=name, description=f"{name} key", scope=scope,
+        created_at=at(seconds),
+    )  # fmt: skip
+
+
+# --- files: put, get ------------------------------------------------------------------
+
+
+async def test_put_file_stores_every_reported_field(store: MetadataStore) -> None:
+    sent = meta(is_symlink=True, link_target="/etc/hosts.real", file_size=0)
+    record = await store.put_file(sent, at(0))
+    assert reported(record) == sent.model_dump()
+    assert record.id
+    assert record.created_at == record.updated_at == at(0)
+    assert await store.get_file("web-01", "/etc/hosts") == record
+    assert await store.count_files() == 1
+
+
+async def test_put_same_location_updates_in_place(store: MetadataStore) -> None:
+    first = await store.put_file(meta(), at(0))
+    changed = meta(sha256=sha("new content"), file_size=99, file_mtime=1_800_000_000.0)
+    second = await store.put_file(changed, at(30))
+    assert second.id == first.id
+    assert second.created_at == at(0)
+    assert second.updated_at == at(30)
+    assert reported(second) == changed.model_dump()
+    assert await store.get_file("web-01", "/etc/hosts") == second
+    assert await store.count_files() == 1
+
+
+async def test_same_path_on_two_hosts_are_two_records(store: MetadataStore) -> None:
+    a = await store.put_file(meta("host-a"), at(0))
+    b = await store.put_file(meta("host-b"), at(0))
+    assert a.id != b.id
+    assert await store.count_files() == 2
+
+
+async def test_put_files_returns_records_in_dedupe_order_last_wins(store: MetadataStore) -> None:
+    await store.put_file(meta("h", "/b", file_size=1), at(0))  # existing: updated by the batch
+    batch = [
+        meta("h", "/a", file_size=1),
+        meta("h", "/b", file_size=2),
+        meta("other", "/a", file_size=3),
+        meta("h", "/a", file_size=4),  # same location again: this one wins, moves last
+    ]
+    records = await store.put_files(batch, at(10))
+    assert [(r.hostname, r.filepath, r.file_size) for r in records] == [
+        ("h", "/b", 2),
+        ("other", "/a", 3),
+        ("h", "/a", 4),
+    ]
+    assert (await store.get_file("h", "/a")).file_size == 4  # type: ignore[union-attr]
+    assert await store.count_files() == 3
+    assert await store.put_files([], at(11)) == []
+
+
+async def test_put_files_large_batch(store: MetadataStore) -> None:
+    n = 260  # more than one lookup chunk in each backend (kept small: mongoeco is slow)
+    batch = [meta("bulk", f"/data/{i:05d}", file_size=i) for i in range(n)]
+    records = await store.put_files(batch, at(0))
+    assert [r.filepath for r in records] == [m.filepath for m in batch]
+    assert len({r.id for r in records}) == n
+    again = await store.put_files([meta("bulk", m.filepath, file_size=7) for m in batch], at(5))
+    assert [r.id for r in again] == [r.id for r in records]
+    assert {r.file_size for r in again} == {7}
+    assert await store.count_files() == n
+
+
+async def test_get_file_and_get_files_return_only_existing(store: MetadataStore) -> None:
+    a = await store.put_file(meta("h1", "/a"), at(0))
+    b = await store.put_file(meta("h2", "/b"), at(1))
+    assert await store.get_file("h1", "/missing") is None
+    assert await store.get_file("h2", "/a") is None  # right path, wrong host
+    found = await store.get_files([("h1", "/a"), ("h2", "/b"), ("h1", "/b"), ("h1", "/a")])
+    assert sorted(found, key=lambda r: r.id) == sorted([a, b], key=lambda r: r.id)
+    assert await store.get_files([]) == []
+    assert await store.get_files([("nobody", "/x")]) == []
+
+
+async def test_names_are_stored_exactly(store: MetadataStore) -> None:
+    odd = ["/tmp/ünïcödé 名前", "/tmp/with\nnewline", "/tmp/$dollar.field", "/tmp/%2F"]
+    for path in odd:
+        await store.put_file(meta("h", path), at(0))
+    assert sorted(r.filepath for r in await store.list_files()) == sorted(odd)
+    for path in odd:
+        assert (await store.get_file("h", path)) is not None
+
+
+# --- files: by content, listing, delete, count ----------------------------------------
+
+
+async def test_files_with_content_oldest_first_and_limited(store: MetadataStore) -> None:
+    content = sha("shared")
+    for i, host in enumerate(["h3", "h1", "h2"]):
+        await store.put_file(meta(host, "/same", sha256=content), at(i))
+    await store.put_file(meta("h9", "/other"), at(5))
+    got = await store.files_with_content(content)
+    assert [r.hostname for r in got] == ["h3", "h1", "h2"]
+    # Updating the oldest does not make it newer.
+    await store.put_file(meta("h3", "/same", sha256=content, file_size=1), at(9))
+    assert [r.hostname for r in await store.files_with_content(content, limit=2)] == ["h3", "h1"]
+    assert await store.files_with_content(sha("nothing")) == []
+    for bad in (0, MAX_PAGE + 1):
+        with pytest.raises(ValueError, match="limit must be between"):
+            await store.files_with_content(content, limit=bad)
+
+
+async def test_list_files_pages_every_record_once_in_insertion_order(
+    store: MetadataStore,
+) -> None:
+    inserted = []
+    for i in range(23):
+        host = "even" if i % 2 == 0 else "odd"
+        inserted.append((await store.put_file(meta(host, f"/f/{22 - i:02d}"), at(i))).id)
+    # An update must neither move nor duplicate a record.
+    await store.put_file(meta("even", "/f/22", file_size=1), at(100))
+
+    async def walk(**kwargs: Any) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while True:
+            page = await store.list_files(after=after, limit=5, **kwargs)
+            assert len(page) <= 5
+            if not page:
+                return seen
+            seen += [r.id for r in page]
+            after = page[-1].id
+
+    assert await walk() == inserted
+    assert await walk(hostname="odd") == inserted[1::2]
+    assert await walk(hostname="nobody") == []
+    assert [r.id for r in await store.list_files(limit=MAX_PAGE)] == inserted
+    assert [r.id for r in await store.list_files(after=inserted[-1])] == []
+
+
+@pytest.mark.parametrize("cursor", ["nope", "-1", "1.5", "zz" * 12, "0x10"])
+async def test_list_files_rejects_an_invalid_cursor(store: MetadataStore, cursor: str) -> None:
+    await store.put_file(meta(), at(0))
+    with pytest.raises(ValueError, match="invalid cursor"):
+        await store.list_files(after=cursor)
+
+
+async def test_list_files_limit_bounds(store: MetadataStore) -> None:
+    for i in range(3):
+        await store.put_file(meta("h", f"/{i}"), at(i))
+    assert len(await store.list_files(limit=1)) == 1
+    for bad in (0, -1, MAX_PAGE + 1):
+        with pytest.raises(ValueError, match="limit must be between"):
+            await store.list_files(limit=bad)
+
+
+async def test_delete_file(store: MetadataStore) -> None:
+    await store.put_file(meta("h", "/keep"), at(0))
+    await store.put_file(meta("h", "/gone"), at(1))
+    assert await store.delete_file("h", "/gone") is True
+    assert await store.delete_file("h", "/gone") is False
+    assert await store.delete_file("other", "/keep") is False
+    assert await store.get_file("h", "/gone") is None
+    assert await store.count_files() == 1
+    # The location can be used again: a new record, not the old one revived.
+    again = await store.put_file(meta("h", "/gone"), at(5))
+    assert again.created_at == at(5)
+
+
+async def test_count_files(store: MetadataStore) -> None:
+    assert await store.count_files() == 0
+    await store.put_files([meta("h", f"/{i}") for i in range(7)], at(0))
+    await store.put_files([meta("h", f"/{i}") for i in range(3)], at(1))
+    assert await store.count_files() == 7
+
+
+# --- blobs ----------------------------------------------------------------------------
+
+
+async def test_add_blob_is_idempotent(store: MetadataStore) -> None:
+    first = blob("x", size=10, seconds=0)
+    assert await store.add_blob(first) is True
+    assert await store.add_blob(blob("x", size=999, seconds=50)) is False
+    assert await store.get_blob(sha("x")) == first  # the first record stands
+
+
+async def test_get_blobs_returns_only_existing(store: MetadataStore) -> None:
+    for label in ("a", "b"):
+        await store.add_blob(blob(label))
+    got = await store.get_blobs([sha("a"), sha("b"), sha("c"), sha("a")])
+    assert got == {sha("a"): blob("a"), sha("b"): blob("b")}
+    assert await store.get_blobs([]) == {}
+    assert await store.get_blob(sha("c")) is None
+    many = [sha(i) for i in range(1200)]
+    assert await store.get_blobs(many) == {}
+
+
+async def test_set_blob_state_and_delete_blob(store: MetadataStore) -> None:
+    await store.add_blob(blob("q"))
+    assert await store.set_blob_state(sha("q"), BlobState.quarantined) is True
+    assert (await store.get_blob(sha("q"))).state is BlobState.quarantined  # type: ignore[union-attr]
+    assert (
+        await store.set_blob_state(sha("q"), BlobState.quarantined) is True
+    )  # no change: still there
+    assert await store.set_blob_state(sha("missing"), BlobState.present) is False
+    assert await store.get_blob(sha("missing")) is None
+    assert await store.delete_blob(sha("q")) is True
+    assert await store.delete_blob(sha("q")) is False
+    assert await store.get_blob(sha("q")) is None
+    assert await store.add_blob(blob("q")) is True  # can be recorded again
+
+
+async def test_list_blobs_ordered_by_hash_with_after(store: MetadataStore) -> None:
+    hashes = sorted(sha(i) for i in range(12))
+    for i in range(12):
+        await store.add_blob(blob(i))
+    assert [b.sha256 for b in await store.list_blobs()] == hashes
+    seen: list[str] = []
+    after = None
+    while page := await store.list_blobs(after=after, limit=5):
+        seen += [b.sha256 for b in page]
+        after = page[-1].sha256
+    assert seen == hashes
+    assert [b.sha256 for b in await store.list_blobs(after=hashes[5], limit=2)] == hashes[6:8]
+    assert await store.list_blobs(after=hashes[-1]) == []
+    for bad in (0, MAX_PAGE + 1):
+        with pytest.raises(ValueError, match="limit must be between"):
+            await store.list_blobs(limit=bad)
+
+
+async def test_is_referenced_follows_file_records(store: MetadataStore) -> None:
+    content = sha("c")
+    assert await store.is_referenced(content) is False
+    await store.put_file(meta("h", "/a", sha256=content), at(0))
+    await store.put_file(meta("h", "/b", sha256=content), at(0))
+    assert await store.is_referenced(content) is True
+    await store.delete_file("h", "/a")
+    assert await store.is_referenced(content) is True
+    await store.put_file(meta("h", "/b", sha256=sha("other")), at(1))  # content changed
+    assert await store.is_referenced(content) is False
+    assert await store.is_referenced(sha("other")) is True
+
+
+# --- API keys -------------------------------------------------------------------------
+
+
+async def test_add_and_get_api_key(store: MetadataStore) -> None:
+    record = await add_key(store, "fleet", scope=Scope.admin)
+    assert record.id
+    assert (record.name, record.description, record.scope) == ("fleet", "fleet key", Scope.admin)
+    assert record.key_hash == sha("key-fleet")
+    assert record.created_at == at(0)
+    assert record.last_used_at is None
+    assert record.is_active is True
+    assert await store.get_api_key(sha("key-fleet")) == record
+    assert await store.get_api_key_by_id(record.id) == record
+    assert await store.get_api_key(sha("key-other")) is None
+    assert await store.count_api_keys() == 1
+
+
+async def test_api_key_without_description(store: MetadataStore) -> None:
+    record = await store.add_api_key(
+        key_hash=sha("k"), name="n", description=None, scope=Scope.read, created_at=at(0)
+    )
+    assert (await store.get_api_key_by_id(record.id)).description is None  # type: ignore[union-attr]
+
+
+async def test_list_api_keys_oldest_first(store: MetadataStore) -> None:
+    assert await store.list_api_keys() == []
+    made = [await add_key(store, name, seconds) for seconds, name in enumerate("cab")]
+    assert [k.name for k in await store.list_api_keys()] == ["c", "a", "b"]
+    assert await store.list_api_keys() == made
+
+
+async def test_touch_deactivate_delete_api_key(store: MetadataStore) -> None:
+    key = await add_key(store, "k")
+    other = await add_key(store, "other")
+    await store.touch_api_key(key.id, at(60))
+    assert (await store.get_api_key_by_id(key.id)).last_used_at == at(60)  # type: ignore[union-attr]
+    assert await store.deactivate_api_key(key.id) is True
+    assert await store.deactivate_api_key(key.id) is True  # revoking twice is fine
+    revoked = await store.get_api_key(key.key_hash)
+    assert revoked is not None
+    assert revoked.is_active is False
+    assert (await store.get_api_key_by_id(other.id)).is_active is True  # type: ignore[union-attr]
+    assert await store.delete_api_key(key.id) is True
+    assert await store.delete_api_key(key.id) is False
+    assert await store.get_api_key_by_id(key.id) is None
+    assert await store.get_api_key(key.key_hash) is None
+    assert await store.deactivate_api_key(key.id) is False
+    assert [k.id for k in await store.list_api_keys()] == [other.id]
+    assert await store.count_api_keys() == 1
+
+
+@pytest.mark.parametrize(
+    "key_id", ["", "0", "999999", "nope", "-1", "0" * 24, "f" * 24, "1" * 40, "ünï"]
+)
+async def test_unknown_api_key_ids(store: MetadataStore, key_id: str) -> None:
+    key = await add_key(store, "real")
+    assert await store.get_api_key_by_id(key_id) is None
+    assert await store.deactivate_api_key(key_id) is False
+    assert await store.delete_api_key(key_id) is False
+    await store.touch_api_key(key_id, at(5))  # no error, no effect
+    assert await store.list_api_keys() == [key]
+
+
+async def test_duplicate_key_hash_is_rejected(store: MetadataStore) -> None:
+    original = await add_key(store, "first")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each backend's integrity error
+        await store.add_api_key(
+            key_hash=original.key_hash, name="second", description=None, scope=Scope.admin,
+            created_at=at(9),
+        )  # fmt: skip
+    assert await store.list_api_keys() == [original]
+    assert await store.get_api_key(original.key_hash) == original
+
+
+# --- concurrency: races resolved by the database ---------------------------------------
+
+
+async def test_concurrent_first_puts_of_one_location(open_store: OpenStore) -> None:
+    stores = [await open_store(), await open_store()]  # as two API processes
+    results = await asyncio.gather(
+        *(stores[i % 2].put_file(meta("race", "/new", file_size=i), at(i)) for i in range(50))
+    )
+    assert len({r.id for r in results}) == 1
+    assert await stores[0].count_files() == 1
+    stored = await stores[1].get_file("race", "/new")
+    assert stored is not None
+    assert stored.id == results[0].id
+    assert stored.file_size in range(50)
+
+
+async def test_concurrent_batches_overlapping_locations(open_store: OpenStore) -> None:
+    stores = [await open_store(), await open_store()]
+    batches = [[meta("race", f"/{(j + i) % 30}") for j in range(10)] for i in range(30)]
+    await asyncio.gather(*(stores[i % 2].put_files(b, at(i)) for i, b in enumerate(batches)))
+    assert await stores[0].count_files() == 30
+    assert len({r.id for r in await stores[0].list_files()}) == 30
+
+
+async def test_concurrent_add_blob_of_one_hash(open_store: OpenStore) -> None:
+    stores = [await open_store(), await open_store()]
+    outcomes = await asyncio.gather(
+        *(stores[i % 2].add_blob(blob("same", size=i)) for i in range(50))
+    )
+    assert outcomes.count(True) == 1
+    stored = await stores[0].list_blobs()
+    assert len(stored) == 1
+    assert stored[0].size == outcomes.index(True)  # the winner's record, untouched
+
+
+async def test_many_concurrent_distinct_puts(store: MetadataStore) -> None:
+    records = await asyncio.gather(
+        *(store.put_file(meta(f"h{i % 7}", f"/p/{i}"), at(0)) for i in range(100))
+    )
+    assert len({r.id for r in records}) == 100
+    assert await store.count_files() == 100
+    found = await store.get_files([(f"h{i % 7}", f"/p/{i}") for i in range(100)])
+    assert {(r.hostname, r.filepath) for r in found} == {(r.hostname, r.filepath) for r in records}
+
+
+# --- availability ---------------------------------------------------------------------
+
+
+async def test_ping(open_store: OpenStore) -> None:
+    store = await open_store()
+    assert await store.ping() is True
+    await store.close()
+    assert await store.ping() is False
+
+
+def unreachable_store(backend: str, tmp_path: Path) -> MetadataStore:
+    if backend == "sqlite":
+        (tmp_path / "not-a-dir").write_text("x")
+        return SQLiteMetadataStore(tmp_path / "not-a-dir" / "putplace.db")
+    return MongoMetadataStore("mongodb://127.0.0.1:1/", database="pp_x", timeout_ms=300)
+
+
+async def test_unreachable_store(backend: str, tmp_path: Path) -> None:
+    store = unreachable_store(backend, tmp_path)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError):
+        await store.open()
+    assert time.monotonic() - started < 10
+    try:
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailableError):
+            await store.count_files()
+        with pytest.raises(StoreUnavailableError):
+            await store.put_file(meta(), at(0))
+    finally:
+        await store.close()
+
+
+async def test_reopen_keeps_data_and_indexes(open_store: OpenStore) -> None:
+    first = await open_store()
+    record = await first.put_file(meta(), at(0))
+    await first.close()
+    second = await open_store()  # open() again on existing data: idempotent
+    assert await second.get_file("web-01", "/etc/hosts") == record
+    assert await second.put_file(meta(file_size=1), at(1)) is not None
+    assert await second.count_files() == 1
