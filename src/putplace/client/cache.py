@@ -52,15 +52,22 @@ class ClientCache:
         self._db.executescript(SCHEMA)
         self._db.execute("BEGIN")
 
-    def lookup_hash(self, st: os.stat_result) -> str | None:
-        dev, ino, size, mtime_ns, ctime_ns = identity(st)
+    def lookup_hashes(self, stats: list[os.stat_result]) -> list[str | None]:
+        """The cached hash of each file whose identity is unchanged, else None (one query
+        per 500 files)."""
+        wanted = [identity(st) for st in stats]
+        known: dict[tuple[int, int, int, int, int], str] = {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT sha256 FROM hashes WHERE dev = ? AND ino = ? AND size = ? "
-                "AND mtime_ns = ? AND ctime_ns = ?",
-                (dev, ino, size, mtime_ns, ctime_ns),
-            ).fetchone()
-        return None if row is None else str(row[0])
+            for start in range(0, len(wanted), 500):
+                inodes = [ident[1] for ident in wanted[start : start + 500]]
+                marks = ", ".join("?" * len(inodes))
+                rows = self._db.execute(
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes "  # noqa: S608
+                    f"WHERE ino IN ({marks})",
+                    inodes,
+                )
+                known.update((tuple(row[:5]), row[5]) for row in rows)
+        return [known.get(ident) for ident in wanted]
 
     def store_hash(self, st: os.stat_result, sha256: str) -> None:
         with self._lock:

@@ -162,11 +162,9 @@ class Run:
     # -- hashing ---------------------------------------------------------------------
     def _hash_one(self, entry: FileEntry) -> _Item | None:
         try:
-            sha = None if self.options.rehash else self.cache.lookup_hash(entry.stat)
-            if sha is None or entry.is_symlink:
-                sha = hash_entry(entry, self.stop)
-                if not entry.is_symlink:
-                    self.cache.store_hash(entry.stat, sha)
+            sha = hash_entry(entry, self.stop)
+            if not entry.is_symlink:
+                self.cache.store_hash(entry.stat, sha)
             record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
         except Cancelled:
             return None
@@ -182,7 +180,24 @@ class Run:
         return _Item(entry, record, fingerprint(record))
 
     def _hash_batch(self, batch: list[FileEntry], hashers: ThreadPoolExecutor) -> list[_Item]:
-        return [item for item in hashers.map(self._hash_one, batch) if item is not None]
+        """Items for *batch* in order: cache hits at once, the rest hashed in parallel."""
+        cached: list[str | None] = [None] * len(batch)
+        if not self.options.rehash:
+            cached = self.cache.lookup_hashes([entry.stat for entry in batch])
+        misses = [e for e, sha in zip(batch, cached, strict=True) if sha is None or e.is_symlink]
+        hashed = iter(hashers.map(self._hash_one, misses))
+        items: list[_Item] = []
+        for entry, sha in zip(batch, cached, strict=True):
+            if sha is None or entry.is_symlink:
+                item = next(hashed)
+            else:
+                record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
+                item = _Item(entry, record, fingerprint(record))
+                self.reporter.file_done()
+            if item is not None:
+                items.append(item)
+        self.summary.add(files_seen=len(batch) - len(misses))
+        return items
 
     # -- registering -----------------------------------------------------------------
     def _register(self, items: list[_Item], uploaders: ThreadPoolExecutor) -> list[Future[None]]:
