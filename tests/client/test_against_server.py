@@ -29,16 +29,6 @@ def records(server_url: str, key: str, hostname: str) -> dict[str, dict[str, obj
     return {r["filepath"]: r for r in answer}
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    (root / "d").mkdir(parents=True)
-    (root / "one").write_bytes(b"1" * 1000)
-    (root / "d" / "two").write_bytes(b"2" * 2000)
-    (root / "d" / "dup").write_bytes(b"1" * 1000)
-    return root
-
-
 def counts(output: str) -> dict[str, int]:
     """The summary ppclient printed, as label -> number."""
     return {

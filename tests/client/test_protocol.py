@@ -32,16 +32,6 @@ def ppclient(url: str, *args: str) -> int:
                  "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    (root / "d").mkdir(parents=True)
-    (root / "one").write_bytes(b"1" * 1000)
-    (root / "d" / "two").write_bytes(b"2" * 2000)
-    (root / "d" / "dup").write_bytes(b"1" * 1000)
-    return root
-
-
 def test_legacy_protocol_metadata_then_multipart_upload(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,8 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from tests.support.processes import stop_process
+
 ENV_URI = "PUTPLACE_TEST_MONGODB_URI"
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -72,12 +74,7 @@ def _start_mongoeco(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, timeout=15)
     if process.stdout is not None:
         process.stdout.close()
 

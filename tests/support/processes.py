@@ -60,12 +60,18 @@ def ppserver_process(settings: Settings, cwd: Path, *extra: str) -> Iterator[str
         wait_until_healthy(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=30)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, wait, and SIGKILL if it does not go in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

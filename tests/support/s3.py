@@ -24,6 +24,7 @@ import httpx
 import pytest
 from botocore.config import Config
 
+from tests.support.processes import stop_process
 from tests.support.servers import free_port
 
 DUMMY_CREDENTIALS = {
@@ -109,12 +110,7 @@ def s3_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         _ensure_bucket(config)
         yield config
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
