@@ -74,7 +74,7 @@ class Keys:
     revoked: str
 
 
-async def _seed_keys(settings: Settings) -> Keys:
+async def seed_keys(settings: Settings) -> Keys:
     store = create_metadata_store(settings)
     await store.open()
     try:
@@ -101,7 +101,7 @@ async def _seed_keys(settings: Settings) -> Keys:
 @pytest.fixture
 async def keys(settings: Settings) -> Keys:
     """One key of each scope plus a revoked one, stored before the server starts."""
-    return await _seed_keys(settings)
+    return await seed_keys(settings)
 
 
 @pytest.fixture

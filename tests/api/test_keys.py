@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Keys
+from putplace.metadata import create_metadata_store
+from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import metadata, store
+from tests.support.servers import running_server
 
 ZERO = "0" * 64
 
@@ -110,3 +114,34 @@ async def test_read_key_reads(api: httpx.AsyncClient, keys: Keys) -> None:
     assert (await api.get(f"/get_file/{body['sha256']}", headers=read)).status_code == 200
     assert (await api.get(f"/download/{body['sha256']}", headers=read)).content == b"readable"
     assert (await api.post("/put_file", json=metadata(b"y"), headers=read)).status_code == 403
+
+
+async def test_key_cache_honours_revocation_within_its_ttl(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = make_settings(request, "sqlite-local", tmp_path, key_cache_seconds=1.0)
+    keys = await seed_keys(settings)
+    with running_server(settings) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            use = {"X-API-Key": keys.write}
+            assert (await client.get("/files", headers=use)).status_code == 200
+            # Revoked behind the server's back (another process, or `ppserver keys revoke`).
+            store = create_metadata_store(settings)
+            await store.open()
+            (record,) = [k for k in await store.list_api_keys() if k.name == "write"]
+            await store.deactivate_api_key(record.id)
+            await store.close()
+            assert (await client.get("/files", headers=use)).status_code == 200  # cached
+            await asyncio.sleep(1.1)
+            assert (await client.get("/files", headers=use)).status_code == 401
+
+            # Revoked through this server's API: forgotten at once.
+            reader = {"X-API-Key": keys.read}
+            assert (await client.get("/files", headers=reader)).status_code == 200
+            listed = (await client.get("/api_keys", headers={"X-API-Key": keys.admin})).json()
+            (read_id,) = [k["_id"] for k in listed if k["name"] == "read"]
+            revoke = await client.put(
+                f"/api_keys/{read_id}/revoke", headers={"X-API-Key": keys.admin}
+            )
+            assert revoke.status_code == 200
+            assert (await client.get("/files", headers=reader)).status_code == 401
