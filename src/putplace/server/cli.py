@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -49,7 +50,29 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+
+    verify = commands.add_parser("verify", help="re-hash stored blobs; quarantine corrupt ones")
+    verify.add_argument("--sample", type=_positive, help="check N random blobs, not all")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    gc = commands.add_parser("gc", help="list (or --delete) blobs no file references")
+    gc.add_argument("--delete", action="store_true", help="remove them (default: list only)")
+    gc.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="only blobs stored at least this long ago (default 3600)",
+    )
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, overrides)
         if args.command == "check":
             return asyncio.run(_check(settings))
+        if args.command in ("verify", "gc"):
+            return asyncio.run(_maintain(settings, args))
         return asyncio.run(_with_store(settings, lambda store: _keys(store, args)))
     except StoreUnavailableError as exc:
         print(f"ppserver: {exc}", file=sys.stderr)
@@ -110,6 +135,54 @@ async def _with_store(settings: Settings, work: Callable[[MetadataStore], Awaita
         return await work(store)
     finally:
         await store.close()
+
+
+async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from putplace.server.maintenance import collect_garbage, verify
+
+    metadata = create_metadata_store(settings)
+    blobs = create_blob_store(settings)
+    await metadata.open()
+    try:
+        await blobs.open()
+        if args.command == "gc":
+            if args.min_age < 0:
+                print("ppserver: --min-age must be >= 0", file=sys.stderr)
+                return EXIT_USAGE
+            gc_report = await collect_garbage(
+                metadata, blobs, delete=args.delete, min_age_seconds=args.min_age
+            )
+            if args.json:
+                print(json.dumps(asdict(gc_report)))
+            else:
+                verb = "deleted" if args.delete else "unreferenced (run with --delete to remove)"
+                for sha in gc_report.deleted if args.delete else gc_report.unreferenced:
+                    print(sha)
+                count = len(gc_report.deleted if args.delete else gc_report.unreferenced)
+                print(f"{count} blobs {verb}", file=sys.stderr)
+            return 0
+        with Progress(transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
+            task = bar.add_task("Verifying blobs", total=None)
+            report = await verify(
+                metadata, blobs, sample=args.sample, progress=lambda _: bar.advance(task)
+            )
+        if args.json:
+            print(json.dumps({**asdict(report), "ok": report.ok}))
+        else:
+            for sha in report.corrupt:
+                print(f"CORRUPT (quarantined): {sha}")
+            for sha in report.missing:
+                print(f"MISSING: {sha}")
+            print(
+                f"checked {report.checked} blobs: {len(report.corrupt)} corrupt, "
+                f"{len(report.missing)} missing"
+            )
+        return 0 if report.ok else 1
+    finally:
+        await blobs.close()
+        await metadata.close()
 
 
 async def _check(settings: Settings) -> int:

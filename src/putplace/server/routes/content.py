@@ -65,10 +65,17 @@ async def ingest(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail="client disconnected during upload"
         ) from None
-    await state.metadata.add_blob(
-        BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
-    )
+    stored = BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
+    if not await state.metadata.add_blob(stored):
+        # Already recorded: a concurrent upload, or a quarantined blob now replaced.
+        await state.metadata.set_blob_state(sha256, BlobState.present)
     return size
+
+
+async def needs_content(state: AppState, sha256: str) -> bool:
+    """True unless a verified copy of this content is stored."""
+    blob = await state.metadata.get_blob(sha256)
+    return blob is None or blob.state is not BlobState.present
 
 
 @router.post(
@@ -112,7 +119,7 @@ async def upload_file(
             detail=f"upload exceeds the limit of {state.settings.max_upload_bytes} bytes",
         )
     message = "File content already stored"
-    if await state.metadata.get_blob(sha256) is None:
+    if await needs_content(state, sha256):
         await ingest(state, sha256, iter_field(request, "file"), record.file_size)
         message = "File uploaded successfully"
     return UploadResponse(
@@ -159,7 +166,7 @@ async def put_blob(sha256: str, request: Request, state: State, _: WriteKey) -> 
             detail=f"upload exceeds the limit of {state.settings.max_upload_bytes} bytes",
         )
     code = status.HTTP_200_OK
-    if await state.metadata.get_blob(sha256) is None:
+    if await needs_content(state, sha256):
         await ingest(state, sha256, request.stream(), expected)
         code = status.HTTP_201_CREATED
     return JSONResponse({"sha256": sha256, "file_size": expected}, status_code=code)
