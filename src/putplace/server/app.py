@@ -14,6 +14,7 @@ from putplace.blobs import create_blob_store
 from putplace.config import Settings, load_settings
 from putplace.metadata import create_metadata_store
 from putplace.server.errors import install_error_handlers
+from putplace.server.logs import AccessLogMiddleware, configure_logging
 from putplace.server.routes import content, files, keys, root
 from putplace.server.state import AppState
 
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan,
     )
-    app.state.settings = settings or load_settings()
+    app.state.settings = settings = settings or load_settings()
+    configure_logging(settings)
+    app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     for module in (root, files, content, keys):
         app.include_router(module.router)

@@ -66,9 +66,10 @@ def require(scope: Scope) -> Callable[..., Awaitable[ApiKeyRecord]]:
     """Dependency: an authenticated key whose scope includes *scope*, else 401/403."""
 
     async def dependency(
-        state: State, key: Annotated[str | None, Security(api_key_header)]
+        request: Request, state: State, key: Annotated[str | None, Security(api_key_header)]
     ) -> ApiKeyRecord:
         record = await authenticate(state, key)
+        request.state.api_key_id = record.id  # for the access log; never the key itself
         if not record.scope.allows(scope):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

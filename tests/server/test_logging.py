@@ -1,0 +1,47 @@
+"""Logs of a real ppserver: JSON lines, one access line per request, never a key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from putplace.config import LogFormat, Settings
+from tests.support.payloads import metadata
+from tests.support.processes import ppserver_process, run_ppserver
+
+
+def test_json_access_log_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/putplace.db",
+        storage_url=f"file://{tmp_path}/blobs",
+        log_format=LogFormat.json,
+    )
+    created = run_ppserver(settings, "keys", "create", "--name", "logs", "--json", cwd=tmp_path)
+    key = json.loads(created.stdout)["api_key"]
+    with ppserver_process(settings, tmp_path) as url, httpx.Client(base_url=url) as client:
+        headers = {"X-API-Key": key, "X-Request-ID": "trace-123"}
+        answered = client.post("/put_file", json=metadata(b"x"), headers=headers)
+        assert answered.status_code == 201
+        assert answered.headers["x-request-id"] == "trace-123"
+        refused = client.get("/files", headers={"X-API-Key": "f" * 64})
+        assert refused.status_code == 401
+        generated = refused.headers["x-request-id"]
+        assert len(generated) == 32
+        hostile = client.get("/", headers={"X-Request-ID": "x\ty" * 100})
+        assert hostile.headers["x-request-id"] != "x\ty" * 100
+    (log,) = tmp_path.glob("ppserver-*.log")
+    text = log.read_text()
+    assert key not in text
+    assert "f" * 64 not in text
+    entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    access = {e["request_id"]: e for e in entries if e["logger"] == "putplace.access"}
+    assert access["trace-123"]["status"] == 201
+    assert access["trace-123"]["path"] == "/put_file"
+    assert access["trace-123"]["key_id"] == json.loads(created.stdout)["_id"]
+    assert access[generated]["status"] == 401
+    assert access[generated]["key_id"] is None
+    assert not [e for e in entries if e["logger"] == "uvicorn.access"]  # one line a request
+    non_json = [line for line in text.splitlines() if line and not line.startswith("{")]
+    assert non_json == []
