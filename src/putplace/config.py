@@ -83,6 +83,25 @@ class Settings(BaseSettings):
         description="How long a verified API key is cached per process. A revoked key "
         "stops working within this many seconds. 0 disables the cache.",
     )
+    max_json_bytes: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024 * 1024, description="Largest JSON request body, bytes; larger gets 413."
+    )
+    rate_limit_per_second: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="Requests per second allowed per API key in each server process "
+        "(token bucket); over it, 429 with Retry-After. 0 disables the limit.",
+    )
+    rate_limit_burst: Annotated[int, Field(ge=1)] = Field(
+        100, description="Requests a key may make at once before the rate limit applies."
+    )
+    upload_idle_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0,
+        description="An upload that sends no bytes for this long is aborted (408); nothing "
+        "is stored.",
+    )
+    keepalive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        5, description="Idle keep-alive connections are closed after this many seconds."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(
         LogFormat.text, description="`text` or `json` (one object a line)."

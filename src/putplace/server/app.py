@@ -14,6 +14,7 @@ from putplace.blobs import create_blob_store
 from putplace.config import Settings, load_settings
 from putplace.metadata import create_metadata_store
 from putplace.server.errors import install_error_handlers
+from putplace.server.limits import JsonBodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
 from putplace.server.routes import content, files, keys, root
 from putplace.server.state import AppState
@@ -49,6 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             metadata=metadata,
             blobs=blobs,
             key_cache=KeyCache(settings.key_cache_seconds),
+            rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         app.state.putplace = state
         try:
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings = settings or load_settings()
     configure_logging(settings)
+    app.add_middleware(JsonBodyLimitMiddleware, limit=settings.max_json_bytes)
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     for module in (root, files, content, keys):

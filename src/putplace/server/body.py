@@ -8,11 +8,8 @@ import orjson
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 
-#: Largest JSON body accepted by the batch endpoint (a full batch is ~0.5 MB).
-MAX_JSON_BYTES = 64 * 1024 * 1024
 
-
-async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> Any:
+async def read_json(request: Request, limit: int) -> Any:
     """The parsed JSON body; 413 past *limit* bytes, 422 when it is not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -123,6 +123,7 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
         log_config=None,  # the app configures logging (text or JSON)
         access_log=False,  # the app writes one access line per request, with its id
         proxy_headers=True,

@@ -70,6 +70,13 @@ def require(scope: Scope) -> Callable[..., Awaitable[ApiKeyRecord]]:
     ) -> ApiKeyRecord:
         record = await authenticate(state, key)
         request.state.api_key_id = record.id  # for the access log; never the key itself
+        wait = state.rate_limiter.retry_after(record.id)
+        if wait:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail="Rate limit exceeded for this API key",
+                headers={"Retry-After": str(wait)},
+            )
         if not record.scope.allows(scope):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

@@ -11,6 +11,7 @@ from putplace.auth import KeyCache
 from putplace.blobs import BlobStore
 from putplace.config import Settings
 from putplace.metadata import MetadataStore
+from putplace.server.limits import RateLimiter
 
 
 @dataclass
@@ -19,6 +20,7 @@ class AppState:
     metadata: MetadataStore
     blobs: BlobStore
     key_cache: KeyCache
+    rate_limiter: RateLimiter
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -20,6 +20,7 @@ from putplace.blobs.ingest import (
 )
 from putplace.models import BlobRecord, BlobState, UploadResponse
 from putplace.server.deps import ReadKey, State, WriteKey
+from putplace.server.limits import UploadIdleError, with_idle_timeout
 from putplace.server.multipart import MissingFieldError, MultipartError, iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
 from putplace.server.routes.files import check_sha256
@@ -44,7 +45,7 @@ async def ingest(
         size = await store_verified(
             state.blobs,
             sha256,
-            chunks,
+            with_idle_timeout(chunks, state.settings.upload_idle_timeout_seconds),
             expected_size=expected_size,
             max_size=state.settings.max_upload_bytes,
         )
@@ -52,6 +53,10 @@ async def ingest(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     except TooLargeError as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from None
+    except UploadIdleError as exc:
+        raise HTTPException(
+            status.HTTP_408_REQUEST_TIMEOUT, detail=f"upload stalled: {exc}"
+        ) from None
     except MissingFieldError:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,

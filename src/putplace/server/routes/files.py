@@ -67,7 +67,9 @@ async def put_file(meta: FileMetadata, state: State, _: WriteKey) -> FileRespons
     responses={413: {"description": "More records than the server accepts in one batch"}},
 )
 async def put_files(request: Request, state: State, _: WriteKey) -> Response:
-    items = _batch_items(await read_json(request), state.settings.max_batch_records)
+    items = _batch_items(
+        await read_json(request, state.settings.max_json_bytes), state.settings.max_batch_records
+    )
     valid: list[FileMetadata] = []
     positions: list[int] = []
     results: list[BatchItemResult | None] = [None] * len(items)
