@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -102,10 +102,23 @@ class Settings(BaseSettings):
     keepalive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
         5, description="Idle keep-alive connections are closed after this many seconds."
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; needs tls_key_file."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(
         LogFormat.text, description="`text` or `json` (one object a line)."
     )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -187,7 +200,9 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        name = ".".join(str(part) for part in first["loc"])
+        if not name:  # a rule across settings
+            raise SettingsError(f"invalid settings: {first['msg']}") from None
         raise SettingsError(
             f"invalid setting PUTPLACE_{name.upper()} ({name}): {first['msg']}"
         ) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -127,9 +128,11 @@ def _options(args: configargparse.Namespace) -> Options:
 def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | None:
     if args.dry_run:
         return None
-    verify: bool | str = (
-        False if args.insecure else os.path.expanduser(args.ca_bundle) if args.ca_bundle else True
-    )
+    verify: bool | ssl.SSLContext = True
+    if args.insecure:
+        verify = False
+    elif args.ca_bundle:
+        verify = ssl.create_default_context(cafile=os.path.expanduser(args.ca_bundle))
     if args.url.startswith("http://"):
         verify = False  # no TLS to verify; skips loading the CA bundle (~0.3 s at start-up)
     return ApiClient(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import io
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -145,7 +146,7 @@ class ApiClient:
         *,
         timeout: float = 60.0,
         retries: int = 5,
-        verify: bool | str = True,
+        verify: bool | ssl.SSLContext = True,
         pool_size: int = 16,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,

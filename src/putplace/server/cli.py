@@ -124,6 +124,8 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
         log_config=None,  # the app configures logging (text or JSON)
         access_log=False,  # the app writes one access line per request, with its id
         proxy_headers=True,
