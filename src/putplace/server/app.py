@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -23,6 +24,20 @@ log = logging.getLogger("putplace.server")
 
 #: Temporary uploads older than this are abandoned and removed at start-up.
 STALE_UPLOAD_SECONDS = 24 * 3600
+
+_ERROR = {"content": {"application/json": {"schema": {"type": "object"}}}}
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad input (e.g. not a SHA-256)", **_ERROR},
+    401: {"description": "Missing, invalid or revoked API key", **_ERROR},
+    403: {"description": "The key's scope does not allow this", **_ERROR},
+    404: {"description": "Not found", **_ERROR},
+    408: {"description": "Upload stalled", **_ERROR},
+    413: {"description": "Body or upload too large", **_ERROR},
+    422: {"description": "Malformed request", **_ERROR},
+    429: {"description": "Rate limit exceeded (see Retry-After)", **_ERROR},
+    503: {"description": "A store is unavailable; retry later", **_ERROR},
+    507: {"description": "The blob store is full", **_ERROR},
+}
 
 DESCRIPTION = """
 PutPlace records where every file of a fleet lives and stores each distinct content once.
@@ -75,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(JsonBodyLimitMiddleware, limit=settings.max_json_bytes)
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
-    for module in (root, files, content, keys):
-        app.include_router(module.router)
+    app.include_router(root.router)
+    for module in (files, content, keys):
+        app.include_router(module.router, responses=COMMON_ERRORS)
     return app

@@ -23,7 +23,7 @@ from putplace.server.deps import ReadKey, State, WriteKey
 from putplace.server.limits import UploadIdleError, with_idle_timeout
 from putplace.server.multipart import MissingFieldError, MultipartError, iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
-from putplace.server.routes.files import check_sha256
+from putplace.server.routes.files import Sha256Path, check_sha256
 from putplace.server.state import AppState
 
 router = APIRouter(tags=["content"])
@@ -104,7 +104,7 @@ async def needs_content(state: AppState, sha256: str) -> bool:
     },
 )
 async def upload_file(
-    sha256: str,
+    sha256: Sha256Path,
     request: Request,
     state: State,
     _: WriteKey,
@@ -156,7 +156,7 @@ async def upload_file(
         }
     },
 )
-async def put_blob(sha256: str, request: Request, state: State, _: WriteKey) -> Response:
+async def put_blob(sha256: Sha256Path, request: Request, state: State, _: WriteKey) -> Response:
     check_sha256(sha256)
     records = await state.metadata.files_with_content(sha256, limit=1)
     if not records:
@@ -190,7 +190,7 @@ async def put_blob(sha256: str, request: Request, state: State, _: WriteKey) -> 
     },
 )
 async def download(
-    sha256: str,
+    sha256: Sha256Path,
     state: State,
     _: ReadKey,
     range_header: Annotated[str | None, Header(alias="Range")] = None,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from putplace.digest import is_sha256_hex
+from putplace.digest import SHA256_PATTERN, is_sha256_hex
 from putplace.models import BatchItemResult, BatchResponse, FileMetadata, FileResponse
 from putplace.server.body import read_json
 from putplace.server.deps import ReadKey, State, WriteKey
@@ -17,6 +17,17 @@ from putplace.server.registry import describe, describe_all, register
 router = APIRouter(tags=["files"])
 
 INVALID_SHA256 = "Invalid SHA256 hash format: expected 64 lowercase hex characters"
+
+#: A content hash in a path. Checked by :func:`check_sha256` (400, as existing clients
+#: expect) rather than by FastAPI (422); the pattern is only documented in the schema.
+Sha256Path = Annotated[
+    str,
+    Path(
+        description="Lowercase hex SHA-256 of the content.",
+        json_schema_extra={"pattern": SHA256_PATTERN},
+        examples=["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],
+    ),
+]
 
 
 def check_sha256(sha256: str) -> str:
@@ -114,7 +125,7 @@ def _batch_items(payload: Any, limit: int) -> list[Any]:
     summary="Metadata of the first file recorded with this content",
     responses={400: {"description": "Not a SHA-256"}, 404: {"description": "Unknown content"}},
 )
-async def get_file(sha256: str, state: State, _: ReadKey) -> FileResponse:
+async def get_file(sha256: Sha256Path, state: State, _: ReadKey) -> FileResponse:
     check_sha256(sha256)
     records = await state.metadata.files_with_content(sha256, limit=1)
     if not records:
