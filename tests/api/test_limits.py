@@ -123,3 +123,24 @@ async def _enospc_write(self: _LocalWriter, data: bytes) -> None:
     from putplace.blobs.local import _translate
 
     raise _translate(OSError(errno.ENOSPC, "No space left on device"))
+
+
+@pytest.mark.parametrize("stack", ["sqlite-local"], indirect=True)
+async def test_storage_failure_is_503_with_retry_after(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = metadata(b"w" * 100_000)
+    await put(api, body)
+    with monkeypatch.context() as patch:
+        patch.setattr(_LocalWriter, "write", _eio_write)
+        response = await upload(api, body, b"w" * 100_000)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert (await api.get(f"/download/{body['sha256']}")).status_code == 404
+    assert (await upload(api, body, b"w" * 100_000)).status_code == 200
+
+
+async def _eio_write(self: _LocalWriter, data: bytes) -> None:
+    from putplace.blobs.local import _translate
+
+    raise _translate(OSError(errno.EIO, "Input/output error"))
