@@ -71,7 +71,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await state.drain()
             await blobs.close()
     finally:
         await metadata.close()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from putplace.auth import KeyCache
 from putplace.blobs import BlobStore
@@ -21,14 +18,3 @@ class AppState:
     blobs: BlobStore
     key_cache: KeyCache
     rate_limiter: RateLimiter
-    _background: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run *work* in the background, keeping a reference until it finishes."""
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
