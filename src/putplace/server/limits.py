@@ -30,6 +30,10 @@ async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> Asy
         yield chunk
 
 
+#: How much of an oversized body is read and dropped before answering 413.
+_DRAIN_LIMIT = 16 * 1024 * 1024
+
+
 class JsonBodyLimitMiddleware:
     """Refuse JSON bodies over *limit* bytes with 413, by Content-Length or as they stream."""
 
@@ -57,7 +61,8 @@ class JsonBodyLimitMiddleware:
                 return  # the client went away
             body += message.get("body", b"")
             if len(body) > self.limit:
-                await self._refuse(scope, receive, send)
+                more = bool(message.get("more_body", False))
+                await self._refuse(scope, receive, send, drain=more)
                 return
             if not message.get("more_body", False):
                 break
@@ -72,7 +77,19 @@ class JsonBodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, *, drain: bool = True
+    ) -> None:
+        # Read (and drop) what the client is still sending, up to a bound, so closing the
+        # connection does not reset it before the client has read the 413.
+        drained = 0
+        while drain and drained < _DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
         response = JSONResponse(
             {"detail": f"JSON body larger than {self.limit} bytes"},
             status_code=413,
