@@ -1,4 +1,5 @@
-"""Content: multipart `POST /upload_file/{sha256}`, raw `PUT /blobs/{sha256}`, `GET /download/{sha256}`."""
+"""Content: multipart ``POST /upload_file/{sha256}``, raw ``PUT /blobs/{sha256}`` and
+``GET /download/{sha256}``."""
 
 from __future__ import annotations
 
