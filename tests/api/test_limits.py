@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.blobs.local import _LocalWriter
+from putplace.blobs.local import _LocalWriter, _translate
 from tests.conftest import make_settings, seed_keys
 from tests.support.payloads import metadata, put, upload
 from tests.support.servers import running_server
@@ -105,42 +106,30 @@ async def test_stalled_upload_is_408_and_abandoned_one_stores_nothing(
 
 
 @pytest.mark.parametrize("stack", ["sqlite-local", "mongodb-local"], indirect=True)
-async def test_full_disk_is_507_nothing_recorded_and_serving_goes_on(
-    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "status", "retry_after"),
+    [(errno.ENOSPC, 507, None), (errno.EIO, 503, "5")],
+    ids=["disk-full-507", "io-error-503"],
+)
+async def test_storage_failure_answers_clearly_stores_nothing_and_serving_goes_on(
+    api: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    error: int,
+    status: int,
+    retry_after: str | None,
 ) -> None:
-    body = metadata(b"q" * 200_000)
+    content = b"q" * 200_000
+    body = metadata(content)
     await put(api, body)
+
+    async def failing_write(self: _LocalWriter, data: bytes) -> None:
+        raise _translate(OSError(error, os.strerror(error)))
+
     with monkeypatch.context() as patch:
-        patch.setattr(_LocalWriter, "write", _enospc_write)
-        response = await upload(api, body, b"q" * 200_000)
-    assert response.status_code == 507
-    assert "storage" in response.json()["detail"].lower()
+        patch.setattr(_LocalWriter, "write", failing_write)
+        response = await upload(api, body, content)
+    assert response.status_code == status
+    assert "blob store" in response.json()["detail"]
+    assert response.headers.get("retry-after") == retry_after
     assert (await api.get(f"/download/{body['sha256']}")).status_code == 404
-    assert (await upload(api, body, b"q" * 200_000)).status_code == 200
-
-
-async def _enospc_write(self: _LocalWriter, data: bytes) -> None:
-    from putplace.blobs.local import _translate
-
-    raise _translate(OSError(errno.ENOSPC, "No space left on device"))
-
-
-@pytest.mark.parametrize("stack", ["sqlite-local"], indirect=True)
-async def test_storage_failure_is_503_with_retry_after(
-    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    body = metadata(b"w" * 100_000)
-    await put(api, body)
-    with monkeypatch.context() as patch:
-        patch.setattr(_LocalWriter, "write", _eio_write)
-        response = await upload(api, body, b"w" * 100_000)
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert (await api.get(f"/download/{body['sha256']}")).status_code == 404
-    assert (await upload(api, body, b"w" * 100_000)).status_code == 200
-
-
-async def _eio_write(self: _LocalWriter, data: bytes) -> None:
-    from putplace.blobs.local import _translate
-
-    raise _translate(OSError(errno.EIO, "Input/output error"))
+    assert (await upload(api, body, content)).status_code == 200
