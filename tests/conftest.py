@@ -19,8 +19,8 @@ import pytest
 
 from putplace.auth import generate_key, hash_key, utcnow
 from putplace.config import Settings
-from putplace.metadata import create_metadata_store
 from putplace.models import Scope
+from putplace.service.stores import open_metadata
 from tests.support.servers import running_server
 
 pytest_plugins = ["tests.support.mongo", "tests.support.s3"]
@@ -75,9 +75,7 @@ class Keys:
 
 
 async def seed_keys(settings: Settings) -> Keys:
-    store = create_metadata_store(settings)
-    await store.open()
-    try:
+    async with open_metadata(settings) as store:
         made: dict[str, str] = {}
         for name, scope in (
             ("read", Scope.read),
@@ -94,8 +92,6 @@ async def seed_keys(settings: Settings) -> Keys:
                 await store.deactivate_api_key(record.id)
             made[name] = key
         return Keys(**made)
-    finally:
-        await store.close()
 
 
 @pytest.fixture

@@ -10,8 +10,15 @@ SHA256_HEX_LENGTH: Final = 64
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _SHA256_RE: Final = re.compile(SHA256_PATTERN)
 
+#: What every refusal of a malformed content hash says.
+INVALID_SHA256: Final = "Invalid SHA256 hash format: expected 64 lowercase hex characters"
+
 #: Bytes read or moved per step when streaming content. Bounded memory per stream.
 CHUNK_SIZE: Final = 1024 * 1024
+
+#: Below this many bytes, hashing or writing on the event loop is cheaper than a hop to a
+#: worker thread; above it, the hop keeps the loop free for other requests.
+INLINE_WORK_LIMIT: Final = 64 * 1024
 
 
 def is_sha256_hex(value: str) -> bool:

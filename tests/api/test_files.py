@@ -139,3 +139,35 @@ async def test_read_key_cannot_write(api: httpx.AsyncClient, keys: Keys) -> None
     assert response.status_code == 403
     assert "scope" in response.json()["detail"]
     assert (await api.get("/files")).json() == []
+
+
+async def test_list_files_by_content_follows_pages_to_the_end(api: httpx.AsyncClient) -> None:
+    """Filters combine with the cursor: a client following `after` reaches the end."""
+    shared = b"on many hosts"
+    wanted: list[str] = []
+    for i in range(7):
+        host = "host-a" if i % 2 == 0 else "host-b"
+        answer = await put(api, metadata(shared, hostname=host))
+        assert answer.status_code == 201
+        if host == "host-b":
+            wanted.append(answer.json()["_id"])
+        await put(api, metadata(f"other {i}".encode(), hostname=host))
+    sha256 = hashlib.sha256(shared).hexdigest()
+
+    async def follow(**params: str) -> list[str]:
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(20):  # a server that ignores `after` never ends: bounded
+            query = {**params, "limit": "2", **({"after": after} if after else {})}
+            page = (await api.get("/files", params=query)).json()
+            if not page:
+                return seen
+            seen += [r["_id"] for r in page]
+            after = page[-1]["_id"]
+        raise AssertionError(f"paging did not end; saw {seen}")
+
+    assert await follow(sha256=sha256, hostname="host-b") == wanted
+    assert len(await follow(sha256=sha256)) == 7
+    bad = await api.get("/files", params={"sha256": "A" * 64})
+    assert bad.status_code == 400
+    assert "SHA256" in bad.json()["detail"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from putplace.metadata import create_metadata_store
+from putplace.service.stores import open_metadata
 from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import metadata, store
 from tests.support.servers import running_server
@@ -126,11 +126,9 @@ async def test_key_cache_honours_revocation_within_its_ttl(
             use = {"X-API-Key": keys.write}
             assert (await client.get("/files", headers=use)).status_code == 200
             # Revoked behind the server's back (another process, or `ppserver keys revoke`).
-            store = create_metadata_store(settings)
-            await store.open()
-            (record,) = [k for k in await store.list_api_keys() if k.name == "write"]
-            await store.deactivate_api_key(record.id)
-            await store.close()
+            async with open_metadata(settings) as store:
+                (record,) = [k for k in await store.list_api_keys() if k.name == "write"]
+                await store.deactivate_api_key(record.id)
             assert (await client.get("/files", headers=use)).status_code == 200  # cached
             await asyncio.sleep(1.1)
             assert (await client.get("/files", headers=use)).status_code == 401

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from putplace.blobs.base import (
     InvalidBlobNameError,
     StorageUnavailableError,
 )
-from putplace.blobs.ingest import HashMismatchError, SizeMismatchError, store_verified
 from putplace.blobs.local import LocalBlobStore
 from putplace.blobs.s3 import S3BlobStore
+from putplace.service.errors import HashMismatchError, SizeMismatchError
+from putplace.service.ingest import store_verified
 from tests.blobs.conftest import s3_store
 from tests.support.servers import free_port
 
@@ -58,7 +60,7 @@ async def read_all(store: BlobStore, name: str, start: int = 0, length: int | No
 
 
 async def names(store: BlobStore) -> set[str]:
-    return {name async for name in store.list()}
+    return {blob.sha256 async for blob in store.list()}
 
 
 # --- storing and reading -------------------------------------------------------------
@@ -149,6 +151,15 @@ async def test_list_shows_only_final_blobs(store: BlobStore) -> None:
         assert not await store.exists(sha(pending))
     finally:
         await writer.abort()
+
+
+async def test_list_reports_size_and_when_written(store: BlobStore) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)  # S3 keeps whole seconds
+    small, large = await put(store, b"tiny"), await put(store, content(MULTIPART, seed=3))
+    listed = {blob.sha256: blob async for blob in store.list()}
+    assert {name: blob.size for name, blob in listed.items()} == {small: 4, large: MULTIPART}
+    for blob in listed.values():
+        assert before <= blob.modified <= datetime.now(UTC) + timedelta(seconds=5)
 
 
 async def test_concurrent_stores_of_the_same_blob_all_succeed(

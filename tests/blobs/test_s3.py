@@ -13,10 +13,10 @@ import pytest
 
 from putplace.blobs import create_blob_store
 from putplace.blobs import s3 as s3_module
-from putplace.blobs.base import StorageUnavailableError
-from putplace.blobs.ingest import TooLargeError, store_verified
+from putplace.blobs.base import BlobTooLargeError, StorageFullError, StorageUnavailableError
 from putplace.blobs.s3 import S3BlobStore
 from putplace.config import Settings
+from putplace.service.ingest import store_verified
 from tests.blobs.conftest import s3_store
 from tests.support.s3 import s3_client
 from tests.support.servers import free_port
@@ -121,7 +121,7 @@ async def test_blob_beyond_the_part_limit_is_refused_and_discarded(
     monkeypatch.setattr(s3_module, "MAX_PARTS", 1)  # one 8 MiB part allowed
     data = os.urandom(9 * MiB)
     name = hashlib.sha256(data).hexdigest()
-    with pytest.raises(TooLargeError):
+    with pytest.raises(BlobTooLargeError):
         await store_verified(store, name, chunks(data))
     assert not await store.exists(name)
     assert await leftovers(store) == []
@@ -161,3 +161,18 @@ async def test_quarantine_of_blobs_too_large_for_one_copy_streams_them(
     assert ".quarantine/" in held
     body = s3_client(s3_config).get_object(Bucket=store.bucket, Key=held)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == name
+
+
+@pytest.mark.parametrize(
+    ("message", "full"),
+    [
+        ("Server returned non-2xx status code: 507 Insufficient Storage", True),
+        ("<Code>QuotaExceeded</Code>", True),
+        ("Server returned non-2xx status code: 404 Not Found (request 5072ab) in 31.507ms", False),
+        ("Server returned non-2xx status code: 500 Internal Server Error", False),
+    ],
+)
+def test_only_an_out_of_space_answer_reads_as_full(message: str, full: bool) -> None:
+    translated = s3_module._translate(RuntimeError(message), "upload")
+    assert isinstance(translated, StorageFullError) is full
+    assert isinstance(translated, StorageUnavailableError) is not full

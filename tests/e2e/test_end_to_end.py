@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from putplace.config import Settings
-from putplace.metadata import create_metadata_store
+from putplace.service.stores import open_metadata
 from tests.support.processes import BIN, ppserver_process, run_ppserver
 
 UNREADABLE_OWNER = 12345
@@ -64,12 +64,8 @@ def ppclient(tree: Path, url: str, key: str, hostname: str) -> subprocess.Comple
 
 
 async def blob_count(settings: Settings) -> int:
-    store = create_metadata_store(settings)
-    await store.open()
-    try:
+    async with open_metadata(settings) as store:
         return len(await store.list_blobs(limit=1000))
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow

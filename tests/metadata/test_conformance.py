@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from putplace.metadata.base import MAX_PAGE, MetadataStore, StoreUnavailableError
+from putplace.metadata.base import MAX_PAGE, DuplicateError, MetadataStore, StoreUnavailableError
 from putplace.metadata.mongo import MongoMetadataStore
 from putplace.metadata.sqlite import SQLiteMetadataStore
 from putplace.models import BlobRecord, BlobState, FileMetadata, Scope
@@ -52,6 +52,11 @@ def reported(record: FileMetadata) -> dict[str, Any]:
     return FileMetadata.model_validate(record.model_dump()).model_dump()
 
 
+async def count_files(store: MetadataStore) -> int:
+    """How many file records there are (every test stores fewer than a page)."""
+    return len(await store.list_files(limit=MAX_PAGE))
+
+
 async def add_key(store: MetadataStore, name: str, seconds: int = 0, scope: Scope = Scope.write):
     return await store.add_api_key(
         key_hash=sha(f"key-{name}"), name=name, description=f"{name} key", scope=scope,
@@ -69,7 +74,7 @@ async def test_put_file_stores_every_reported_field(store: MetadataStore) -> Non
     assert record.id
     assert record.created_at == record.updated_at == at(0)
     assert await store.get_file("web-01", "/etc/hosts") == record
-    assert await store.count_files() == 1
+    assert await count_files(store) == 1
 
 
 async def test_put_same_location_updates_in_place(store: MetadataStore) -> None:
@@ -81,14 +86,14 @@ async def test_put_same_location_updates_in_place(store: MetadataStore) -> None:
     assert second.updated_at == at(30)
     assert reported(second) == changed.model_dump()
     assert await store.get_file("web-01", "/etc/hosts") == second
-    assert await store.count_files() == 1
+    assert await count_files(store) == 1
 
 
 async def test_same_path_on_two_hosts_are_two_records(store: MetadataStore) -> None:
     a = await store.put_file(meta("host-a"), at(0))
     b = await store.put_file(meta("host-b"), at(0))
     assert a.id != b.id
-    assert await store.count_files() == 2
+    assert await count_files(store) == 2
 
 
 async def test_put_files_returns_records_in_dedupe_order_last_wins(store: MetadataStore) -> None:
@@ -106,7 +111,7 @@ async def test_put_files_returns_records_in_dedupe_order_last_wins(store: Metada
         ("h", "/a", 4),
     ]
     assert (await store.get_file("h", "/a")).file_size == 4  # type: ignore[union-attr]
-    assert await store.count_files() == 3
+    assert await count_files(store) == 3
     assert await store.put_files([], at(11)) == []
 
 
@@ -119,18 +124,15 @@ async def test_put_files_large_batch(store: MetadataStore) -> None:
     again = await store.put_files([meta("bulk", m.filepath, file_size=7) for m in batch], at(5))
     assert [r.id for r in again] == [r.id for r in records]
     assert {r.file_size for r in again} == {7}
-    assert await store.count_files() == n
+    assert await count_files(store) == n
 
 
-async def test_get_file_and_get_files_return_only_existing(store: MetadataStore) -> None:
+async def test_get_file_returns_only_existing(store: MetadataStore) -> None:
     a = await store.put_file(meta("h1", "/a"), at(0))
-    b = await store.put_file(meta("h2", "/b"), at(1))
+    await store.put_file(meta("h2", "/b"), at(1))
+    assert await store.get_file("h1", "/a") == a
     assert await store.get_file("h1", "/missing") is None
     assert await store.get_file("h2", "/a") is None  # right path, wrong host
-    found = await store.get_files([("h1", "/a"), ("h2", "/b"), ("h1", "/b"), ("h1", "/a")])
-    assert sorted(found, key=lambda r: r.id) == sorted([a, b], key=lambda r: r.id)
-    assert await store.get_files([]) == []
-    assert await store.get_files([("nobody", "/x")]) == []
 
 
 async def test_names_are_stored_exactly(store: MetadataStore) -> None:
@@ -142,23 +144,20 @@ async def test_names_are_stored_exactly(store: MetadataStore) -> None:
         assert (await store.get_file("h", path)) is not None
 
 
-# --- files: by content, listing, delete, count ----------------------------------------
+# --- files: listing by location and content --------------------------------------------
 
 
-async def test_files_with_content_oldest_first_and_limited(store: MetadataStore) -> None:
+async def test_list_files_by_content_oldest_first_and_limited(store: MetadataStore) -> None:
     content = sha("shared")
     for i, host in enumerate(["h3", "h1", "h2"]):
         await store.put_file(meta(host, "/same", sha256=content), at(i))
     await store.put_file(meta("h9", "/other"), at(5))
-    got = await store.files_with_content(content)
+    got = await store.list_files(sha256=content)
     assert [r.hostname for r in got] == ["h3", "h1", "h2"]
     # Updating the oldest does not make it newer.
     await store.put_file(meta("h3", "/same", sha256=content, file_size=1), at(9))
-    assert [r.hostname for r in await store.files_with_content(content, limit=2)] == ["h3", "h1"]
-    assert await store.files_with_content(sha("nothing")) == []
-    for bad in (0, MAX_PAGE + 1):
-        with pytest.raises(ValueError, match="limit must be between"):
-            await store.files_with_content(content, limit=bad)
+    assert [r.hostname for r in await store.list_files(sha256=content, limit=2)] == ["h3", "h1"]
+    assert await store.list_files(sha256=sha("nothing")) == []
 
 
 async def test_list_files_pages_every_record_once_in_insertion_order(
@@ -185,6 +184,14 @@ async def test_list_files_pages_every_record_once_in_insertion_order(
     assert await walk() == inserted
     assert await walk(hostname="odd") == inserted[1::2]
     assert await walk(hostname="nobody") == []
+    # Content and host filters page the same way, alone and together.
+    shared = sha("shared")
+    for i in range(12):
+        host = "even" if i % 2 == 0 else "odd"
+        inserted.append((await store.put_file(meta(host, f"/s/{i}", sha256=shared), at(i))).id)
+    assert await walk(sha256=shared) == inserted[23:]
+    assert await walk(sha256=shared, hostname="odd") == inserted[24::2]
+    assert await walk(sha256=sha("nothing")) == []
     assert [r.id for r in await store.list_files(limit=MAX_PAGE)] == inserted
     assert [r.id for r in await store.list_files(after=inserted[-1])] == []
 
@@ -205,39 +212,30 @@ async def test_list_files_limit_bounds(store: MetadataStore) -> None:
             await store.list_files(limit=bad)
 
 
-async def test_delete_file(store: MetadataStore) -> None:
-    await store.put_file(meta("h", "/keep"), at(0))
-    await store.put_file(meta("h", "/gone"), at(1))
-    assert await store.delete_file("h", "/gone") is True
-    assert await store.delete_file("h", "/gone") is False
-    assert await store.delete_file("other", "/keep") is False
-    assert await store.get_file("h", "/gone") is None
-    assert await store.count_files() == 1
-    # The location can be used again: a new record, not the old one revived.
-    again = await store.put_file(meta("h", "/gone"), at(5))
-    assert again.created_at == at(5)
-
-
-async def test_count_files(store: MetadataStore) -> None:
-    assert await store.count_files() == 0
-    await store.put_files([meta("h", f"/{i}") for i in range(7)], at(0))
-    await store.put_files([meta("h", f"/{i}") for i in range(3)], at(1))
-    assert await store.count_files() == 7
-
-
 # --- blobs ----------------------------------------------------------------------------
 
 
-async def test_add_blob_is_idempotent(store: MetadataStore) -> None:
+async def test_put_blobs_keeps_a_present_record(store: MetadataStore) -> None:
     first = blob("x", size=10, seconds=0)
-    assert await store.add_blob(first) is True
-    assert await store.add_blob(blob("x", size=999, seconds=50)) is False
+    assert await store.put_blobs([first, blob("y")]) == [True, True]
+    assert await store.put_blobs([blob("x", size=999, seconds=50), blob("z")]) == [False, True]
     assert await store.get_blob(sha("x")) == first  # the first record stands
+    assert set(await store.get_blobs([sha("y"), sha("z")])) == {sha("y"), sha("z")}
+    assert await store.put_blobs([]) == []
+
+
+async def test_put_blobs_replaces_a_quarantined_record(store: MetadataStore) -> None:
+    await store.put_blob(blob("q", seconds=0))
+    await store.set_blob_state(sha("q"), BlobState.quarantined)
+    assert await store.put_blobs([blob("q", seconds=30), blob("q2")]) == [True, True]
+    stored = await store.get_blob(sha("q"))
+    assert stored == blob("q", seconds=30)
+    assert stored.state is BlobState.present  # type: ignore[union-attr]
 
 
 async def test_get_blobs_returns_only_existing(store: MetadataStore) -> None:
     for label in ("a", "b"):
-        await store.add_blob(blob(label))
+        await store.put_blob(blob(label))
     got = await store.get_blobs([sha("a"), sha("b"), sha("c"), sha("a")])
     assert got == {sha("a"): blob("a"), sha("b"): blob("b")}
     assert await store.get_blobs([]) == {}
@@ -247,7 +245,7 @@ async def test_get_blobs_returns_only_existing(store: MetadataStore) -> None:
 
 
 async def test_set_blob_state_and_delete_blob(store: MetadataStore) -> None:
-    await store.add_blob(blob("q"))
+    await store.put_blob(blob("q"))
     assert await store.set_blob_state(sha("q"), BlobState.quarantined) is True
     assert (await store.get_blob(sha("q"))).state is BlobState.quarantined  # type: ignore[union-attr]
     assert (
@@ -258,13 +256,13 @@ async def test_set_blob_state_and_delete_blob(store: MetadataStore) -> None:
     assert await store.delete_blob(sha("q")) is True
     assert await store.delete_blob(sha("q")) is False
     assert await store.get_blob(sha("q")) is None
-    assert await store.add_blob(blob("q")) is True  # can be recorded again
+    assert await store.put_blob(blob("q")) is True  # can be recorded again
 
 
 async def test_list_blobs_ordered_by_hash_with_after(store: MetadataStore) -> None:
     hashes = sorted(sha(i) for i in range(12))
     for i in range(12):
-        await store.add_blob(blob(i))
+        await store.put_blob(blob(i))
     assert [b.sha256 for b in await store.list_blobs()] == hashes
     seen: list[str] = []
     after = None
@@ -285,7 +283,7 @@ async def test_is_referenced_follows_file_records(store: MetadataStore) -> None:
     await store.put_file(meta("h", "/a", sha256=content), at(0))
     await store.put_file(meta("h", "/b", sha256=content), at(0))
     assert await store.is_referenced(content) is True
-    await store.delete_file("h", "/a")
+    await store.put_file(meta("h", "/a", sha256=sha("third")), at(1))  # one reference left
     assert await store.is_referenced(content) is True
     await store.put_file(meta("h", "/b", sha256=sha("other")), at(1))  # content changed
     assert await store.is_referenced(content) is False
@@ -357,7 +355,7 @@ async def test_unknown_api_key_ids(store: MetadataStore, key_id: str) -> None:
 
 async def test_duplicate_key_hash_is_rejected(store: MetadataStore) -> None:
     original = await add_key(store, "first")
-    with pytest.raises(Exception):  # noqa: B017, PT011 - each backend's integrity error
+    with pytest.raises(DuplicateError):
         await store.add_api_key(
             key_hash=original.key_hash, name="second", description=None, scope=Scope.admin,
             created_at=at(9),
@@ -375,7 +373,7 @@ async def test_concurrent_first_puts_of_one_location(open_store: OpenStore) -> N
         *(stores[i % 2].put_file(meta("race", "/new", file_size=i), at(i)) for i in range(50))
     )
     assert len({r.id for r in results}) == 1
-    assert await stores[0].count_files() == 1
+    assert await count_files(stores[0]) == 1
     stored = await stores[1].get_file("race", "/new")
     assert stored is not None
     assert stored.id == results[0].id
@@ -386,14 +384,14 @@ async def test_concurrent_batches_overlapping_locations(open_store: OpenStore) -
     stores = [await open_store(), await open_store()]
     batches = [[meta("race", f"/{(j + i) % 30}") for j in range(10)] for i in range(30)]
     await asyncio.gather(*(stores[i % 2].put_files(b, at(i)) for i, b in enumerate(batches)))
-    assert await stores[0].count_files() == 30
+    assert await count_files(stores[0]) == 30
     assert len({r.id for r in await stores[0].list_files()}) == 30
 
 
-async def test_concurrent_add_blob_of_one_hash(open_store: OpenStore) -> None:
+async def test_concurrent_put_blob_of_one_hash(open_store: OpenStore) -> None:
     stores = [await open_store(), await open_store()]
     outcomes = await asyncio.gather(
-        *(stores[i % 2].add_blob(blob("same", size=i)) for i in range(50))
+        *(stores[i % 2].put_blob(blob("same", size=i)) for i in range(50))
     )
     assert outcomes.count(True) == 1
     stored = await stores[0].list_blobs()
@@ -406,8 +404,8 @@ async def test_many_concurrent_distinct_puts(store: MetadataStore) -> None:
         *(store.put_file(meta(f"h{i % 7}", f"/p/{i}"), at(0)) for i in range(100))
     )
     assert len({r.id for r in records}) == 100
-    assert await store.count_files() == 100
-    found = await store.get_files([(f"h{i % 7}", f"/p/{i}") for i in range(100)])
+    assert await count_files(store) == 100
+    found = await store.list_files(limit=MAX_PAGE)
     assert {(r.hostname, r.filepath) for r in found} == {(r.hostname, r.filepath) for r in records}
 
 
@@ -437,7 +435,7 @@ async def test_unreachable_store(backend: str, tmp_path: Path) -> None:
     try:
         assert await store.ping() is False
         with pytest.raises(StoreUnavailableError):
-            await store.count_files()
+            await store.list_files()
         with pytest.raises(StoreUnavailableError):
             await store.put_file(meta(), at(0))
     finally:
@@ -451,4 +449,4 @@ async def test_reopen_keeps_data_and_indexes(open_store: OpenStore) -> None:
     second = await open_store()  # open() again on existing data: idempotent
     assert await second.get_file("web-01", "/etc/hosts") == record
     assert await second.put_file(meta(file_size=1), at(1)) is not None
-    assert await second.count_files() == 1
+    assert await count_files(second) == 1

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from putplace.digest import is_sha256_hex
+from putplace.digest import INVALID_SHA256, is_sha256_hex
+
+#: Where blobs whose bytes no longer match their name are moved (a directory or key prefix
+#: beside the blobs), for an operator to inspect.
+QUARANTINE_DIR = ".quarantine"
 
 
 class BlobError(Exception):
@@ -29,10 +35,23 @@ class StorageUnavailableError(BlobError):
     """The store failed for a reason that may pass (HTTP 503)."""
 
 
+class BlobTooLargeError(BlobError):
+    """The content is larger than this backend can hold as one blob (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the store lists it."""
+
+    sha256: str
+    size: int
+    modified: datetime
+
+
 def checked_name(sha256: str) -> str:
     """*sha256* itself, or :class:`InvalidBlobNameError` if it is not a valid blob name."""
     if not is_sha256_hex(sha256):
-        raise InvalidBlobNameError(f"not a lowercase hex SHA-256: {sha256[:80]!r}")
+        raise InvalidBlobNameError(INVALID_SHA256)
     return sha256
 
 
@@ -91,8 +110,9 @@ class BlobStore(ABC):
         """Remove a blob. True when it existed."""
 
     @abstractmethod
-    def list(self) -> AsyncIterator[str]:
-        """Every stored blob name, in no particular order."""
+    def list(self) -> AsyncIterator[StoredBlob]:
+        """Every blob under its final name, in no particular order (``gc`` finds those no
+        record knows). Temporary and quarantined copies are not listed."""
 
     @abstractmethod
     async def cleanup_temporary(self, older_than_seconds: float) -> int:

@@ -13,21 +13,23 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from putplace.blobs.base import (
+    QUARANTINE_DIR,
     BlobNotFoundError,
     BlobStore,
     BlobWriter,
     StorageFullError,
     StorageUnavailableError,
+    StoredBlob,
     checked_name,
 )
-from putplace.digest import CHUNK_SIZE, is_sha256_hex
+from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
 
 TEMP_DIR = ".tmp"
-QUARANTINE_DIR = ".quarantine"
 
 
 def _translate(exc: OSError) -> Exception:
@@ -55,7 +57,7 @@ class _LocalWriter(BlobWriter):
         if self._handle is None:
             raise StorageUnavailableError("write after commit or abort")
         try:
-            if len(data) < 64 * 1024:
+            if len(data) < INLINE_WORK_LIMIT:
                 self._handle.write(data)
             else:
                 await asyncio.to_thread(self._handle.write, data)
@@ -165,15 +167,26 @@ class LocalBlobStore(BlobStore):
             return False
         return True
 
-    async def list(self) -> AsyncIterator[str]:
+    async def list(self) -> AsyncIterator[StoredBlob]:
         def shard_names() -> list[Path]:
             return sorted(p for p in self.root.iterdir() if len(p.name) == 2 and p.is_dir())
 
+        def blobs_in(shard: Path) -> list[StoredBlob]:
+            found = []
+            for entry in os.scandir(shard):
+                if not (is_sha256_hex(entry.name) and entry.name.startswith(shard.name)):
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                modified = datetime.fromtimestamp(st.st_mtime, UTC)
+                found.append(StoredBlob(entry.name, st.st_size, modified))
+            return found
+
         for shard in await asyncio.to_thread(shard_names):
-            names = sorted(await asyncio.to_thread(os.listdir, shard))
-            for name in names:
-                if is_sha256_hex(name) and name.startswith(shard.name):
-                    yield name
+            for blob in await asyncio.to_thread(blobs_in, shard):
+                yield blob
 
     async def cleanup_temporary(self, older_than_seconds: float) -> int:
         def sweep() -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -43,15 +44,17 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from putplace.blobs.base import (
+    QUARANTINE_DIR,
     BlobError,
     BlobNotFoundError,
     BlobStore,
+    BlobTooLargeError,
     BlobWriter,
     StorageFullError,
     StorageUnavailableError,
+    StoredBlob,
     checked_name,
 )
-from putplace.blobs.ingest import TooLargeError
 from putplace.digest import CHUNK_SIZE, is_sha256_hex
 
 if TYPE_CHECKING:
@@ -75,7 +78,10 @@ READ_SEGMENT_SIZE = 64 * 1024 * 1024
 #: S3 refuses a single server-side copy of a larger object.
 MAX_COPY_SIZE = 5 * 1024**3
 
-QUARANTINE_DIR = ".quarantine"
+
+#: What S3-compatible stores say when they are out of space: an error code, or HTTP 507
+#: as a status (not any "507" in the text: request ids and timings contain digits).
+_STORAGE_FULL = re.compile(r"StorageFull|QuotaExceeded|status code: 507\b|\b507 Insufficient")
 
 
 def _normalise_prefix(prefix: str) -> str:
@@ -99,7 +105,7 @@ def _translate(exc: Exception, action: str) -> BlobError:
         return StorageUnavailableError(
             f"S3 refused {action}: check the credentials and IAM permissions"
         )
-    if "StorageFull" in detail or "QuotaExceeded" in detail or "507" in detail:
+    if _STORAGE_FULL.search(str(exc)):
         return StorageFullError("the S3 blob store is full")
     return StorageUnavailableError(f"S3 {action} failed")
 
@@ -158,7 +164,7 @@ class _S3Writer(BlobWriter):
             raise StorageUnavailableError("write after commit or abort")
         self._written += len(data)
         if self._written > self._max_size:
-            raise TooLargeError(
+            raise BlobTooLargeError(
                 f"blobs larger than {self._max_size} bytes exceed the S3 limit "
                 f"of {MAX_PARTS} parts of {self._part_size} bytes"
             )
@@ -349,7 +355,7 @@ class S3BlobStore(BlobStore):
             raise _translate(exc, "delete") from exc
         return True
 
-    async def list(self) -> AsyncIterator[str]:
+    async def list(self) -> AsyncIterator[StoredBlob]:
         stream = obstore.list(self.object_store, self.prefix or None, chunk_size=1000)
         try:
             async for batch in stream:
@@ -357,7 +363,7 @@ class S3BlobStore(BlobStore):
                     name = meta["path"][len(self.prefix) :]
                     shard, _, sha256 = name.partition("/")
                     if is_sha256_hex(sha256) and shard == sha256[:2]:
-                        yield sha256
+                        yield StoredBlob(sha256, int(meta["size"]), meta["last_modified"])
         except BaseError as exc:
             raise _translate(exc, "listing") from exc
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from putplace.config import Settings, sqlite_path
-from putplace.metadata.base import MetadataStore, StoreUnavailableError
+from putplace.metadata.base import (
+    DuplicateError,
+    MetadataStore,
+    StoreError,
+    StoreUnavailableError,
+)
 
-__all__ = ["MetadataStore", "StoreUnavailableError", "create_metadata_store"]
+__all__ = [
+    "DuplicateError",
+    "MetadataStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "create_metadata_store",
+]
 
 
 def create_metadata_store(settings: Settings) -> MetadataStore:

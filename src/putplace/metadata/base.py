@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+
+T = TypeVar("T")
 
 #: Fields of a file record as the client reports them, in wire-protocol order.
 FILE_FIELDS: tuple[str, ...] = tuple(FileMetadata.model_fields)
 MAX_PAGE = 10_000
 
 
-class StoreUnavailableError(Exception):
+class StoreError(Exception):
+    """Base class of the errors every metadata backend raises alike."""
+
+
+class StoreUnavailableError(StoreError):
     """The metadata store cannot be reached or refused the operation for a transient reason."""
+
+
+class DuplicateError(StoreError):
+    """A unique value (an API key hash) is already recorded; nothing was written."""
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """*items* in consecutive slices of at most *size*: bounded query parameter lists."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def dedupe_by_location(files: Sequence[FileMetadata]) -> list[FileMetadata]:
@@ -68,24 +84,16 @@ class MetadataStore(ABC):
     async def get_file(self, hostname: str, filepath: str) -> FileRecord | None: ...
 
     @abstractmethod
-    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
-        """Records for the given ``(hostname, filepath)`` pairs that exist, any order."""
-
-    @abstractmethod
-    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
-        """Records whose content is *sha256*, oldest first."""
-
-    @abstractmethod
     async def list_files(
-        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+        self,
+        *,
+        hostname: str | None = None,
+        sha256: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
     ) -> list[FileRecord]:
-        """Records in insertion order, after the record whose id is *after*."""
-
-    @abstractmethod
-    async def delete_file(self, hostname: str, filepath: str) -> bool: ...
-
-    @abstractmethod
-    async def count_files(self) -> int: ...
+        """Records matching every filter given, in insertion order, after the record whose
+        id is *after*. ValueError for a cursor this backend never issued."""
 
     # -- blobs -----------------------------------------------------------------------
     @abstractmethod
@@ -93,8 +101,13 @@ class MetadataStore(ABC):
         """Blob records for the hashes that have one."""
 
     @abstractmethod
-    async def add_blob(self, blob: BlobRecord) -> bool:
-        """Record content as stored. True if new; False (no change) if already recorded."""
+    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
+        """Record verified content as stored, in one write; one answer per blob.
+
+        True when the record was written: the hash was new, or recorded in another state
+        (a quarantined blob stored again). False when it was already recorded present;
+        that record stands unchanged.
+        """
 
     @abstractmethod
     async def set_blob_state(self, sha256: str, state: BlobState) -> bool: ...
@@ -120,7 +133,8 @@ class MetadataStore(ABC):
         description: str | None,
         scope: Scope,
         created_at: datetime,
-    ) -> ApiKeyRecord: ...
+    ) -> ApiKeyRecord:
+        """Store a key; :class:`DuplicateError` when *key_hash* is already recorded."""
 
     @abstractmethod
     async def get_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
@@ -152,6 +166,10 @@ class MetadataStore(ABC):
 
     async def get_blob(self, sha256: str) -> BlobRecord | None:
         return (await self.get_blobs([sha256])).get(sha256)
+
+    async def put_blob(self, blob: BlobRecord) -> bool:
+        (written,) = await self.put_blobs([blob])
+        return written
 
     def describe(self) -> dict[str, Any]:
         """Safe-to-show description (no credentials)."""

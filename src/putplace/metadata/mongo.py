@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bson import ObjectId
@@ -42,15 +42,16 @@ from pymongo.errors import (
 
 from putplace.metadata.base import (
     FILE_FIELDS,
+    DuplicateError,
     MetadataStore,
     StoreUnavailableError,
     check_limit,
+    chunked,
     dedupe_by_location,
 )
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
 
 Document = dict[str, Any]
-T = TypeVar("T")
 
 DUPLICATE_KEY = 11000
 #: Most values in one ``$in``: far below the 16 MiB query limit, and within the
@@ -69,11 +70,6 @@ API_KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
     IndexModel([("is_active", ASCENDING)], name="is_active"),
 ]
-
-
-def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _object_id(value: str) -> ObjectId | None:
@@ -264,7 +260,7 @@ class MongoMetadataStore(MetadataStore):
             by_host[hostname].append(filepath)
         found: dict[tuple[str, str], FileRecord] = {}
         for hostname, paths in by_host.items():
-            for chunk in _chunks(paths):
+            for chunk in chunked(paths, _IN_CHUNK):
                 async for doc in files.find({"hostname": hostname, "filepath": {"$in": chunk}}):
                     record = _file(doc)
                     found[(record.hostname, record.filepath)] = record
@@ -275,18 +271,13 @@ class MongoMetadataStore(MetadataStore):
             doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
         return None if doc is None else _file(doc)
 
-    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
-        with self._guard("get_files"):
-            return list((await self._find_locations(locations)).values())
-
-    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
-        check_limit(limit)
-        with self._guard("files_with_content"):
-            cursor = self._files.find({"sha256": sha256}).sort("_id", ASCENDING).limit(limit)
-            return [_file(doc) async for doc in cursor]
-
     async def list_files(
-        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+        self,
+        *,
+        hostname: str | None = None,
+        sha256: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
     ) -> list[FileRecord]:
         check_limit(limit)
         query: Document = {}
@@ -295,42 +286,54 @@ class MongoMetadataStore(MetadataStore):
             if start is None:
                 raise ValueError(f"invalid cursor: {after!r}")
             query["_id"] = {"$gt": start}
+        # Served by the (sha256, _id) or (hostname, _id) index, or _id alone.
         if hostname is not None:
             query["hostname"] = hostname
+        if sha256 is not None:
+            query["sha256"] = sha256
         with self._guard("list_files"):
             cursor = self._files.find(query).sort("_id", ASCENDING).limit(limit)
             return [_file(doc) async for doc in cursor]
-
-    async def delete_file(self, hostname: str, filepath: str) -> bool:
-        with self._guard("delete_file"):
-            result = await self._files.delete_one({"hostname": hostname, "filepath": filepath})
-        return result.deleted_count > 0
-
-    async def count_files(self) -> int:
-        with self._guard("count_files"):
-            return await self._files.count_documents({})
 
     # -- blobs -----------------------------------------------------------------------
     async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
         hashes = list(dict.fromkeys(sha256s))
         found: dict[str, BlobRecord] = {}
         with self._guard("get_blobs"):
-            for chunk in _chunks(hashes):
+            for chunk in chunked(hashes, _IN_CHUNK):
                 async for doc in self._blobs.find({"_id": {"$in": list(chunk)}}):
                     found[doc["_id"]] = _blob(doc)
         return found
 
-    async def add_blob(self, blob: BlobRecord) -> bool:
-        doc = {
-            "_id": blob.sha256, "size": blob.size, "state": blob.state.value,
-            "stored_at": blob.stored_at,
-        }  # fmt: skip
-        with self._guard("add_blob"):
+    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
+        """One unordered bulk write of conditional upserts.
+
+        The filter matches only a record that is not present, so a quarantined record is
+        updated; for a present one the upsert tries an insert of the same ``_id`` and the
+        unique index refuses it (E11000): that blob's answer is False, the rest stand.
+        """
+        if not blobs:
+            return []
+        ops = [
+            UpdateOne(
+                {"_id": b.sha256, "state": {"$ne": BlobState.present.value}},
+                {"$set": {"size": b.size, "state": b.state.value, "stored_at": b.stored_at}},
+                upsert=True,
+            )
+            for b in blobs
+        ]
+        refused: set[int] = set()
+        with self._guard("put_blobs"):
             try:
-                await self._blobs.insert_one(doc)
-            except DuplicateKeyError:
-                return False
-        return True
+                await self._blobs.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                errors = _write_errors(exc)
+                if exc.details.get("writeConcernErrors") or any(
+                    e.get("code") != DUPLICATE_KEY for e in errors
+                ):
+                    raise
+                refused = {e["index"] for e in errors}
+        return [i not in refused for i in range(len(blobs))]
 
     async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
         with self._guard("set_blob_state"):
@@ -371,7 +374,10 @@ class MongoMetadataStore(MetadataStore):
             "is_active": True,
         }  # fmt: skip
         with self._guard("add_api_key"):
-            result = await self._keys.insert_one(doc)
+            try:
+                result = await self._keys.insert_one(doc)
+            except DuplicateKeyError as exc:
+                raise DuplicateError("an API key with this hash exists") from exc
             stored = await self._keys.with_options(read_preference=ReadPreference.PRIMARY).find_one(
                 {"_id": result.inserted_id}
             )

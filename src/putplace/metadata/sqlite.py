@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 from putplace.metadata.base import (
     FILE_FIELDS,
+    DuplicateError,
     MetadataStore,
     StoreUnavailableError,
     check_limit,
+    chunked,
     dedupe_by_location,
 )
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
@@ -79,6 +81,12 @@ _UPSERT_FILE = (
     + ", updated_at = excluded.updated_at "
     f"RETURNING id, {_FILE_COLUMNS}, created_at, updated_at"
 )
+# A present record stands; a new or quarantined one is (re)written.
+_UPSERT_BLOB = (
+    "INSERT INTO blobs (sha256, size, state, stored_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, state = excluded.state, "
+    "stored_at = excluded.stored_at WHERE blobs.state != 'present'"
+)
 _SELECT_FILE = f"SELECT id, {_FILE_COLUMNS}, created_at, updated_at FROM files"
 _SELECT_KEY = (
     "SELECT id, key_hash, name, description, scope, created_at, last_used_at, is_active "
@@ -108,10 +116,6 @@ def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
 
 def _int_id(key_id: str) -> int | None:
     return int(key_id) if key_id.isdecimal() and len(key_id) < 19 else None
-
-
-def _chunks(items: Sequence[T], size: int = _SQLITE_VARIABLE_CHUNK) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class SQLiteMetadataStore(MetadataStore):
@@ -198,7 +202,9 @@ class SQLiteMetadataStore(MetadataStore):
             for (_, future), outcome in zip(group, outcomes, strict=True):
                 if future.done():
                     continue
-                if isinstance(outcome, BaseException):
+                if isinstance(outcome, sqlite3.IntegrityError):
+                    future.set_exception(DuplicateError(str(outcome)))
+                elif isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
@@ -254,60 +260,28 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._read(query)
 
-    async def get_files(self, locations: Collection[tuple[str, str]]) -> list[FileRecord]:
-        pairs = list(dict.fromkeys(locations))
-
-        def query(conn: sqlite3.Connection) -> list[FileRecord]:
-            found: list[FileRecord] = []
-            for chunk in _chunks(pairs, _SQLITE_VARIABLE_CHUNK // 2):
-                where = " OR ".join(["(hostname = ? AND filepath = ?)"] * len(chunk))
-                params = [value for pair in chunk for value in pair]
-                found += map(_file_from_row, conn.execute(f"{_SELECT_FILE} WHERE {where}", params))
-            return found
-
-        return await self._read(query)
-
-    async def files_with_content(self, sha256: str, limit: int = 100) -> list[FileRecord]:
-        check_limit(limit)
-        return await self._read(
-            lambda c: [
-                _file_from_row(r)
-                for r in c.execute(
-                    f"{_SELECT_FILE} WHERE sha256 = ? ORDER BY id LIMIT ?", (sha256, limit)
-                )
-            ]
-        )
-
     async def list_files(
-        self, *, hostname: str | None = None, after: str | None = None, limit: int = 100
+        self,
+        *,
+        hostname: str | None = None,
+        sha256: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
     ) -> list[FileRecord]:
         check_limit(limit)
         start = _int_id(after) if after else 0
         if start is None:
             raise ValueError(f"invalid cursor: {after!r}")
+        # Served by the rowid, files_sha256 (sha256, rowid) or the unique (hostname, ...).
         clauses: list[str] = ["id > ?"]
         params: list[int | str] = [start]
-        if hostname is not None:
-            clauses.append("hostname = ?")
-            params.append(hostname)
+        for column, value in (("hostname", hostname), ("sha256", sha256)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         sql = f"{_SELECT_FILE} WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
         return await self._read(
             lambda c: [_file_from_row(r) for r in c.execute(sql, (*params, limit))]
-        )
-
-    async def delete_file(self, hostname: str, filepath: str) -> bool:
-        return await self._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)
-                ).rowcount
-                > 0
-            )
-        )
-
-    async def count_files(self) -> int:
-        return await self._read(
-            lambda c: int(c.execute("SELECT COUNT(*) FROM files").fetchone()[0])
         )
 
     # -- blobs -----------------------------------------------------------------------
@@ -316,7 +290,7 @@ class SQLiteMetadataStore(MetadataStore):
 
         def query(conn: sqlite3.Connection) -> dict[str, BlobRecord]:
             found: dict[str, BlobRecord] = {}
-            for chunk in _chunks(hashes):
+            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
                 marks = ", ".join("?" * len(chunk))
                 for row in conn.execute(f"SELECT * FROM blobs WHERE sha256 IN ({marks})", chunk):
                     found[row["sha256"]] = _blob_from_row(row)
@@ -324,17 +298,13 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._read(query)
 
-    async def add_blob(self, blob: BlobRecord) -> bool:
-        return await self._write(
-            lambda c: (
-                c.execute(
-                    "INSERT INTO blobs (sha256, size, state, stored_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (sha256) DO NOTHING",
-                    (blob.sha256, blob.size, blob.state.value, blob.stored_at.isoformat()),
-                ).rowcount
-                > 0
-            )
-        )
+    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
+        rows = [(b.sha256, b.size, b.state.value, b.stored_at.isoformat()) for b in blobs]
+
+        def upsert(conn: sqlite3.Connection) -> list[bool]:
+            return [conn.execute(_UPSERT_BLOB, row).rowcount > 0 for row in rows]
+
+        return await self._write(upsert) if rows else []
 
     async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
         return await self._write(

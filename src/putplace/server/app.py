@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,19 +10,14 @@ from fastapi import FastAPI
 
 from putplace import __version__
 from putplace.auth import KeyCache
-from putplace.blobs import create_blob_store
 from putplace.config import Settings, load_settings
-from putplace.metadata import create_metadata_store
 from putplace.server.errors import install_error_handlers
-from putplace.server.limits import JsonBodyLimitMiddleware, RateLimiter
+from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
 from putplace.server.routes import content, files, keys, root
 from putplace.server.state import AppState
-
-log = logging.getLogger("putplace.server")
-
-#: Temporary uploads older than this are abandoned and removed at start-up.
-STALE_UPLOAD_SECONDS = 24 * 3600
+from putplace.service.maintenance import sweep_temporary
+from putplace.service.stores import open_stores
 
 _ERROR = {"content": {"application/json": {"schema": {"type": "object"}}}}
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -52,28 +46,15 @@ endpoint but `/` and `/health` needs an `X-API-Key` header; keys have a scope of
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    metadata = create_metadata_store(settings)
-    blobs = create_blob_store(settings)
-    await metadata.open()
-    try:
-        await blobs.open()
-        removed = await blobs.cleanup_temporary(STALE_UPLOAD_SECONDS)
-        if removed:
-            log.info("removed %d abandoned temporary uploads", removed)
-        state = AppState(
+    async with open_stores(settings) as stores:
+        await sweep_temporary(stores.blobs)
+        app.state.putplace = AppState(
             settings=settings,
-            metadata=metadata,
-            blobs=blobs,
+            stores=stores,
             key_cache=KeyCache(settings.key_cache_seconds),
             rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
-        app.state.putplace = state
-        try:
-            yield
-        finally:
-            await blobs.close()
-    finally:
-        await metadata.close()
+        yield
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings = settings or load_settings()
     configure_logging(settings)
-    app.add_middleware(JsonBodyLimitMiddleware, limit=settings.max_json_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_json_bytes,
+        idle_seconds=settings.upload_idle_timeout_seconds,
+    )
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(root.router)

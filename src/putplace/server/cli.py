@@ -7,9 +7,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -17,9 +16,11 @@ from putplace.blobs import create_blob_store
 from putplace.config import Settings, SettingsError, load_settings
 from putplace.metadata import MetadataStore, StoreUnavailableError, create_metadata_store
 from putplace.models import ApiKeyCreate, Scope
-from putplace.server.routes.keys import create_key
+from putplace.service import keys
+from putplace.service.errors import NotFoundError
+from putplace.service.maintenance import GC_MIN_AGE_SECONDS
+from putplace.service.stores import open_metadata, open_stores
 
-T = TypeVar("T")
 EXIT_USAGE = 2
 
 
@@ -60,9 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--min-age",
         type=float,
-        default=3600.0,
+        default=GC_MIN_AGE_SECONDS,
         metavar="SECONDS",
-        help="only blobs stored at least this long ago (default 3600)",
+        help=f"only blobs stored at least this long ago (default {GC_MIN_AGE_SECONDS:g})",
     )
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(settings))
         if args.command in ("verify", "gc"):
             return asyncio.run(_maintain(settings, args))
-        return asyncio.run(_with_store(settings, lambda store: _keys(store, args)))
+        return asyncio.run(_keys(settings, args))
     except StoreUnavailableError as exc:
         print(f"ppserver: {exc}", file=sys.stderr)
         return 1
@@ -110,7 +111,7 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     # Worker processes build their own settings from the environment: pass overrides on.
     for name, value in overrides.items():
         os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
-    if asyncio.run(_with_store(settings, lambda store: store.count_api_keys())) == 0:
+    if asyncio.run(_count_keys(settings)) == 0:
         print(
             "ppserver: no API keys yet. Create the first one with:\n"
             "  ppserver keys create --name admin --scope admin",
@@ -133,61 +134,56 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     return 0
 
 
-async def _with_store(settings: Settings, work: Callable[[MetadataStore], Awaitable[T]]) -> T:
-    store = create_metadata_store(settings)
-    await store.open()
-    try:
-        return await work(store)
-    finally:
-        await store.close()
+async def _count_keys(settings: Settings) -> int:
+    async with open_metadata(settings) as metadata:
+        return await metadata.count_api_keys()
 
 
 async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from putplace.server.maintenance import collect_garbage, verify
+    from putplace.service.maintenance import collect_garbage, verify
 
-    metadata = create_metadata_store(settings)
-    blobs = create_blob_store(settings)
-    await metadata.open()
-    try:
-        await blobs.open()
+    if args.command == "gc" and args.min_age < 0:
+        print("ppserver: --min-age must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    async with open_stores(settings) as stores:
         if args.command == "gc":
-            if args.min_age < 0:
-                print("ppserver: --min-age must be >= 0", file=sys.stderr)
-                return EXIT_USAGE
             gc_report = await collect_garbage(
-                metadata, blobs, delete=args.delete, min_age_seconds=args.min_age
+                stores.metadata, stores.blobs, delete=args.delete, min_age_seconds=args.min_age
             )
             if args.json:
                 print(json.dumps(asdict(gc_report)))
-            else:
-                verb = "deleted" if args.delete else "unreferenced (run with --delete to remove)"
-                for sha in gc_report.deleted if args.delete else gc_report.unreferenced:
+            elif args.delete:
+                for sha in gc_report.deleted:
                     print(sha)
-                count = len(gc_report.deleted if args.delete else gc_report.unreferenced)
-                print(f"{count} blobs {verb}", file=sys.stderr)
+                print(f"{len(gc_report.deleted)} blobs deleted", file=sys.stderr)
+            else:
+                for sha in gc_report.unreferenced:
+                    print(sha)
+                for sha in gc_report.orphaned:
+                    print(f"{sha} (in the blob store, never recorded)")
+                found = len(gc_report.unreferenced) + len(gc_report.orphaned)
+                print(f"{found} blobs unreferenced (run with --delete to remove)", file=sys.stderr)
             return 0
         with Progress(transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
             task = bar.add_task("Verifying blobs", total=None)
             report = await verify(
-                metadata, blobs, sample=args.sample, progress=lambda _: bar.advance(task)
-            )
-        if args.json:
-            print(json.dumps({**asdict(report), "ok": report.ok}))
-        else:
-            for sha in report.corrupt:
-                print(f"CORRUPT (quarantined): {sha}")
-            for sha in report.missing:
-                print(f"MISSING: {sha}")
-            print(
-                f"checked {report.checked} blobs: {len(report.corrupt)} corrupt, "
-                f"{len(report.missing)} missing"
-            )
-        return 0 if report.ok else 1
-    finally:
-        await blobs.close()
-        await metadata.close()
+                stores.metadata, stores.blobs, sample=args.sample,
+                progress=lambda _: bar.advance(task),
+            )  # fmt: skip
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok}))
+    else:
+        for sha in report.corrupt:
+            print(f"CORRUPT (quarantined): {sha}")
+        for sha in report.missing:
+            print(f"MISSING: {sha}")
+        print(
+            f"checked {report.checked} blobs: {len(report.corrupt)} corrupt, "
+            f"{len(report.missing)} missing"
+        )
+    return 0 if report.ok else 1
 
 
 async def _check(settings: Settings) -> int:
@@ -210,9 +206,14 @@ async def _check(settings: Settings) -> int:
     return 1 if failures else 0
 
 
-async def _keys(store: MetadataStore, args: argparse.Namespace) -> int:
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_metadata(settings) as store:
+        return await _key_command(store, args)
+
+
+async def _key_command(store: MetadataStore, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
-        created = await create_key(
+        created = await keys.create_key(
             store,
             ApiKeyCreate(name=args.name, description=args.description, scope=Scope(args.scope)),
         )
@@ -224,16 +225,18 @@ async def _keys(store: MetadataStore, args: argparse.Namespace) -> int:
             print(created.api_key)
         return 0
     if args.keys_command == "list":
-        records = await store.list_api_keys()
+        listed = await keys.list_keys(store)
         if args.json:
-            print(json.dumps([r.model_dump(mode="json", exclude={"key_hash"}) for r in records]))
+            print(json.dumps([k.model_dump(mode="json", by_alias=False) for k in listed]))
             return 0
         print(f"{'ID':<26} {'NAME':<24} {'SCOPE':<6} {'ACTIVE':<6} LAST USED")
-        for r in records:
-            last = r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else "never"
-            print(f"{r.id:<26} {r.name[:24]:<24} {r.scope:<6} {r.is_active!s:<6} {last}")
+        for k in listed:
+            last = k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "never"
+            print(f"{k.id:<26} {k.name[:24]:<24} {k.scope:<6} {k.is_active!s:<6} {last}")
         return 0
-    if not await store.deactivate_api_key(args.key_id):
+    try:
+        await keys.revoke_key(store, args.key_id)
+    except NotFoundError:
         print(f"ppserver: no API key with id {args.key_id}", file=sys.stderr)
         return 1
     print(f"Revoked API key {args.key_id}.")

@@ -1,19 +1,119 @@
-"""Mapping of storage failures to HTTP answers: clear JSON errors, never a bare 500."""
+"""Mapping of failures to HTTP answers, all in one place: clear JSON errors, never a bare
+500. Service refusals and store failures are mapped by class in :data:`STATUS`.
+
+Validation errors echo the offending input, as FastAPI does; that input may hold what JSON
+cannot carry (a lone surrogate from a ``\\udXXX`` escape, an infinite float from ``1e400``,
+raw bytes). It is made safe before it is written, so hostile input gets its 422 instead of
+crashing the error handler.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
-from putplace.blobs.base import InvalidBlobNameError, StorageFullError, StorageUnavailableError
-from putplace.metadata import StoreUnavailableError
+from putplace.blobs.base import (
+    BlobTooLargeError,
+    InvalidBlobNameError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from putplace.digest import INVALID_SHA256
+from putplace.metadata import DuplicateError, StoreUnavailableError
+from putplace.server.multipart import MissingFieldError, MultipartError
+from putplace.service.errors import (
+    ContentMismatchError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+    StalledError,
+    TooLargeError,
+    UnauthenticatedError,
+)
 
 log = logging.getLogger("putplace.server")
 
+#: Longest input string echoed back in a validation error.
+MAX_ECHO_CHARS = 1024
+
+
+def json_safe(value: Any) -> Any:
+    """*value* with every string valid UTF-8 (lone surrogates replaced), long strings cut,
+    non-finite floats as strings and bytes decoded; safe for any JSON encoder."""
+    if isinstance(value, str):
+        if len(value) > MAX_ECHO_CHARS:
+            value = value[:MAX_ECHO_CHARS] + "..."
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, bytes):
+        return json_safe(value.decode("utf-8", "replace"))
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+#: Status code per refusal, the message being the exception's own. Subclasses inherit.
+STATUS: dict[type[Exception], int] = {
+    InvalidInputError: status.HTTP_400_BAD_REQUEST,
+    ContentMismatchError: status.HTTP_400_BAD_REQUEST,
+    MultipartError: status.HTTP_400_BAD_REQUEST,
+    InvalidBlobNameError: status.HTTP_400_BAD_REQUEST,
+    UnauthenticatedError: status.HTTP_401_UNAUTHORIZED,
+    ForbiddenError: status.HTTP_403_FORBIDDEN,
+    NotFoundError: status.HTTP_404_NOT_FOUND,
+    StalledError: status.HTTP_408_REQUEST_TIMEOUT,
+    DuplicateError: status.HTTP_409_CONFLICT,
+    TooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
+    BlobTooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
+    RateLimitedError: status.HTTP_429_TOO_MANY_REQUESTS,
+}
+
+
+def _headers(exc: Exception) -> dict[str, str] | None:
+    if isinstance(exc, UnauthenticatedError):
+        return {"WWW-Authenticate": "X-API-Key"}
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(exc.retry_after)}
+    return None
+
 
 def install_error_handlers(app: FastAPI) -> None:
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        code = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
+        detail = INVALID_SHA256 if isinstance(exc, InvalidBlobNameError) else str(exc)
+        return JSONResponse({"detail": detail}, status_code=code, headers=_headers(exc))
+
+    async def missing_field(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MissingFieldError)
+        missing = {"type": "missing", "loc": ["body", exc.name], "msg": "Field required"}
+        return JSONResponse(
+            {"detail": [{**missing, "input": None}]},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    async def disconnected(_: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this answer; it keeps the access log honest.
+        return JSONResponse(
+            {"detail": "client disconnected during upload"},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
+
+    async def validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = jsonable_encoder(json_safe(list(exc.errors())))
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     async def storage_full(_: Request, exc: Exception) -> JSONResponse:
         log.error("blob store full: %s", exc)
         return JSONResponse(
@@ -29,13 +129,21 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
-    async def bad_name(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: answer in JSON with the request id so it can be found in
+        # the log (uvicorn logs the traceback).
+        request_id = request.scope.get("state", {}).get("request_id")
         return JSONResponse(
-            {"detail": "Invalid SHA256 hash format: expected 64 lowercase hex characters"},
-            status_code=status.HTTP_400_BAD_REQUEST,
+            {"detail": "Internal server error", "request_id": request_id},
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
+    app.add_exception_handler(Exception, unexpected)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(MissingFieldError, missing_field)
+    app.add_exception_handler(ClientDisconnect, disconnected)
+    for kind in STATUS:
+        app.add_exception_handler(kind, refused)
     app.add_exception_handler(StorageFullError, storage_full)
     app.add_exception_handler(StorageUnavailableError, unavailable)
     app.add_exception_handler(StoreUnavailableError, unavailable)
-    app.add_exception_handler(InvalidBlobNameError, bad_name)

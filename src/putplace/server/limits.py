@@ -1,62 +1,61 @@
-"""Request limits: JSON body size, per-key request rate, upload idle time."""
+"""Request limits: body size, per-key request rate, idle time of request bodies."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-class UploadIdleError(Exception):
-    """No bytes arrived for longer than the upload idle timeout."""
-
-
-async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:
-    """Pass *chunks* through, raising :class:`UploadIdleError` on a gap over *seconds*."""
-    iterator = aiter(chunks)
-    while True:
-        try:
-            async with asyncio.timeout(seconds):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UploadIdleError(f"no data received for {seconds:g} s") from None
-        yield chunk
-
-
 #: How much of an oversized body is read and dropped before answering 413.
 _DRAIN_LIMIT = 16 * 1024 * 1024
 
+#: Requests whose bodies are content, streamed to the blob store under their own limits
+#: (``max_upload_bytes``, the registered size, the idle timeout) rather than held here.
+STREAMED_UPLOADS = re.compile(r"^/(upload_file|blobs)/[^/]*$")
 
-class JsonBodyLimitMiddleware:
-    """Refuse JSON bodies over *limit* bytes with 413, by Content-Length or as they stream."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+def is_streamed_upload(scope: Scope) -> bool:
+    return scope["method"] in ("POST", "PUT") and bool(STREAMED_UPLOADS.match(scope["path"]))
+
+
+class BodyLimitMiddleware:
+    """Bound every request body that is not a streamed upload.
+
+    Whatever the Content-Type says (FastAPI reads and parses a body with a missing or
+    wrong type too), a body over *limit* bytes gets 413, by Content-Length or as it
+    streams, and a body that stalls for *idle_seconds* gets 408. Bodies are parsed whole
+    anyway, so reading one here (bounded) and handing it on costs nothing extra.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, idle_seconds: float) -> None:
         self.app = app
         self.limit = limit
+        self.idle_seconds = idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_streamed_upload(scope):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        if not headers.get(b"content-type", b"").startswith(b"application/json"):
-            await self.app(scope, receive, send)
-            return
-        declared = headers.get(b"content-length", b"")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
-        # JSON bodies are parsed whole anyway: read it here (bounded) and hand it on.
         body = bytearray()
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.idle_seconds):
+                    message = await receive()
+            except TimeoutError:
+                await _answer(
+                    scope, receive, send, 408,
+                    f"request body stalled: no data for {self.idle_seconds:g} s",
+                )  # fmt: skip
+                return
             if message["type"] != "http.request":
                 return  # the client went away
             body += message.get("body", b"")
@@ -83,19 +82,23 @@ class JsonBodyLimitMiddleware:
         # Read (and drop) what the client is still sending, up to a bound, so closing the
         # connection does not reset it before the client has read the 413.
         drained = 0
-        while drain and drained < _DRAIN_LIMIT:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        response = JSONResponse(
-            {"detail": f"JSON body larger than {self.limit} bytes"},
-            status_code=413,
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.idle_seconds):
+                while drain and drained < _DRAIN_LIMIT:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            pass
+        await _answer(scope, receive, send, 413, f"request body larger than {self.limit} bytes")
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, code: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
+    await response(scope, receive, send)
 
 
 class RateLimiter:

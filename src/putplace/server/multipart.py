@@ -21,6 +21,10 @@ class MultipartError(ValueError):
 class MissingFieldError(MultipartError):
     """The body has no part with the wanted field name."""
 
+    def __init__(self, name: str) -> None:
+        super().__init__(f"multipart body has no field named {name!r}")
+        self.name = name
+
 
 def boundary_of(content_type: str | None) -> bytes:
     kind, params = parse_options_header(content_type)
@@ -107,6 +111,6 @@ async def iter_field(request: Request, field: str) -> AsyncIterator[bytes]:
     except ClientDisconnect:
         raise
     if not state["seen"]:
-        raise MissingFieldError(f"multipart body has no field named {field!r}")
+        raise MissingFieldError(field)
     if not (state["ended"] and state["complete"]):
         raise MultipartError("multipart body ended before its closing boundary")

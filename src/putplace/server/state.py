@@ -5,16 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from putplace.auth import KeyCache
-from putplace.blobs import BlobStore
 from putplace.config import Settings
-from putplace.metadata import MetadataStore
 from putplace.server.limits import RateLimiter
+from putplace.service.stores import Stores
 
 
 @dataclass
 class AppState:
     settings: Settings
-    metadata: MetadataStore
-    blobs: BlobStore
+    stores: Stores
     key_cache: KeyCache
     rate_limiter: RateLimiter

@@ -24,15 +24,16 @@ async def root() -> dict[str, str]:
     responses={503: {"description": "A store does not answer (status `degraded`)."}},
 )
 async def health(state: State, response: Response) -> dict[str, Any]:
-    database_ok = await state.metadata.ping()
-    storage_ok = await state.blobs.ping()
+    metadata, blobs = state.stores.metadata, state.stores.blobs
+    database_ok = await metadata.ping()
+    storage_ok = await blobs.ping()
     healthy = database_ok and storage_ok
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {
         "status": "healthy" if healthy else "degraded",
-        "database": {**state.metadata.describe(), "status": _word(database_ok)},
-        "storage": {**state.blobs.describe(), "status": _word(storage_ok)},
+        "database": {**metadata.describe(), "status": _word(database_ok)},
+        "storage": {**blobs.describe(), "status": _word(storage_ok)},
     }
 
 

@@ -1,20 +1,40 @@
-"""Scrubbing and garbage collection of stored content (``ppserver verify`` / ``gc``)."""
+"""Scrubbing and garbage collection of stored content (``ppserver verify`` / ``gc``), and
+the sweep of abandoned temporary uploads at start-up."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from putplace.auth import utcnow
 from putplace.blobs import BlobStore
-from putplace.blobs.base import BlobNotFoundError
+from putplace.blobs.base import BlobNotFoundError, StoredBlob
 from putplace.metadata import MetadataStore
 from putplace.models import BlobRecord, BlobState
 
+log = logging.getLogger("putplace.service")
+
 Progress = Callable[[BlobRecord], None]
+
+#: ``gc`` leaves content younger than this alone: its file record may still be on its way,
+#: or its upload between writing the bytes and recording them.
+GC_MIN_AGE_SECONDS = 3600.0
+#: Temporary uploads older than this are abandoned, and removed when the server starts.
+STALE_UPLOAD_SECONDS = 24 * 3600
+#: Blobs listed from the store are checked against the records this many at a time.
+_LOOKUP_BATCH = 1000
+
+
+async def sweep_temporary(blobs: BlobStore) -> int:
+    """Remove temporary uploads abandoned long ago (a crash or kill mid-upload)."""
+    removed = await blobs.cleanup_temporary(STALE_UPLOAD_SECONDS)
+    if removed:
+        log.info("removed %d abandoned temporary uploads", removed)
+    return removed
 
 
 async def blob_records(store: MetadataStore, page: int = 1000) -> AsyncIterator[BlobRecord]:
@@ -74,9 +94,36 @@ async def verify(
 
 @dataclass
 class GcReport:
+    #: Recorded content no file record references.
     unreferenced: list[str] = field(default_factory=list)
+    #: Content in the blob store that no blob record knows (written, then never recorded:
+    #: a crash between the two steps).
+    orphaned: list[str] = field(default_factory=list)
+    #: What was removed, of both kinds (with ``delete``).
     deleted: list[str] = field(default_factory=list)
     kept_after_recheck: list[str] = field(default_factory=list)
+
+
+async def _unrecorded(
+    metadata: MetadataStore, blobs: BlobStore, cutoff: datetime
+) -> AsyncIterator[StoredBlob]:
+    """Blobs in the store, last written before *cutoff*, that no blob record knows."""
+    batch: list[StoredBlob] = []
+
+    async def unknown() -> list[StoredBlob]:
+        recorded = await metadata.get_blobs([b.sha256 for b in batch])
+        return [b for b in batch if b.sha256 not in recorded]
+
+    async for stored in blobs.list():
+        if stored.modified <= cutoff:
+            batch.append(stored)
+        if len(batch) >= _LOOKUP_BATCH:
+            for found in await unknown():
+                yield found
+            batch = []
+    if batch:
+        for found in await unknown():
+            yield found
 
 
 async def collect_garbage(
@@ -84,9 +131,10 @@ async def collect_garbage(
     blobs: BlobStore,
     *,
     delete: bool = False,
-    min_age_seconds: float = 3600,
+    min_age_seconds: float = GC_MIN_AGE_SECONDS,
 ) -> GcReport:
-    """Find (and with *delete*, remove) blobs no file record references.
+    """Find (and with *delete*, remove) content nothing needs: recorded blobs no file
+    record references, and blobs in the store that no record knows at all.
 
     Only blobs stored more than *min_age_seconds* ago are considered, so content whose
     file record is still on its way is left alone. Deletion is ordered so that a file
@@ -112,13 +160,23 @@ async def collect_garbage(
             continue
         await metadata.delete_blob(record.sha256)
         if await metadata.is_referenced(record.sha256):
-            await metadata.add_blob(record)
+            await metadata.put_blob(record)
             report.kept_after_recheck.append(record.sha256)
             continue
-        await blobs.delete(record.sha256)
-        if await metadata.get_blob(record.sha256) is not None and not await blobs.exists(
-            record.sha256
-        ):
-            await metadata.delete_blob(record.sha256)
+        await _delete_bytes(metadata, blobs, record.sha256)
         report.deleted.append(record.sha256)
+    # Listed after the records were handled, so blobs just collected above are gone.
+    async for stored in _unrecorded(metadata, blobs, cutoff):
+        report.orphaned.append(stored.sha256)
+        if delete:
+            await _delete_bytes(metadata, blobs, stored.sha256)
+            report.deleted.append(stored.sha256)
     return report
+
+
+async def _delete_bytes(metadata: MetadataStore, blobs: BlobStore, sha256: str) -> None:
+    """Delete stored bytes. Should an upload of the same content have recorded it in the
+    instant before, its record is dropped too, so the next registration asks for it."""
+    await blobs.delete(sha256)
+    if await metadata.get_blob(sha256) is not None and not await blobs.exists(sha256):
+        await metadata.delete_blob(sha256)

@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 from putplace.blobs.base import BlobStore, checked_name
-from putplace.digest import CHUNK_SIZE
-
-#: Below this, hashing inline is cheaper than a hop to a worker thread.
-_INLINE_HASH_LIMIT = 64 * 1024
-
-
-class IngestError(Exception):
-    """The content was refused; nothing was stored."""
-
-
-class HashMismatchError(IngestError):
-    pass
+from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT
+from putplace.service.errors import (
+    HashMismatchError,
+    SizeMismatchError,
+    StalledError,
+    TooLargeError,
+)
 
 
-class SizeMismatchError(IngestError):
-    pass
-
-
-class TooLargeError(IngestError):
-    pass
+async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """Pass *chunks* through, raising :class:`StalledError` on a gap over *seconds*."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StalledError(f"upload stalled: no data received for {seconds:g} s") from None
+        yield chunk
 
 
 async def store_verified(
@@ -59,7 +60,7 @@ async def store_verified(
     in_progress: asyncio.Task[None] | None = None
 
     async def consume(data: bytes) -> None:
-        if len(data) < _INLINE_HASH_LIMIT:
+        if len(data) < INLINE_WORK_LIMIT:
             hasher.update(data)
             await writer.write(data)
         else:  # hash on a worker thread while the backend writes

@@ -1,0 +1,126 @@
+"""Content: accepting uploads of registered content, and reading stored content back.
+
+An upload is accepted only for content a file record names (so nothing arrives that no
+record would keep alive), only up to the size that record registered and the server's
+limit, and is verified by :mod:`putplace.service.ingest` before it is recorded present.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+from putplace.auth import utcnow
+from putplace.blobs.base import BlobNotFoundError
+from putplace.config import Settings
+from putplace.metadata import MetadataStore
+from putplace.models import BlobRecord, BlobState, FileRecord
+from putplace.service.errors import NotFoundError, TooLargeError
+from putplace.service.files import checked_sha256
+from putplace.service.ingest import store_verified, with_idle_timeout
+from putplace.service.stores import Stores
+
+log = logging.getLogger("putplace.service")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The answer to an upload: the content's size, and whether this upload stored it."""
+
+    size: int
+    stored: bool
+
+
+def check_upload_size(size: int, settings: Settings) -> None:
+    if size > settings.max_upload_bytes:
+        raise TooLargeError(f"upload exceeds the limit of {settings.max_upload_bytes} bytes")
+
+
+async def needs_content(metadata: MetadataStore, sha256: str) -> bool:
+    """True unless a verified copy of this content is stored."""
+    blob = await metadata.get_blob(sha256)
+    return blob is None or blob.state is not BlobState.present
+
+
+async def registered_location(
+    metadata: MetadataStore, sha256: str, hostname: str, filepath: str
+) -> FileRecord:
+    """The record at *hostname*:*filepath* if it holds *sha256* (the wire protocol's
+    ``/upload_file``), else :class:`NotFoundError`."""
+    checked_sha256(sha256)
+    record = await metadata.get_file(hostname, filepath)
+    if record is None or record.sha256 != sha256:
+        raise NotFoundError("File metadata not found: register it with POST /put_file first")
+    return record
+
+
+async def registered_content(metadata: MetadataStore, sha256: str) -> FileRecord:
+    """Some record holding *sha256*, else :class:`NotFoundError`."""
+    records = await metadata.list_files(sha256=checked_sha256(sha256), limit=1)
+    if not records:
+        raise NotFoundError(
+            "No file record has this content: register it with POST /put_files first"
+        )
+    return records[0]
+
+
+async def accept(
+    stores: Stores, settings: Settings, record: FileRecord, chunks: AsyncIterable[bytes]
+) -> Accepted:
+    """Store *chunks* as the content of *record* unless it is stored already.
+
+    The bytes are verified against the record's hash and size as they stream in; only
+    then is the blob recorded present. Already stored: the body is not read.
+    """
+    check_upload_size(record.file_size, settings)
+    if not await needs_content(stores.metadata, record.sha256):
+        return Accepted(record.file_size, stored=False)
+    size = await store_verified(
+        stores.blobs,
+        record.sha256,
+        with_idle_timeout(chunks, settings.upload_idle_timeout_seconds),
+        expected_size=record.file_size,
+        max_size=settings.max_upload_bytes,
+    )
+    await stores.metadata.put_blob(
+        BlobRecord(sha256=record.sha256, size=size, state=BlobState.present, stored_at=utcnow())
+    )
+    return Accepted(size, stored=True)
+
+
+async def stored_blob(metadata: MetadataStore, sha256: str) -> BlobRecord:
+    """The record of content stored and verified, else :class:`NotFoundError`."""
+    blob = await metadata.get_blob(checked_sha256(sha256))
+    if blob is None or blob.state is not BlobState.present:
+        raise NotFoundError("Content not found")
+    return blob
+
+
+async def open_content(
+    stores: Stores, sha256: str, start: int, length: int
+) -> AsyncIterator[bytes]:
+    """The bytes ``[start, start + length)`` of stored content.
+
+    Reading starts before this returns, so content recorded but missing from the blob
+    store is a clean :class:`NotFoundError` rather than a response cut off mid-way.
+    """
+    if length == 0:
+        return _chain(b"", None)
+    stream = stores.blobs.read(sha256, start, length)
+    try:
+        first = await anext(stream)
+    except BlobNotFoundError:
+        log.error("blob %s is recorded present but missing from the blob store", sha256)
+        raise NotFoundError("Content not found") from None
+    except StopAsyncIteration:
+        first = b""
+    return _chain(first, stream)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk

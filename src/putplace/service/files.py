@@ -1,0 +1,76 @@
+"""File records: registering where files live and describing them with their content status.
+
+``POST /put_file`` and ``POST /put_files`` both register through :func:`register`, so a
+record means the same thing whichever endpoint stored it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from putplace.auth import utcnow
+from putplace.digest import INVALID_SHA256, is_sha256_hex
+from putplace.metadata import MetadataStore
+from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord, FileResponse
+from putplace.service.errors import InvalidInputError, NotFoundError
+
+
+def checked_sha256(sha256: str) -> str:
+    """*sha256* itself when it is 64 lowercase hex digits, else :class:`InvalidInputError`."""
+    if not is_sha256_hex(sha256):
+        raise InvalidInputError(INVALID_SHA256)
+    return sha256
+
+
+def upload_url(sha256: str) -> str:
+    return f"/upload_file/{sha256}"
+
+
+def describe(record: FileRecord, blob: BlobRecord | None) -> FileResponse:
+    """The wire form of a record. Symlinks carry no content, so never need an upload."""
+    has_content = blob is not None and blob.state is BlobState.present
+    required = not has_content and not record.is_symlink
+    return FileResponse(
+        **record.model_dump(exclude={"created_at", "updated_at"}),
+        has_file_content=has_content,
+        file_uploaded_at=blob.stored_at if has_content and blob else None,
+        upload_required=required,
+        upload_url=upload_url(record.sha256) if required else None,
+    )
+
+
+async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileResponse]:
+    blobs = await store.get_blobs({r.sha256 for r in records})
+    return [describe(r, blobs.get(r.sha256)) for r in records]
+
+
+async def register(store: MetadataStore, files: Sequence[FileMetadata]) -> list[FileResponse]:
+    """Store *files* in one write and answer, per record, whether content is needed."""
+    records = await store.put_files(files, utcnow())
+    return await describe_all(store, records)
+
+
+async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:
+    """The oldest record holding *sha256*; :class:`NotFoundError` when none does."""
+    records = await store.list_files(sha256=checked_sha256(sha256), limit=1)
+    if not records:
+        raise NotFoundError("File not found")
+    return records[0]
+
+
+async def find(
+    store: MetadataStore,
+    *,
+    hostname: str | None = None,
+    sha256: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> list[FileResponse]:
+    """One page of records matching every filter given, oldest first, after *after*."""
+    if sha256 is not None:
+        checked_sha256(sha256)
+    try:
+        records = await store.list_files(hostname=hostname, sha256=sha256, after=after, limit=limit)
+    except ValueError as exc:  # a cursor this store never issued, or a limit out of range
+        raise InvalidInputError(str(exc)) from None
+    return await describe_all(store, records)
