@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     max_batch_records: Annotated[int, Field(ge=1, le=100_000)] = Field(
         1000, description="Most records accepted by one POST /put_files."
     )
+    max_bundle_files: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        10_000, description="Most contents accepted by one POST /bundles."
+    )
+    max_bundle_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = Field(
+        32 * 1024 * 1024,
+        description="Largest total of contents in one POST /bundles, bytes (held in memory "
+        "until the bundle is stored).",
+    )
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "

@@ -175,3 +175,27 @@ class BatchResponse(BaseModel):
     stored: int = Field(description="Records stored (inserted or updated).")
     rejected: int = Field(description="Records refused; see their `errors`.")
     results: list[BatchItemResult]
+
+
+class BundleStatus(StrEnum):
+    stored = "stored"
+    present = "present"
+    refused = "refused"
+
+
+class BundleMemberResult(BaseModel):
+    """One content's outcome in ``POST /bundles``."""
+
+    sha256: str
+    status: BundleStatus = Field(
+        description="`stored`: verified and durable now; `present`: already stored, bytes "
+        "discarded; `refused`: not stored, see `detail`."
+    )
+    detail: str | None = None
+
+
+class BundleResponse(BaseModel):
+    stored: int
+    present: int
+    refused: int
+    results: list[BundleMemberResult] = Field(description="`results[i]` answers entry `i`.")

@@ -408,3 +408,26 @@ async def test_ping_is_false_when_the_store_is_gone(
     started = time.monotonic()
     assert await dead.ping() is False
     assert time.monotonic() - started < 15
+
+
+async def test_put_many_stores_a_group_durably(
+    store: BlobStore, leftovers: Callable[..., Any]
+) -> None:
+    group = [content(size, seed=size) for size in (0, 1, 5000, 70_000, MULTIPART)]
+    await store.put_many([(sha(data), data) for data in group])
+    for data in group:
+        assert await read_all(store, sha(data)) == data
+    assert await names(store) == {sha(data) for data in group}
+    assert len(await leftovers(store)) == len(group)  # nothing temporary left
+    await store.put_many([(sha(group[2]), group[2])])  # again: still one intact blob
+    assert await read_all(store, sha(group[2])) == group[2]
+    await store.put_many([])
+
+
+async def test_put_many_refuses_a_bad_name_before_storing_any(
+    store: BlobStore, leftovers: Callable[..., Any]
+) -> None:
+    good = content(3000, seed=1)
+    with pytest.raises(InvalidBlobNameError):
+        await store.put_many([(sha(good), good), ("../not-a-hash", b"x")])
+    assert await leftovers(store) == []

@@ -450,3 +450,13 @@ async def test_reopen_keeps_data_and_indexes(open_store: OpenStore) -> None:
     assert await second.get_file("web-01", "/etc/hosts") == record
     assert await second.put_file(meta(file_size=1), at(1)) is not None
     assert await count_files(second) == 1
+
+
+async def test_registered_sizes_from_the_oldest_record(store: MetadataStore) -> None:
+    a, b = sha("a"), sha("b")
+    await store.put_file(meta("h1", "/a", sha256=a, file_size=10), at(0))
+    await store.put_file(meta("h2", "/a", sha256=a, file_size=99), at(1))  # a later liar
+    await store.put_file(meta("h1", "/b", sha256=b, file_size=7), at(2))
+    many = [sha(i) for i in range(600)]  # more than one lookup chunk
+    assert await store.registered_sizes([a, b, sha("none"), a, *many]) == {a: 10, b: 7}
+    assert await store.registered_sizes([]) == {}

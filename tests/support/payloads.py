@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 import uuid
 from typing import Any
 
@@ -57,3 +58,15 @@ async def store(api: httpx.AsyncClient, content: bytes, **meta: Any) -> dict[str
     response = await upload(api, body, content)
     assert response.status_code == 200, response.text
     return body
+
+
+def bundle(members: list[tuple[str, bytes]], *, declared: list[int] | None = None) -> bytes:
+    """A ``POST /bundles`` body: each ``(sha256, bytes)`` (the hash need not match), with
+    the lengths in *declared* when given instead of the true ones."""
+    lengths = declared or [len(data) for _, data in members]
+    header = b"PPBNDL01" + struct.pack(">I", len(members))
+    header += b"".join(
+        struct.pack(">32sQ", bytes.fromhex(sha), n)
+        for (sha, _), n in zip(members, lengths, strict=True)
+    )
+    return header + b"".join(data for _, data in members)

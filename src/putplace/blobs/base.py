@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,6 +91,23 @@ class BlobStore(ABC):
         """Start writing the content named *sha256* to a temporary location.
 
         *size_hint* is the expected size when known; backends may size their parts by it."""
+
+    async def put_many(self, contents: Sequence[tuple[str, bytes]]) -> None:
+        """Store whole, already verified contents ``(sha256, bytes)`` durably, as a group.
+
+        When this returns, every one is durable under its final name; if it raises, each
+        is either whole under its final name or absent. Backends override this to share
+        one durability barrier (local disk) or to send concurrently (S3); this default
+        commits them one by one.
+        """
+        for sha256, data in contents:
+            writer = await self.begin(sha256, size_hint=len(data))
+            try:
+                await writer.write(data)
+                await writer.commit()
+            except BaseException:
+                await writer.abort()
+                raise
 
     @abstractmethod
     async def size(self, sha256: str) -> int | None:

@@ -84,6 +84,10 @@ class MetadataStore(ABC):
     async def get_file(self, hostname: str, filepath: str) -> FileRecord | None: ...
 
     @abstractmethod
+    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        """For each hash some file record holds, the size its oldest such record gives."""
+
+    @abstractmethod
     async def list_files(
         self,
         *,

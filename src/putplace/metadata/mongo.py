@@ -271,6 +271,20 @@ class MongoMetadataStore(MetadataStore):
             doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
         return None if doc is None else _file(doc)
 
+    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        hashes = list(dict.fromkeys(sha256s))
+        found: dict[str, int] = {}
+        with self._guard("registered_sizes"):
+            for chunk in chunked(hashes, _IN_CHUNK):
+                pipeline: list[Document] = [
+                    {"$match": {"sha256": {"$in": list(chunk)}}},
+                    {"$sort": {"sha256": 1, "_id": 1}},  # the (sha256, _id) index
+                    {"$group": {"_id": "$sha256", "size": {"$first": "$file_size"}}},
+                ]
+                async for doc in await self._files.aggregate(pipeline):
+                    found[doc["_id"]] = doc["size"]
+        return found
+
     async def list_files(
         self,
         *,

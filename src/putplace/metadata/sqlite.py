@@ -260,6 +260,24 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._read(query)
 
+    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        hashes = list(dict.fromkeys(sha256s))
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            found: dict[str, int] = {}
+            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                # With MIN(id), SQLite takes the bare column from that row; files_sha256
+                # serves the lookup.
+                sql = (
+                    f"SELECT sha256, file_size, MIN(id) FROM files WHERE sha256 IN ({marks}) "
+                    "GROUP BY sha256"
+                )
+                found.update((row[0], row[1]) for row in conn.execute(sql, chunk))
+            return found
+
+        return await self._read(query)
+
     async def list_files(
         self,
         *,

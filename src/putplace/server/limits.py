@@ -16,7 +16,7 @@ _DRAIN_LIMIT = 16 * 1024 * 1024
 
 #: Requests whose bodies are content, streamed to the blob store under their own limits
 #: (``max_upload_bytes``, the registered size, the idle timeout) rather than held here.
-STREAMED_UPLOADS = re.compile(r"^/(upload_file|blobs)/[^/]*$")
+STREAMED_UPLOADS = re.compile(r"^/((upload_file|blobs)/[^/]*|bundles)$")
 
 
 def is_streamed_upload(scope: Scope) -> bool:

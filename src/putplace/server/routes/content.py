@@ -1,5 +1,5 @@
-"""Content: multipart ``POST /upload_file/{sha256}``, raw ``PUT /blobs/{sha256}`` and
-``GET /download/{sha256}``."""
+"""Content: multipart ``POST /upload_file/{sha256}``, raw ``PUT /blobs/{sha256}``,
+``POST /bundles`` and ``GET /download/{sha256}``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from putplace.models import MAX_NAME_LENGTH, MAX_PATH_LENGTH, UploadResponse
+from putplace.models import MAX_NAME_LENGTH, MAX_PATH_LENGTH, BundleResponse, UploadResponse
 from putplace.server.deps import ReadKey, Sha256Path, State, WriteKey
 from putplace.server.multipart import iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
-from putplace.service import content
+from putplace.service import bundles, content
 
 router = APIRouter(tags=["content"])
 
@@ -92,6 +92,37 @@ async def put_blob(_: WriteKey, sha256: Sha256Path, request: Request, state: Sta
         {"sha256": sha256, "file_size": accepted.size},
         status_code=status.HTTP_201_CREATED if accepted.stored else status.HTTP_200_OK,
     )
+
+
+@router.post(
+    "/bundles",
+    response_model=BundleResponse,
+    summary="Upload many small contents in one request, stored as a group",
+    description="Body `application/vnd.putplace.bundle`: the 8 bytes `PPBNDL01`, a "
+    "big-endian uint32 count, then per member its raw 32-byte SHA-256 and a big-endian "
+    "uint64 length, then the members' bytes in that order (see docs/bundle-protocol.md). "
+    "Each content must be registered first. Each is verified by hash; those that match "
+    "are made durable together and recorded in one write. `results[i]` answers member "
+    "`i`: `stored`, `present` (already stored) or `refused` with the reason. A body cut "
+    "short keeps the members that arrived whole.",
+    responses={
+        400: {"description": "Malformed bundle header, or a body cut short"},
+        413: {"description": "More contents or bytes than the server accepts in one bundle"},
+        507: {"description": "The blob store is full"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/vnd.putplace.bundle": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
+    },
+)
+async def post_bundle(_: WriteKey, request: Request, state: State) -> BundleResponse:
+    return await bundles.accept_bundle(state.stores, state.settings, request.stream())
 
 
 @router.get(

@@ -1,0 +1,184 @@
+"""Bundled content upload: many small contents in one request, stored as a group.
+
+The body (see docs/bundle-protocol.md) is a header naming every member (hash, length) and
+then the members' bytes in that order. The header is read first so that one lookup
+answers, for the whole bundle, which contents are already stored and which are
+registered with which size. Each member is then hashed as it arrives; those that verify
+are stored together with :meth:`BlobStore.put_many` (one durability barrier for the
+group) and recorded present in one write. A member that fails is refused alone. A body
+cut short keeps the members that arrived whole: they are stored before the error is
+passed on, and nothing partial is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+from putplace.auth import utcnow
+from putplace.config import Settings
+from putplace.digest import INLINE_WORK_LIMIT
+from putplace.models import (
+    BlobRecord,
+    BlobState,
+    BundleMemberResult,
+    BundleResponse,
+    BundleStatus,
+)
+from putplace.service.errors import InvalidInputError, TooLargeError
+from putplace.service.ingest import with_idle_timeout
+from putplace.service.stores import Stores
+
+MAGIC = b"PPBNDL01"
+_COUNT = struct.Struct(">I")
+_ENTRY = struct.Struct(">32sQ")
+
+
+@dataclass(frozen=True)
+class Entry:
+    sha256: str
+    length: int
+
+
+class _Reader:
+    """Exact-size reads from a stream of chunks of any size."""
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = aiter(chunks)
+        self._buffer = bytearray()
+
+    async def read(self, size: int) -> bytes | None:
+        """The next *size* bytes, or None if the stream ends before that many arrive."""
+        while len(self._buffer) < size:
+            try:
+                self._buffer += await anext(self._chunks)
+            except StopAsyncIteration:
+                return None
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+async def read_header(reader: _Reader, settings: Settings) -> list[Entry]:
+    magic = await reader.read(len(MAGIC))
+    if magic != MAGIC:
+        raise InvalidInputError("not a PutPlace bundle: the body must start with PPBNDL01")
+    raw_count = await reader.read(_COUNT.size)
+    if raw_count is None:
+        raise InvalidInputError("bundle header ends before its member count")
+    (count,) = _COUNT.unpack(raw_count)
+    if not 1 <= count <= settings.max_bundle_files:
+        raise InvalidInputError(
+            f"a bundle holds 1 to {settings.max_bundle_files} contents, not {count}"
+        )
+    raw = await reader.read(count * _ENTRY.size)
+    if raw is None:
+        raise InvalidInputError("bundle header ends before its last entry")
+    entries = [Entry(digest.hex(), length) for digest, length in _ENTRY.iter_unpack(raw)]
+    total = sum(entry.length for entry in entries)
+    if total > settings.max_bundle_bytes:
+        raise TooLargeError(
+            f"bundle contents add up to {total} bytes; the limit is {settings.max_bundle_bytes}"
+        )
+    return entries
+
+
+async def _verdicts(stores: Stores, entries: list[Entry]) -> list[BundleMemberResult | None]:
+    """Per entry, its answer when it is known before its bytes arrive; None to verify."""
+    hashes = {entry.sha256 for entry in entries}
+    blobs = await stores.metadata.get_blobs(hashes)
+    sizes = await stores.metadata.registered_sizes(hashes)
+    seen: set[str] = set()
+    verdicts: list[BundleMemberResult | None] = []
+    for entry in entries:
+        sha256 = entry.sha256
+        blob = blobs.get(sha256)
+        registered = sizes.get(sha256)
+        if sha256 in seen:
+            verdict = _refused(sha256, "appears more than once in this bundle")
+        elif blob is not None and blob.state is BlobState.present:
+            verdict = BundleMemberResult(sha256=sha256, status=BundleStatus.present)
+        elif registered is None:
+            verdict = _refused(
+                sha256, "no file record has this content: register it with POST /put_files"
+            )
+        elif registered != entry.length:
+            verdict = _refused(
+                sha256, f"{entry.length} bytes sent, but the registered size is {registered}"
+            )
+        else:
+            verdict = None
+        seen.add(sha256)
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _refused(sha256: str, detail: str) -> BundleMemberResult:
+    return BundleMemberResult(sha256=sha256, status=BundleStatus.refused, detail=detail)
+
+
+async def _digest(data: bytes) -> str:
+    if len(data) < INLINE_WORK_LIMIT:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
+async def accept_bundle(
+    stores: Stores, settings: Settings, chunks: AsyncIterable[bytes]
+) -> BundleResponse:
+    """Read, verify and store one bundle; answer per member."""
+    reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
+    entries = await read_header(reader, settings)
+    results = await _verdicts(stores, entries)
+    verified: list[tuple[int, bytes]] = []
+    try:
+        async for index, data in _members(reader, entries):
+            if results[index] is not None:
+                continue  # known already: the bytes are read and dropped
+            actual = await _digest(data)
+            if actual == entries[index].sha256:
+                verified.append((index, data))
+            else:
+                results[index] = _refused(
+                    entries[index].sha256, f"content hashes to {actual}, not to this hash"
+                )
+    except Exception:
+        await _store(stores, entries, verified)  # what arrived whole is kept
+        raise
+    await _store(stores, entries, verified)
+    for index, _ in verified:
+        results[index] = BundleMemberResult(
+            sha256=entries[index].sha256, status=BundleStatus.stored
+        )
+    answered = [r for r in results if r is not None]
+    return BundleResponse(
+        stored=sum(r.status is BundleStatus.stored for r in answered),
+        present=sum(r.status is BundleStatus.present for r in answered),
+        refused=sum(r.status is BundleStatus.refused for r in answered),
+        results=answered,
+    )
+
+
+async def _members(reader: _Reader, entries: list[Entry]) -> AsyncIterator[tuple[int, bytes]]:
+    for index, entry in enumerate(entries):
+        data = await reader.read(entry.length)
+        if data is None:
+            raise InvalidInputError(f"bundle ended inside member {index} of {len(entries)}")
+        yield index, data
+
+
+async def _store(stores: Stores, entries: list[Entry], verified: list[tuple[int, bytes]]) -> None:
+    """Bytes first (durable, final names), records second: never a record without bytes."""
+    if not verified:
+        return
+    await stores.blobs.put_many([(entries[i].sha256, data) for i, data in verified])
+    now = utcnow()
+    await stores.metadata.put_blobs(
+        [
+            BlobRecord(sha256=entries[i].sha256, size=len(data), stored_at=now)
+            for i, data in verified
+        ]
+    )

@@ -1,0 +1,129 @@
+"""``POST /bundles``: many small contents in one request, answered per member."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from putplace.config import Settings
+from tests.support.payloads import bundle, metadata, store
+
+BUNDLE = {"Content-Type": "application/vnd.putplace.bundle"}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def register(api: httpx.AsyncClient, *contents: bytes) -> None:
+    files = [metadata(c) for c in contents]
+    answer = await api.post("/put_files", json={"files": files})
+    assert answer.json()["stored"] == len(contents)
+
+
+async def downloaded(api: httpx.AsyncClient, data: bytes) -> bytes | None:
+    response = await api.get(f"/download/{sha(data)}")
+    return response.content if response.status_code == 200 else None
+
+
+async def test_members_are_answered_one_by_one(api: httpx.AsyncClient) -> None:
+    new, small, empty = os.urandom(5000), b"x", b""
+    known = (await store(api, b"already here"))["sha256"]
+    liar, unregistered, wrong_size = b"registered bytes", b"nobody registered me", b"123"
+    await register(api, new, small, empty, liar, wrong_size)
+    members = [
+        (sha(new), new),
+        (known, b"already here"),
+        (sha(liar), b"other bytes!!!!!"),  # same length, wrong content
+        (sha(unregistered), unregistered),
+        (sha(wrong_size), b"1234"),
+        (sha(small), small),
+        (sha(new), new),  # twice in one bundle
+        (sha(empty), empty),
+    ]
+    response = await api.post("/bundles", content=bundle(members), headers=BUNDLE)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    statuses = [r["status"] for r in body["results"]]
+    assert statuses == [
+        "stored", "present", "refused", "refused", "refused", "stored", "refused", "stored",
+    ]  # fmt: skip
+    assert [r["sha256"] for r in body["results"]] == [m[0] for m in members]
+    assert (body["stored"], body["present"], body["refused"]) == (3, 1, 4)
+    details = [r["detail"] or "" for r in body["results"]]
+    assert "hashes to" in details[2]
+    assert "register" in details[3]
+    assert "registered size is 3" in details[4]
+    assert "more than once" in details[6]
+    for data in (new, small, empty):
+        assert await downloaded(api, data) == data
+    for data in (liar, unregistered, wrong_size):
+        assert await downloaded(api, data) is None
+    # The registrations now see the content as stored.
+    again = await api.post("/put_files", json={"files": [metadata(new), metadata(liar)]})
+    assert [r["file"]["upload_required"] for r in again.json()["results"]] == [False, True]
+    resent = await api.post("/bundles", content=bundle(members[:1]), headers=BUNDLE)
+    assert resent.json()["results"][0]["status"] == "present"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"NOTABNDL" + b"\0" * 44, 400, "PPBNDL01"),
+        (b"PPBNDL01" + (0).to_bytes(4, "big"), 400, "1 to 10000"),
+        (b"PPBNDL01" + (10_001).to_bytes(4, "big"), 400, "1 to 10000"),
+        (b"PPBNDL01" + (2).to_bytes(4, "big") + b"\0" * 40, 400, "last entry"),
+        (b"PPBNDL01", 400, "member count"),
+        (bundle([("ab" * 32, b"")], declared=[33 * 1024 * 1024]), 413, "limit is"),
+    ],
+)
+async def test_malformed_bundles_are_refused_whole(
+    api: httpx.AsyncClient, body: bytes, status: int, words: str
+) -> None:
+    response = await api.post("/bundles", content=body, headers=BUNDLE)
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+async def test_bundle_cut_short_keeps_whole_members(
+    api: httpx.AsyncClient, settings: Settings, stack: str
+) -> None:
+    first, second, third = os.urandom(3000), os.urandom(70_000), os.urandom(4000)
+    await register(api, first, second, third)
+    full = bundle([(sha(first), first), (sha(second), second), (sha(third), third)])
+    cut = full[: len(full) - 1000]  # the last member arrives incomplete
+
+    async def body() -> AsyncIterator[bytes]:
+        for offset in range(0, len(cut), 8192):
+            yield cut[offset : offset + 8192]
+
+    response = await api.post("/bundles", content=body(), headers=BUNDLE)
+    assert response.status_code == 400
+    assert "ended inside member 2" in response.json()["detail"]
+    assert await downloaded(api, first) == first
+    assert await downloaded(api, second) == second
+    assert await downloaded(api, third) is None
+    if stack.endswith("local"):  # no partial file under a final name or left behind
+        root = Path(settings.storage_url.removeprefix("file://"))
+        assert not (root / sha(third)[:2] / sha(third)).exists()
+        assert list((root / ".tmp").iterdir()) == []
+    # Sending the whole bundle again completes it.
+    again = (await api.post("/bundles", content=full, headers=BUNDLE)).json()
+    assert [r["status"] for r in again["results"]] == ["present", "present", "stored"]
+    assert await downloaded(api, third) == third
+
+
+async def test_bundles_need_a_write_key(api: httpx.AsyncClient, keys: object) -> None:
+    content = b"guarded"
+    await register(api, content)
+    body = bundle([(sha(content), content)])
+    read_key = {"X-API-Key": keys.read, **BUNDLE}  # type: ignore[attr-defined]
+    assert (await api.post("/bundles", content=body, headers=read_key)).status_code == 403
+    no_key = {**BUNDLE, "X-API-Key": ""}
+    assert (await api.post("/bundles", content=body, headers=no_key)).status_code == 401
+    assert await downloaded(api, content) is None
