@@ -18,7 +18,7 @@ import pytest
 from putplace.metadata.base import MAX_PAGE, DuplicateError, MetadataStore, StoreUnavailableError
 from putplace.metadata.mongo import MongoMetadataStore
 from putplace.metadata.sqlite import SQLiteMetadataStore
-from putplace.models import BlobRecord, BlobState, FileMetadata, Scope
+from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord, Scope
 from tests.metadata.conftest import OpenStore
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -52,6 +52,15 @@ def reported(record: FileMetadata) -> dict[str, Any]:
     return FileMetadata.model_validate(record.model_dump()).model_dump()
 
 
+async def put_file(store: MetadataStore, sent: FileMetadata, now: datetime) -> FileRecord:
+    """Store one record and read it back whole."""
+    (record_id,) = await store.put_files([sent], now)
+    record = await store.get_file(sent.hostname, sent.filepath)
+    assert record is not None
+    assert record.id == record_id
+    return record
+
+
 async def count_files(store: MetadataStore) -> int:
     """How many file records there are (every test stores fewer than a page)."""
     return len(await store.list_files(limit=MAX_PAGE))
@@ -69,7 +78,7 @@ async def add_key(store: MetadataStore, name: str, seconds: int = 0, scope: Scop
 
 async def test_put_file_stores_every_reported_field(store: MetadataStore) -> None:
     sent = meta(is_symlink=True, link_target="/etc/hosts.real", file_size=0)
-    record = await store.put_file(sent, at(0))
+    record = await put_file(store, sent, at(0))
     assert reported(record) == sent.model_dump()
     assert record.id
     assert record.created_at == record.updated_at == at(0)
@@ -78,9 +87,9 @@ async def test_put_file_stores_every_reported_field(store: MetadataStore) -> Non
 
 
 async def test_put_same_location_updates_in_place(store: MetadataStore) -> None:
-    first = await store.put_file(meta(), at(0))
+    first = await put_file(store, meta(), at(0))
     changed = meta(sha256=sha("new content"), file_size=99, file_mtime=1_800_000_000.0)
-    second = await store.put_file(changed, at(30))
+    second = await put_file(store, changed, at(30))
     assert second.id == first.id
     assert second.created_at == at(0)
     assert second.updated_at == at(30)
@@ -90,27 +99,25 @@ async def test_put_same_location_updates_in_place(store: MetadataStore) -> None:
 
 
 async def test_same_path_on_two_hosts_are_two_records(store: MetadataStore) -> None:
-    a = await store.put_file(meta("host-a"), at(0))
-    b = await store.put_file(meta("host-b"), at(0))
+    a = await put_file(store, meta("host-a"), at(0))
+    b = await put_file(store, meta("host-b"), at(0))
     assert a.id != b.id
     assert await count_files(store) == 2
 
 
-async def test_put_files_returns_records_in_dedupe_order_last_wins(store: MetadataStore) -> None:
-    await store.put_file(meta("h", "/b", file_size=1), at(0))  # existing: updated by the batch
+async def test_put_files_returns_ids_in_dedupe_order_last_wins(store: MetadataStore) -> None:
+    existing = await put_file(store, meta("h", "/b", file_size=1), at(0))  # updated below
     batch = [
         meta("h", "/a", file_size=1),
         meta("h", "/b", file_size=2),
         meta("other", "/a", file_size=3),
         meta("h", "/a", file_size=4),  # same location again: this one wins, moves last
     ]
-    records = await store.put_files(batch, at(10))
-    assert [(r.hostname, r.filepath, r.file_size) for r in records] == [
-        ("h", "/b", 2),
-        ("other", "/a", 3),
-        ("h", "/a", 4),
-    ]
-    assert (await store.get_file("h", "/a")).file_size == 4  # type: ignore[union-attr]
+    ids = await store.put_files(batch, at(10))
+    stored = [await store.get_file(h, p) for h, p in [("h", "/b"), ("other", "/a"), ("h", "/a")]]
+    assert ids == [r.id for r in stored if r is not None]
+    assert ids[0] == existing.id
+    assert [r.file_size for r in stored if r is not None] == [2, 3, 4]
     assert await count_files(store) == 3
     assert await store.put_files([], at(11)) == []
 
@@ -118,18 +125,19 @@ async def test_put_files_returns_records_in_dedupe_order_last_wins(store: Metada
 async def test_put_files_large_batch(store: MetadataStore) -> None:
     n = 260  # more than one lookup chunk in each backend (kept small: mongoeco is slow)
     batch = [meta("bulk", f"/data/{i:05d}", file_size=i) for i in range(n)]
-    records = await store.put_files(batch, at(0))
-    assert [r.filepath for r in records] == [m.filepath for m in batch]
-    assert len({r.id for r in records}) == n
+    ids = await store.put_files(batch, at(0))
+    assert len(set(ids)) == n
+    listed = await store.list_files(limit=MAX_PAGE)
+    assert [(r.id, r.filepath) for r in listed] == list(zip(ids, [m.filepath for m in batch], strict=True))
     again = await store.put_files([meta("bulk", m.filepath, file_size=7) for m in batch], at(5))
-    assert [r.id for r in again] == [r.id for r in records]
-    assert {r.file_size for r in again} == {7}
+    assert again == ids
+    assert {r.file_size for r in await store.list_files(limit=MAX_PAGE)} == {7}
     assert await count_files(store) == n
 
 
 async def test_get_file_returns_only_existing(store: MetadataStore) -> None:
-    a = await store.put_file(meta("h1", "/a"), at(0))
-    await store.put_file(meta("h2", "/b"), at(1))
+    a = await put_file(store, meta("h1", "/a"), at(0))
+    await put_file(store, meta("h2", "/b"), at(1))
     assert await store.get_file("h1", "/a") == a
     assert await store.get_file("h1", "/missing") is None
     assert await store.get_file("h2", "/a") is None  # right path, wrong host
@@ -138,7 +146,7 @@ async def test_get_file_returns_only_existing(store: MetadataStore) -> None:
 async def test_names_are_stored_exactly(store: MetadataStore) -> None:
     odd = ["/tmp/ünïcödé 名前", "/tmp/with\nnewline", "/tmp/$dollar.field", "/tmp/%2F"]
     for path in odd:
-        await store.put_file(meta("h", path), at(0))
+        await put_file(store, meta("h", path), at(0))
     assert sorted(r.filepath for r in await store.list_files()) == sorted(odd)
     for path in odd:
         assert (await store.get_file("h", path)) is not None
@@ -150,12 +158,12 @@ async def test_names_are_stored_exactly(store: MetadataStore) -> None:
 async def test_list_files_by_content_oldest_first_and_limited(store: MetadataStore) -> None:
     content = sha("shared")
     for i, host in enumerate(["h3", "h1", "h2"]):
-        await store.put_file(meta(host, "/same", sha256=content), at(i))
-    await store.put_file(meta("h9", "/other"), at(5))
+        await put_file(store, meta(host, "/same", sha256=content), at(i))
+    await put_file(store, meta("h9", "/other"), at(5))
     got = await store.list_files(sha256=content)
     assert [r.hostname for r in got] == ["h3", "h1", "h2"]
     # Updating the oldest does not make it newer.
-    await store.put_file(meta("h3", "/same", sha256=content, file_size=1), at(9))
+    await put_file(store, meta("h3", "/same", sha256=content, file_size=1), at(9))
     assert [r.hostname for r in await store.list_files(sha256=content, limit=2)] == ["h3", "h1"]
     assert await store.list_files(sha256=sha("nothing")) == []
 
@@ -166,9 +174,9 @@ async def test_list_files_pages_every_record_once_in_insertion_order(
     inserted = []
     for i in range(23):
         host = "even" if i % 2 == 0 else "odd"
-        inserted.append((await store.put_file(meta(host, f"/f/{22 - i:02d}"), at(i))).id)
+        inserted.append((await put_file(store, meta(host, f"/f/{22 - i:02d}"), at(i))).id)
     # An update must neither move nor duplicate a record.
-    await store.put_file(meta("even", "/f/22", file_size=1), at(100))
+    await put_file(store, meta("even", "/f/22", file_size=1), at(100))
 
     async def walk(**kwargs: Any) -> list[str]:
         seen: list[str] = []
@@ -188,7 +196,7 @@ async def test_list_files_pages_every_record_once_in_insertion_order(
     shared = sha("shared")
     for i in range(12):
         host = "even" if i % 2 == 0 else "odd"
-        inserted.append((await store.put_file(meta(host, f"/s/{i}", sha256=shared), at(i))).id)
+        inserted.append((await put_file(store, meta(host, f"/s/{i}", sha256=shared), at(i))).id)
     assert await walk(sha256=shared) == inserted[23:]
     assert await walk(sha256=shared, hostname="odd") == inserted[24::2]
     assert await walk(sha256=sha("nothing")) == []
@@ -198,14 +206,14 @@ async def test_list_files_pages_every_record_once_in_insertion_order(
 
 @pytest.mark.parametrize("cursor", ["nope", "-1", "1.5", "zz" * 12, "0x10"])
 async def test_list_files_rejects_an_invalid_cursor(store: MetadataStore, cursor: str) -> None:
-    await store.put_file(meta(), at(0))
+    await put_file(store, meta(), at(0))
     with pytest.raises(ValueError, match="invalid cursor"):
         await store.list_files(after=cursor)
 
 
 async def test_list_files_limit_bounds(store: MetadataStore) -> None:
     for i in range(3):
-        await store.put_file(meta("h", f"/{i}"), at(i))
+        await put_file(store, meta("h", f"/{i}"), at(i))
     assert len(await store.list_files(limit=1)) == 1
     for bad in (0, -1, MAX_PAGE + 1):
         with pytest.raises(ValueError, match="limit must be between"):
@@ -280,12 +288,12 @@ async def test_list_blobs_ordered_by_hash_with_after(store: MetadataStore) -> No
 async def test_is_referenced_follows_file_records(store: MetadataStore) -> None:
     content = sha("c")
     assert await store.is_referenced(content) is False
-    await store.put_file(meta("h", "/a", sha256=content), at(0))
-    await store.put_file(meta("h", "/b", sha256=content), at(0))
+    await put_file(store, meta("h", "/a", sha256=content), at(0))
+    await put_file(store, meta("h", "/b", sha256=content), at(0))
     assert await store.is_referenced(content) is True
-    await store.put_file(meta("h", "/a", sha256=sha("third")), at(1))  # one reference left
+    await put_file(store, meta("h", "/a", sha256=sha("third")), at(1))  # one reference left
     assert await store.is_referenced(content) is True
-    await store.put_file(meta("h", "/b", sha256=sha("other")), at(1))  # content changed
+    await put_file(store, meta("h", "/b", sha256=sha("other")), at(1))  # content changed
     assert await store.is_referenced(content) is False
     assert await store.is_referenced(sha("other")) is True
 
@@ -370,7 +378,7 @@ async def test_duplicate_key_hash_is_rejected(store: MetadataStore) -> None:
 async def test_concurrent_first_puts_of_one_location(open_store: OpenStore) -> None:
     stores = [await open_store(), await open_store()]  # as two API processes
     results = await asyncio.gather(
-        *(stores[i % 2].put_file(meta("race", "/new", file_size=i), at(i)) for i in range(50))
+        *(put_file(stores[i % 2], meta("race", "/new", file_size=i), at(i)) for i in range(50))
     )
     assert len({r.id for r in results}) == 1
     assert await count_files(stores[0]) == 1
@@ -401,7 +409,7 @@ async def test_concurrent_put_blob_of_one_hash(open_store: OpenStore) -> None:
 
 async def test_many_concurrent_distinct_puts(store: MetadataStore) -> None:
     records = await asyncio.gather(
-        *(store.put_file(meta(f"h{i % 7}", f"/p/{i}"), at(0)) for i in range(100))
+        *(put_file(store, meta(f"h{i % 7}", f"/p/{i}"), at(0)) for i in range(100))
     )
     assert len({r.id for r in records}) == 100
     assert await count_files(store) == 100
@@ -437,26 +445,26 @@ async def test_unreachable_store(backend: str, tmp_path: Path) -> None:
         with pytest.raises(StoreUnavailableError):
             await store.list_files()
         with pytest.raises(StoreUnavailableError):
-            await store.put_file(meta(), at(0))
+            await put_file(store, meta(), at(0))
     finally:
         await store.close()
 
 
 async def test_reopen_keeps_data_and_indexes(open_store: OpenStore) -> None:
     first = await open_store()
-    record = await first.put_file(meta(), at(0))
+    record = await put_file(first, meta(), at(0))
     await first.close()
     second = await open_store()  # open() again on existing data: idempotent
     assert await second.get_file("web-01", "/etc/hosts") == record
-    assert await second.put_file(meta(file_size=1), at(1)) is not None
+    assert await put_file(second, meta(file_size=1), at(1)) is not None
     assert await count_files(second) == 1
 
 
 async def test_registered_sizes_from_the_oldest_record(store: MetadataStore) -> None:
     a, b = sha("a"), sha("b")
-    await store.put_file(meta("h1", "/a", sha256=a, file_size=10), at(0))
-    await store.put_file(meta("h2", "/a", sha256=a, file_size=99), at(1))  # a later liar
-    await store.put_file(meta("h1", "/b", sha256=b, file_size=7), at(2))
+    await put_file(store, meta("h1", "/a", sha256=a, file_size=10), at(0))
+    await put_file(store, meta("h2", "/a", sha256=a, file_size=99), at(1))  # a later liar
+    await put_file(store, meta("h1", "/b", sha256=b, file_size=7), at(2))
     many = [sha(i) for i in range(600)]  # more than one lookup chunk
     assert await store.registered_sizes([a, b, sha("none"), a, *many]) == {a: 10, b: 7}
     assert await store.registered_sizes([]) == {}

@@ -74,10 +74,12 @@ class MetadataStore(ABC):
 
     # -- files -----------------------------------------------------------------------
     @abstractmethod
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
         """Insert or update each ``(hostname, filepath)`` in one transaction / bulk write.
 
-        Returns the stored records in the order of ``dedupe_by_location(files)``.
+        Returns the records' ids in the order of ``dedupe_by_location(files)``. A stored
+        record holds exactly what was sent (plus its timestamps), so callers describe it
+        from what they sent rather than reading it back.
         """
 
     @abstractmethod
@@ -164,10 +166,6 @@ class MetadataStore(ABC):
     async def count_api_keys(self) -> int: ...
 
     # -- shared conveniences ---------------------------------------------------------
-    async def put_file(self, meta: FileMetadata, now: datetime) -> FileRecord:
-        (record,) = await self.put_files([meta], now)
-        return record
-
     async def get_blob(self, sha256: str) -> BlobRecord | None:
         return (await self.get_blobs([sha256])).get(sha256)
 

@@ -199,7 +199,7 @@ class MongoMetadataStore(MetadataStore):
         return self._coll("api_keys")
 
     # -- files -----------------------------------------------------------------------
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
         unique = dedupe_by_location(files)
         if not unique:
             return []
@@ -208,7 +208,7 @@ class MongoMetadataStore(MetadataStore):
                 {"hostname": meta.hostname, "filepath": meta.filepath},
                 {
                     "$set": {
-                        **meta.model_dump(include=set(_UPDATED_FIELDS)),
+                        **{name: getattr(meta, name) for name in _UPDATED_FIELDS},
                         "updated_at": now,
                     },
                     "$setOnInsert": {"created_at": now},
@@ -219,18 +219,13 @@ class MongoMetadataStore(MetadataStore):
         ]
         with self._guard("put_files"):
             await self._upsert(ops)
-            found = await self._find_locations(
-                [(m.hostname, m.filepath) for m in unique], primary=True
-            )
-        records = []
-        for meta in unique:
-            record = found.get((meta.hostname, meta.filepath))
-            if record is None:  # deleted by another request between upsert and read
-                raise StoreUnavailableError(
-                    f"{meta.hostname}:{meta.filepath} was deleted while being stored"
-                )
-            records.append(record)
-        return records
+            ids = await self._ids_of([(m.hostname, m.filepath) for m in unique])
+        missing = [
+            f"{h}:{p}" for h, p in ((m.hostname, m.filepath) for m in unique) if (h, p) not in ids
+        ]
+        if missing:  # deleted by another request between upsert and read
+            raise StoreUnavailableError(f"{missing[0]} was deleted while being stored")
+        return [ids[(m.hostname, m.filepath)] for m in unique]
 
     async def _upsert(self, ops: list[UpdateOne]) -> None:
         """One unordered bulk write; upserts that lost a first-insert race are retried.
@@ -249,21 +244,19 @@ class MongoMetadataStore(MetadataStore):
                 raise
             await self._files.bulk_write([ops[e["index"]] for e in errors], ordered=False)
 
-    async def _find_locations(
-        self, locations: Collection[tuple[str, str]], *, primary: bool = False
-    ) -> dict[tuple[str, str], FileRecord]:
-        files = self._files
-        if primary:  # read our own writes even when the URL prefers secondaries
-            files = files.with_options(read_preference=ReadPreference.PRIMARY)
+    async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Ids of the records at *locations*, read from the primary (our own writes)."""
+        files = self._files.with_options(read_preference=ReadPreference.PRIMARY)
         by_host: defaultdict[str, list[str]] = defaultdict(list)
         for hostname, filepath in dict.fromkeys(locations):
             by_host[hostname].append(filepath)
-        found: dict[tuple[str, str], FileRecord] = {}
+        found: dict[tuple[str, str], str] = {}
+        projection = {"_id": 1, "hostname": 1, "filepath": 1}
         for hostname, paths in by_host.items():
             for chunk in chunked(paths, _IN_CHUNK):
-                async for doc in files.find({"hostname": hostname, "filepath": {"$in": chunk}}):
-                    record = _file(doc)
-                    found[(record.hostname, record.filepath)] = record
+                query = {"hostname": hostname, "filepath": {"$in": list(chunk)}}
+                async for doc in files.find(query, projection=projection):
+                    found[(doc["hostname"], doc["filepath"])] = str(doc["_id"])
         return found
 
     async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:

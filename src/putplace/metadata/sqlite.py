@@ -79,7 +79,7 @@ _UPSERT_FILE = (
     "ON CONFLICT (hostname, filepath) DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
     + ", updated_at = excluded.updated_at "
-    f"RETURNING id, {_FILE_COLUMNS}, created_at, updated_at"
+    "RETURNING id"
 )
 # A present record stands; a new or quarantined one is (re)written.
 _UPSERT_BLOB = (
@@ -238,16 +238,16 @@ class SQLiteMetadataStore(MetadataStore):
             return False
 
     # -- files -----------------------------------------------------------------------
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[FileRecord]:
-        unique = dedupe_by_location(files)
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
         stamp = now.isoformat()
+        # Field values straight from the validated models (model_dump costs more per row).
+        rows = [
+            [*(getattr(meta, name) for name in FILE_FIELDS), stamp, stamp]
+            for meta in dedupe_by_location(files)
+        ]
 
-        def upsert(conn: sqlite3.Connection) -> list[FileRecord]:
-            records = []
-            for meta in unique:
-                values = [*meta.model_dump().values(), stamp, stamp]
-                records.append(_file_from_row(conn.execute(_UPSERT_FILE, values).fetchone()))
-            return records
+        def upsert(conn: sqlite3.Connection) -> list[str]:
+            return [str(conn.execute(_UPSERT_FILE, row).fetchone()[0]) for row in rows]
 
         return await self._write(upsert)
 

@@ -7,11 +7,13 @@ record means the same thing whichever endpoint stored it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from putplace.auth import utcnow
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
-from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord, FileResponse
+from putplace.metadata.base import dedupe_by_location
+from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord
 from putplace.service.errors import InvalidInputError, NotFoundError
 
 
@@ -26,28 +28,45 @@ def upload_url(sha256: str) -> str:
     return f"/upload_file/{sha256}"
 
 
-def describe(record: FileRecord, blob: BlobRecord | None) -> FileResponse:
-    """The wire form of a record. Symlinks carry no content, so never need an upload."""
+#: A record's wire form (``FileResponse``'s fields, ``_id`` included), built as a plain
+#: dict: thousands are answered per batch, and a model per record would cost more than
+#: storing it.
+FileAnswer = dict[str, Any]
+_REPORTED = tuple(FileMetadata.model_fields)
+
+
+def describe(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> FileAnswer:
+    """The wire form of a stored record. Symlinks carry no content, so never need an
+    upload."""
     has_content = blob is not None and blob.state is BlobState.present
-    required = not has_content and not record.is_symlink
-    return FileResponse(
-        **record.model_dump(exclude={"created_at", "updated_at"}),
-        has_file_content=has_content,
-        file_uploaded_at=blob.stored_at if has_content and blob else None,
-        upload_required=required,
-        upload_url=upload_url(record.sha256) if required else None,
-    )
+    required = not has_content and not meta.is_symlink
+    answer = {name: getattr(meta, name) for name in _REPORTED}
+    answer["_id"] = record_id
+    answer["has_file_content"] = has_content
+    answer["file_uploaded_at"] = blob.stored_at if has_content and blob else None
+    answer["upload_required"] = required
+    answer["upload_url"] = upload_url(meta.sha256) if required else None
+    return answer
 
 
-async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileResponse]:
+async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileAnswer]:
     blobs = await store.get_blobs({r.sha256 for r in records})
-    return [describe(r, blobs.get(r.sha256)) for r in records]
+    return [describe(r, r.id, blobs.get(r.sha256)) for r in records]
 
 
-async def register(store: MetadataStore, files: Sequence[FileMetadata]) -> list[FileResponse]:
-    """Store *files* in one write and answer, per record, whether content is needed."""
-    records = await store.put_files(files, utcnow())
-    return await describe_all(store, records)
+async def register(store: MetadataStore, files: Sequence[FileMetadata]) -> list[FileAnswer]:
+    """Store *files* in one write and answer, per record, whether content is needed.
+
+    Answers are in the order of ``dedupe_by_location(files)``: one per location, the last
+    record sent for a location winning.
+    """
+    unique = dedupe_by_location(files)
+    ids = await store.put_files(unique, utcnow())
+    blobs = await store.get_blobs({meta.sha256 for meta in unique})
+    return [
+        describe(meta, record_id, blobs.get(meta.sha256))
+        for meta, record_id in zip(unique, ids, strict=True)
+    ]
 
 
 async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:
@@ -65,7 +84,7 @@ async def find(
     sha256: str | None = None,
     after: str | None = None,
     limit: int = 100,
-) -> list[FileResponse]:
+) -> list[FileAnswer]:
     """One page of records matching every filter given, oldest first, after *after*."""
     if sha256 is not None:
         checked_sha256(sha256)
