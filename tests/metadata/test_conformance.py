@@ -54,7 +54,7 @@ def reported(record: FileMetadata) -> dict[str, Any]:
 
 async def put_file(store: MetadataStore, sent: FileMetadata, now: datetime) -> FileRecord:
     """Store one record and read it back whole."""
-    (record_id,) = await store.put_files([sent], now)
+    ((record_id, _),) = await store.put_files([sent], now)
     record = await store.get_file(sent.hostname, sent.filepath)
     assert record is not None
     assert record.id == record_id
@@ -113,7 +113,7 @@ async def test_put_files_returns_ids_in_dedupe_order_last_wins(store: MetadataSt
         meta("other", "/a", file_size=3),
         meta("h", "/a", file_size=4),  # same location again: this one wins, moves last
     ]
-    ids = await store.put_files(batch, at(10))
+    ids = [done.id for done in await store.put_files(batch, at(10))]
     stored = [await store.get_file(h, p) for h, p in [("h", "/b"), ("other", "/a"), ("h", "/a")]]
     assert ids == [r.id for r in stored if r is not None]
     assert ids[0] == existing.id
@@ -122,15 +122,31 @@ async def test_put_files_returns_ids_in_dedupe_order_last_wins(store: MetadataSt
     assert await store.put_files([], at(11)) == []
 
 
+async def test_put_files_answers_each_contents_blob_record(store: MetadataStore) -> None:
+    await store.put_blob(blob("stored"))
+    await store.put_blob(blob("rotten"))
+    await store.set_blob_state(sha("rotten"), BlobState.quarantined)
+    batch = [meta("h", f"/{label}", sha256=sha(label)) for label in ("stored", "new", "rotten")]
+    answers = await store.put_files([*batch, meta("h", "/again", sha256=sha("stored"))], at(0))
+    assert [done.blob for done in answers] == [
+        blob("stored"),
+        None,
+        blob("rotten").model_copy(update={"state": BlobState.quarantined}),
+        blob("stored"),
+    ]
+
+
 async def test_put_files_large_batch(store: MetadataStore) -> None:
     n = 260  # more than one lookup chunk in each backend (kept small: mongoeco is slow)
     batch = [meta("bulk", f"/data/{i:05d}", file_size=i) for i in range(n)]
-    ids = await store.put_files(batch, at(0))
+    ids = [done.id for done in await store.put_files(batch, at(0))]
     assert len(set(ids)) == n
     listed = await store.list_files(limit=MAX_PAGE)
-    assert [(r.id, r.filepath) for r in listed] == list(zip(ids, [m.filepath for m in batch], strict=True))
+    assert [(r.id, r.filepath) for r in listed] == list(
+        zip(ids, [m.filepath for m in batch], strict=True)
+    )
     again = await store.put_files([meta("bulk", m.filepath, file_size=7) for m in batch], at(5))
-    assert again == ids
+    assert [done.id for done in again] == ids
     assert {r.file_size for r in await store.list_files(limit=MAX_PAGE)} == {7}
     assert await count_files(store) == n
 

@@ -152,7 +152,7 @@ async def test_upsert_that_lost_a_first_insert_race_is_retried(
         return await real(self, requests, **kw)
 
     monkeypatch.setattr(AsyncCollection, "bulk_write", racing)
-    ids = await mongo_store.put_files([meta("h", "/a"), meta("h", "/b")], NOW)
+    ids = [done.id for done in await mongo_store.put_files([meta("h", "/a"), meta("h", "/b")], NOW)]
     assert calls == [2, 1]  # the loser alone was retried
     stored = [await mongo_store.get_file("h", path) for path in ("/a", "/b")]
     assert ids == [r.id for r in stored if r is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
 
@@ -26,6 +26,13 @@ class StoreUnavailableError(StoreError):
 
 class DuplicateError(StoreError):
     """A unique value (an API key hash) is already recorded; nothing was written."""
+
+
+class StoredFile(NamedTuple):
+    """A file record just stored: its id, and its content's blob record if there is one."""
+
+    id: str
+    blob: BlobRecord | None
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -74,12 +81,13 @@ class MetadataStore(ABC):
 
     # -- files -----------------------------------------------------------------------
     @abstractmethod
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[StoredFile]:
         """Insert or update each ``(hostname, filepath)`` in one transaction / bulk write.
 
-        Returns the records' ids in the order of ``dedupe_by_location(files)``. A stored
-        record holds exactly what was sent (plus its timestamps), so callers describe it
-        from what they sent rather than reading it back.
+        Returns, in the order of ``dedupe_by_location(files)``, each record's id and the
+        blob record of its content (what the caller answers next, so a backend can look it
+        up in the same round trip). A stored record holds exactly what was sent (plus its
+        timestamps), so callers describe it from what they sent rather than reading it back.
         """
 
     @abstractmethod

@@ -20,6 +20,7 @@ blobs and keys are inserts whose duplicate-key error means "already there".
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from putplace.metadata.base import (
     FILE_FIELDS,
     DuplicateError,
     MetadataStore,
+    StoredFile,
     StoreUnavailableError,
     check_limit,
     chunked,
@@ -199,7 +201,7 @@ class MongoMetadataStore(MetadataStore):
         return self._coll("api_keys")
 
     # -- files -----------------------------------------------------------------------
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[StoredFile]:
         unique = dedupe_by_location(files)
         if not unique:
             return []
@@ -219,13 +221,16 @@ class MongoMetadataStore(MetadataStore):
         ]
         with self._guard("put_files"):
             await self._upsert(ops)
-            ids = await self._ids_of([(m.hostname, m.filepath) for m in unique])
+            ids, blobs = await asyncio.gather(
+                self._ids_of([(m.hostname, m.filepath) for m in unique]),
+                self.get_blobs({m.sha256 for m in unique}),
+            )
         missing = [
             f"{h}:{p}" for h, p in ((m.hostname, m.filepath) for m in unique) if (h, p) not in ids
         ]
         if missing:  # deleted by another request between upsert and read
             raise StoreUnavailableError(f"{missing[0]} was deleted while being stored")
-        return [ids[(m.hostname, m.filepath)] for m in unique]
+        return [StoredFile(ids[(m.hostname, m.filepath)], blobs.get(m.sha256)) for m in unique]
 
     async def _upsert(self, ops: list[UpdateOne]) -> None:
         """One unordered bulk write; upserts that lost a first-insert race are retried.

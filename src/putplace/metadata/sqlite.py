@@ -21,6 +21,7 @@ from putplace.metadata.base import (
     FILE_FIELDS,
     DuplicateError,
     MetadataStore,
+    StoredFile,
     StoreUnavailableError,
     check_limit,
     chunked,
@@ -112,6 +113,15 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 
 def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
     return BlobRecord.model_validate(dict(row))
+
+
+def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, BlobRecord]:
+    found: dict[str, BlobRecord] = {}
+    for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT * FROM blobs WHERE sha256 IN ({marks})", chunk):
+            found[row["sha256"]] = _blob_from_row(row)
+    return found
 
 
 def _int_id(key_id: str) -> int | None:
@@ -238,16 +248,18 @@ class SQLiteMetadataStore(MetadataStore):
             return False
 
     # -- files -----------------------------------------------------------------------
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[str]:
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[StoredFile]:
         stamp = now.isoformat()
+        unique = dedupe_by_location(files)
         # Field values straight from the validated models (model_dump costs more per row).
-        rows = [
-            [*(getattr(meta, name) for name in FILE_FIELDS), stamp, stamp]
-            for meta in dedupe_by_location(files)
-        ]
+        rows = [[*(getattr(meta, name) for name in FILE_FIELDS), stamp, stamp] for meta in unique]
+        hashes = list({meta.sha256 for meta in unique})
 
-        def upsert(conn: sqlite3.Connection) -> list[str]:
-            return [str(conn.execute(_UPSERT_FILE, row).fetchone()[0]) for row in rows]
+        def upsert(conn: sqlite3.Connection) -> list[StoredFile]:
+            ids = [str(conn.execute(_UPSERT_FILE, row).fetchone()[0]) for row in rows]
+            # Read in the same transaction: one hop to the writer thread per request.
+            blobs = _select_blobs(conn, hashes)
+            return [StoredFile(i, blobs.get(m.sha256)) for i, m in zip(ids, unique, strict=True)]
 
         return await self._write(upsert)
 
@@ -305,16 +317,7 @@ class SQLiteMetadataStore(MetadataStore):
     # -- blobs -----------------------------------------------------------------------
     async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
         hashes = list(dict.fromkeys(sha256s))
-
-        def query(conn: sqlite3.Connection) -> dict[str, BlobRecord]:
-            found: dict[str, BlobRecord] = {}
-            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
-                for row in conn.execute(f"SELECT * FROM blobs WHERE sha256 IN ({marks})", chunk):
-                    found[row["sha256"]] = _blob_from_row(row)
-            return found
-
-        return await self._read(query)
+        return await self._read(lambda conn: _select_blobs(conn, hashes))
 
     async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
         rows = [(b.sha256, b.size, b.state.value, b.stored_at.isoformat()) for b in blobs]

@@ -23,7 +23,9 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are ``async def`` even where they never await: FastAPI runs a plain ``def``
+# dependency in a worker thread, a hop that cost more than the rest of a /put_file.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.putplace
     return state
 
@@ -31,7 +33,7 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def _sha256_path(
+async def _sha256_path(
     sha256: Annotated[
         str,
         Path(

@@ -61,12 +61,8 @@ async def register(store: MetadataStore, files: Sequence[FileMetadata]) -> list[
     record sent for a location winning.
     """
     unique = dedupe_by_location(files)
-    ids = await store.put_files(unique, utcnow())
-    blobs = await store.get_blobs({meta.sha256 for meta in unique})
-    return [
-        describe(meta, record_id, blobs.get(meta.sha256))
-        for meta, record_id in zip(unique, ids, strict=True)
-    ]
+    stored = await store.put_files(unique, utcnow())
+    return [describe(meta, *done) for meta, done in zip(unique, stored, strict=True)]
 
 
 async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:
