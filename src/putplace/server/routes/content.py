@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from putplace.models import MAX_NAME_LENGTH, MAX_PATH_LENGTH, BundleResponse, UploadResponse
-from putplace.server.deps import ReadKey, Sha256Path, State, WriteKey
+from putplace.server.deps import Reader, Sha256Path, Writer
 from putplace.server.multipart import iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
 from putplace.service import bundles, content
@@ -45,16 +45,17 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     },
 )
 async def upload_file(
-    _: WriteKey,
+    caller: Writer,
     sha256: Sha256Path,
     request: Request,
-    state: State,
     hostname: Annotated[str, Query(min_length=1, max_length=MAX_NAME_LENGTH)],
     filepath: Annotated[str, Query(min_length=1, max_length=MAX_PATH_LENGTH)],
 ) -> UploadResponse:
-    stores = state.stores
+    stores = caller.state.stores
     record = await content.registered_location(stores.metadata, sha256, hostname, filepath)
-    accepted = await content.accept(stores, state.settings, record, iter_field(request, "file"))
+    accepted = await content.accept(
+        stores, caller.state.settings, record, iter_field(request, "file")
+    )
     return UploadResponse(
         message="File uploaded successfully" if accepted.stored else "File content already stored",
         sha256=sha256,
@@ -84,10 +85,10 @@ async def upload_file(
         }
     },
 )
-async def put_blob(_: WriteKey, sha256: Sha256Path, request: Request, state: State) -> Response:
-    stores = state.stores
+async def put_blob(caller: Writer, sha256: Sha256Path, request: Request) -> Response:
+    stores = caller.state.stores
     record = await content.registered_content(stores.metadata, sha256)
-    accepted = await content.accept(stores, state.settings, record, request.stream())
+    accepted = await content.accept(stores, caller.state.settings, record, request.stream())
     return JSONResponse(
         {"sha256": sha256, "file_size": accepted.size},
         status_code=status.HTTP_201_CREATED if accepted.stored else status.HTTP_200_OK,
@@ -121,8 +122,8 @@ async def put_blob(_: WriteKey, sha256: Sha256Path, request: Request, state: Sta
         }
     },
 )
-async def post_bundle(_: WriteKey, request: Request, state: State) -> BundleResponse:
-    return await bundles.accept_bundle(state.stores, state.settings, request.stream())
+async def post_bundle(caller: Writer, request: Request) -> BundleResponse:
+    return await bundles.accept_bundle(caller.state.stores, caller.state.settings, request.stream())
 
 
 @router.get(
@@ -138,13 +139,12 @@ async def post_bundle(_: WriteKey, request: Request, state: State) -> BundleResp
     },
 )
 async def download(
-    _: ReadKey,
+    caller: Reader,
     sha256: Sha256Path,
-    state: State,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    blob = await content.stored_blob(state.stores.metadata, sha256)
+    blob = await content.stored_blob(caller.state.stores.metadata, sha256)
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
@@ -164,7 +164,7 @@ async def download(
     if byte_range is not None:
         code = status.HTTP_206_PARTIAL_CONTENT
         headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
-    body = await content.open_content(state.stores, sha256, start, length)
+    body = await content.open_content(caller.state.stores, sha256, start, length)
     return StreamingResponse(
         body, status_code=code, headers=headers, media_type="application/octet-stream"
     )

@@ -16,7 +16,7 @@ from putplace.models import (
     FileResponse,
 )
 from putplace.server.body import json_response, read_json
-from putplace.server.deps import ReadKey, Sha256Path, State, WriteKey
+from putplace.server.deps import Reader, Sha256Path, Writer
 from putplace.service import files
 from putplace.service.errors import TooLargeError
 
@@ -30,8 +30,8 @@ router = APIRouter(tags=["files"])
     summary="Record where a file lives; learn whether its content must be uploaded",
     responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
 )
-async def put_file(meta: FileMetadata, state: State, _: WriteKey) -> Response:
-    (answer,) = await files.register(state.stores.metadata, [meta])
+async def put_file(meta: FileMetadata, caller: Writer) -> Response:
+    (answer,) = await files.register(caller.state.stores.metadata, [meta])
     return json_response(answer, status.HTTP_201_CREATED)
 
 
@@ -64,8 +64,8 @@ async def put_file(meta: FileMetadata, state: State, _: WriteKey) -> Response:
     },
     responses={413: {"description": "More records than the server accepts in one batch"}},
 )
-async def put_files(request: Request, state: State, _: WriteKey) -> Response:
-    items = _batch_items(await read_json(request), state.settings.max_batch_records)
+async def put_files(request: Request, caller: Writer) -> Response:
+    items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid: list[FileMetadata] = []
     positions: list[int] = []
     results: list[dict[str, Any] | None] = [None] * len(items)
@@ -76,7 +76,7 @@ async def put_files(request: Request, state: State, _: WriteKey) -> Response:
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             results[index] = {"index": index, "ok": False, "file": None, "errors": errors}
-    registered = await files.register(state.stores.metadata, valid)
+    registered = await files.register(caller.state.stores.metadata, valid)
     answers = {(a["hostname"], a["filepath"]): a for a in registered}
     for index, meta in zip(positions, valid, strict=True):
         answer = answers[(meta.hostname, meta.filepath)]
@@ -103,8 +103,8 @@ def _batch_items(payload: Any, limit: int) -> list[Any]:
     summary="Metadata of the first file recorded with this content",
     responses={400: {"description": "Not a SHA-256"}, 404: {"description": "Unknown content"}},
 )
-async def get_file(_: ReadKey, sha256: Sha256Path, state: State) -> Response:
-    metadata = state.stores.metadata
+async def get_file(caller: Reader, sha256: Sha256Path) -> Response:
+    metadata = caller.state.stores.metadata
     record = await files.first_with_content(metadata, sha256)
     return json_response(files.describe(record, record.id, await metadata.get_blob(sha256)))
 
@@ -117,14 +117,13 @@ async def get_file(_: ReadKey, sha256: Sha256Path, state: State) -> Response:
     "page; an empty page is the end.",
 )
 async def list_files(
-    state: State,
-    _: ReadKey,
+    caller: Reader,
     hostname: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
     sha256: Annotated[str | None, Query(description="Only records with this content")] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=min(1000, MAX_PAGE))] = 100,
 ) -> Response:
     page = await files.find(
-        state.stores.metadata, hostname=hostname, sha256=sha256, after=after, limit=limit
+        caller.state.stores.metadata, hostname=hostname, sha256=sha256, after=after, limit=limit
     )
     return json_response(page)
