@@ -61,6 +61,11 @@ class BlobWriter(ABC):
     @abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    async def write_all(self, chunks: Sequence[bytes]) -> None:
+        """Write *chunks* in order. Backends that can write a list at once override this."""
+        for data in chunks:
+            await self.write(data)
+
     @abstractmethod
     async def commit(self) -> None:
         """Make the blob visible under its final name, durably. Idempotent per content:

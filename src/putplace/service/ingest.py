@@ -54,25 +54,31 @@ async def store_verified(
         limit = min(limit, max_size)
     hasher = hashlib.sha256()
     size = 0
-    buffer = bytearray()
-    # One chunk is hashed and written while the next is received (double buffering):
-    # the previous step is awaited before the next starts, so order is kept.
+    pending: list[bytes] = []
+    pending_size = 0
+    # One batch of chunks is hashed and written while the next is received (double
+    # buffering): the previous step is awaited before the next starts, so order is kept.
+    # Chunks are handed on as they came, never joined: a join copies every byte once more.
     in_progress: asyncio.Task[None] | None = None
 
-    async def consume(data: bytes) -> None:
-        if len(data) < INLINE_WORK_LIMIT:
-            hasher.update(data)
-            await writer.write(data)
+    def hash_all(batch: list[bytes]) -> None:
+        for data in batch:
+            hasher.update(data)  # releases the GIL for each chunk over 2 KiB
+
+    async def consume(batch: list[bytes], batch_size: int) -> None:
+        if batch_size < INLINE_WORK_LIMIT:
+            hash_all(batch)
+            await writer.write_all(batch)
         else:  # hash on a worker thread while the backend writes
-            await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+            await asyncio.gather(asyncio.to_thread(hash_all, batch), writer.write_all(batch))
 
     async def flush() -> None:
-        nonlocal in_progress
-        data = bytes(buffer)
-        buffer.clear()
+        nonlocal in_progress, pending, pending_size
+        batch, batch_size = pending, pending_size
+        pending, pending_size = [], 0
         if in_progress is not None:
             await in_progress
-        in_progress = asyncio.create_task(consume(data))
+        in_progress = asyncio.create_task(consume(batch, batch_size))
 
     writer = await store.begin(sha256, size_hint=expected_size)
     try:
@@ -84,10 +90,11 @@ async def store_verified(
                         f"received more than the registered {expected_size} bytes"
                     )
                 raise TooLargeError(f"upload exceeds the limit of {max_size} bytes")
-            buffer += chunk
-            if len(buffer) >= CHUNK_SIZE:
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= CHUNK_SIZE:
                 await flush()
-        if buffer:
+        if pending:
             await flush()
         if in_progress is not None:
             await in_progress
