@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from putplace.client import pipeline
+from putplace.client import hashing
 from putplace.client.cli import main
 from putplace.client.names import os_path, wire_path
 from tests.conftest import Keys
@@ -57,10 +57,8 @@ def test_registers_and_uploads_then_skips_unchanged(
     assert all(r["has_file_content"] for r in stored.values())
 
     reads: list[str] = []
-    real_hash = pipeline.hash_entry
-    monkeypatch.setattr(
-        pipeline, "hash_entry", lambda e, stop=None: reads.append(e.path) or real_hash(e, stop)
-    )
+    real_open = hashing.open_scanned
+    monkeypatch.setattr(hashing, "open_scanned", lambda e: reads.append(e.path) or real_open(e))
     assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
     assert reads == []  # unchanged files are not read again
     assert counts(capsys.readouterr().out)["Unchanged since last run (not re-sent)"] == 3

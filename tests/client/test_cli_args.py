@@ -33,6 +33,18 @@ def test_defaults() -> None:
         "http://localhost:8000", 5, 60.0, []
     )  # fmt: skip
     assert (args.ca_bundle, args.insecure) == (None, False)  # TLS verified by default
+    assert (args.bundle_threshold, args.bundle_bytes, args.bundle_files) == (
+        1024 * 1024, 8 * 1024 * 1024, 1000
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4096", 4096), ("64K", 65536), ("64KiB", 65536), ("1.5m", 1572864), ("2G", 2 << 30),
+     ("0", 0)],
+)  # fmt: skip
+def test_sizes_take_binary_units(text: str, size: int) -> None:
+    assert parse_args(["--dry-run", "x", "--bundle-threshold", text]).bundle_threshold == size
 
 
 @pytest.mark.parametrize(
@@ -90,6 +102,10 @@ def test_paths_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--api-key", "k", "--retries", "-1", "x"],
         ["--api-key", "k", "--timeout", "0", "x"],
         ["--api-key", "k", "--retries", "many", "x"],
+        ["--api-key", "k", "--bundle-bytes", "lots", "x"],
+        ["--api-key", "k", "--bundle-bytes", "0", "x"],
+        ["--api-key", "k", "--bundle-threshold", "-1", "x"],
+        ["--api-key", "k", "--bundle-files", "0", "x"],
         ["--api-key", "k", "--no-such-flag", "x"],
         ["--config", "/no/such/config", "x"],
     ],
@@ -103,5 +119,6 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for flag in ("--path", "--url", "--api-key", "--config", "--exclude", "--hostname", "--ip",
-                 "--dry-run", "--verbose", "--ca-bundle", "--timeout", "--retries"):  # fmt: skip
+                 "--dry-run", "--verbose", "--ca-bundle", "--timeout", "--retries",
+                 "--bundle-threshold", "--bundle-bytes", "--bundle-files"):  # fmt: skip
         assert flag in out

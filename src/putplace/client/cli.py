@@ -30,6 +30,20 @@ from putplace.client.uploader import ApiClient, AuthError
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_CONFIG = "~/ppclient.conf"
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """``4096``, ``512K``, ``8M``, ``8MiB``, ``1G`` (binary units) as a number of bytes."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except (ValueError, KeyError):
+        raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+    if size < 0:
+        raise configargparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return size
 
 
 def build_parser() -> configargparse.ArgumentParser:
@@ -64,7 +78,14 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--hash-workers", type=int, default=Options.hash_workers, metavar="N",
                    help="files hashed in parallel")  # fmt: skip
     p.add_argument("--upload-workers", type=int, default=4, metavar="N",
-                   help="uploads in flight at once")  # fmt: skip
+                   help="upload requests (bundles or single files) in flight at once")  # fmt: skip
+    p.add_argument("--bundle-threshold", type=byte_size, default="1M", metavar="SIZE",
+                   help="contents up to SIZE (at most --bundle-bytes) go in bundles "
+                        "(POST /bundles), larger ones alone (PUT /blobs); 0: none")  # fmt: skip
+    p.add_argument("--bundle-bytes", type=byte_size, default="8M", metavar="SIZE",
+                   help="most content bytes per bundle")  # fmt: skip
+    p.add_argument("--bundle-files", type=int, default=1000, metavar="N",
+                   help="most contents per bundle")  # fmt: skip
     p.add_argument("--cache-file", default=str(default_cache_path()), metavar="FILE",
                    help="local hash cache (SQLite)")  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="use no local cache at all")
@@ -94,7 +115,7 @@ def parse_args(argv: Sequence[str] | None) -> configargparse.Namespace:
         parser.error("give at least one PATH (or --path PATH)")
     if not args.dry_run and not args.api_key:
         parser.error("an API key is needed: --api-key or PUTPLACE_API_KEY (or use --dry-run)")
-    for name in ("batch_size", "hash_workers", "upload_workers"):
+    for name in ("batch_size", "hash_workers", "upload_workers", "bundle_files", "bundle_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.retries < 0:
@@ -119,6 +140,9 @@ def _options(args: configargparse.Namespace) -> Options:
         batch_size=args.batch_size,
         hash_workers=args.hash_workers,
         upload_workers=args.upload_workers,
+        bundle_threshold=min(args.bundle_threshold, args.bundle_bytes),
+        bundle_bytes=args.bundle_bytes,
+        bundle_files=args.bundle_files,
         dry_run=args.dry_run,
         rehash=args.rehash,
         resend=args.resend,

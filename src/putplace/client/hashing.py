@@ -2,7 +2,9 @@
 
 Files are read in :data:`putplace.digest.CHUNK_SIZE` chunks into one reused buffer, so
 memory does not grow with file size. A symlink's hash is that of its target path
-(``os.fsencode(link_target)``), never of the file it points to.
+(``os.fsencode(link_target)``), never of the file it points to. Small files may instead be
+read whole with :func:`read_whole`, so that their bytes can be uploaded without a second
+read.
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ def hash_entry(entry: FileEntry, stop: threading.Event | None = None) -> str:
     if _changed(entry.stat, after):
         raise FileChangedError("changed while being read (size or mtime differ); not sent")
     return hasher.hexdigest()
+
+
+def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
+    """The bytes of the regular file *entry* (meant for small files: all in memory).
+
+    Raises like :func:`hash_entry`: :class:`FileChangedError` when the file is not the
+    size and mtime it was scanned with, ``OSError`` when it cannot be read.
+    """
+    check(stop)
+    size = entry.stat.st_size
+    with open_scanned(entry) as handle:
+        data = handle.read(size) or b""
+        while len(data) < size and (more := handle.read(size - len(data))):
+            data += more
+        after = os.fstat(handle.fileno())
+    if len(data) != size or _changed(entry.stat, after):
+        raise FileChangedError("changed while being read (size or mtime differ); not sent")
+    return data
 
 
 def open_scanned(entry: FileEntry) -> io.FileIO:

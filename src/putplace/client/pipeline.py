@@ -1,31 +1,71 @@
-"""One client run: scan -> hash (parallel) -> register in batches -> upload (concurrent).
+"""One client run: walk -> hash -> register -> upload, every stage running at once.
 
-Entries are taken from the walk a batch at a time. The batch's files are hashed by a
-thread pool (unchanged files come from the cache without being read), then registered
-with one ``POST /put_files``; content the server lacks is queued for upload and the next
-batch is scanned and hashed while uploads are in flight. Memory is bounded by the batch
-size and the number of uploads allowed in flight.
+- A walker thread cuts the walk into batches of ``batch_size`` entries and hands them
+  over a bounded queue.
+- The main thread looks each batch up in the hash cache and hands the files it must read
+  to the hashing pool; up to ``HASH_AHEAD`` batches are being hashed while the oldest is
+  passed on. A small file (up to ``bundle_threshold``) is read whole while it is hashed
+  and its bytes are kept for the upload, within a fixed memory budget, so content is
+  read once.
+- Registration (one ``POST /put_files`` per batch) runs in its own pool, with up to
+  ``REGISTER_IN_FLIGHT`` batches in flight.
+- Content the server asks for goes to the upload pool (``upload_workers`` requests at
+  once): small contents are gathered into bundles (``POST /bundles``, up to
+  ``bundle_bytes`` and ``bundle_files`` each), larger ones are streamed from disk with
+  one ``PUT /blobs/{sha256}`` each.
+
+Every hand-over is bounded (queue sizes, in-flight limits, the kept-bytes budget), so
+memory does not grow with the size of the tree. A stage that is ahead waits for the one
+behind it; nothing waits for a whole earlier stage to finish.
+
+Older servers: without ``/put_files`` the run registers one ``POST /put_file`` per file
+and uploads multipart ``POST /upload_file``; without ``/bundles`` it sends every content
+with ``PUT /blobs``. Either is learnt from the first 404/405 and kept for the run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
+import queue
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from putplace.client.cache import ClientCache
-from putplace.client.cancel import Cancelled
-from putplace.client.hashing import FileChangedError, hash_entry, link_bytes, open_scanned
+from putplace.client.cancel import Cancelled, check
+from putplace.client.hashing import (
+    FileChangedError,
+    hash_entry,
+    link_bytes,
+    open_scanned,
+    read_whole,
+)
 from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
 from putplace.client.scanner import FileEntry, walk
 from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
+
+MiB: Final = 1024 * 1024
+HASH_AHEAD: Final = 2
+"""Batches being hashed besides the one being handed to registration."""
+REGISTER_IN_FLIGHT: Final = 2
+"""``POST /put_files`` requests in flight at once."""
+WALK_AHEAD: Final = 2
+"""Walked batches waiting to be hashed."""
+KEEP_BUDGET: Final = 64 * MiB
+"""Most bytes of small files kept in memory between hashing and upload."""
+RECENTLY_SENT: Final = 16_384
+"""Contents uploaded by this run that are remembered, so that a file registered while
+its content was being sent is not sent again (about 2 MiB)."""
+_POLL: Final = 0.1
+"""Seconds between checks of the stop event while waiting on another stage."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +80,10 @@ class Options:
     dry_run: bool = False
     rehash: bool = False
     resend: bool = False
+    bundle_threshold: int = 1 * MiB
+    """Contents of at most this many bytes go in bundles; 0: no bundles."""
+    bundle_bytes: int = 8 * MiB
+    bundle_files: int = 1000
 
 
 @dataclass
@@ -47,6 +91,16 @@ class _Item:
     entry: FileEntry
     record: dict[str, Any]
     fingerprint: str
+    data: bytes | None = None
+    """The file's bytes, when read whole while hashing (small files only)."""
+
+    @property
+    def sha256(self) -> str:
+        return str(self.record["sha256"])
+
+    @property
+    def size(self) -> int:
+        return int(self.record["file_size"])
 
 
 def default_ip() -> str:
@@ -92,23 +146,73 @@ def _batches(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry
         yield batch
 
 
-def _reap(uploads: list[Future[None]]) -> list[Future[None]]:
-    """Drop finished uploads, re-raising any that failed in a way that ends the run."""
-    pending = []
-    for future in uploads:
-        if future.done():
-            future.result()
-        else:
-            pending.append(future)
-    return pending
+class _Budget:
+    """Bytes that may be kept in memory; taking never waits (no room: do not keep)."""
+
+    def __init__(self, limit: int) -> None:
+        self._left = limit
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if size > self._left:
+                return False
+            self._left -= size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._left += size
+
+
+class _InFlight:
+    """A counting limit that is also a tracker: :meth:`enter` waits while *limit* tasks
+    are in flight, :meth:`drain` until none is. Both give up (``Cancelled``) once *stop*
+    is set, so no stage can hang after the run has failed."""
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self._limit = limit
+        self._count = 0
+        self._stop = stop
+        self._changed = threading.Condition()
+
+    def enter(self) -> None:
+        with self._changed:
+            while self._count >= self._limit:
+                check(self._stop)
+                self._changed.wait(_POLL)
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._changed:
+            self._count -= 1
+            self._changed.notify_all()
+
+    def drain(self) -> None:
+        with self._changed:
+            while self._count:
+                check(self._stop)
+                self._changed.wait(_POLL)
+
+
+@dataclass
+class _Hashing:
+    """A batch on its way through the hashing pool."""
+
+    batch: list[FileEntry]
+    cached: list[str | None]
+    futures: list[Future[_Item | None]]
+
+
+_END: Final = object()
 
 
 class Run:
     """One run over ``options.paths``. ``api`` is None for a dry run.
 
-    *stop* is set when the run ends abnormally (Ctrl-C, a refused key): workers then
-    abandon their file at the next chunk, so the run ends promptly. Pass the event the
-    :class:`ApiClient` was given so that retry waits end too.
+    *stop* is set when the run ends abnormally (Ctrl-C, a refused key, a failed stage):
+    every stage then abandons its work at the next chunk or wait, so the run ends
+    promptly. Pass the event the :class:`ApiClient` was given so that retry waits end too.
     """
 
     def __init__(
@@ -125,82 +229,222 @@ class Run:
         self.cache = cache
         self.reporter = reporter
         self.summary = reporter.summary
+        self._fatal: BaseException | None = None
+        self._fatal_lock = threading.Lock()
+        self._walked: queue.Queue[list[FileEntry] | object] = queue.Queue(WALK_AHEAD)
+        self._keep = _Budget(KEEP_BUDGET)
+        self._registering = _InFlight(REGISTER_IN_FLIGHT, self.stop)
+        self._uploading_now = _InFlight(options.upload_workers * 2, self.stop)
         # content being uploaded in this run -> other records with the same content
         self._uploading: dict[str, list[_Item]] = {}
+        self._sent: dict[str, None] = {}  # the last RECENTLY_SENT contents uploaded
         self._upload_lock = threading.Lock()
-        self._in_flight = threading.BoundedSemaphore(options.upload_workers * 4)
-        self._single_mode = False
+        self._bundle: list[_Item] = []
+        self._bundle_size = 0
+        self._bundle_bytes = options.bundle_bytes
+        self._bundle_files = options.bundle_files
+        self._bundle_lock = threading.Lock()
+        self._single_mode = False  # the server has no /put_files (nor /blobs)
+        self._no_bundles = options.bundle_threshold <= 0  # or the server has no /bundles
+        self._uploaders: ThreadPoolExecutor | None = None
 
+    # -- the run -----------------------------------------------------------------------
     def execute(self) -> None:
         options = self.options
-        entries = walk(
-            options.paths,
-            options.excludes,
-            on_error=self.reporter.error,
-            on_skip=self.reporter.skip,
-        )
+        walker = threading.Thread(target=self._walk, name="walk", daemon=True)
         with (
             ThreadPoolExecutor(options.hash_workers, thread_name_prefix="hash") as hashers,
+            ThreadPoolExecutor(REGISTER_IN_FLIGHT, thread_name_prefix="register") as registrars,
             ThreadPoolExecutor(options.upload_workers, thread_name_prefix="upload") as uploaders,
         ):
-            uploads: list[Future[None]] = []
+            self._uploaders = uploaders
             try:
-                for batch in _batches(entries, options.batch_size):
-                    items = self._hash_batch(batch, hashers)
-                    if not options.dry_run:
-                        uploads = _reap(uploads) + self._register(items, uploaders)
-                    self.cache.commit()
-                for future in uploads:
-                    future.result()
-            except BaseException:
+                walker.start()
+                hashing: deque[_Hashing] = deque()
+                while (batch := self._next_walked()) is not None:
+                    hashing.append(self._start_hashing(batch, hashers))
+                    if len(hashing) > HASH_AHEAD:
+                        self._pass_on(hashing.popleft(), registrars)
+                while hashing:
+                    self._pass_on(hashing.popleft(), registrars)
+                self._registering.drain()
+                self._send_bundle_now()  # the last, partly filled bundle
+                self._uploading_now.drain()
+                self._raise_fatal()
+            except BaseException as exc:
                 self.stop.set()
-                hashers.shutdown(wait=False, cancel_futures=True)
-                uploaders.shutdown(wait=False, cancel_futures=True)
+                for pool in (hashers, registrars, uploaders):
+                    pool.shutdown(wait=False, cancel_futures=True)
+                if isinstance(exc, Cancelled) and self._fatal is not None:
+                    raise self._fatal from None
                 raise
+        walker.join()
         self.cache.commit()
 
-    # -- hashing ---------------------------------------------------------------------
-    def _hash_one(self, entry: FileEntry) -> _Item | None:
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _fail(self, exc: BaseException) -> None:
+        """End the run because of *exc* (raised again by the main thread)."""
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = exc
+        self.stop.set()
+
+    def _guarded(self, task: Callable[[Any], None], argument: Any, tracker: _InFlight) -> None:
+        """Run a pool task; anything it did not handle ends the run. *tracker* is left
+        only afterwards, so a stage that drains it cannot miss the failure."""
         try:
-            sha = hash_entry(entry, self.stop)
+            task(argument)
+        except Cancelled:
+            pass
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            tracker.leave()
+
+    # -- walking -----------------------------------------------------------------------
+    def _walk(self) -> None:
+        options = self.options
+        try:
+            entries = walk(
+                options.paths,
+                options.excludes,
+                on_error=self.reporter.error,
+                on_skip=self.reporter.skip,
+            )
+            for batch in _batches(entries, options.batch_size):
+                self._hand_over(batch)
+            self._hand_over(_END)
+        except Cancelled:
+            pass
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _hand_over(self, item: object) -> None:
+        while True:
+            check(self.stop)
+            try:
+                self._walked.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def _next_walked(self) -> list[FileEntry] | None:
+        while True:
+            check(self.stop)
+            try:
+                item = self._walked.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return None
+            assert isinstance(item, list)
+            return item
+
+    # -- hashing -----------------------------------------------------------------------
+    def _start_hashing(self, batch: list[FileEntry], hashers: ThreadPoolExecutor) -> _Hashing:
+        """Look *batch* up in the cache; send the files that must be read to *hashers*."""
+        cached: list[str | None] = [None] * len(batch)
+        if not self.options.rehash:
+            cached = self.cache.lookup_hashes([entry.stat for entry in batch])
+        futures = [
+            hashers.submit(self._hash_one, entry)
+            for entry, sha in zip(batch, cached, strict=True)
+            if sha is None or entry.is_symlink
+        ]
+        return _Hashing(batch, cached, futures)
+
+    def _collect(self, hashing: _Hashing) -> list[_Item]:
+        """The batch's items in walk order (cache hits without reading the file)."""
+        hashed = iter(hashing.futures)
+        items: list[_Item] = []
+        hits = 0
+        for entry, sha in zip(hashing.batch, hashing.cached, strict=True):
+            if sha is None or entry.is_symlink:
+                item = next(hashed).result()
+            else:
+                record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
+                item = _Item(entry, record, fingerprint(record))
+                self.reporter.file_done()
+                hits += 1
+            if item is not None:
+                items.append(item)
+        self.summary.add(files_seen=hits)
+        return items
+
+    def _hash_one(self, entry: FileEntry) -> _Item | None:
+        kept = 0
+        try:
+            check(self.stop)
+            data: bytes | None = None
+            if self._keeps(entry):
+                kept = entry.stat.st_size
+                data = read_whole(entry, self.stop)
+                sha = hashlib.sha256(data).hexdigest()
+            else:
+                sha = hash_entry(entry, self.stop)
             if not entry.is_symlink:
                 self.cache.store_hash(entry.stat, sha)
             record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
         except Cancelled:
+            self._keep.give(kept)
             return None
         except FileChangedError as exc:
+            self._keep.give(kept)
             self.reporter.error(entry.path, str(exc))
             return None
         except OSError as exc:
+            self._keep.give(kept)
             self.reporter.error(entry.path, exc.strerror or str(exc))
             return None
         finally:
             self.summary.add(files_seen=1)
             self.reporter.file_done()
-        return _Item(entry, record, fingerprint(record))
+        return _Item(entry, record, fingerprint(record), data)
 
-    def _hash_batch(self, batch: list[FileEntry], hashers: ThreadPoolExecutor) -> list[_Item]:
-        """Items for *batch* in order: cache hits at once, the rest hashed in parallel."""
-        cached: list[str | None] = [None] * len(batch)
-        if not self.options.rehash:
-            cached = self.cache.lookup_hashes([entry.stat for entry in batch])
-        misses = [e for e, sha in zip(batch, cached, strict=True) if sha is None or e.is_symlink]
-        hashed = iter(hashers.map(self._hash_one, misses))
-        items: list[_Item] = []
-        for entry, sha in zip(batch, cached, strict=True):
-            if sha is None or entry.is_symlink:
-                item = next(hashed)
-            else:
-                record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
-                item = _Item(entry, record, fingerprint(record))
-                self.reporter.file_done()
-            if item is not None:
-                items.append(item)
-        self.summary.add(files_seen=len(batch) - len(misses))
-        return items
+    def _keeps(self, entry: FileEntry) -> bool:
+        """Read *entry* whole and keep its bytes for a bundle? (Budget taken if so.)"""
+        size = entry.stat.st_size
+        return (
+            not self.options.dry_run
+            and not self._no_bundles
+            and not entry.is_symlink
+            and size <= self.options.bundle_threshold
+            and self._keep.take(size)
+        )
 
-    # -- registering -----------------------------------------------------------------
-    def _register(self, items: list[_Item], uploaders: ThreadPoolExecutor) -> list[Future[None]]:
+    def _drop_data(self, item: _Item) -> None:
+        if item.data is not None:
+            self._keep.give(len(item.data))
+            item.data = None
+
+    # -- registering -------------------------------------------------------------------
+    def _pass_on(self, hashing: _Hashing, registrars: ThreadPoolExecutor) -> None:
+        """Wait for the oldest batch's hashes, then send it to registration."""
+        items = self._collect(hashing)
+        self.cache.commit()
+        if self.options.dry_run or not items:
+            return
+        self._registering.enter()
+        try:
+            registrars.submit(self._guarded, self._register_batch, items, self._registering)
+        except BaseException:
+            self._registering.leave()
+            raise
+
+    def _register_batch(self, items: list[_Item]) -> None:
+        handed_on: set[int] = set()
+        try:
+            self._register(items, handed_on)
+        finally:
+            for item in items:
+                if id(item) not in handed_on:
+                    self._drop_data(item)
+
+    def _register(self, items: list[_Item], handed_on: set[int]) -> None:
+        """Register *items*; queue the content the server lacks (ids into *handed_on*)."""
         assert self.api is not None
         server, host = self.api.url, self.options.hostname
         if not self.options.resend:
@@ -211,9 +455,8 @@ class Run:
             self.summary.add(unchanged=len(items) - len(fresh))
             items = fresh
         if not items:
-            return []
+            return
         answers = self._send([i.record for i in items])
-        futures = []
         for item, answer in zip(items, answers, strict=True):
             if answer is None:
                 continue
@@ -222,10 +465,8 @@ class Run:
                 self.summary.add(already_on_server=1)
                 self.cache.mark_sent(server, host, item.record["filepath"], item.fingerprint)
                 continue
-            future = self._queue_upload(item, uploaders)
-            if future is not None:
-                futures.append(future)
-        return futures
+            if self._queue_upload(item):
+                handed_on.add(id(item))
 
     def _send(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         """Per record: the server's answer, or None after reporting why it was refused."""
@@ -261,57 +502,194 @@ class Run:
                 single.append(None)
         return single
 
-    # -- uploading -------------------------------------------------------------------
-    def _queue_upload(self, item: _Item, uploaders: ThreadPoolExecutor) -> Future[None] | None:
-        sha = item.record["sha256"]
+    # -- uploading ---------------------------------------------------------------------
+    def _queue_upload(self, item: _Item) -> bool:
+        """Send *item*'s content (in a bundle or alone), unless this run already is.
+
+        True when the item was handed on (its kept bytes now belong to the upload).
+        """
         with self._upload_lock:
-            if sha in self._uploading:  # same content seen twice in this run
-                self._uploading[sha].append(item)
+            if item.sha256 in self._uploading:  # same content seen twice in this run
+                self._uploading[item.sha256].append(item)
                 self.summary.add(already_on_server=1)
-                return None
-            self._uploading[sha] = []
-        self._in_flight.acquire()  # bounded: the scan waits for slow uploads
-        self.reporter.upload_queued(item.record["file_size"])
+                return False
+            sent = item.sha256 in self._sent  # uploaded since the server answered
+            if not sent:
+                self._uploading[item.sha256] = []
+        if sent:
+            assert self.api is not None
+            self.summary.add(already_on_server=1)
+            self.cache.mark_sent(
+                self.api.url, self.options.hostname, item.record["filepath"], item.fingerprint
+            )
+            return False
+        self.reporter.upload_queued(item.size)
+        if self._bundles_it(item):
+            self._add_to_bundle(item)
+        else:
+            self._drop_data(item)  # streamed from disk
+            self._submit(self._upload_alone, item)
+        return True
+
+    def _bundles_it(self, item: _Item) -> bool:
+        return (
+            not self._single_mode
+            and not self._no_bundles
+            and item.size <= self.options.bundle_threshold
+        )
+
+    def _submit(self, task: Callable[[Any], None], argument: Any) -> None:
+        """Run *task(argument)* in the upload pool, waiting while the pool is full."""
+        assert self._uploaders is not None
+        self._uploading_now.enter()
         try:
-            return uploaders.submit(self._upload, item)
+            self._uploaders.submit(self._guarded, task, argument, self._uploading_now)
         except BaseException:
-            self._in_flight.release()
+            self._uploading_now.leave()
             raise
 
-    def _upload(self, item: _Item) -> None:
+    def _add_to_bundle(self, item: _Item) -> None:
+        ready: list[list[_Item]] = []
+        with self._bundle_lock:
+            if self._bundle and self._bundle_size + item.size > self._bundle_bytes:
+                ready.append(self._bundle)
+                self._bundle, self._bundle_size = [], 0
+            self._bundle.append(item)
+            self._bundle_size += item.size
+            if len(self._bundle) >= self._bundle_files or self._bundle_size >= self._bundle_bytes:
+                ready.append(self._bundle)
+                self._bundle, self._bundle_size = [], 0
+        for bundle in ready:
+            self._submit(self._send_bundle, bundle)
+
+    def _send_bundle_now(self) -> None:
+        with self._bundle_lock:
+            items, self._bundle, self._bundle_size = self._bundle, [], 0
+        if items:
+            self._submit(self._send_bundle, items)
+
+    def _send_bundle(self, items: list[_Item]) -> None:
+        """Upload worker: one bundle; each member's outcome is recorded on its own."""
+        try:
+            members: list[tuple[_Item, bytes]] = []
+            for item in items:
+                check(self.stop)
+                data = self._bytes_of(item)
+                if data is not None:
+                    members.append((item, data))
+            if members:
+                self._deliver(members)
+        finally:
+            for item in items:
+                self._drop_data(item)
+
+    def _bytes_of(self, item: _Item) -> bytes | None:
+        """The content of a small item: kept from hashing, or read now (None: reported)."""
+        if item.data is not None:
+            return item.data
+        entry = item.entry
+        try:
+            return link_bytes(entry) if entry.is_symlink else read_whole(entry, self.stop)
+        except FileChangedError as exc:
+            self._upload_failed(item, str(exc))
+        except OSError as exc:
+            self._upload_failed(item, exc.strerror or str(exc))
+        return None
+
+    def _deliver(self, members: list[tuple[_Item, bytes]]) -> None:
+        assert self.api is not None
+        if self._no_bundles or self._single_mode:
+            for item, data in members:
+                self._upload_alone(item, data)
+            return
+        try:
+            results = self.api.put_bundle(
+                [(item.sha256, data) for item, data in members], self.reporter.upload_progress
+            )
+        except NotSupportedError:
+            self._no_bundles = True  # an older server: PUT /blobs from now on
+            self._deliver(members)
+            return
+        except (AuthError, Cancelled):
+            raise
+        except ApiError as exc:
+            if exc.status in (400, 413) and len(members) > 1:
+                self._shrink_bundles(len(members), sum(len(data) for _, data in members))
+                half = len(members) // 2
+                self._deliver(members[:half])
+                self._deliver(members[half:])
+            elif exc.status in (400, 413):
+                item, data = members[0]
+                self._upload_alone(item, data)
+            else:
+                for item, _ in members:
+                    self._upload_failed(item, exc.detail)
+            return
+        for (item, _), result in zip(members, results, strict=True):
+            if result["status"] in ("stored", "present"):
+                self._uploaded(item, already=result["status"] == "present")
+            else:
+                self._upload_failed(item, f"refused: {result.get('detail')}")
+
+    def _shrink_bundles(self, files: int, size: int) -> None:
+        """The server refused a bundle this big (its limits are lower): stay under it."""
+        with self._bundle_lock:
+            self._bundle_files = max(1, min(self._bundle_files, files // 2))
+            self._bundle_bytes = max(1, min(self._bundle_bytes, size // 2))
+
+    def _upload_alone(self, item: _Item, data: bytes | None = None) -> None:
+        """Upload worker: one content in its own request, streamed from disk unless
+        *data* is given."""
         assert self.api is not None
         record, entry = item.record, item.entry
-        sha, size = record["sha256"], record["file_size"]
         try:
-            if entry.is_symlink:
+            opener: Opener
+            if data is not None:
+                opener = lambda: io.BytesIO(data)  # noqa: E731
+            elif entry.is_symlink:
                 target = link_bytes(entry)
-                opener: Opener = lambda: io.BytesIO(target)  # noqa: E731
+                opener = lambda: io.BytesIO(target)  # noqa: E731
             else:
                 opener = lambda: open_scanned(entry)  # noqa: E731
             if self._single_mode:
                 self.api.upload_file(
-                    sha, opener, hostname=record["hostname"], filepath=record["filepath"],
-                    progress=self.reporter.upload_progress,
+                    item.sha256, opener, hostname=record["hostname"],
+                    filepath=record["filepath"], progress=self.reporter.upload_progress,
                 )  # fmt: skip
             else:
-                self.api.put_blob(sha, opener, self.reporter.upload_progress)
+                self.api.put_blob(item.sha256, opener, self.reporter.upload_progress)
         except (AuthError, Cancelled):
             raise
         except ApiError as exc:
-            self.reporter.error(entry.path, f"upload failed: {exc.detail}")
+            self._upload_failed(item, exc.detail)
         except FileChangedError as exc:
-            self.reporter.error(entry.path, f"upload failed: {exc}")
+            self._upload_failed(item, str(exc))
         except OSError as exc:
-            self.reporter.error(entry.path, f"upload failed: {exc.strerror or exc}")
+            self._upload_failed(item, exc.strerror or str(exc))
         else:
-            self.summary.add(content_uploaded=1, bytes_uploaded=size)
-            with self._upload_lock:
-                same_content = [item, *self._uploading.pop(sha, [])]
-            for done in same_content:
-                self.cache.mark_sent(
-                    self.api.url, self.options.hostname, done.record["filepath"], done.fingerprint
-                )
-        finally:
-            with self._upload_lock:
-                self._uploading.pop(sha, None)
-            self._in_flight.release()
+            self._uploaded(item)
+
+    def _uploaded(self, item: _Item, *, already: bool = False) -> None:
+        """The server holds *item*'s content: it and every file sharing it are sent.
+
+        *already*: the server had it before this upload (bytes were not needed).
+        """
+        assert self.api is not None
+        if already:
+            self.summary.add(already_on_server=1)
+        else:
+            self.summary.add(content_uploaded=1, bytes_uploaded=item.size)
+        with self._upload_lock:
+            same_content = [item, *self._uploading.pop(item.sha256, [])]
+            self._sent[item.sha256] = None
+            if len(self._sent) > RECENTLY_SENT:
+                del self._sent[next(iter(self._sent))]
+        for done in same_content:
+            self.cache.mark_sent(
+                self.api.url, self.options.hostname, done.record["filepath"], done.fingerprint
+            )
+
+    def _upload_failed(self, item: _Item, detail: str) -> None:
+        self.reporter.error(item.entry.path, f"upload failed: {detail}")
+        with self._upload_lock:
+            self._uploading.pop(item.sha256, None)

@@ -9,7 +9,9 @@ Any other 4xx is final and raises :class:`ApiError` carrying the server's ``deta
 Content is always streamed from disk: ``upload_file`` sends the wire protocol's
 multipart ``POST /upload_file/{sha256}`` (httpx reads file objects in 64 KiB pieces),
 ``put_blob`` a raw ``PUT /blobs/{sha256}`` body in ``CHUNK_SIZE`` pieces. A source is
-re-opened for each attempt and closed after it.
+re-opened for each attempt and closed after it. ``put_bundle`` sends many small contents,
+already in memory, as one ``POST /bundles`` (docs/bundle-protocol.md); a retried bundle is
+safe, as members stored by an earlier attempt come back ``present``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import email.utils
 import io
 import random
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import IO, Any
 
@@ -36,6 +39,17 @@ Progress = Callable[[int], None]
 
 MAX_BACKOFF = 30.0
 MAX_RETRY_AFTER = 300.0
+
+BUNDLE_MAGIC = b"PPBNDL01"
+BUNDLE_CONTENT_TYPE = "application/vnd.putplace.bundle"
+_BUNDLE_COUNT = struct.Struct(">I")
+_BUNDLE_ENTRY = struct.Struct(">32sQ")
+_BUNDLE_PIECE = 256 * 1024
+"""Members are handed to the connection in pieces of about this size (fewer syscalls
+than one write per small member)."""
+
+#: Endpoints an older server lacks; 404 or 405 there means "not supported", not an error.
+OPTIONAL_ENDPOINTS = frozenset({"/put_files", "/bundles"})
 
 
 class ApiError(Exception):
@@ -136,6 +150,34 @@ def _chunks(reader: _ProgressReader) -> Iterator[bytes]:
         yield chunk
 
 
+def bundle_header(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """Magic, member count, then per member its raw SHA-256 and length (big-endian)."""
+    entries = (_BUNDLE_ENTRY.pack(bytes.fromhex(sha), len(data)) for sha, data in members)
+    return BUNDLE_MAGIC + _BUNDLE_COUNT.pack(len(members)) + b"".join(entries)
+
+
+def _bundle_body(
+    header: bytes,
+    members: Sequence[tuple[str, bytes]],
+    progress: Progress,
+    stop: threading.Event | None,
+) -> Iterator[bytes]:
+    yield header
+    pending: list[bytes] = []
+    size = 0
+    for _, data in members:
+        check(stop)
+        pending.append(data)
+        size += len(data)
+        if size >= _BUNDLE_PIECE:
+            yield b"".join(pending)
+            progress(size)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+        progress(size)
+
+
 class ApiClient:
     """The PutPlace API over one ``httpx.Client``; safe to share between threads."""
 
@@ -197,7 +239,7 @@ class ApiClient:
                     return response
                 if status in (401, 403):
                     raise AuthError(status, error_detail(response))
-                if status in (404, 405) and path == "/put_files":
+                if status in (404, 405) and path in OPTIONAL_ENDPOINTS:
                     raise NotSupportedError(status, error_detail(response))
                 if not is_transient(status):
                     raise ApiError(status, error_detail(response))
@@ -265,3 +307,33 @@ class ApiClient:
             }
 
         self._request("PUT", f"/blobs/{sha256}", body)
+
+    def put_bundle(
+        self, members: Sequence[tuple[str, bytes]], progress: Progress = lambda _: None
+    ) -> list[dict[str, Any]]:
+        """``POST /bundles``: many ``(sha256, content)`` in one request; ``results[i]``
+        (``sha256``, ``status`` of ``stored``/``present``/``refused``, ``detail``) answers
+        ``members[i]``.
+
+        The body is streamed from the members with its length known up front. Raises
+        :class:`NotSupportedError` on a server without the endpoint (404/405).
+        """
+        header = bundle_header(members)
+        length = len(header) + sum(len(data) for _, data in members)
+
+        def body(_: ExitStack) -> dict[str, Any]:
+            return {
+                "content": _bundle_body(header, members, progress, self._stop),
+                "headers": {"Content-Type": BUNDLE_CONTENT_TYPE, "Content-Length": str(length)},
+            }
+
+        response = self._request("POST", "/bundles", body)
+        results: list[dict[str, Any]] = response.json()["results"]
+        if len(results) != len(members) or any(
+            result.get("sha256") != sha for result, (sha, _) in zip(results, members, strict=False)
+        ):
+            raise ApiError(
+                response.status_code,
+                f"the bundle answer does not match its {len(members)} members",
+            )
+        return results
