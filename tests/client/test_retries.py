@@ -13,10 +13,20 @@ import pytest
 
 from putplace.client.uploader import ApiClient, ApiError, AuthError
 from putplace.digest import CHUNK_SIZE
-from tests.client.fake_server import FakeServer, fake_server
+from tests.client.fake_server import KEY, FakeServer, fake_server
 
-KEY = "k" * 64
-RECORD = {"filepath": "/f", "hostname": "h", "sha256": "0" * 64, "file_size": 1}
+
+def record(content: bytes = b"x", filepath: str = "/f") -> dict[str, object]:
+    """A complete /put_file body for *content*."""
+    return {
+        "filepath": filepath, "hostname": "h", "ip_address": "10.0.0.1",
+        "sha256": hashlib.sha256(content).hexdigest(), "file_size": len(content),
+        "file_mode": 0o100644, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0,
+        "file_atime": 1.0, "file_ctime": 1.0, "is_symlink": False, "link_target": None,
+    }  # fmt: skip
+
+
+RECORD = record()
 
 
 def client(server: FakeServer, retries: int = 5, sleeps: list[float] | None = None) -> ApiClient:
@@ -102,9 +112,10 @@ def test_upload_retry_sends_the_whole_file_again(tmp_path: Path) -> None:
         return opened[-1]
 
     with fake_server(script={"/upload_file": [502]}) as server:
+        client(server).put_file(record(data, "/d/f"))
         answer = client(server).upload_file(sha, opener, hostname="h", filepath="/d/f")
     assert answer["file_size"] == len(data)
-    assert [u.content for u in server.uploads] == [data]
+    assert [(u.status, u.content) for u in server.uploads] == [(502, data), (200, data)]
     assert len(opened) == 2
     assert all(handle.closed for handle in opened)  # no file handle left open
 
@@ -127,6 +138,7 @@ def test_uploads_stream_in_bounded_chunks(legacy: bool) -> None:
     progress: list[int] = []
     with fake_server(legacy=legacy) as server:
         api = client(server)
+        api.put_file(record(data))
         if legacy:
             api.upload_file(
                 sha, lambda: source, hostname="h", filepath="/f", progress=progress.append
@@ -134,6 +146,7 @@ def test_uploads_stream_in_bounded_chunks(legacy: bool) -> None:
         else:
             api.put_blob(sha, lambda: source, progress.append)
     assert server.uploads[0].content == data
+    assert server.uploads[0].status in (200, 201)  # the real server verified it
     assert all(0 < size <= CHUNK_SIZE for size in source.reads)
     assert len(source.reads) >= 3  # never the whole file in one read
     assert sum(progress) == len(data)

@@ -1,0 +1,253 @@
+"""Small contents travel in bundles (``POST /bundles``); what is counted, stored, retried.
+
+The stand-in passes every request to the real server (see fake_server.py), so stored,
+present and refused below are the real server's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from putplace.client import pipeline
+from putplace.client.cli import main
+from putplace.client.uploader import BUNDLE_CONTENT_TYPE, ApiClient, NotSupportedError
+from tests.client.fake_server import CUT, KEY, FakeServer, fake_server, parse_bundle
+
+MiB = 1024 * 1024
+
+
+def counts(output: str) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
+    }
+
+
+def ppclient(url: str, *args: str) -> int:
+    return main(["--url", url, "--api-key", KEY, "--no-progress", "--no-cache",
+                 "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
+
+
+def small_tree(root: Path, count: int, duplicates: int = 0, seed: int = 3) -> dict[Path, bytes]:
+    """*count* files of 100-2000 bytes, the last *duplicates* copying earlier ones."""
+    rng = random.Random(seed)
+    files: dict[Path, bytes] = {}
+    contents: list[bytes] = []
+    for i in range(count):
+        path = root / f"d{i // 10}" / f"f{i:04d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if i < count - duplicates:
+            data = rng.randbytes(rng.randint(100, 2000))
+            contents.append(data)
+        else:
+            data = contents[i % len(contents)]
+        path.write_bytes(data)
+        files[path] = data
+    return files
+
+
+def all_stored(server: FakeServer, files: dict[Path, bytes]) -> bool:
+    """Every file is recorded by the real server with its content present, byte-exact."""
+    stored = server.files("h1")
+    return set(stored) == {str(p) for p in files} and all(
+        stored[str(p)]["has_file_content"] and server.content(stored[str(p)]["sha256"]) == data
+        for p, data in files.items()
+    )
+
+
+def test_small_files_go_in_bundles_within_their_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = small_tree(tmp_path, 60, duplicates=10)
+    with fake_server() as server:
+        code = ppclient(server.url, str(tmp_path), "--bundle-files", "20", "--bundle-bytes", "16K")
+        assert code == 0
+        assert all_stored(server, files)
+    bundles = [parse_bundle(r.body) for r in server.requests if r.path == "/bundles"]
+    assert server.count("/blobs") == 0
+    assert sum(len(b) for b in bundles) == 50  # each distinct content once
+    assert all(len(b) <= 20 and sum(len(d) for _, d in b) <= 16 * 1024 for b in bundles)
+    assert len(bundles) < 50 / 2  # many contents per request
+    assert {u.status for u in server.uploads} == {"stored"}
+    summary = counts(capsys.readouterr().out)
+    assert (summary["Content uploaded (files)"], summary["Content already on server"]) == (50, 10)
+    assert summary["Bytes uploaded"] == len(b"".join(set(files.values())))
+
+
+def test_bundle_body_is_framed_as_documented(tmp_path: Path) -> None:
+    members = [(hashlib.sha256(d).hexdigest(), d) for d in (b"first", b"", b"third" * 100)]
+    progress: list[int] = []
+    with fake_server() as server:
+        api = ApiClient(server.url, KEY)
+        api.put_files([_record(d, f"/m{i}") for i, (_, d) in enumerate(members)])
+        results = api.put_bundle(members, progress.append)
+        again = api.put_bundle(members)
+    (request, _) = [r for r in server.requests if r.path == "/bundles"]
+    body = request.body
+    assert body[:8] == b"PPBNDL01"
+    assert struct.unpack(">I", body[8:12]) == (3,)
+    entries = [struct.unpack(">32sQ", body[12 + 40 * i : 52 + 40 * i]) for i in range(3)]
+    assert entries == [(bytes.fromhex(sha), len(data)) for sha, data in members]
+    assert body[132:] == b"".join(data for _, data in members)
+    assert request.headers["Content-Type"] == BUNDLE_CONTENT_TYPE
+    assert request.headers["Content-Length"] == str(len(body))  # not chunked
+    assert sum(progress) == len(body) - 132
+    assert [r["status"] for r in results] == ["stored"] * 3
+    assert [r["status"] for r in again] == ["present"] * 3
+    assert [r["sha256"] for r in results] == [sha for sha, _ in members]
+
+
+def _record(content: bytes, filepath: str) -> dict[str, Any]:
+    return {
+        "filepath": filepath, "hostname": "h", "ip_address": "10.0.0.1",
+        "sha256": hashlib.sha256(content).hexdigest(), "file_size": len(content),
+        "file_mode": 0o100644, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0,
+        "file_atime": 1.0, "file_ctime": 1.0, "is_symlink": False, "link_target": None,
+    }  # fmt: skip
+
+
+def test_put_bundle_on_a_server_without_it_raises_not_supported() -> None:
+    with fake_server(bundles=False) as server, pytest.raises(NotSupportedError):
+        ApiClient(server.url, KEY).put_bundle([(hashlib.sha256(b"x").hexdigest(), b"x")])
+
+
+def test_refused_member_is_an_error_and_the_others_are_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = small_tree(tmp_path, 12)
+    victim = sorted(files)[5]
+    # Nothing kept from hashing: the bundle reads the files again, after the victim was
+    # rewritten in place (same size and mtime), so its bytes no longer match its hash.
+    monkeypatch.setattr(pipeline, "KEEP_BUDGET", 0)
+    real_put_files = ApiClient.put_files
+
+    def register_then_rewrite(self: ApiClient, records: list[dict[str, Any]]) -> Any:
+        answers = real_put_files(self, records)
+        before = os.stat(victim)
+        victim.write_bytes(bytes(b ^ 0xFF for b in files[victim]))
+        os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return answers
+
+    monkeypatch.setattr(ApiClient, "put_files", register_then_rewrite)
+    cache = str(tmp_path.parent / "cache.db")
+    args = ("--cache-file", cache, "--no-progress", str(tmp_path))
+    with fake_server() as server:
+        assert main(["--url", server.url, "--api-key", KEY, "--hostname", "h1", *args]) == 1
+        stored = server.files("h1")
+        captured = capsys.readouterr()
+        assert f"{victim}: upload failed: refused: content hashes to" in captured.err
+        assert counts(captured.out)["Errors"] == 1
+        assert [u.status for u in server.uploads].count("refused") == 1
+        assert not stored[str(victim)]["has_file_content"]
+        assert all(stored[str(p)]["has_file_content"] for p in files if p != victim)
+        # The others are in the cache as sent; the victim (its ctime changed) is sent again.
+        monkeypatch.setattr(ApiClient, "put_files", real_put_files)
+        assert main(["--url", server.url, "--api-key", KEY, "--hostname", "h1", *args]) == 0
+        second = counts(capsys.readouterr().out)
+        assert (second["Unchanged since last run (not re-sent)"], second["New metadata sent"]) == (
+            11, 1
+        )  # fmt: skip
+        assert server.files("h1")[str(victim)]["has_file_content"]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_without_bundles_endpoint_the_run_falls_back_to_put_blobs(
+    tmp_path: Path, workers: int
+) -> None:
+    files = small_tree(tmp_path, 40)
+    with fake_server(bundles=False) as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "10", "--bundle-files",
+                        "5", "--upload-workers", str(workers)) == 0  # fmt: skip
+        assert all_stored(server, files)
+    # Learnt from the first 404: only bundles already on their way are tried.
+    assert 1 <= server.count("/bundles") <= workers
+    assert server.count("/blobs") == 40
+    assert all(r.status == 404 for r in server.requests if r.path == "/bundles")
+
+
+def test_bundle_cut_short_is_sent_again_and_everything_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = small_tree(tmp_path, 30)
+    with fake_server(script={"/bundles": [CUT]}) as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert all_stored(server, files)
+    first, second = [r for r in server.requests if r.path == "/bundles"]
+    assert (first.status, second.status) == (None, 200)  # no answer, then the retry
+    assert first.body == second.body
+    statuses = [u.status for u in server.uploads if u.via == "bundles"][len(files) :]
+    # What arrived whole before the cut was kept by the server: "present" on the retry.
+    assert 0 < statuses.count("present") < len(files)
+    assert statuses.count("stored") + statuses.count("present") == len(files)
+    summary = counts(capsys.readouterr().out)
+    assert summary["Errors"] == 0
+
+
+def test_bundle_too_large_for_the_server_is_split(tmp_path: Path) -> None:
+    files = small_tree(tmp_path, 16)
+    with fake_server(script={"/bundles": [413]}) as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert all_stored(server, files)
+    sizes = [(len(parse_bundle(r.body)), r.status) for r in server.requests if r.path == "/bundles"]
+    assert sizes == [(16, 413), (8, 200), (8, 200)]
+
+
+def test_files_above_the_threshold_are_sent_alone(tmp_path: Path) -> None:
+    files = {
+        tmp_path / "at-threshold": b"a" * MiB,
+        tmp_path / "over-threshold": b"b" * (MiB + 1),
+        tmp_path / "small": b"c" * 10,
+    }
+    for path, data in files.items():
+        path.write_bytes(data)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert all_stored(server, files)
+    assert {(u.via, len(u.content)) for u in server.uploads} == {
+        ("bundles", MiB), ("bundles", 10), ("blobs", MiB + 1)
+    }  # fmt: skip
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path), "--bundle-threshold", "0") == 0
+        assert all_stored(server, files)
+    assert {u.via for u in server.uploads} == {"blobs"}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_bundle_with_a_refused_key_stops_the_run(
+    tmp_path: Path, status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_tree(tmp_path, 200)
+    with fake_server(script={"/bundles": [status]}) as server:
+        assert ppclient(server.url, str(tmp_path), "--bundle-files", "5") == 2
+    # 40 bundles to send; only those already handed to the 4 upload workers (at most
+    # twice as many) are sent after the refusal.
+    assert server.count("/bundles") <= 8
+    captured = capsys.readouterr()
+    assert f"refused the API key (HTTP {status})" in captured.err
+    assert "Stopped:" in captured.out
+
+
+def test_ctrl_c_while_bundles_are_in_flight_exits_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_tree(tmp_path, 30)
+    started = threading.Event()
+
+    def interrupted(self: ApiClient, *args: object, **kwargs: object) -> object:
+        started.set()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ApiClient, "put_bundle", interrupted)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 130
+    assert started.is_set()
+    assert "Interrupted; summary so far:" in capsys.readouterr().out
