@@ -8,6 +8,7 @@ client is tested without a server (test_protocol, test_run, test_retries, ...).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -138,3 +139,39 @@ def test_symlinks_are_registered_with_their_target(
     assert stored[str(root / "real/f")]["has_file_content"]
     # This server asks no content for symlinks: the record (target) is the whole story.
     assert not link["upload_required"]
+
+
+def test_first_ingest_of_small_and_large_files_stores_everything(
+    server_url: str, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    root = tmp_path / "mixed"
+    files: dict[Path, bytes] = {}
+    for i in range(400):
+        data = (b"%d " % (i % 300)) * (10 + i % 300)  # 300 distinct contents, 100 copies
+        files[root / f"d{i // 50}" / f"f{i:03d}"] = data
+    files[root / "big"] = os.urandom(3 * 1024 * 1024)  # over the bundle threshold
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    args = ("--hostname", "mixed", "--batch-size", "50", "--bundle-files", "64", str(root))
+    with caplog.at_level(logging.INFO, logger="putplace.access"):
+        assert run(server_url, keys.write, tmp_path, *args) == 0
+    served = [r.getMessage() for r in caplog.records if r.name == "putplace.access"]
+    # 300 small contents: four full bundles of 64, the rest in a fifth; the big one alone.
+    assert sum('"POST /bundles ' in line and '" 200 ' in line for line in served) == 5
+    assert sum('"PUT /blobs/' in line and '" 201 ' in line for line in served) == 1
+    summary = counts(capsys.readouterr().out)
+    assert (summary["Files seen"], summary["Errors"]) == (401, 0)
+    assert (summary["Content uploaded (files)"], summary["Content already on server"]) == (301, 100)
+    stored = records(server_url, keys.read, "mixed")
+    assert set(stored) == {str(p) for p in files}
+    assert all(r["has_file_content"] for r in stored.values())
+    for path in (root / "big", root / "d0" / "f007", root / "d7" / "f399"):
+        download = httpx.get(
+            f"{server_url}/download/{stored[str(path)]['sha256']}",
+            headers={"X-API-Key": keys.read},
+        )  # fmt: skip
+        assert download.content == files[path]
+    assert run(server_url, keys.write, tmp_path, *args) == 0  # nothing left to send
+    assert counts(capsys.readouterr().out)["Unchanged since last run (not re-sent)"] == 401

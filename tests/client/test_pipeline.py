@@ -1,0 +1,121 @@
+"""The stages of a run overlap, and stay bounded while one of them is slow."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from putplace.client import hashing, pipeline
+from putplace.client.cli import main
+from putplace.client.scanner import FileEntry
+from putplace.client.uploader import ApiClient
+from tests.client.fake_server import KEY, fake_server
+
+WAIT = 10.0
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self._changed = threading.Condition()
+
+    def add(self) -> None:
+        with self._changed:
+            self.value += 1
+            self._changed.notify_all()
+
+    def wait_for(self, value: int, timeout: float = WAIT) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.value >= value, timeout)
+
+
+def make_files(root: Path, count: int) -> None:
+    for i in range(count):
+        (root / f"f{i:04d}").write_bytes(f"content {i}".encode() * 10)
+
+
+def ppclient(url: str, *args: str) -> int:
+    return main(["--url", url, "--api-key", KEY, "--no-progress", "--no-cache",
+                 "--hostname", "h1", *args])  # fmt: skip
+
+
+def test_registration_hashing_and_uploads_run_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_files(tmp_path, 100)
+    hashed, registering = Counter(), Counter()
+    seen: dict[str, bool] = {}
+    real_read, real_put_files, real_put_bundle = (
+        hashing.read_whole, ApiClient.put_files, ApiClient.put_bundle
+    )  # fmt: skip
+
+    def read_whole(entry: FileEntry, stop: Any = None) -> bytes:
+        hashed.add()
+        return real_read(entry, stop)
+
+    def put_files(self: ApiClient, records: list[dict[str, Any]]) -> Any:
+        registering.add()
+        if registering.value == 1:
+            # While the first batch is being registered, a second registration starts
+            # and later batches are hashed: nothing waits for this request.
+            seen["second registration"] = registering.wait_for(2)
+            seen["three batches hashed"] = hashed.wait_for(30)
+        return real_put_files(self, records)
+
+    def put_bundle(self: ApiClient, *args: Any, **kwargs: Any) -> Any:
+        if "registration during upload" not in seen:
+            already = registering.value
+            seen["registration during upload"] = registering.wait_for(already + 1)
+        return real_put_bundle(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_whole", read_whole)
+    monkeypatch.setattr(ApiClient, "put_files", put_files)
+    monkeypatch.setattr(ApiClient, "put_bundle", put_bundle)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "10",
+                        "--bundle-files", "5") == 0  # fmt: skip
+        assert all(r["has_file_content"] for r in server.files("h1").values())
+    assert seen == {
+        "second registration": True,
+        "three batches hashed": True,
+        "registration during upload": True,
+    }
+
+
+def test_a_stalled_server_does_not_let_the_walk_run_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_files(tmp_path, 400)
+    walked = Counter()
+    release = threading.Event()
+    real_walk, real_put_files = pipeline.walk, ApiClient.put_files
+
+    def counting_walk(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
+        for entry in real_walk(*args, **kwargs):
+            walked.add()
+            yield entry
+
+    def stalled(self: ApiClient, records: list[dict[str, Any]]) -> Any:
+        release.wait(WAIT)
+        return real_put_files(self, records)
+
+    monkeypatch.setattr(pipeline, "walk", counting_walk)
+    monkeypatch.setattr(ApiClient, "put_files", stalled)
+    with fake_server() as server:
+        done = threading.Thread(target=ppclient, args=(server.url, str(tmp_path),
+                                "--batch-size", "10"))  # fmt: skip
+        done.start()
+        walked.wait_for(400, timeout=1.0)  # as far as it gets in a second
+        ahead = walked.value
+        release.set()
+        done.join(WAIT * 2)
+    # Registering (2 batches), hashing (3) and the walk's queue (2, plus the batch being
+    # cut) hold about 8 batches; the rest of the tree waits.
+    assert ahead <= 10 * (
+        pipeline.REGISTER_IN_FLIGHT + pipeline.HASH_AHEAD + 1 + pipeline.WALK_AHEAD + 1
+    )
+    assert walked.value == 400
