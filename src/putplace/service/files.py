@@ -40,7 +40,8 @@ def describe(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> Fil
     upload."""
     has_content = blob is not None and blob.state is BlobState.present
     required = not has_content and not meta.is_symlink
-    answer = {name: getattr(meta, name) for name in _REPORTED}
+    fields = meta.__dict__  # a FileRecord's holds more (id, timestamps): take only these
+    answer = {name: fields[name] for name in _REPORTED}
     answer["_id"] = record_id
     answer["has_file_content"] = has_content
     answer["file_uploaded_at"] = blob.stored_at if has_content and blob else None

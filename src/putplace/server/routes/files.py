@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from putplace.metadata.base import MAX_PAGE
 from putplace.models import (
@@ -66,16 +66,7 @@ async def put_file(meta: FileMetadata, caller: Writer) -> Response:
 )
 async def put_files(request: Request, caller: Writer) -> Response:
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
-    valid: list[FileMetadata] = []
-    positions: list[int] = []
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    for index, item in enumerate(items):
-        try:
-            valid.append(FileMetadata.model_validate(item))
-            positions.append(index)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            results[index] = {"index": index, "ok": False, "file": None, "errors": errors}
+    valid, positions, results = _validate(items)
     registered = await files.register(caller.state.stores.metadata, valid)
     answers = {(a["hostname"], a["filepath"]): a for a in registered}
     for index, meta in zip(positions, valid, strict=True):
@@ -84,6 +75,34 @@ async def put_files(request: Request, caller: Writer) -> Response:
     # Shaped as BatchResponse (the documented schema), built directly for speed.
     body = {"stored": len(valid), "rejected": len(items) - len(valid), "results": results}
     return json_response(body)
+
+
+_BATCH = TypeAdapter(list[FileMetadata])
+
+
+def _validate(
+    items: list[Any],
+) -> tuple[list[FileMetadata], list[int], list[dict[str, Any] | None]]:
+    """The valid records with their positions, and the answers for the invalid ones.
+
+    The whole list is validated in one call (most batches are all valid); only when that
+    fails is each record validated alone, to report its own errors.
+    """
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    try:
+        return _BATCH.validate_python(items), list(range(len(items))), results
+    except ValidationError:
+        pass
+    valid: list[FileMetadata] = []
+    positions: list[int] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append(FileMetadata.model_validate(item))
+            positions.append(index)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            results[index] = {"index": index, "ok": False, "file": None, "errors": errors}
+    return valid, positions, results
 
 
 def _batch_items(payload: Any, limit: int) -> list[Any]:
