@@ -70,10 +70,12 @@ class ClientCache:
         return [known.get(ident) for ident in wanted]
 
     def store_hash(self, st: os.stat_result, sha256: str) -> None:
+        self.store_hashes([(st, sha256)])
+
+    def store_hashes(self, hashed: Iterable[tuple[os.stat_result, str]]) -> None:
+        rows = [(*identity(st), sha256) for st, sha256 in hashed]
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", (*identity(st), sha256)
-            )
+            self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def sent_fingerprints(self, server: str, hostname: str, paths: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -92,11 +94,13 @@ class ClientCache:
         return found
 
     def mark_sent(self, server: str, hostname: str, path: str, fingerprint: str) -> None:
+        self.mark_all_sent(server, hostname, [(path, fingerprint)])
+
+    def mark_all_sent(self, server: str, hostname: str, sent: Iterable[tuple[str, str]]) -> None:
+        """Remember each ``(path, fingerprint)`` as registered with its content present."""
+        rows = [(server, hostname, path, fingerprint) for path, fingerprint in sent]
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
-                (server, hostname, path, fingerprint),
-            )
+            self._db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)", rows)
 
     def commit(self) -> None:
         with self._lock:

@@ -40,7 +40,7 @@ def hash_entry(entry: FileEntry, stop: threading.Event | None = None) -> str:
     if entry.is_symlink:
         return hashlib.sha256(link_bytes(entry)).hexdigest()
     hasher = hashlib.sha256()
-    buffer = bytearray(CHUNK_SIZE)
+    buffer = bytearray(min(CHUNK_SIZE, entry.stat.st_size + 1))  # small file: small buffer
     view = memoryview(buffer)
     with open_scanned(entry) as handle:
         while count := handle.readinto(buffer):

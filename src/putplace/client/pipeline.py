@@ -64,6 +64,9 @@ KEEP_BUDGET: Final = 64 * MiB
 RECENTLY_SENT: Final = 16_384
 """Contents uploaded by this run that are remembered, so that a file registered while
 its content was being sent is not sent again (about 2 MiB)."""
+HASH_CHUNK_FILES: Final = 32
+HASH_CHUNK_BYTES: Final = 1 * MiB
+"""A hashing task reads up to this many files or (about) bytes."""
 _POLL: Final = 0.1
 """Seconds between checks of the stop event while waiting on another stage."""
 
@@ -146,6 +149,21 @@ def _batches(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry
         yield batch
 
 
+def _chunks(entries: list[FileEntry]) -> Iterator[list[FileEntry]]:
+    """*entries* in hashing tasks of up to ``HASH_CHUNK_FILES`` files and about
+    ``HASH_CHUNK_BYTES`` bytes (a large file is a task of its own)."""
+    chunk: list[FileEntry] = []
+    size = 0
+    for entry in entries:
+        chunk.append(entry)
+        size += entry.stat.st_size
+        if len(chunk) >= HASH_CHUNK_FILES or size >= HASH_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 class _Budget:
     """Bytes that may be kept in memory; taking never waits (no room: do not keep)."""
 
@@ -201,7 +219,7 @@ class _Hashing:
 
     batch: list[FileEntry]
     cached: list[str | None]
-    futures: list[Future[_Item | None]]
+    futures: list[Future[list[_Item | None]]]
 
 
 _END: Final = object()
@@ -345,33 +363,51 @@ class Run:
 
     # -- hashing -----------------------------------------------------------------------
     def _start_hashing(self, batch: list[FileEntry], hashers: ThreadPoolExecutor) -> _Hashing:
-        """Look *batch* up in the cache; send the files that must be read to *hashers*."""
+        """Look *batch* up in the cache; send the files that must be read to *hashers*,
+        a few at a time (one task per file costs more than hashing a small file)."""
         cached: list[str | None] = [None] * len(batch)
         if not self.options.rehash:
             cached = self.cache.lookup_hashes([entry.stat for entry in batch])
-        futures = [
-            hashers.submit(self._hash_one, entry)
-            for entry, sha in zip(batch, cached, strict=True)
-            if sha is None or entry.is_symlink
-        ]
-        return _Hashing(batch, cached, futures)
+        misses = [e for e, sha in zip(batch, cached, strict=True) if sha is None or e.is_symlink]
+        return _Hashing(
+            batch, cached, [hashers.submit(self._hash_some, c) for c in _chunks(misses)]
+        )
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
         """The batch's items in walk order (cache hits without reading the file)."""
-        hashed = iter(hashing.futures)
+        hashed = itertools.chain.from_iterable(future.result() for future in hashing.futures)
         items: list[_Item] = []
         hits = 0
         for entry, sha in zip(hashing.batch, hashing.cached, strict=True):
             if sha is None or entry.is_symlink:
-                item = next(hashed).result()
+                item = next(hashed)
             else:
-                record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
-                item = _Item(entry, record, fingerprint(record))
-                self.reporter.file_done()
+                item = self._item(entry, sha)
                 hits += 1
             if item is not None:
                 items.append(item)
         self.summary.add(files_seen=hits)
+        self.reporter.file_done(hits)
+        return items
+
+    def _item(self, entry: FileEntry, sha256: str, data: bytes | None = None) -> _Item:
+        record = record_for(entry, sha256, self.options.hostname, self.options.ip_address)
+        return _Item(entry, record, "" if self.options.dry_run else fingerprint(record), data)
+
+    def _hash_some(self, entries: list[FileEntry]) -> list[_Item | None]:
+        """Hashing worker: items for *entries*, None for those reported as errors."""
+        items: list[_Item | None] = []
+        try:
+            for entry in entries:
+                items.append(self._hash_one(entry))
+        finally:
+            self.summary.add(files_seen=len(entries))
+            self.reporter.file_done(len(entries))
+            self.cache.store_hashes(
+                (item.entry.stat, item.sha256)
+                for item in items
+                if item is not None and not item.entry.is_symlink
+            )
         return items
 
     def _hash_one(self, entry: FileEntry) -> _Item | None:
@@ -385,24 +421,17 @@ class Run:
                 sha = hashlib.sha256(data).hexdigest()
             else:
                 sha = hash_entry(entry, self.stop)
-            if not entry.is_symlink:
-                self.cache.store_hash(entry.stat, sha)
-            record = record_for(entry, sha, self.options.hostname, self.options.ip_address)
+            return self._item(entry, sha, data)
         except Cancelled:
             self._keep.give(kept)
-            return None
+            raise
         except FileChangedError as exc:
             self._keep.give(kept)
             self.reporter.error(entry.path, str(exc))
-            return None
         except OSError as exc:
             self._keep.give(kept)
             self.reporter.error(entry.path, exc.strerror or str(exc))
-            return None
-        finally:
-            self.summary.add(files_seen=1)
-            self.reporter.file_done()
-        return _Item(entry, record, fingerprint(record), data)
+        return None
 
     def _keeps(self, entry: FileEntry) -> bool:
         """Read *entry* whole and keep its bytes for a bundle? (Budget taken if so.)"""
@@ -457,15 +486,14 @@ class Run:
         if not items:
             return
         answers = self._send([i.record for i in items])
-        for item, answer in zip(items, answers, strict=True):
-            if answer is None:
-                continue
-            self.summary.add(metadata_sent=1)
-            if not answer["upload_required"]:
-                self.summary.add(already_on_server=1)
-                self.cache.mark_sent(server, host, item.record["filepath"], item.fingerprint)
-                continue
-            if self._queue_upload(item):
+        accepted = [(i, a) for i, a in zip(items, answers, strict=True) if a is not None]
+        present = [i for i, a in accepted if not a["upload_required"]]
+        self.summary.add(metadata_sent=len(accepted), already_on_server=len(present))
+        self.cache.mark_all_sent(
+            server, host, ((i.record["filepath"], i.fingerprint) for i in present)
+        )
+        for item, answer in accepted:
+            if answer["upload_required"] and self._queue_upload(item):
                 handed_on.add(id(item))
 
     def _send(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
@@ -625,11 +653,15 @@ class Run:
                 for item, _ in members:
                     self._upload_failed(item, exc.detail)
             return
+        uploaded: list[_Item] = []
         for (item, _), result in zip(members, results, strict=True):
-            if result["status"] in ("stored", "present"):
-                self._uploaded(item, already=result["status"] == "present")
+            if result["status"] == "stored":
+                uploaded.append(item)
+            elif result["status"] == "present":
+                self._uploaded([item], already=True)
             else:
                 self._upload_failed(item, f"refused: {result.get('detail')}")
+        self._uploaded(uploaded)
 
     def _shrink_bundles(self, files: int, size: int) -> None:
         """The server refused a bundle this big (its limits are lower): stay under it."""
@@ -667,27 +699,28 @@ class Run:
         except OSError as exc:
             self._upload_failed(item, exc.strerror or str(exc))
         else:
-            self._uploaded(item)
+            self._uploaded([item])
 
-    def _uploaded(self, item: _Item, *, already: bool = False) -> None:
-        """The server holds *item*'s content: it and every file sharing it are sent.
-
-        *already*: the server had it before this upload (bytes were not needed).
-        """
+    def _uploaded(self, items: list[_Item], *, already: bool = False) -> None:
+        """The server holds the content of *items*: they and every file sharing it are
+        sent. *already*: the server had it before this upload (bytes were not needed)."""
         assert self.api is not None
         if already:
-            self.summary.add(already_on_server=1)
+            self.summary.add(already_on_server=len(items))
         else:
-            self.summary.add(content_uploaded=1, bytes_uploaded=item.size)
+            self.summary.add(content_uploaded=len(items), bytes_uploaded=sum(i.size for i in items))
+        done: list[_Item] = []
         with self._upload_lock:
-            same_content = [item, *self._uploading.pop(item.sha256, [])]
-            self._sent[item.sha256] = None
-            if len(self._sent) > RECENTLY_SENT:
+            for item in items:
+                done += [item, *self._uploading.pop(item.sha256, [])]
+                self._sent[item.sha256] = None
+            while len(self._sent) > RECENTLY_SENT:
                 del self._sent[next(iter(self._sent))]
-        for done in same_content:
-            self.cache.mark_sent(
-                self.api.url, self.options.hostname, done.record["filepath"], done.fingerprint
-            )
+        self.cache.mark_all_sent(
+            self.api.url,
+            self.options.hostname,
+            ((d.record["filepath"], d.fingerprint) for d in done),
+        )
 
     def _upload_failed(self, item: _Item, detail: str) -> None:
         self.reporter.error(item.entry.path, f"upload failed: {detail}")

@@ -86,9 +86,9 @@ class Reporter:
         if self._progress:
             self._progress.stop()
 
-    def file_done(self) -> None:
+    def file_done(self, count: int = 1) -> None:
         if self._progress:
-            self._progress.advance(self._files)
+            self._progress.advance(self._files, count)
 
     def upload_queued(self, size: int) -> None:
         if self._progress:
