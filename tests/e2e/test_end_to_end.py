@@ -77,7 +77,8 @@ def test_client_and_server_end_to_end(settings: Settings, tmp_path: Path) -> Non
     )
     key = httpx.Response(200, content=created.stdout).json()["api_key"]
 
-    with ppserver_process(settings, tmp_path) as url:
+    debug = settings.model_copy(update={"log_level": "debug"})
+    with ppserver_process(debug, tmp_path) as url:
         first = ppclient(tree, url, key, "host-one")
         assert first.returncode == 1, first.stdout + first.stderr  # the unreadable file
         assert "noread.txt" in first.stderr
@@ -118,11 +119,15 @@ def test_client_and_server_end_to_end(settings: Settings, tmp_path: Path) -> Non
 
 
 def upload_requests(server_dir: Path) -> list[str]:
-    """Hashes of the content uploads in the server's access log, one entry per request."""
+    """Hashes of the contents sent to the server, one entry per time sent.
+
+    Single uploads are in the access log; bundle members in the server's DEBUG log.
+    """
     (log,) = server_dir.glob("ppserver-*.log")
     found = []
+    single = r'"(?:POST /upload_file|PUT /blobs)/([0-9a-f]{64})\S* HTTP/1.1" 20'
     for line in log.read_text().splitlines():
-        match = re.search(r'"(?:POST /upload_file|PUT /blobs)/([0-9a-f]{64})\S* HTTP/1.1" 20', line)
+        match = re.search(single, line) or re.search(r"bundle member ([0-9a-f]{64}) ", line)
         if match:
             found.append(match.group(1))
     return found

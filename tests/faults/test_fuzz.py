@@ -12,6 +12,7 @@ does not promise (``/put_files`` reports invalid records per record with 200).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 from putplace.config import Settings
 from putplace.server.app import create_app
 from tests.support.processes import BIN, ppserver_process, run_ppserver
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHECKS = ",".join([
     "not_a_server_error",
@@ -49,6 +52,8 @@ def test_api_never_fails_and_matches_its_schema(tmp_path: Path) -> None:
                 "--generation-database", "none",
             ],
             capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.faults.fuzz_hooks",
+                 "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
     summary = result.stdout[-3000:]
     print(summary)

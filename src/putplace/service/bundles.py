@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import struct
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from putplace.models import (
 from putplace.service.errors import InvalidInputError, TooLargeError
 from putplace.service.ingest import with_idle_timeout
 from putplace.service.stores import Stores
+
+log = logging.getLogger("putplace.service")
 
 MAGIC = b"PPBNDL01"
 _COUNT = struct.Struct(">I")
@@ -154,6 +157,9 @@ async def accept_bundle(
             sha256=entries[index].sha256, status=BundleStatus.stored
         )
     answered = [r for r in results if r is not None]
+    for entry, result in zip(entries, answered, strict=True):
+        # The access log shows one POST per bundle; this shows what each carried.
+        log.debug("bundle member %s (%d bytes): %s", entry.sha256, entry.length, result.status)
     return BundleResponse(
         stored=sum(r.status is BundleStatus.stored for r in answered),
         present=sum(r.status is BundleStatus.present for r in answered),

@@ -1,4 +1,4 @@
-"""``ppserver verify`` and ``ppserver gc`` against stores filled through the real API."""
+"""``verify`` and ``gc`` (service layer and ``ppserver``) on stores filled through the real API."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 
 import httpx
 
-from putplace.blobs import create_blob_store
 from putplace.config import Settings
-from putplace.metadata import create_metadata_store
 from putplace.models import BlobState
-from putplace.server.maintenance import collect_garbage, verify
+from putplace.service.maintenance import collect_garbage, verify
+from putplace.service.stores import open_stores
 from tests.support.payloads import metadata, put, store
 from tests.support.processes import run_ppserver
 
@@ -22,10 +21,8 @@ async def test_verify_quarantines_corrupt_and_reports_missing(
     good = await store(api, b"good content")
     gone = await store(api, b"content that disappears")
     bad = await store(api, b"content that rots")
-    metadata_store, blobs = create_metadata_store(settings), create_blob_store(settings)
-    await metadata_store.open()
-    await blobs.open()
-    try:
+    async with open_stores(settings) as stores:
+        metadata_store, blobs = stores.metadata, stores.blobs
         await blobs.delete(gone["sha256"])
         rotted = False
         if stack.endswith("local"):
@@ -42,7 +39,7 @@ async def test_verify_quarantines_corrupt_and_reports_missing(
             assert blob.state is BlobState.quarantined
             assert not await blobs.exists(bad["sha256"])
             # Clients are asked for the content again, and the download is refused.
-            assert await put(api, metadata(b"content that rots"))
+            assert (await put(api, metadata(b"content that rots"))).status_code == 201
             answer = (await put(api, bad)).json()
             assert answer["upload_required"] is True
             assert (await api.get(f"/download/{bad['sha256']}")).status_code == 404
@@ -53,9 +50,6 @@ async def test_verify_quarantines_corrupt_and_reports_missing(
         assert (await api.get(f"/download/{good['sha256']}")).content == b"good content"
         sample = await verify(metadata_store, blobs, sample=1)
         assert sample.checked == 1
-    finally:
-        await blobs.close()
-        await metadata_store.close()
 
 
 async def test_gc_lists_then_deletes_only_unreferenced(
@@ -64,10 +58,8 @@ async def test_gc_lists_then_deletes_only_unreferenced(
     old = await store(api, b"version 1", filepath="/etc/app.conf")
     await store(api, b"version 2", filepath="/etc/app.conf")  # replaces the only reference
     kept = await store(api, b"still used")
-    metadata_store, blobs = create_metadata_store(settings), create_blob_store(settings)
-    await metadata_store.open()
-    await blobs.open()
-    try:
+    async with open_stores(settings) as stores:
+        metadata_store, blobs = stores.metadata, stores.blobs
         young = await collect_garbage(metadata_store, blobs, min_age_seconds=3600)
         assert young.unreferenced == []  # too recent to be collected
         listed = await collect_garbage(metadata_store, blobs, min_age_seconds=0)
@@ -80,11 +72,8 @@ async def test_gc_lists_then_deletes_only_unreferenced(
         assert await metadata_store.get_blob(old["sha256"]) is None
         assert await blobs.exists(kept["sha256"])
         # Registering the collected content again asks for an upload.
-        assert await put(api, metadata(b"version 1"))
+        assert (await put(api, metadata(b"version 1"))).status_code == 201
         assert (await put(api, old)).json()["upload_required"] is True
-    finally:
-        await blobs.close()
-        await metadata_store.close()
 
 
 def test_verify_and_gc_commands(tmp_path: Path) -> None:
