@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test setup lint typecheck pytest bench clean
 
-# Create the virtualenv and install PutPlace with every extra and the test tools.
-# Re-runs only when pyproject.toml changes.
+# Create the virtualenv and install PutPlace with every extra and the test tools
+# (re-run only when pyproject.toml changes), and the system tools the benchmarks and
+# tests use: restic, wrk, redis-server (apt-get, only when one is missing).
 setup: $(STAMP)
+	@scripts/install-test-tools.sh
 
 $(STAMP): pyproject.toml
 	@PY=$$(scripts/find-python.sh) || exit 1; \
