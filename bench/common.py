@@ -1,16 +1,18 @@
-"""Shared benchmark plumbing: a real ppserver on loopback, the real ppclient, results."""
+"""Shared benchmark plumbing: a real ppserver on loopback, the real ppclient, the peers
+(restic, cp + sync, wrk), results."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import httpx
 import psutil
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -66,11 +69,12 @@ class Server:
 
 
 @contextmanager
-def ppserver(workdir: Path, env: dict[str, str], workers: int = 1) -> Iterator[Server]:
+def serve(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Server]:
+    """Run an HTTP server command with ``--port``; yield once its /health answers 200."""
     port = free_port()
     process = subprocess.Popen(
-        [str(BIN / "ppserver"), "serve", "--port", str(port), "--workers", str(workers)],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*command, "--port", str(port)],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -81,13 +85,20 @@ def ppserver(workdir: Path, env: dict[str, str], workers: int = 1) -> Iterator[S
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("ppserver did not start")
+            process.kill()
+            raise RuntimeError(f"{command[0]} did not start")
         time.sleep(0.1)
     try:
         yield Server(url, process)
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def ppserver(
+    workdir: Path, env: dict[str, str], workers: int = 1
+) -> AbstractContextManager[Server]:
+    return serve([str(BIN / "ppserver"), "serve", "--workers", str(workers)], workdir, env)
 
 
 def run_client(url: str, key: str, *args: str) -> tuple[float, float, str]:
@@ -135,3 +146,74 @@ def table(title: str, rows: list[tuple[str, str]]) -> None:
     print("-" * (width + 20))
     for label, value in rows:
         print(f"{label:<{width}}  {value:>16}")
+
+
+# -- peers -------------------------------------------------------------------------------
+
+
+def have(tool: str) -> bool:
+    """Whether *tool* is on PATH; if not, say so (the peer's figures are recorded as null)."""
+    if shutil.which(tool):
+        return True
+    print(
+        f"skipped: {tool} not installed (apt-get install {tool}, or scripts/install-test-tools.sh)"
+    )
+    return False
+
+
+def timed(*command: str | Path, env: dict[str, str] | None = None) -> float:
+    """Run a command to completion; return its wall-clock seconds."""
+    started = time.perf_counter()
+    subprocess.run([str(c) for c in command], env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def warm(path: Path) -> None:
+    """Read every file under *path* so each side starts from the page cache (dropping the
+    cache needs root and would disturb others on a shared machine)."""
+    files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        with file.open("rb") as handle:
+            while handle.read(1 << 20):
+                pass
+
+
+def cp_sync(source: Path, target: Path) -> float:
+    """Seconds for ``cp -a source target`` plus ``sync`` of the target's file system."""
+    warm(source)
+    return timed("sh", "-c", 'cp -a "$0" "$1" && sync -f "$1"', source, target)
+
+
+class Restic:
+    """A fresh local restic repository (and cache) under *workdir*."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "RESTIC_REPOSITORY": str(workdir / "restic-repo"),
+            "RESTIC_PASSWORD": "bench",
+            "RESTIC_CACHE_DIR": str(workdir / "restic-cache"),
+        }
+        timed("restic", "init", "--quiet", env=self.env)
+
+    def backup(self, path: Path) -> float:
+        """Seconds for one ``restic backup`` of *path* (warm)."""
+        warm(path)
+        return timed("restic", "backup", "--quiet", path, env=self.env)
+
+
+def per_s(amount: float, seconds: float | None) -> float | None:
+    return None if seconds is None else round(amount / seconds, 1)
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    """PutPlace's rate over a peer's (higher is better); None when either is missing."""
+    return None if ours is None or not theirs else round(ours / theirs, 3)
+
+
+def show(value: float | None, unit: str) -> str:
+    return "skipped" if value is None else f"{value:,.0f} {unit}"
+
+
+def show_ratio(value: float | None) -> str:
+    return "skipped" if value is None else f"{value:.2f}x"

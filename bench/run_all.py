@@ -1,17 +1,113 @@
 """Run every benchmark in turn (``make bench``); each prints a table and updates
-bench/results.json. Sizes can be reduced for a quick look, e.g.
-``BENCH_FILES=10000 BENCH_LARGE_MIB=256 BENCH_SECONDS=5 make bench``."""
+bench/results.json. Then print one summary of PutPlace beside its peers and ceilings, and
+write it as Markdown to bench/results.md. Sizes can be reduced for a quick look, e.g.
+``BENCH_FILES=10000 BENCH_LARGE_MIB=256 BENCH_SECONDS=5 make bench``.
+``--summary`` only prints and writes the summary of the results already in results.json.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import large_file, server_load, small_files
+from bench.common import RESULTS, show, show_ratio
+
+MARKDOWN = RESULTS.with_name("results.md")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One summary row: PutPlace's figure at *ours*, the peer's at *theirs* (dotted paths
+    into results.json), and the target for ours / theirs, or for ours alone when *theirs*
+    is None (a ceiling such as peak RSS, which must stay *below* it)."""
+
+    name: str
+    ours: str
+    theirs: str | None
+    unit: str
+    target: float
+    aim: float | None = None
+
+    def cells(self, results: dict[str, Any]) -> list[str]:
+        ours = _get(results, self.ours)
+        if self.theirs is None:
+            met = None if ours is None else ours < self.target
+            target = f"< {self.target:,.0f} {self.unit}"
+            return [self.name, show(ours, self.unit), "", "", target, _yes(met)]
+        theirs = _get(results, self.theirs)
+        ratio = None if ours is None or not theirs else ours / theirs
+        target = f">= {self.target}" + (f" (aim {self.aim})" if self.aim else "")
+        met = None if ratio is None else ratio >= self.target
+        return [self.name, show(ours, self.unit), show(theirs, self.unit),
+                show_ratio(ratio), target, _yes(met)]  # fmt: skip
+
+
+FIGURES = [
+    Figure("small files, first ingest / restic backup",
+           "small_files.first_ingest.files_per_s",
+           "small_files.first_ingest.restic_files_per_s", "files/s", 1.0, aim=1.5),
+    Figure("small files, first ingest / cp -a + sync",
+           "small_files.first_ingest.files_per_s",
+           "small_files.first_ingest.cp_sync_files_per_s", "files/s", 0.5),
+    Figure("small files, unchanged rescan / restic's second backup",
+           "small_files.unchanged_rescan.files_per_s",
+           "small_files.unchanged_rescan.restic_files_per_s", "files/s", 2.0),
+    Figure("large file / cp + sync", "large_file.end_to_end_mib_per_s",
+           "large_file.cp_sync_mib_per_s", "MiB/s", 0.9),
+    Figure("large file / restic backup", "large_file.end_to_end_mib_per_s",
+           "large_file.restic_mib_per_s", "MiB/s", 1.5),
+    Figure("large file, server peak RSS", "large_file.server_peak_rss_mib", None, "MiB", 150),
+    Figure("large file, client peak RSS", "large_file.client_peak_rss_mib", None, "MiB", 150),
+    Figure("/put_files x1000 / bare SQLite upsert loop",
+           "server_load.batched.records_per_s",
+           "server_load.batched.bare_sqlite_records_per_s", "records/s", 0.6),
+    Figure("/put_file, wrk 64 connections / bare FastAPI app",
+           "server_load.single.records_per_s",
+           "server_load.single.bare_fastapi_records_per_s", "records/s", 0.5),
+]  # fmt: skip
+HEADER = ["figure", "PutPlace", "peer", "ratio", "target", "met?"]
+
+
+def _get(results: dict[str, Any], path: str) -> Any:
+    value: Any = results
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _yes(met: bool | None) -> str:
+    return "skipped" if met is None else "yes" if met else "NO"
+
+
+def summary() -> None:
+    results = json.loads(RESULTS.read_text())
+    rows = [HEADER, *(figure.cells(results) for figure in FIGURES)]
+    server = results.get("server_load", {})
+    present = f"{server.get('present_total', 0):,} of {server.get('acknowledged_total', 0):,}"
+    rows.append(["acknowledged records present afterwards", present, "", "", "all",
+                 _yes(server.get("all_present"))])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    print("\nsummary (ratio = PutPlace / peer, higher is better; same run)")
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    lines = [f"| {' | '.join(row)} |" for row in rows]
+    lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
+    MARKDOWN.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {RESULTS.name} and {MARKDOWN.name}")
+
 
 if __name__ == "__main__":
-    small_files.main()
-    large_file.main()
-    server_load.main()
+    if "--summary" not in sys.argv[1:]:
+        small_files.main()
+        large_file.main()
+        server_load.main()
+    summary()

@@ -1,9 +1,15 @@
-"""Benchmark 3: the server under many concurrent clients.
+"""Benchmark 3: the server under many concurrent clients, beside bare ceilings.
 
-BENCH_CLIENTS (default 64) concurrent clients, spread over BENCH_PROCS processes, post
-single records to /put_file for BENCH_SECONDS (default 20) seconds, then batches of 1000
-to /put_files for the same time. Reports records/s and p50/p99 latency per request, and
-checks that every acknowledged record is present afterwards.
+Single records: ``wrk`` (one thread, so it leaves the server as much CPU as it can) with
+BENCH_CLIENTS (default 64) connections posts to /put_file for BENCH_SECONDS (default 20)
+seconds, first to a bare FastAPI app (bench/bare_app.py: the same body model, nothing
+stored) then to ppserver, both with BENCH_SERVER_WORKERS (default 2) uvicorn workers.
+Without wrk, BENCH_CLIENTS Python clients in BENCH_PROCS processes drive ppserver alone.
+Batches: the Python clients post batches of 1000 to /put_files for the same time; then a
+bare SQLite loop upserts as many rows into the server's files table (same schema, PRAGMAs
+and statement, one transaction per 1000 rows). Reports records/s, p50/p99 latency per
+request and the ratios to the bare ceilings, and checks that every acknowledged record is
+present afterwards.
 """
 
 from __future__ import annotations
@@ -11,15 +17,38 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
+import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import create_key, ppserver, record, server_env, table
+from bench.common import (
+    BIN,
+    ROOT,
+    create_key,
+    have,
+    ppserver,
+    ratio,
+    record,
+    serve,
+    server_env,
+    show,
+    show_ratio,
+    table,
+)
+from putplace.metadata.sqlite import _UPSERT_FILE as UPSERT_FILE  # the server's statement
+from putplace.metadata.sqlite import SCHEMA, WAL_CHECKPOINT_PAGES, WRITER_CACHE_KIB
+from putplace.models import FileMetadata
+
+LUA = Path(__file__).with_name("put_file.lua")
+BATCH = 1000
 
 
 def _record(worker: str, n: int) -> dict[str, Any]:
@@ -100,30 +129,118 @@ def phase(
     }
 
 
+_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(number: str, unit: str) -> float:
+    return float(number) * _SECONDS[unit]
+
+
+def wrk(url: str, key: str, connections: int, seconds: float) -> dict[str, Any]:
+    """Drive POST /put_file at *url* with wrk (one thread); parse its report."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(LUA), url],
+        env={**os.environ, "PP_KEY": key}, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    done = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    if done is None:
+        raise RuntimeError(f"cannot read wrk's report:\n{out}")
+    requests, elapsed = int(done[1]), _seconds(done[2], done[3])
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    acknowledged = requests - (int(failed[1]) if failed else 0)
+    latency = {
+        m[1]: round(_seconds(m[2], m[3]) * 1000, 2)
+        for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(\w+)$", out, re.MULTILINE)
+    }
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "records_per_s": round(acknowledged / elapsed, 1),
+        "requests": requests,
+        "p50_ms": latency.get("50"),
+        "p99_ms": latency.get("99"),
+        "acknowledged": acknowledged,
+        "seconds": round(elapsed, 2),
+        "socket_errors": errors[1] if errors else None,
+        "load_generator": "wrk -t1",
+    }
+
+
+def bare_fastapi(work: Path, workers: int, connections: int, seconds: float) -> float:
+    """Records/s of bench/bare_app.py under the same wrk load."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")}
+    command = [str(BIN / "uvicorn"), "bench.bare_app:app", "--workers", str(workers),
+               "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    with serve(command, ROOT, env) as app:
+        return float(wrk(app.url, "bare", connections, seconds)["records_per_s"])
+
+
+def bare_sqlite(path: Path, rows: int) -> float:
+    """Records/s of the server's files upsert in a bare loop: one transaction per BATCH
+    rows, executemany, with the server's schema and writer PRAGMAs (only the SQLite time
+    is counted, not building the rows)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON",
+                   f"cache_size = -{WRITER_CACHE_KIB}",
+                   f"wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}"):  # fmt: skip
+        conn.execute(f"PRAGMA {pragma}")
+    conn.executescript(SCHEMA)
+    stamp = datetime.now(UTC).isoformat()
+    spent = 0.0
+    for start in range(0, rows, BATCH):
+        values = [
+            [*FileMetadata.model_validate(_record("bare", n)).__dict__.values(), stamp, stamp]
+            for n in range(start, min(rows, start + BATCH))
+        ]
+        began = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(UPSERT_FILE, values)
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - began
+    conn.close()
+    return rows / spent
+
+
+def count_present(url: str, key: str) -> int:
+    """Records of hostname "bench" the server holds."""
+    present = 0
+    after = None
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as client:
+        while True:
+            params: dict[str, Any] = {"limit": 1000, "hostname": "bench"}
+            if after:
+                params["after"] = after
+            page = client.get("/files", params=params).json()
+            if not page:
+                return present
+            present += len(page)
+            after = page[-1]["_id"]
+
+
 def main() -> None:
     clients = int(os.environ.get("BENCH_CLIENTS", "64"))
     procs = int(os.environ.get("BENCH_PROCS", "4"))
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     workers = int(os.environ.get("BENCH_SERVER_WORKERS", "2"))
+    use_wrk = have("wrk")
     with tempfile.TemporaryDirectory(prefix="pp-bench-server-") as tmp:
         work = Path(tmp)
         env = server_env(work)
         key = create_key(work, env)
+        bare_app = bare_fastapi(work, workers, clients, seconds) if use_wrk else None
         with ppserver(work, env, workers=workers) as server:
-            single = phase(server.url, key, clients, procs, 1, seconds, "s")
-            batched = phase(server.url, key, clients, procs, 1000, seconds, "b")
-            with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=120) as c:
-                present = 0
-                after = None
-                while True:
-                    params: dict[str, Any] = {"limit": 1000, "hostname": "bench"}
-                    if after:
-                        params["after"] = after
-                    page = c.get("/files", params=params).json()
-                    if not page:
-                        break
-                    present += len(page)
-                    after = page[-1]["_id"]
+            if use_wrk:
+                single = wrk(server.url, key, clients, seconds)
+            else:
+                single = phase(server.url, key, clients, procs, 1, seconds, "s")
+            batched = phase(server.url, key, clients, procs, BATCH, seconds, "b")
+            present = count_present(server.url, key)
+        rows = batched["acknowledged"]
+        bare_db = bare_sqlite(work / "bare.db", rows) if rows else None
+    single["bare_fastapi_records_per_s"] = None if bare_app is None else round(bare_app, 1)
+    single["ratio_to_bare_fastapi"] = ratio(single["records_per_s"], bare_app)
+    batched["bare_sqlite_records_per_s"] = None if bare_db is None else round(bare_db, 1)
+    batched["ratio_to_bare_sqlite"] = ratio(batched["records_per_s"], bare_db)
     expected = single["acknowledged"] + batched["acknowledged"]
     results = {
         "clients": clients, "server_workers": workers, "seconds": seconds,
@@ -134,13 +251,18 @@ def main() -> None:
     table(
         f"server: {clients} concurrent clients, {workers} server workers, {seconds:.0f} s each",
         [
-            ("single /put_file", f"{single['records_per_s']:,.0f} records/s"),
+            (f"single /put_file ({single.get('load_generator', 'Python clients')})",
+             show(single["records_per_s"], "records/s")),
             ("  p50 / p99", f"{single['p50_ms']} / {single['p99_ms']} ms"),
-            ("batched /put_files x1000", f"{batched['records_per_s']:,.0f} records/s"),
+            ("  bare FastAPI app", show(bare_app, "records/s")),
+            ("  ratio to bare FastAPI", show_ratio(single["ratio_to_bare_fastapi"])),
+            (f"batched /put_files x{BATCH}", show(batched["records_per_s"], "records/s")),
             ("  p50 / p99", f"{batched['p50_ms']} / {batched['p99_ms']} ms"),
+            (f"  bare SQLite upsert loop ({rows:,} rows)", show(bare_db, "records/s")),
+            ("  ratio to bare SQLite", show_ratio(batched["ratio_to_bare_sqlite"])),
             ("acknowledged / present", f"{expected:,} / {present:,}"),
         ],
-    )
+    )  # fmt: skip
     record("server_load", results)
     if present < expected:
         raise SystemExit(f"LOST RECORDS: {expected - present} acknowledged records missing")

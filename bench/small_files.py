@@ -1,7 +1,11 @@
-"""Benchmark 1: many small files. First ingest, unchanged rescan, rescan after touching 1%.
+"""Benchmark 1: many small files. First ingest, unchanged rescan, rescan after touching 1%,
+each beside its peers in the same run.
 
 BENCH_FILES (default 100000) files of 1-8 KiB in a nested tree, a quarter of them
-duplicates of other files' content. Prints files/s end to end for each pass.
+duplicates of other files' content. Prints files/s end to end for each pass, and for the
+same tree: ``restic backup`` to a fresh local repository (first and second, unchanged,
+backup) and ``cp -a`` + ``sync``. Every side reads a warm tree; the order alternates
+(restic first for the first ingest, PutPlace first for the rescan).
 """
 
 from __future__ import annotations
@@ -12,7 +16,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import create_key, ppserver, record, run_client, server_env, table
+from bench.common import (
+    Restic,
+    cp_sync,
+    create_key,
+    have,
+    per_s,
+    ppserver,
+    ratio,
+    record,
+    run_client,
+    server_env,
+    show,
+    show_ratio,
+    table,
+    warm,
+)
 
 EXTRA = os.environ.get("BENCH_CLIENT_ARGS", "").split()
 
@@ -45,35 +64,63 @@ def main() -> None:
         started = time.perf_counter()
         paths = make_tree(tree, count)
         made = time.perf_counter() - started
-        env = server_env(
-            work, **({"fsync": os.environ["BENCH_FSYNC"]} if "BENCH_FSYNC" in os.environ else {})
-        )
+        fsync = {"fsync": os.environ["BENCH_FSYNC"]} if "BENCH_FSYNC" in os.environ else {}
+        env = server_env(work, **fsync)
         key = create_key(work, env)
         cache = str(work / "client-cache.sqlite3")
+        restic = Restic(work) if have("restic") else None
+        restic_first = restic.backup(tree) if restic else None
         with ppserver(work, env) as server:
+            warm(tree)
             first, _, _ = run_client(server.url, key, "--cache-file", cache, *EXTRA, str(tree))
+            warm(tree)
             rescan, _, _ = run_client(server.url, key, "--cache-file", cache, str(tree))
+            restic_rescan = restic.backup(tree) if restic else None
             for path in random.Random(1).sample(paths, count // 100):
                 os.utime(path)
+            warm(tree)
             touched, _, _ = run_client(server.url, key, "--cache-file", cache, str(tree))
+        copy = cp_sync(tree, work / "copy")
+    ingest = per_s(count, first)
+    unchanged = per_s(count, rescan)
+    restic_ingest = per_s(count, restic_first)
+    copy_ingest = per_s(count, copy)
+    restic_unchanged = per_s(count, restic_rescan)
+    to_restic = ratio(ingest, restic_ingest)
+    to_copy = ratio(ingest, copy_ingest)
+    rescan_to_restic = ratio(unchanged, restic_unchanged)
+    touched_rate = per_s(count, touched)
     results = {
         "files": count,
-        "first_ingest_files_per_s": round(count / first, 1),
-        "unchanged_rescan_files_per_s": round(count / rescan, 1),
-        "rescan_after_touching_1pct_files_per_s": round(count / touched, 1),
-        "first_ingest_s": round(first, 2),
-        "unchanged_rescan_s": round(rescan, 2),
-        "touched_rescan_s": round(touched, 2),
+        "order": "restic, ppclient first ingest and rescan, restic rescan, cp -a + sync",
+        "first_ingest": {
+            "files_per_s": ingest,
+            "seconds": round(first, 2),
+            "restic_files_per_s": restic_ingest,
+            "cp_sync_files_per_s": copy_ingest,
+            "ratio_to_restic": to_restic,
+            "ratio_to_cp_sync": to_copy,
+        },
+        "unchanged_rescan": {
+            "files_per_s": unchanged,
+            "seconds": round(rescan, 2),
+            "restic_files_per_s": restic_unchanged,
+            "ratio_to_restic": rescan_to_restic,
+        },
+        "touched_rescan": {"files_per_s": touched_rate, "seconds": round(touched, 2)},
     }
     table(
         f"small files: {count:,} files of 1-8 KiB, 25% duplicates (tree made in {made:.0f} s)",
         [
-            ("first ingest", f"{results['first_ingest_files_per_s']:,.0f} files/s"),
-            ("unchanged rescan", f"{results['unchanged_rescan_files_per_s']:,.0f} files/s"),
-            (
-                "rescan, 1% touched",
-                f"{results['rescan_after_touching_1pct_files_per_s']:,.0f} files/s",
-            ),
+            ("first ingest", show(ingest, "files/s")),
+            ("  restic backup", show(restic_ingest, "files/s")),
+            ("  cp -a + sync", show(copy_ingest, "files/s")),
+            ("  ratio to restic", show_ratio(to_restic)),
+            ("  ratio to cp -a + sync", show_ratio(to_copy)),
+            ("unchanged rescan", show(unchanged, "files/s")),
+            ("  restic, second backup", show(restic_unchanged, "files/s")),
+            ("  ratio to restic", show_ratio(rescan_to_restic)),
+            ("rescan, 1% touched", show(touched_rate, "files/s")),
         ],
     )
     record("small_files", results)
