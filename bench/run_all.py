@@ -89,9 +89,9 @@ def summary() -> None:
     results = json.loads(RESULTS.read_text())
     rows = [HEADER, *(figure.cells(results) for figure in FIGURES)]
     server = results.get("server_load", {})
-    present = f"{server.get('present_total', 0):,} of {server.get('acknowledged_total', 0):,}"
-    rows.append(["acknowledged records present afterwards", present, "", "", "all",
-                 _yes(server.get("all_present"))])  # fmt: skip
+    present = f"{server.get('present_total', 0):,} / {server.get('acknowledged_total', 0):,}"
+    rows.append(["server: records present afterwards / acknowledged", present, "", "",
+                 "all", _yes(server.get("all_present"))])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     print("\nsummary (ratio = PutPlace / peer, higher is better; same run)")
     for n, row in enumerate(rows):
