@@ -7,6 +7,7 @@ from pathlib import Path
 from putplace.config import Settings
 from putplace.server.app import create_app
 
+OPEN = {"/", "/health"}  # the only routes anyone may call without a key
 README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
@@ -25,6 +26,11 @@ def test_every_route_is_in_the_readme_and_openapi(tmp_path: Path) -> None:
     for path, operations in schema["paths"].items():
         documented = path.replace("{key_id}", "{id}")
         assert documented.split("{")[0] in README, path
-        for operation in operations.values():
+        for method, operation in operations.items():
             assert operation.get("summary"), f"{path} has no summary"
-            assert operation.get("responses"), path
+            if path in OPEN:
+                continue
+            # Everything else needs a key, and says so: the padlock in /docs and the
+            # refusals a client must expect.
+            assert operation.get("security"), f"{method} {path} does not require a key"
+            assert {"401", "403", "503"} <= set(operation["responses"]), f"{method} {path}"

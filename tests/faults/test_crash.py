@@ -1,14 +1,18 @@
 """kill -9 of a real ppserver during a stream of uploads loses nothing it acknowledged.
 
-Several client threads register and upload random content as fast as they can; the server
-is SIGKILLed at a random moment, restarted on the same data, and every upload that had
-been answered 2xx must be intact: its record present, its bytes downloadable with the
-right hash, no partial blob under a final name, and the temporary directory swept.
+Several client threads register and upload random content as fast as they can, half of
+them single uploads (``PUT /blobs``) and half bundles of small contents (``POST /bundles``);
+the server is SIGKILLed at a random moment, three times, restarted on the same data, and
+every upload or bundle member that had been acknowledged must be intact: its record
+present, its bytes downloadable with the right hash. ``ppserver verify`` must find every
+recorded blob whole; on local disk no partial blob may sit under a final name and the
+temporary directory must be swept. Runs on every stack.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -22,7 +26,8 @@ import httpx
 import pytest
 
 from putplace.config import Settings
-from tests.support.payloads import metadata
+from tests.conftest import make_settings
+from tests.support.payloads import bundle, metadata
 from tests.support.processes import BIN, run_ppserver, settings_env, wait_until_healthy
 from tests.support.servers import free_port
 
@@ -53,14 +58,39 @@ def uploader(url: str, key: str, stop: threading.Event, acked: list[dict[str, An
             except httpx.TransportError:
                 continue  # the server died mid-request: not acknowledged
             if answer.status_code in (200, 201):
-                acked.append({**body, "content": content})
+                acked.append(body)
+
+
+def bundler(url: str, key: str, stop: threading.Event, acked: list[dict[str, Any]]) -> None:
+    rng = random.Random()
+    host = f"bundle-{threading.get_ident()}"
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=10) as client:
+        while not stop.is_set():
+            contents = [os.urandom(rng.randint(0, 20_000)) for _ in range(rng.randint(1, 200))]
+            bodies = [metadata(content, hostname=host) for content in contents]
+            try:
+                if client.post("/put_files", json={"files": bodies}).status_code != 200:
+                    continue
+                answer = client.post(
+                    "/bundles",
+                    content=bundle(
+                        [(b["sha256"], c) for b, c in zip(bodies, contents, strict=True)]
+                    ),
+                    headers={"Content-Type": "application/vnd.putplace.bundle"},
+                )
+            except httpx.TransportError:
+                continue
+            if answer.status_code != 200:
+                continue
+            kept = {r["sha256"] for r in answer.json()["results"] if r["status"] != "refused"}
+            acked.extend(b for b in bodies if b["sha256"] in kept)
 
 
 @pytest.mark.slow
-def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/putplace.db", storage_url=f"file://{tmp_path}/blobs"
-    )
+def test_kill_9_loses_nothing_acknowledged(
+    request: pytest.FixtureRequest, stack: str, tmp_path: Path
+) -> None:
+    settings = make_settings(request, stack, tmp_path, fsync=True)
     created = run_ppserver(settings, "keys", "create", "--name", "crash", "--json", cwd=tmp_path)
     key = httpx.Response(200, content=created.stdout).json()["api_key"]
     port = free_port()
@@ -70,7 +100,9 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
         server = start(settings, tmp_path, port)
         stop = threading.Event()
         threads = [
-            threading.Thread(target=uploader, args=(url, key, stop, acked)) for _ in range(CLIENTS)
+            threading.Thread(target=work, args=(url, key, stop, acked))
+            for work in (uploader, bundler)
+            for _ in range(CLIENTS // 2)
         ]
         for thread in threads:
             thread.start()
@@ -82,9 +114,10 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
             thread.join()
 
     # Start again on the same data; stale temporary uploads must be swept at start-up.
+    local = stack.endswith("local")
     temp = tmp_path / "blobs" / ".tmp"
     old = time.time() - 2 * 24 * 3600
-    for leftover in temp.iterdir():
+    for leftover in temp.iterdir() if local else []:
         os.utime(leftover, (old, old))
     server = start(settings, tmp_path, port)
     try:
@@ -100,15 +133,22 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
                     and hashlib.sha256(download.content).hexdigest() == item["sha256"]
                 ):
                     intact += 1
-        print(f"\nkill -9 x{ROUNDS}: acknowledged uploads {len(acked)}, intact {intact}")
-        assert acked, "no upload was acknowledged before the kills"
+        members = sum(item["hostname"].startswith("bundle-") for item in acked)
+        print(f"\nkill -9 x{ROUNDS} on {stack}: acknowledged {len(acked)} "
+              f"({members} bundle members), intact {intact}")  # fmt: skip
+        assert members, "no bundle member was acknowledged before the kills"
+        assert len(acked) > members, "no single upload was acknowledged before the kills"
         assert intact == len(acked)
-        for shard in (tmp_path / "blobs").iterdir():
-            if shard.name.startswith("."):
-                continue
-            for blob in shard.iterdir():
-                assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
-        assert list(temp.iterdir()) == []
+        verified = run_ppserver(settings, "verify", "--json", cwd=tmp_path)
+        report = json.loads(verified.stdout)
+        assert (report["ok"], report["corrupt"], report["missing"]) == (True, [], [])
+        if local:
+            for shard in (tmp_path / "blobs").iterdir():
+                if shard.name.startswith("."):
+                    continue
+                for blob in shard.iterdir():
+                    assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
+            assert list(temp.iterdir()) == []
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from putplace.config import Settings
 from putplace.server.app import create_app
+from tests.conftest import make_settings
 from tests.support.processes import BIN, ppserver_process, run_ppserver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,10 +35,10 @@ CHECKS = ",".join([
 
 
 @pytest.mark.slow
-def test_api_never_fails_and_matches_its_schema(tmp_path: Path) -> None:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/putplace.db", storage_url=f"file://{tmp_path}/blobs"
-    )
+def test_api_never_fails_and_matches_its_schema(
+    request: pytest.FixtureRequest, stack: str, tmp_path: Path
+) -> None:
+    settings = make_settings(request, stack, tmp_path, fsync=True)
     created = run_ppserver(
         settings, "keys", "create", "--name", "fuzz", "--scope", "admin", "--json", cwd=tmp_path
     )

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.config import Settings
+from tests.conftest import make_settings
 from tests.support.payloads import metadata
 from tests.support.processes import ppserver_process, run_ppserver
 
@@ -81,12 +81,10 @@ def _client_loop(url: str, key: str, name: str, stop: float, tally: Tally) -> No
 
 
 @pytest.mark.slow
-def test_64_clients_for_30_seconds_lose_nothing(tmp_path: Path) -> None:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/putplace.db",
-        storage_url=f"file://{tmp_path}/blobs",
-        log_level="warning",
-    )
+def test_64_clients_for_30_seconds_lose_nothing(
+    request: pytest.FixtureRequest, stack: str, tmp_path: Path
+) -> None:
+    settings = make_settings(request, stack, tmp_path, fsync=True, log_level="warning")
     created = run_ppserver(settings, "keys", "create", "--name", "load", "--json", cwd=tmp_path)
     key = json.loads(created.stdout)["api_key"]
     tally = Tally()

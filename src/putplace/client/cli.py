@@ -25,7 +25,7 @@ import configargparse
 from putplace.client.cache import ClientCache, default_cache_path
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
-from putplace.client.uploader import ApiClient, AuthError
+from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiClient, AuthError
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
@@ -69,22 +69,23 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS (testing only)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="per-request timeout")  # fmt: skip
-    p.add_argument("--retries", type=int, default=5, metavar="N",
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
                    help="retries of transient failures")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=500, metavar="N",
+    p.add_argument("--batch-size", type=int, default=Options.batch_size, metavar="N",
                    help="records per POST /put_files")  # fmt: skip
     p.add_argument("--hash-workers", type=int, default=Options.hash_workers, metavar="N",
                    help="files hashed in parallel")  # fmt: skip
-    p.add_argument("--upload-workers", type=int, default=4, metavar="N",
+    p.add_argument("--upload-workers", type=int, default=Options.upload_workers, metavar="N",
                    help="upload requests (bundles or single files) in flight at once")  # fmt: skip
-    p.add_argument("--bundle-threshold", type=byte_size, default="1M", metavar="SIZE",
+    p.add_argument("--bundle-threshold", type=byte_size, default=Options.bundle_threshold,
+                   metavar="SIZE",
                    help="contents up to SIZE (at most --bundle-bytes) go in bundles "
                         "(POST /bundles), larger ones alone (PUT /blobs); 0: none")  # fmt: skip
-    p.add_argument("--bundle-bytes", type=byte_size, default="8M", metavar="SIZE",
+    p.add_argument("--bundle-bytes", type=byte_size, default=Options.bundle_bytes, metavar="SIZE",
                    help="most content bytes per bundle")  # fmt: skip
-    p.add_argument("--bundle-files", type=int, default=1000, metavar="N",
+    p.add_argument("--bundle-files", type=int, default=Options.bundle_files, metavar="N",
                    help="most contents per bundle")  # fmt: skip
     p.add_argument("--cache-file", default=str(default_cache_path()), metavar="FILE",
                    help="local hash cache (SQLite)")  # fmt: skip

@@ -178,6 +178,12 @@ def _bundle_body(
         progress(size)
 
 
+DEFAULT_TIMEOUT = 60.0
+"""Seconds per request (connect, each read and write)."""
+DEFAULT_RETRIES = 5
+"""Retries of a transient failure before it counts as an error."""
+
+
 class ApiClient:
     """The PutPlace API over one ``httpx.Client``; safe to share between threads."""
 
@@ -186,8 +192,8 @@ class ApiClient:
         url: str,
         api_key: str,
         *,
-        timeout: float = 60.0,
-        retries: int = 5,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         verify: bool | ssl.SSLContext = True,
         pool_size: int = 16,
         stop: threading.Event | None = None,
