@@ -66,7 +66,7 @@ def bundler(url: str, key: str, stop: threading.Event, acked: list[dict[str, Any
     host = f"bundle-{threading.get_ident()}"
     with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=10) as client:
         while not stop.is_set():
-            contents = [os.urandom(rng.randint(0, 20_000)) for _ in range(rng.randint(1, 200))]
+            contents = [os.urandom(rng.randint(0, 20_000)) for _ in range(rng.randint(1, 40))]
             bodies = [metadata(content, hostname=host) for content in contents]
             try:
                 if client.post("/put_files", json={"files": bodies}).status_code != 200:
@@ -84,6 +84,16 @@ def bundler(url: str, key: str, stop: threading.Event, acked: list[dict[str, Any
                 continue
             kept = {r["sha256"] for r in answer.json()["results"] if r["status"] != "refused"}
             acked.extend(b for b in bodies if b["sha256"] in kept)
+
+
+def wait_for_both_kinds(acked: list[dict[str, Any]], before: int, limit: float = 60) -> None:
+    """Until this round has acknowledged a single upload and a bundle member."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        new = {item["hostname"].split("-")[0] for item in acked[before:]}
+        if new >= {"crash", "bundle"}:
+            return
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -106,7 +116,8 @@ def test_kill_9_loses_nothing_acknowledged(
         ]
         for thread in threads:
             thread.start()
-        time.sleep(random.uniform(1.0, 3.0))
+        wait_for_both_kinds(acked, before=len(acked))  # slow backends too get acks in
+        time.sleep(random.uniform(0.0, 2.0))
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         stop.set()
