@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,12 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self.fsync = fsync
         self._temp_root = self.root / TEMP_DIR
+        # Groups are written by one thread, one after another. Threads creating files in
+        # one directory at once spin on its lock in the kernel: measured on a fresh ext4,
+        # groups of 1,000 files cost 34 us of system time per file from one thread and 55
+        # from four; a 30,000-file first ingest spent 1.85 s in the server's kernel time
+        # instead of 2.25-2.56 s.
+        self._group_writer: ThreadPoolExecutor | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": str(self.root)}
@@ -191,6 +198,12 @@ class LocalBlobStore(BlobStore):
             raise StorageUnavailableError(
                 f"cannot create blob directory {self.root}: {exc}"
             ) from exc
+        self._group_writer = ThreadPoolExecutor(1, thread_name_prefix="blob-groups")
+
+    async def close(self) -> None:
+        writer, self._group_writer = self._group_writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.shutdown, wait=True)
 
     async def ping(self) -> bool:
         return await asyncio.to_thread(
@@ -210,8 +223,11 @@ class LocalBlobStore(BlobStore):
     async def put_many(self, contents: Sequence[tuple[str, bytes]]) -> None:
         """Write every content under a temporary name, one barrier, rename each into place,
         one barrier for the directories: two syncs per group instead of two per file."""
+        if self._group_writer is None:
+            raise StorageUnavailableError("the blob store is not open")
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._put_many_sync, contents)
+            await loop.run_in_executor(self._group_writer, self._put_many_sync, contents)
         except OSError as exc:
             raise _translate(exc) from exc
 
