@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ import pytest
 from putplace.client import hashing
 from putplace.client.cli import main
 from putplace.client.names import os_path, wire_path
+from tests.client.helpers import counts
 from tests.conftest import Keys
 
 
@@ -28,14 +28,6 @@ def records(server_url: str, key: str, hostname: str) -> dict[str, dict[str, obj
         headers={"X-API-Key": key},
     ).json()  # fmt: skip
     return {r["filepath"]: r for r in answer}
-
-
-def counts(output: str) -> dict[str, int]:
-    """The summary ppclient printed, as label -> number."""
-    return {
-        m.group(1): int(m.group(2).replace(",", ""))
-        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
-    }
 
 
 def run(server_url: str, key: str, tmp_path: Path, *args: str) -> int:

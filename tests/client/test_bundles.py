@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 import struct
 import threading
 from pathlib import Path
@@ -21,20 +20,9 @@ from putplace.client import pipeline
 from putplace.client.cli import main
 from putplace.client.uploader import BUNDLE_CONTENT_TYPE, ApiClient, NotSupportedError
 from tests.client.fake_server import CUT, KEY, FakeServer, fake_server, parse_bundle
+from tests.client.helpers import counts, ppclient, record
 
 MiB = 1024 * 1024
-
-
-def counts(output: str) -> dict[str, int]:
-    return {
-        m.group(1): int(m.group(2).replace(",", ""))
-        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
-    }
-
-
-def ppclient(url: str, *args: str) -> int:
-    return main(["--url", url, "--api-key", KEY, "--no-progress", "--no-cache",
-                 "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
 
 
 def small_tree(root: Path, count: int, duplicates: int = 0, seed: int = 3) -> dict[Path, bytes]:
@@ -88,7 +76,7 @@ def test_bundle_body_is_framed_as_documented(tmp_path: Path) -> None:
     progress: list[int] = []
     with fake_server() as server:
         api = ApiClient(server.url, KEY)
-        api.put_files([_record(d, f"/m{i}") for i, (_, d) in enumerate(members)])
+        api.put_files([record(d, f"/m{i}") for i, (_, d) in enumerate(members)])
         results = api.put_bundle(members, progress.append)
         again = api.put_bundle(members)
     (request, _) = [r for r in server.requests if r.path == "/bundles"]
@@ -104,15 +92,6 @@ def test_bundle_body_is_framed_as_documented(tmp_path: Path) -> None:
     assert [r["status"] for r in results] == ["stored"] * 3
     assert [r["status"] for r in again] == ["present"] * 3
     assert [r["sha256"] for r in results] == [sha for sha, _ in members]
-
-
-def _record(content: bytes, filepath: str) -> dict[str, Any]:
-    return {
-        "filepath": filepath, "hostname": "h", "ip_address": "10.0.0.1",
-        "sha256": hashlib.sha256(content).hexdigest(), "file_size": len(content),
-        "file_mode": 0o100644, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0,
-        "file_atime": 1.0, "file_ctime": 1.0, "is_symlink": False, "link_target": None,
-    }  # fmt: skip
 
 
 def test_put_bundle_on_a_server_without_it_raises_not_supported() -> None:

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import pytest
 
 from putplace.client.cli import main
 from tests.client.fake_server import KEY, fake_server
+from tests.client.helpers import counts, ppclient
 
 RECORD_FIELDS = {
     "filepath", "hostname", "ip_address", "sha256", "file_size", "file_mode", "file_uid",
     "file_gid", "file_mtime", "file_atime", "file_ctime", "is_symlink", "link_target",
 }  # fmt: skip
-
-
-def counts(output: str) -> dict[str, int]:
-    """The summary ppclient printed, as label -> number."""
-    return {
-        m.group(1): int(m.group(2).replace(",", ""))
-        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
-    }
-
-
-def ppclient(url: str, *args: str) -> int:
-    return main(["--url", url, "--api-key", KEY, "--no-progress", "--no-cache",
-                 "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
 
 
 def test_legacy_protocol_metadata_then_multipart_upload(

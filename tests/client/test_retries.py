@@ -14,17 +14,7 @@ import pytest
 from putplace.client.uploader import ApiClient, ApiError, AuthError
 from putplace.digest import CHUNK_SIZE
 from tests.client.fake_server import KEY, FakeServer, fake_server
-
-
-def record(content: bytes = b"x", filepath: str = "/f") -> dict[str, object]:
-    """A complete /put_file body for *content*."""
-    return {
-        "filepath": filepath, "hostname": "h", "ip_address": "10.0.0.1",
-        "sha256": hashlib.sha256(content).hexdigest(), "file_size": len(content),
-        "file_mode": 0o100644, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0,
-        "file_atime": 1.0, "file_ctime": 1.0, "is_symlink": False, "link_target": None,
-    }  # fmt: skip
-
+from tests.client.helpers import record
 
 RECORD = record()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +13,7 @@ import pytest
 from putplace.client import hashing, pipeline
 from putplace.client.cli import main
 from putplace.client.scanner import FileEntry
-
-
-def counts(output: str) -> dict[str, int]:
-    return {
-        m.group(1): int(m.group(2).replace(",", ""))
-        for m in re.finditer(r"^  (.+?):\s+([\d,]+)$", output, re.MULTILINE)
-    }
+from tests.client.helpers import counts
 
 
 def dry_run(*args: str) -> int:

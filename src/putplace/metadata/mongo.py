@@ -96,9 +96,13 @@ def _key(doc: Mapping[str, Any]) -> ApiKeyRecord:
     return ApiKeyRecord.model_validate({**data, "id": str(doc["_id"])})
 
 
-def _write_errors(exc: BulkWriteError) -> list[Mapping[str, Any]]:
+def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
+    """Indexes of the operations an unordered bulk write lost to the unique index; the
+    error itself when anything else failed (another write error, the write concern)."""
     errors: list[Mapping[str, Any]] = exc.details.get("writeErrors", [])
-    return errors
+    if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+    return {int(e["index"]) for e in errors}
 
 
 def describe_url(url: str) -> dict[str, Any]:
@@ -242,12 +246,8 @@ class MongoMetadataStore(MetadataStore):
         try:
             await self._files.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
-            errors = _write_errors(exc)
-            if exc.details.get("writeConcernErrors") or any(
-                e.get("code") != DUPLICATE_KEY for e in errors
-            ):
-                raise
-            await self._files.bulk_write([ops[e["index"]] for e in errors], ordered=False)
+            lost = _duplicate_indexes(exc)
+            await self._files.bulk_write([ops[i] for i in sorted(lost)], ordered=False)
 
     async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Ids of the records at *locations*, read from the primary (our own writes)."""
@@ -339,12 +339,7 @@ class MongoMetadataStore(MetadataStore):
             try:
                 await self._blobs.bulk_write(ops, ordered=False)
             except BulkWriteError as exc:
-                errors = _write_errors(exc)
-                if exc.details.get("writeConcernErrors") or any(
-                    e.get("code") != DUPLICATE_KEY for e in errors
-                ):
-                    raise
-                refused = {e["index"] for e in errors}
+                refused = _duplicate_indexes(exc)
         return [i not in refused for i in range(len(blobs))]
 
     async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
