@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from putplace.blobs.packs import MEMBER_HEADER, PACK_DIR, PACK_SUFFIX
 from putplace.config import Settings
 from tests.support.payloads import bundle, metadata, store
 
@@ -112,6 +113,8 @@ async def test_bundle_cut_short_keeps_whole_members(
         root = Path(settings.storage_url.removeprefix("file://"))
         assert not (root / sha(third)[:2] / sha(third)).exists()
         assert list((root / ".tmp").iterdir()) == []
+        [pack] = (root / PACK_DIR).glob(f"*{PACK_SUFFIX}")  # the two whole members only
+        assert pack.stat().st_size == 2 * MEMBER_HEADER.size + len(first) + len(second)
     # Sending the whole bundle again completes it.
     again = (await api.post("/bundles", content=full, headers=BUNDLE)).json()
     assert [r["status"] for r in again["results"]] == ["present", "present", "stored"]

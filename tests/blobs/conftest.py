@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from putplace.blobs.base import BlobStore
 from putplace.blobs.local import LocalBlobStore
+from putplace.blobs.packs import INDEX_NAME, PACK_DIR, PACK_SUFFIX
 from putplace.blobs.s3 import S3BlobStore
 from putplace.config import Settings
 from tests.support.s3 import s3_client
@@ -53,15 +56,25 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def leftovers(request: pytest.FixtureRequest) -> Any:
     """``await leftovers(store)``: everything the store holds, final or not.
 
-    Local: every file under the root. S3: every object under the prefix plus every
-    multipart upload still open under it (what a user would pay for and never see).
+    Local: every file under the root, except that a pack file counts as the blobs its
+    index points into (``pack:<sha256>``) and the index itself is the store's own
+    bookkeeping; a pack no index row points to is a leftover (``packs/<name>``). S3:
+    every object under the prefix plus every multipart upload still open under it (what a
+    user would pay for and never see).
     """
 
     async def look(blobs: BlobStore) -> list[str]:
         if isinstance(blobs, LocalBlobStore):
-            return sorted(
-                str(p.relative_to(blobs.root)) for p in blobs.root.rglob("*") if p.is_file()
-            )
+            index = blobs.root / PACK_DIR / INDEX_NAME
+            with closing(sqlite3.connect(index)) as db:
+                packed = db.execute("SELECT sha256, pack FROM packed").fetchall()
+            used = {f"{pack}{PACK_SUFFIX}" for _, pack in packed}
+            files = [
+                str(p.relative_to(blobs.root))
+                for p in blobs.root.rglob("*")
+                if p.is_file() and not p.name.startswith(INDEX_NAME) and p.name not in used
+            ]
+            return sorted(files + [f"pack:{sha256}" for sha256, _ in packed])
         assert isinstance(blobs, S3BlobStore)
         found = [
             meta["path"]

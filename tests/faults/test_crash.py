@@ -6,7 +6,8 @@ the server is SIGKILLed at a random moment, three times, restarted on the same d
 every upload or bundle member that had been acknowledged must be intact: its record
 present, its bytes downloadable with the right hash. ``ppserver verify`` must find every
 recorded blob whole; on local disk no partial blob may sit under a final name and the
-temporary directory must be swept. Runs on every stack.
+temporary directory must be swept, and every pack file left must be indexed and whole.
+Runs on every stack.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from putplace.blobs.packs import INDEX_NAME, MEMBER_HEADER, PACK_DIR, PACK_SUFFIX
 from putplace.config import Settings
 from tests.conftest import make_settings
 from tests.support.payloads import bundle, metadata
@@ -96,6 +100,24 @@ def wait_for_both_kinds(acked: list[dict[str, Any]], before: int, limit: float =
         time.sleep(0.05)
 
 
+def assert_packs_whole_and_indexed(pack_dir: Path) -> None:
+    """Every pack left is pointed to by the index (a half-written one was swept) and every
+    member in it, read by the pack's own headers, is whole: its bytes hash to its name."""
+    with closing(sqlite3.connect(pack_dir / INDEX_NAME)) as db:
+        indexed = {row[0] for row in db.execute("SELECT DISTINCT pack FROM packed")}
+    packs = list(pack_dir.glob(f"*{PACK_SUFFIX}"))
+    assert packs, "no bundle went into a pack"
+    for pack in packs:
+        assert pack.name.removesuffix(PACK_SUFFIX) in indexed, f"unindexed pack {pack}"
+        raw, offset = pack.read_bytes(), 0
+        while offset < len(raw):
+            digest, size = MEMBER_HEADER.unpack_from(raw, offset)
+            offset += MEMBER_HEADER.size
+            assert hashlib.sha256(raw[offset : offset + size]).digest() == digest, pack
+            offset += size
+        assert offset == len(raw), f"{pack} ends inside a member"
+
+
 @pytest.mark.slow
 def test_kill_9_loses_nothing_acknowledged(
     request: pytest.FixtureRequest, stack: str, tmp_path: Path
@@ -127,9 +149,10 @@ def test_kill_9_loses_nothing_acknowledged(
     # Start again on the same data; stale temporary uploads must be swept at start-up.
     local = stack.endswith("local")
     temp = tmp_path / "blobs" / ".tmp"
+    pack_dir = tmp_path / "blobs" / PACK_DIR
     old = time.time() - 2 * 24 * 3600
-    for leftover in temp.iterdir() if local else []:
-        os.utime(leftover, (old, old))
+    for leftover in [*temp.iterdir(), *pack_dir.glob(f"*{PACK_SUFFIX}")] if local else []:
+        os.utime(leftover, (old, old))  # only unindexed packs may be swept
     server = start(settings, tmp_path, port)
     try:
         intact = 0
@@ -155,11 +178,12 @@ def test_kill_9_loses_nothing_acknowledged(
         assert (report["ok"], report["corrupt"], report["missing"]) == (True, [], [])
         if local:
             for shard in (tmp_path / "blobs").iterdir():
-                if shard.name.startswith("."):
+                if shard.name.startswith(".") or shard.name == PACK_DIR:
                     continue
                 for blob in shard.iterdir():
                     assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
             assert list(temp.iterdir()) == []
+            assert_packs_whole_and_indexed(pack_dir)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -33,12 +33,6 @@ class StoredFile(NamedTuple):
 
     id: str
     blob: BlobRecord | None
-
-
-def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """*items* in consecutive slices of at most *size*: bounded query parameter lists."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def dedupe_by_location(files: Sequence[FileMetadata]) -> list[FileMetadata]:

@@ -26,10 +26,10 @@ from putplace.metadata.base import (
     StoredFile,
     StoreUnavailableError,
     check_limit,
-    chunked,
     dedupe_by_location,
 )
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+from putplace.sequences import chunked
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
