@@ -60,11 +60,14 @@ def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
     """
     check(stop)
     size = entry.stat.st_size
-    with open_scanned(entry) as handle:
-        data = handle.read(size) or b""
-        while len(data) < size and (more := handle.read(size - len(data))):
+    fd = open_descriptor(entry)  # bare descriptor: a file object costs more than the read
+    try:
+        data = os.read(fd, size) if size else b""
+        while len(data) < size and (more := os.read(fd, size - len(data))):
             data += more
-        after = os.fstat(handle.fileno())
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
     if len(data) != size or _changed(entry.stat, after):
         raise FileChangedError("changed while being read (size or mtime differ); not sent")
     return data
@@ -77,6 +80,11 @@ def open_scanned(entry: FileEntry) -> io.FileIO:
     cannot make the client read something else or hang: that raises
     :class:`FileChangedError`.
     """
+    return open(open_descriptor(entry), "rb", buffering=0)
+
+
+def open_descriptor(entry: FileEntry) -> int:
+    """A descriptor of the regular file *entry*, opened as :func:`open_scanned` says."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(entry.path, flags | getattr(os, "O_BINARY", 0))
@@ -84,15 +92,14 @@ def open_scanned(entry: FileEntry) -> io.FileIO:
         if os.path.islink(entry.path):
             raise FileChangedError("replaced by a symlink since it was scanned") from exc
         raise
-    handle = open(fd, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
     now = os.fstat(fd)
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
         entry.stat.st_dev,
         entry.stat.st_ino,
     ):
-        handle.close()
+        os.close(fd)
         raise FileChangedError("replaced by another file since it was scanned")
-    return handle
+    return fd
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:

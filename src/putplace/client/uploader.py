@@ -28,6 +28,7 @@ from contextlib import ExitStack
 from typing import IO, Any
 
 import httpx
+import orjson
 
 from putplace.client.cancel import check
 from putplace.digest import CHUNK_SIZE
@@ -42,6 +43,7 @@ MAX_RETRY_AFTER = 300.0
 
 BUNDLE_MAGIC = b"PPBNDL01"
 BUNDLE_CONTENT_TYPE = "application/vnd.putplace.bundle"
+JSON_HEADERS = {"Content-Type": "application/json"}
 _BUNDLE_COUNT = struct.Struct(">I")
 _BUNDLE_ENTRY = struct.Struct(">32sQ")
 _BUNDLE_PIECE = 256 * 1024
@@ -269,8 +271,16 @@ class ApiClient:
 
         Raises :class:`NotSupportedError` on a server without the endpoint.
         """
-        response = self._request("POST", "/put_files", lambda _: {"json": {"files": records}})
-        results: list[dict[str, Any]] = response.json()["results"]
+        # orjson: the request and answer of a batch hold thousands of records, which the
+        # standard json module took 15% of a first ingest's client CPU to convert.
+        body = orjson.dumps({"files": records})
+        response = self._request(
+            "POST", "/put_files", lambda _: {"content": body, "headers": JSON_HEADERS}
+        )
+        try:
+            results: list[dict[str, Any]] = orjson.loads(response.content)["results"]
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            raise ApiError(response.status_code, f"not a batch answer: {exc}") from None
         return results
 
     def upload_file(
