@@ -50,8 +50,8 @@ def test_registers_and_uploads_then_skips_unchanged(
     assert all(r["has_file_content"] for r in stored.values())
 
     reads: list[str] = []
-    real_open = hashing.open_descriptor
-    monkeypatch.setattr(hashing, "open_descriptor", lambda e: reads.append(e.path) or real_open(e))
+    real_open = hashing.open_nofollow
+    monkeypatch.setattr(hashing, "open_nofollow", lambda e: reads.append(e.path) or real_open(e))
     assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
     assert reads == []  # unchanged files are not read again
     assert counts(capsys.readouterr().out)["Unchanged since last run (not re-sent)"] == 3

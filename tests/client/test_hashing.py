@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from putplace.client.hashing import FileChangedError, hash_entry
+from putplace.client.hashing import FileChangedError, hash_entry, read_whole
 from putplace.client.scanner import FileEntry
 from putplace.digest import CHUNK_SIZE
 
@@ -48,31 +49,49 @@ def test_change_during_read_is_detected(tmp_path: Path) -> None:
         hash_entry(scanned, GrowDuringRead(tmp_path / "f"))
 
 
-def test_change_between_scan_and_hash_is_detected(tmp_path: Path) -> None:
+Reader = Callable[[FileEntry], object]
+#: Both ways a file is read: streamed for its hash, or whole for a bundle.
+READERS = pytest.mark.parametrize("read", [hash_entry, read_whole], ids=["hash", "whole"])
+
+
+@READERS
+def test_file_replaced_by_another_file_is_not_read_as_it(tmp_path: Path, read: Reader) -> None:
+    (tmp_path / "f").write_bytes(b"original")
+    scanned = entry(tmp_path / "f")
+    (tmp_path / "other").write_bytes(b"somebody")  # same size, another inode
+    os.replace(tmp_path / "other", tmp_path / "f")
+    with pytest.raises(FileChangedError, match="replaced"):
+        read(scanned)
+
+
+@READERS
+def test_change_between_scan_and_hash_is_detected(tmp_path: Path, read: Reader) -> None:
     (tmp_path / "f").write_bytes(b"before")
     scanned = entry(tmp_path / "f")
     (tmp_path / "f").write_bytes(b"after, longer")
     with pytest.raises(FileChangedError):
-        hash_entry(scanned)
+        read(scanned)
 
 
-def test_file_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> None:
+@READERS
+def test_file_replaced_by_a_symlink_is_not_followed(tmp_path: Path, read: Reader) -> None:
     (tmp_path / "secret").write_bytes(b"not yours")
     (tmp_path / "f").write_bytes(b"original")
     scanned = entry(tmp_path / "f")
     (tmp_path / "f").unlink()
     (tmp_path / "f").symlink_to(tmp_path / "secret")
     with pytest.raises(FileChangedError):
-        hash_entry(scanned)
+        read(scanned)
 
 
-def test_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
+@READERS
+def test_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path, read: Reader) -> None:
     (tmp_path / "f").write_bytes(b"original")
     scanned = entry(tmp_path / "f")
     (tmp_path / "f").unlink()
     os.mkfifo(tmp_path / "f")
     with pytest.raises(FileChangedError):
-        hash_entry(scanned)
+        read(scanned)
 
 
 def test_symlink_hash_is_of_its_target_path_not_the_file(tmp_path: Path) -> None:

@@ -46,14 +46,14 @@ def test_clean_run_exits_0_and_prints_only_the_summary(
 def test_file_whose_open_fails_is_reported_and_the_run_carries_on(
     tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = hashing.open_descriptor
+    real_open = hashing.open_nofollow
 
     def refuse(entry: FileEntry) -> int:
         if entry.path.endswith("/d/b"):
             raise PermissionError(13, "Permission denied", entry.path)
         return real_open(entry)
 
-    monkeypatch.setattr(hashing, "open_descriptor", refuse)
+    monkeypatch.setattr(hashing, "open_nofollow", refuse)
     assert dry_run(str(tree)) == 1
     captured = capsys.readouterr()
     assert f"{tree}/d/b: Permission denied" in captured.err

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS sent (
 """
 
 
+#: SQLite page cache of the client cache, KiB.
+CACHE_KIB = 32 * 1024
+
+
 def default_cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("putplace")) / "ppclient-cache.sqlite3"
 
@@ -49,6 +53,9 @@ class ClientCache:
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
+        # The default 2 MB page cache made a 30,000-file first ingest re-read 16,700 pages
+        # of its own indexes (pread64, counted with strace -c).
+        self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._db.executescript(SCHEMA)
         self._db.execute("BEGIN")
 

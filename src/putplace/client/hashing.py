@@ -60,7 +60,10 @@ def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
     """
     check(stop)
     size = entry.stat.st_size
-    fd = open_descriptor(entry)  # bare descriptor: a file object costs more than the read
+    # One fstat, after the read, checks both that this is the scanned file and that it did
+    # not change meanwhile: each system call also hands the GIL to another thread. Reading
+    # first is safe: no symlink is followed, no FIFO blocks, and at most *size* bytes come.
+    fd = open_nofollow(entry)
     try:
         data = os.read(fd, size) if size else b""
         while len(data) < size and (more := os.read(fd, size - len(data))):
@@ -68,6 +71,7 @@ def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
         after = os.fstat(fd)
     finally:
         os.close(fd)
+    _check_same(entry, after)
     if len(data) != size or _changed(entry.stat, after):
         raise FileChangedError("changed while being read (size or mtime differ); not sent")
     return data
@@ -85,21 +89,32 @@ def open_scanned(entry: FileEntry) -> io.FileIO:
 
 def open_descriptor(entry: FileEntry) -> int:
     """A descriptor of the regular file *entry*, opened as :func:`open_scanned` says."""
+    fd = open_nofollow(entry)
+    try:
+        _check_same(entry, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_nofollow(entry: FileEntry) -> int:
+    """Every read of a file starts here: never through a symlink, never blocking."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(entry.path, flags | getattr(os, "O_BINARY", 0))
+        return os.open(entry.path, flags | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         if os.path.islink(entry.path):
             raise FileChangedError("replaced by a symlink since it was scanned") from exc
         raise
-    now = os.fstat(fd)
+
+
+def _check_same(entry: FileEntry, now: os.stat_result) -> None:
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
         entry.stat.st_dev,
         entry.stat.st_ino,
     ):
-        os.close(fd)
         raise FileChangedError("replaced by another file since it was scanned")
-    return fd
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:
