@@ -14,7 +14,7 @@ import pytest
 
 from putplace.blobs.base import BlobStore
 from putplace.blobs.local import LocalBlobStore
-from putplace.blobs.packs import INDEX_NAME, PACK_DIR, PACK_SUFFIX
+from putplace.blobs.packs import INDEX_NAME, PACK_DIR, pack_name
 from putplace.blobs.s3 import S3BlobStore
 from putplace.config import Settings
 from tests.support.s3 import s3_client
@@ -67,14 +67,14 @@ def leftovers(request: pytest.FixtureRequest) -> Any:
         if isinstance(blobs, LocalBlobStore):
             index = blobs.root / PACK_DIR / INDEX_NAME
             with closing(sqlite3.connect(index)) as db:
-                packed = db.execute("SELECT sha256, pack FROM packed").fetchall()
-            used = {f"{pack}{PACK_SUFFIX}" for _, pack in packed}
+                packed = db.execute("SELECT digest, pack FROM packed").fetchall()
+            used = {pack_name(pack) for _, pack in packed}
             files = [
                 str(p.relative_to(blobs.root))
                 for p in blobs.root.rglob("*")
                 if p.is_file() and not p.name.startswith(INDEX_NAME) and p.name not in used
             ]
-            return sorted(files + [f"pack:{sha256}" for sha256, _ in packed])
+            return sorted(files + [f"pack:{digest.hex()}" for digest, _ in packed])
         assert isinstance(blobs, S3BlobStore)
         found = [
             meta["path"]

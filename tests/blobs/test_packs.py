@@ -69,7 +69,7 @@ async def test_a_group_is_one_pack_made_durable_before_it_is_indexed(
     assert events == [f"fsync {pack}", f"fsync {pack.parent}"]
     # Another process reading the index finds every member, committed.
     with sqlite3.connect(store.root / packs.PACK_DIR / packs.INDEX_NAME) as db:
-        assert {r[0] for r in db.execute("SELECT sha256 FROM packed")} == set(map(sha, group))
+        assert {r[0].hex() for r in db.execute("SELECT digest FROM packed")} == set(map(sha, group))
     for data in group:
         assert await read_all(store, sha(data)) == data
         assert await store.size(sha(data)) == len(data)
@@ -104,7 +104,7 @@ async def test_a_pack_never_indexed_is_swept_once_old(store: LocalBlobStore) -> 
     kept = b"indexed"
     await store.put_many([(sha(kept), kept)])
     # What a kill between writing a pack and committing its rows leaves behind.
-    orphan = store.root / packs.PACK_DIR / f"{'0' * 32}{packs.PACK_SUFFIX}"
+    orphan = store.root / packs.PACK_DIR / packs.pack_name(packs.new_pack_id())
     orphan.write_bytes(b"half a pack")
     assert await store.cleanup_temporary(3600) == 0  # young: may still be being indexed
     old = time.time() - 7200
@@ -112,6 +112,7 @@ async def test_a_pack_never_indexed_is_swept_once_old(store: LocalBlobStore) -> 
         os.utime(pack, (old, old))
     assert await store.cleanup_temporary(3600) == 1
     assert not orphan.exists()
+    assert (store.root / packs.PACK_DIR / packs.INDEX_NAME).exists()  # not a pack
     assert await read_all(store, sha(kept)) == kept  # an indexed pack is never swept
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.blobs.packs import INDEX_NAME, MEMBER_HEADER, PACK_DIR, PACK_SUFFIX
+from putplace.blobs.packs import INDEX_NAME, MEMBER_HEADER, PACK_DIR, PACK_SUFFIX, pack_name
 from putplace.config import Settings
 from tests.conftest import make_settings
 from tests.support.payloads import bundle, metadata
@@ -104,11 +104,11 @@ def assert_packs_whole_and_indexed(pack_dir: Path) -> None:
     """Every pack left is pointed to by the index (a half-written one was swept) and every
     member in it, read by the pack's own headers, is whole: its bytes hash to its name."""
     with closing(sqlite3.connect(pack_dir / INDEX_NAME)) as db:
-        indexed = {row[0] for row in db.execute("SELECT DISTINCT pack FROM packed")}
+        indexed = {pack_name(row[0]) for row in db.execute("SELECT DISTINCT pack FROM packed")}
     packs = list(pack_dir.glob(f"*{PACK_SUFFIX}"))
     assert packs, "no bundle went into a pack"
     for pack in packs:
-        assert pack.name.removesuffix(PACK_SUFFIX) in indexed, f"unindexed pack {pack}"
+        assert pack.name in indexed, f"unindexed pack {pack}"
         raw, offset = pack.read_bytes(), 0
         while offset < len(raw):
             digest, size = MEMBER_HEADER.unpack_from(raw, offset)
