@@ -76,7 +76,7 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=Options.batch_size, metavar="N",
                    help="records per POST /put_files")  # fmt: skip
     p.add_argument("--hash-workers", type=int, default=Options.hash_workers, metavar="N",
-                   help="files hashed in parallel")  # fmt: skip
+                   help="files over 16 KiB hashed in parallel (smaller: one thread)")  # fmt: skip
     p.add_argument("--upload-workers", type=int, default=Options.upload_workers, metavar="N",
                    help="upload requests (bundles or single files) in flight at once")  # fmt: skip
     p.add_argument("--bundle-threshold", type=byte_size, default=Options.bundle_threshold,
