@@ -32,7 +32,7 @@ import os
 import queue
 import socket
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -263,7 +263,10 @@ class Run:
         self._uploading_now = _InFlight(options.upload_workers * 2, self.stop)
         # content being uploaded in this run -> other records with the same content
         self._uploading: dict[str, list[_Item]] = {}
-        self._sent: dict[str, None] = {}  # the last RECENTLY_SENT contents uploaded
+        # The last RECENTLY_SENT contents uploaded, oldest first. An OrderedDict: removing
+        # a plain dict's first key again and again leaves holes that every next(iter())
+        # walks over (7.5% of the client's time in a 100,000-file ingest).
+        self._sent: OrderedDict[str, None] = OrderedDict()
         self._upload_lock = threading.Lock()
         self._bundle: list[_Item] = []
         self._bundle_size = 0
@@ -731,7 +734,7 @@ class Run:
                 done += [item, *self._uploading.pop(item.sha256, [])]
                 self._sent[item.sha256] = None
             while len(self._sent) > RECENTLY_SENT:
-                del self._sent[next(iter(self._sent))]
+                self._sent.popitem(last=False)
         self.cache.mark_all_sent(
             self.api.url,
             self.options.hostname,
