@@ -276,7 +276,8 @@ async def _add_key(settings: Settings, key: str) -> None:
 
 
 @contextmanager
-def fake_server(**options: Any) -> Iterator[FakeServer]:
+def fake_server(settings: dict[str, Any] | None = None, **options: Any) -> Iterator[FakeServer]:
+    """*settings*: overrides of the real server's settings (limits, say)."""
     state = FakeServer(**options)
     with tempfile.TemporaryDirectory(prefix="pp-client-server-") as tmp:
         settings = Settings(
@@ -284,6 +285,7 @@ def fake_server(**options: Any) -> Iterator[FakeServer]:
             storage_url=f"file://{Path(tmp)}/blobs",
             fsync=False,
             key_cache_seconds=0,
+            **(settings or {}),
         )
         asyncio.run(_add_key(settings, state.api_key))
         with (

@@ -119,3 +119,16 @@ def test_a_stalled_server_does_not_let_the_walk_run_ahead(
         pipeline.REGISTER_IN_FLIGHT + pipeline.HASH_AHEAD + 1 + pipeline.WALK_AHEAD + 1
     )
     assert walked.value == 400
+
+
+def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path) -> None:
+    make_files(tmp_path, 23)
+    with fake_server(settings={"max_batch_records": 4}) as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "10") == 0
+        stored = server.files("h1")
+        assert len(stored) == 23
+        assert all(r["has_file_content"] for r in stored.values())
+        sizes = [len(r.json()["files"]) for r in server.requests if r.path == "/put_files"]
+        assert max(sizes) == 10  # tried whole first
+        accepted = [r for r in server.requests if r.path == "/put_files" and r.status == 200]
+        assert sum(len(r.json()["files"]) for r in accepted) == 23

@@ -83,7 +83,7 @@ class Options:
     excludes: list[str]
     hostname: str
     ip_address: str
-    batch_size: int = 500
+    batch_size: int = 1000
     hash_workers: int = max(2, min(8, os.cpu_count() or 2))
     upload_workers: int = 4
     dry_run: bool = False
@@ -526,6 +526,9 @@ class Run:
             except AuthError:
                 raise
             except ApiError as exc:
+                if exc.status == 413 and len(records) > 1:  # a server with a lower limit
+                    half = len(records) // 2
+                    return self._send(records[:half]) + self._send(records[half:])
                 for record in records:
                     self.reporter.error(record["filepath"], f"not registered: {exc.detail}")
                 return [None] * len(records)
