@@ -162,12 +162,22 @@ class HealthResponse(BaseModel):
     storage: dict[str, Any]
 
 
+class BriefFileResponse(BaseModel):
+    """``POST /put_files?brief=true``: what a client needs of each stored record."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    id: str = Field(alias="_id")
+    upload_required: bool
+
+
 class BatchItemResult(BaseModel):
-    """One record's outcome in ``POST /put_files``: the /put_file answer, or its errors."""
+    """One record's outcome in ``POST /put_files``: the /put_file answer (brief with
+    ``brief=true``), or its errors."""
 
     index: int = Field(description="Position of the record in the request.")
     ok: bool
-    file: FileResponse | None = None
+    file: FileResponse | BriefFileResponse | None = None
     errors: list[dict[str, Any]] | None = None
 
 

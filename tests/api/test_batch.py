@@ -37,6 +37,22 @@ async def test_batch_answers_each_record_like_put_file(api: httpx.AsyncClient) -
     assert single["file_size"] == known["file_size"]
 
 
+async def test_brief_answers_hold_the_id_and_whether_to_upload(api: httpx.AsyncClient) -> None:
+    await store(api, b"already here")
+    link = metadata(b"/etc/target", is_symlink=True, link_target="/etc/target")
+    files = [metadata(b"new"), metadata(b"already here", hostname="host-b"), link, {"x": 1}]
+    response = await api.post("/put_files", params={"brief": "true"}, json={"files": files})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["stored"], body["rejected"]) == (3, 1)
+    answers = [r["file"] for r in body["results"][:3]]
+    assert [a["upload_required"] for a in answers] == [True, False, False]
+    assert all(set(a) == {"_id", "upload_required"} for a in answers)
+    assert body["results"][3]["errors"]
+    listed = {r["_id"]: r for r in (await api.get("/files", params={"limit": 10})).json()}
+    assert [listed[a["_id"]]["filepath"] for a in answers] == [f["filepath"] for f in files[:3]]
+
+
 async def test_invalid_records_reported_valid_ones_stored(api: httpx.AsyncClient) -> None:
     good = metadata(b"good")
     files = [good, {**metadata(b"bad"), "sha256": "../../etc/passwd"}, {"filepath": "/x"}, 42]

@@ -38,7 +38,10 @@ class FileEntry:
 
 def excluder(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
     """``excluded(relative_posix_path, is_dir)`` for gitignore-style *patterns*."""
-    spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
+    lines = list(patterns)
+    if not lines:  # matching every path against an empty spec cost 4% of a first ingest
+        return lambda relative, is_dir: False
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
 
     def excluded(relative: str, is_dir: bool) -> bool:
         return spec.match_file(relative + "/" if is_dir else relative)

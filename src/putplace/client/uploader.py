@@ -44,6 +44,7 @@ MAX_RETRY_AFTER = 300.0
 BUNDLE_MAGIC = b"PPBNDL01"
 BUNDLE_CONTENT_TYPE = "application/vnd.putplace.bundle"
 JSON_HEADERS = {"Content-Type": "application/json"}
+BRIEF = {"brief": "true"}
 _BUNDLE_COUNT = struct.Struct(">I")
 _BUNDLE_ENTRY = struct.Struct(">32sQ")
 _BUNDLE_PIECE = 256 * 1024
@@ -274,8 +275,12 @@ class ApiClient:
         # orjson: the request and answer of a batch hold thousands of records, which the
         # standard json module took 15% of a first ingest's client CPU to convert.
         body = orjson.dumps({"files": records})
+        # brief: each answer holds just _id and upload_required (an older server ignores
+        # the parameter and answers whole records, which hold those too).
         response = self._request(
-            "POST", "/put_files", lambda _: {"content": body, "headers": JSON_HEADERS}
+            "POST",
+            "/put_files",
+            lambda _: {"content": body, "headers": JSON_HEADERS, "params": BRIEF},
         )
         try:
             results: list[dict[str, Any]] = orjson.loads(response.content)["results"]

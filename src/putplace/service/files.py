@@ -55,15 +55,27 @@ async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> l
     return [describe(r, r.id, blobs.get(r.sha256)) for r in records]
 
 
-async def register(store: MetadataStore, files: Sequence[FileMetadata]) -> list[FileAnswer]:
-    """Store *files* in one write and answer, per record, whether content is needed.
+def describe_brief(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> FileAnswer:
+    """Only what a client needs to go on: the record's id and whether to upload. A full
+    answer repeats every field the client just sent; decoding those took 8% of the
+    client's time in a first ingest."""
+    has_content = blob is not None and blob.state is BlobState.present
+    return {"_id": record_id, "upload_required": not has_content and not meta.is_symlink}
+
+
+async def register(
+    store: MetadataStore, files: Sequence[FileMetadata], *, brief: bool = False
+) -> list[FileAnswer]:
+    """Store *files* in one write and answer, per record, whether content is needed
+    (:func:`describe`, or :func:`describe_brief` when *brief*).
 
     Answers are in the order of ``dedupe_by_location(files)``: one per location, the last
     record sent for a location winning.
     """
     unique = dedupe_by_location(files)
     stored = await store.put_files(unique, utcnow())
-    return [describe(meta, *done) for meta, done in zip(unique, stored, strict=True)]
+    answer = describe_brief if brief else describe
+    return [answer(meta, *done) for meta, done in zip(unique, stored, strict=True)]
 
 
 async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:

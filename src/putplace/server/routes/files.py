@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from putplace.metadata.base import MAX_PAGE
+from putplace.metadata.base import MAX_PAGE, dedupe_by_location
 from putplace.models import (
     MAX_NAME_LENGTH,
     BatchResponse,
@@ -42,7 +42,8 @@ async def put_file(meta: FileMetadata, caller: Writer) -> Response:
     description='Body: `{"files": [<put_file body>, ...]}` with at most '
     "`PUTPLACE_MAX_BATCH_RECORDS` records. Each record is validated on its own: invalid "
     "ones are reported in `results` with their errors and the valid ones are still stored. "
-    "`results[i]` answers `files[i]`.",
+    "`results[i]` answers `files[i]`. With `brief=true`, each stored record's `file` holds "
+    "only `_id` and `upload_required`.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -64,11 +65,23 @@ async def put_file(meta: FileMetadata, caller: Writer) -> Response:
     },
     responses={413: {"description": "More records than the server accepts in one batch"}},
 )
-async def put_files(request: Request, caller: Writer) -> Response:
+async def put_files(
+    request: Request,
+    caller: Writer,
+    brief: Annotated[
+        bool,
+        Query(
+            description="Answer each stored record with only `_id` and `upload_required` "
+            "instead of the whole record (what a client needs; a tenth of the bytes)."
+        ),
+    ] = False,
+) -> Response:
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
-    registered = await files.register(caller.state.stores.metadata, valid)
-    answers = {(a["hostname"], a["filepath"]): a for a in registered}
+    registered = await files.register(caller.state.stores.metadata, valid, brief=brief)
+    # register() answers one record per location, in dedupe_by_location's order.
+    unique = dedupe_by_location(valid)
+    answers = {(m.hostname, m.filepath): a for m, a in zip(unique, registered, strict=True)}
     for index, meta in zip(positions, valid, strict=True):
         answer = answers[(meta.hostname, meta.filepath)]
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}
