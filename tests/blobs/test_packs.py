@@ -150,3 +150,12 @@ async def test_a_store_without_its_group_writer_refuses_groups(tmp_path: Path) -
     store = LocalBlobStore(tmp_path / "blobs", fsync=False)
     with pytest.raises(StorageUnavailableError):
         await store.put_many([(sha(b"x"), b"x")])
+
+
+async def test_listing_pages_through_every_packed_blob_once(store: LocalBlobStore) -> None:
+    contents = [i.to_bytes(4, "big") for i in range(2500)]  # more than two pages
+    for start in range(0, len(contents), 1000):
+        await store.put_many([(sha(d), d) for d in contents[start : start + 1000]])
+    listed = [b.sha256 async for b in store.list()]
+    assert sorted(listed) == sorted(map(sha, contents))
+    assert len(listed) == len(set(listed))

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import sqlite3
 import time
@@ -293,8 +294,11 @@ class LocalBlobStore(BlobStore):
         for shard in await asyncio.to_thread(shard_names):
             for blob in await asyncio.to_thread(blobs_in, shard):
                 yield blob
-        for sha256, size, stored_at in await self._guarded(self._packs.listing):
-            yield StoredBlob(sha256, size, datetime.fromtimestamp(stored_at, UTC))
+        after = b""
+        while page := await self._guarded(functools.partial(self._packs.listing, after)):
+            for digest, size, stored_at in page:
+                yield StoredBlob(digest.hex(), size, datetime.fromtimestamp(stored_at, UTC))
+            after = page[-1][0]
 
     async def cleanup_temporary(self, older_than_seconds: float) -> int:
         def sweep() -> int:

@@ -231,10 +231,15 @@ class Packs:
             return handle, available if length is None else min(length, available)
         return None
 
-    def listing(self) -> list[tuple[str, int, float]]:
-        """``(sha256, size, stored_at)`` of every packed blob; a blob's time is its pack's."""
+    def listing(self, after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, int, float]]:
+        """One page of packed blobs in digest order, after *after*: ``(digest, size,
+        stored_at)``, a blob's time being its pack's. A page at a time, so that listing
+        millions of blobs (``gc``) holds one page in memory."""
         with self._index() as db:
-            rows = db.execute("SELECT digest, size, pack FROM packed").fetchall()
+            rows = db.execute(
+                "SELECT digest, size, pack FROM packed WHERE digest > ? ORDER BY digest LIMIT ?",
+                (after, limit),
+            ).fetchall()
         times: dict[int, float] = {}
         found = []
         for digest, size, pack in rows:
@@ -243,7 +248,7 @@ class Packs:
                     times[pack] = self.path_of(pack).stat().st_mtime
                 except FileNotFoundError:  # moved by a compaction meanwhile
                     times[pack] = time.time()
-            found.append((digest.hex(), size, times[pack]))
+            found.append((digest, size, times[pack]))
         return found
 
     # -- removing -------------------------------------------------------------------
