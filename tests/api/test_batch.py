@@ -106,3 +106,17 @@ async def test_raw_blob_upload_refusals(api: httpx.AsyncClient) -> None:
     assert (await api.put("/blobs/..%2Fx", content=b"x")).status_code in (400, 404)
     assert (await api.put("/blobs/" + "A" * 64, content=b"x")).status_code == 400
     assert (await api.get(f"/download/{body['sha256']}")).status_code == 404
+
+
+async def test_a_location_sent_twice_is_stored_once_and_both_get_its_answer(
+    api: httpx.AsyncClient,
+) -> None:
+    first = metadata(b"first", filepath="/same/place")
+    second = metadata(b"second", filepath="/same/place")
+    body = (await put_batch(api, [first, metadata(b"other"), second])).json()
+    results = body["results"]
+    assert results[0]["file"] == results[2]["file"]  # the last record sent wins
+    assert results[0]["file"]["sha256"] == second["sha256"]
+    assert results[1]["file"]["sha256"] != second["sha256"]
+    listed = (await api.get("/files", params={"hostname": "host-a"})).json()
+    assert [r["sha256"] for r in listed if r["filepath"] == "/same/place"] == [second["sha256"]]

@@ -140,14 +140,14 @@ class Packs:
         Contents already packed are left out, so a pack holds no copy nobody reads."""
         with self._index() as db:
             known = {
-                row[0]
+                row[0].hex()
                 for digests in chunked([bytes.fromhex(sha256) for sha256, _ in contents], 500)
                 for row in db.execute(
                     f"SELECT digest FROM packed WHERE digest IN ({', '.join('?' * len(digests))})",  # noqa: S608
                     digests,
                 )
             }
-        fresh = [(sha256, data) for sha256, data in contents if bytes.fromhex(sha256) not in known]
+        fresh = [(sha256, data) for sha256, data in contents if sha256 not in known]
         if not fresh:
             return
         pack, rows = self._write_pack(fresh)
@@ -158,16 +158,22 @@ class Packs:
             path.unlink(missing_ok=True)
             raise
 
-    def _commit_rows(self, rows: list[Row]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The index in one write transaction: committed at the end, or rolled back."""
         with self._index() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                # A content packed meanwhile by another process keeps its first copy.
-                db.executemany("INSERT OR IGNORE INTO packed VALUES (?, ?, ?, ?)", rows)
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def _commit_rows(self, rows: list[Row]) -> None:
+        with self._transaction() as db:
+            # A content packed meanwhile by another process keeps its first copy.
+            db.executemany("INSERT OR IGNORE INTO packed VALUES (?, ?, ?, ?)", rows)
 
     def _write_pack(self, contents: Sequence[tuple[str, bytes]]) -> tuple[int, list[Row]]:
         """Write *contents* to a new pack file, durably; its id and index rows."""
@@ -290,15 +296,13 @@ class Packs:
         """Rewrite *members* of pack *old* into a new pack, then delete *old* if no row
         points to it any more."""
         new, rows = self._write_pack(members)
-        with self._index() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             db.executemany(
                 "UPDATE packed SET pack = ?, offset = ? WHERE digest = ? AND pack = ?",
                 [(new, offset, digest, old) for digest, _, offset, _ in rows],
             )
             remaining = db.execute("SELECT 1 FROM packed WHERE pack = ? LIMIT 1", (old,))
             emptied = remaining.fetchone() is None
-            db.execute("COMMIT")
         if emptied:
             self.path_of(old).unlink(missing_ok=True)
 

@@ -69,13 +69,17 @@ async def register(
     """Store *files* in one write and answer, per record, whether content is needed
     (:func:`describe`, or :func:`describe_brief` when *brief*).
 
-    Answers are in the order of ``dedupe_by_location(files)``: one per location, the last
-    record sent for a location winning.
+    ``answers[i]`` answers ``files[i]``. A location named twice is stored once, the last
+    record sent for it winning, and both records get that stored record's answer.
     """
     unique = dedupe_by_location(files)
     stored = await store.put_files(unique, utcnow())
     answer = describe_brief if brief else describe
-    return [answer(meta, *done) for meta, done in zip(unique, stored, strict=True)]
+    by_location = {
+        (meta.hostname, meta.filepath): answer(meta, *done)
+        for meta, done in zip(unique, stored, strict=True)
+    }
+    return [by_location[meta.hostname, meta.filepath] for meta in files]
 
 
 async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from putplace.metadata.base import MAX_PAGE, dedupe_by_location
+from putplace.metadata.base import MAX_PAGE
 from putplace.models import (
     MAX_NAME_LENGTH,
     BatchResponse,
@@ -79,11 +79,7 @@ async def put_files(
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
     registered = await files.register(caller.state.stores.metadata, valid, brief=brief)
-    # register() answers one record per location, in dedupe_by_location's order.
-    unique = dedupe_by_location(valid)
-    answers = {(m.hostname, m.filepath): a for m, a in zip(unique, registered, strict=True)}
-    for index, meta in zip(positions, valid, strict=True):
-        answer = answers[(meta.hostname, meta.filepath)]
+    for index, answer in zip(positions, registered, strict=True):
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}
     # Shaped as BatchResponse (the documented schema), built directly for speed.
     body = {"stored": len(valid), "rejected": len(items) - len(valid), "results": results}
