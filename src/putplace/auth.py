@@ -38,7 +38,10 @@ def key_matches(key: str, record: ApiKeyRecord) -> bool:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, to the millisecond: the precision MongoDB keeps, so a time read back from
+    either backend equals the one written (version intervals compare exactly)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class KeyCache:

@@ -62,11 +62,62 @@ class FileMetadata(BaseModel):
 
 
 class FileRecord(FileMetadata):
-    """A stored file location: one per ``(hostname, filepath)``."""
+    """A stored file location: one per ``(hostname, filepath)``, live or deleted.
+
+    ``created_at``: first recorded at this location; ``updated_at``: last reported;
+    ``recorded_at``: when this version (content and metadata as held now) began;
+    ``deleted_at``: when a completed scan found it gone (None while live).
+    """
 
     id: str
     created_at: datetime
     updated_at: datetime
+    recorded_at: datetime
+    deleted_at: datetime | None = None
+
+
+class FileVersion(FileMetadata):
+    """One state of a location over ``[valid_from, valid_to)``; ``valid_to`` is None for
+    the current state. A deletion is a version with ``deleted`` set (its fields are those
+    of the last live version)."""
+
+    valid_from: datetime
+    valid_to: datetime | None = None
+    deleted: bool = False
+
+
+class Location(BaseModel):
+    """Where a content lives (or lived): ``GET /content/{sha256}/locations``."""
+
+    hostname: str
+    filepath: str
+    recorded_at: datetime = Field(description="When this location began holding the content.")
+    deleted_at: datetime | None = Field(default=None, description="When the file was deleted.")
+    valid_to: datetime | None = Field(
+        default=None,
+        description="When the location went on to hold other content (a past version).",
+    )
+
+
+class ScanState(StrEnum):
+    open = "open"
+    completed = "completed"
+    abandoned = "abandoned"
+
+
+class ScanRecord(BaseModel):
+    """One client run over one root of one host."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    id: str = Field(alias="scan_id")
+    hostname: str
+    root: str
+    excludes: list[str]
+    started_at: datetime
+    finished_at: datetime | None = None
+    state: ScanState = ScanState.open
+    deleted: int = Field(0, description="Records this scan marked deleted when completed.")
 
 
 class BlobState(StrEnum):

@@ -310,7 +310,8 @@ async def test_is_referenced_follows_file_records(store: MetadataStore) -> None:
     await put_file(store, meta("h", "/a", sha256=sha("third")), at(1))  # one reference left
     assert await store.is_referenced(content) is True
     await put_file(store, meta("h", "/b", sha256=sha("other")), at(1))  # content changed
-    assert await store.is_referenced(content) is False
+    assert await store.is_referenced(content, by_history=False) is False
+    assert await store.is_referenced(content) is True  # the past versions hold it
     assert await store.is_referenced(sha("other")) is True
 
 

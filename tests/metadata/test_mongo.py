@@ -142,6 +142,8 @@ async def test_upsert_that_lost_a_first_insert_race_is_retried(
     calls: list[int] = []
 
     async def racing(self: AsyncCollection[Any], requests: list[Any], **kw: Any) -> Any:
+        if self.name != "files":  # the counters' writes
+            return await real(self, requests, **kw)
         calls.append(len(requests))
         if len(calls) == 1:
             await real(self, requests[:1], **kw)

@@ -7,7 +7,19 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+from putplace.metadata.inventory import CURRENT, Cursor, FileQuery, FileState, Found, Totals
+from putplace.models import (
+    ApiKeyRecord,
+    BlobRecord,
+    BlobState,
+    FileMetadata,
+    FileRecord,
+    FileVersion,
+    Location,
+    ScanRecord,
+    ScanState,
+    Scope,
+)
 
 T = TypeVar("T")
 
@@ -75,8 +87,14 @@ class MetadataStore(ABC):
 
     # -- files -----------------------------------------------------------------------
     @abstractmethod
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[StoredFile]:
+    async def put_files(
+        self, files: Sequence[FileMetadata], now: datetime, *, scan_id: str | None = None
+    ) -> list[StoredFile]:
         """Insert or update each ``(hostname, filepath)`` in one transaction / bulk write.
+
+        A record whose content or metadata changed (``inventory.plan_puts``) ends its
+        previous version, which is kept in the history; a deleted record comes back live.
+        Each record is marked seen by *scan_id* when given.
 
         Returns, in the order of ``dedupe_by_location(files)``, each record's id and the
         blob record of its content (what the caller answers next, so a backend can look it
@@ -91,7 +109,6 @@ class MetadataStore(ABC):
     async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
         """For each hash some file record holds, the size its oldest such record gives."""
 
-    @abstractmethod
     async def list_files(
         self,
         *,
@@ -100,8 +117,73 @@ class MetadataStore(ABC):
         after: str | None = None,
         limit: int = 100,
     ) -> list[FileRecord]:
-        """Records matching every filter given, in insertion order, after the record whose
-        id is *after*. ValueError for a cursor this backend never issued."""
+        """Records, live or deleted, matching every filter given, in insertion order,
+        after the record whose id is *after*. ValueError for an id this backend never
+        issued."""
+        query = FileQuery(
+            hostnames=() if hostname is None else (hostname,), sha256=sha256,
+            state=FileState.all,
+        )  # fmt: skip
+        cursor = None if after is None else Cursor(None, CURRENT, after)
+        return [found.record for found in await self.search_files(query, cursor, limit)]
+
+    @abstractmethod
+    async def search_files(self, query: FileQuery, after: Cursor | None, limit: int) -> list[Found]:
+        """Records matching *query*, in its order, after *after*; each with the cursor
+        that resumes after it. With ``query.as_of``, the versions live at that time
+        (current records and history). ValueError for a cursor this backend never
+        issued."""
+
+    # -- scans, deletions and history -------------------------------------------------
+    @abstractmethod
+    async def create_scan(
+        self, hostname: str, root: str, excludes: Sequence[str], now: datetime
+    ) -> ScanRecord: ...
+
+    @abstractmethod
+    async def get_scan(self, scan_id: str) -> ScanRecord | None: ...
+
+    @abstractmethod
+    async def finish_scan(
+        self, scan_id: str, state: ScanState, deleted: int, now: datetime
+    ) -> bool:
+        """Close an open scan; False when it is not open (finished by someone else)."""
+
+    @abstractmethod
+    async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
+        """Mark the live records at these paths seen by the scan; how many there were."""
+
+    @abstractmethod
+    async def unseen_files(
+        self, hostname: str, root: str, scan_id: str, after: str, limit: int
+    ) -> list[FileRecord]:
+        """Live records of *hostname* at or under *root* that the scan did not see, in
+        path order, with paths after *after*."""
+
+    @abstractmethod
+    async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
+        """Mark these live records deleted (``inventory.plan_deletes``), in one write;
+        how many were still live and are now deleted."""
+
+    @abstractmethod
+    async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
+        """Every version of a location, newest first (the current state first); empty
+        when it was never recorded."""
+
+    @abstractmethod
+    async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
+        """Where the content lives now (and, with *include_past*, lived before), in
+        (hostname, filepath) order."""
+
+    @abstractmethod
+    async def totals(self, hostname: str | None, top: int) -> Totals:
+        """Counters for ``GET /stats``: growth per day and host (maintained at each
+        write, not counted), blob totals, and the *top* duplicate groups."""
+
+    @abstractmethod
+    async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:
+        """Drop past versions beyond the newest *keep_versions* of each location (0: keep
+        all) and those that ended before *ended_before*; how many were dropped."""
 
     # -- blobs -----------------------------------------------------------------------
     @abstractmethod
@@ -128,8 +210,9 @@ class MetadataStore(ABC):
         """Blob records ordered by hash, after *after*."""
 
     @abstractmethod
-    async def is_referenced(self, sha256: str) -> bool:
-        """True when at least one file record has this content."""
+    async def is_referenced(self, sha256: str, *, by_history: bool = True) -> bool:
+        """True when a live file record has this content, or (with *by_history*) a
+        deleted record or a past version does."""
 
     # -- API keys --------------------------------------------------------------------
     @abstractmethod

@@ -21,6 +21,7 @@ blobs and keys are inserts whose duplicate-key error means "already there".
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -50,7 +51,35 @@ from putplace.metadata.base import (
     check_limit,
     dedupe_by_location,
 )
-from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord, Scope
+from putplace.metadata.inventory import (
+    CURRENT,
+    HISTORY,
+    SORT_FIELDS,
+    Cursor,
+    DuplicateGroup,
+    FileQuery,
+    FileState,
+    Found,
+    Growth,
+    PastVersion,
+    Totals,
+    plan_deletes,
+    plan_puts,
+    prefix_range,
+    tie_rule,
+)
+from putplace.models import (
+    ApiKeyRecord,
+    BlobRecord,
+    BlobState,
+    FileMetadata,
+    FileRecord,
+    FileVersion,
+    Location,
+    ScanRecord,
+    ScanState,
+    Scope,
+)
 from putplace.sequences import chunked
 
 Document = dict[str, Any]
@@ -67,7 +96,20 @@ FILE_INDEXES = [
     IndexModel([("hostname", ASCENDING), ("filepath", ASCENDING)], name="location", unique=True),
     IndexModel([("sha256", ASCENDING), ("_id", ASCENDING)], name="sha256"),
     IndexModel([("hostname", ASCENDING), ("_id", ASCENDING)], name="hostname_id"),
+    IndexModel([("file_size", ASCENDING), ("_id", ASCENDING)], name="size"),
+    IndexModel([("recorded_at", ASCENDING), ("_id", ASCENDING)], name="recorded"),
 ]
+HISTORY_INDEXES = [
+    IndexModel(
+        [("hostname", ASCENDING), ("filepath", ASCENDING), ("valid_from", ASCENDING)],
+        name="location",
+    ),
+    IndexModel([("sha256", ASCENDING)], name="sha256"),
+    IndexModel([("valid_to", ASCENDING)], name="valid_to"),
+]
+#: Schema changes applied at open, counted in the ``meta`` collection's ``schema`` document.
+SCHEMA_VERSION = 1
+_SEARCH_FIELDS = {CURRENT: {}, HISTORY: {"recorded_at": "valid_from"}}
 API_KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
     IndexModel([("is_active", ASCENDING)], name="is_active"),
@@ -80,8 +122,44 @@ def _object_id(value: str) -> ObjectId | None:
 
 def _file(doc: Mapping[str, Any]) -> FileRecord:
     data = {name: doc.get(name) for name in FILE_FIELDS}
-    data.update(id=str(doc["_id"]), created_at=doc["created_at"], updated_at=doc["updated_at"])
+    data.update(
+        id=str(doc["_id"]), created_at=doc["created_at"], updated_at=doc["updated_at"],
+        recorded_at=doc.get("recorded_at", doc["updated_at"]), deleted_at=doc.get("deleted_at"),
+    )  # fmt: skip
     return FileRecord.model_validate(data)
+
+
+def _version(doc: Mapping[str, Any]) -> FileVersion:
+    data = {name: doc.get(name) for name in FILE_FIELDS}
+    data.update(valid_from=doc["valid_from"], valid_to=doc["valid_to"], deleted=doc["deleted"])
+    return FileVersion.model_validate(data)
+
+
+def _history_doc(version: PastVersion) -> Document:
+    fields = version.record.__dict__
+    return {
+        "file_id": ObjectId(version.file_id), **{name: fields[name] for name in FILE_FIELDS},
+        "valid_from": version.valid_from, "valid_to": version.valid_to,
+        "deleted": version.deleted,
+    }  # fmt: skip
+
+
+def _growth_ops(growth: Growth) -> list[UpdateOne]:
+    names = ("files_added", "bytes_added", "files_deleted", "bytes_deleted")
+    return [
+        UpdateOne({"_id": {"day": d, "hostname": h}}, {"$inc": dict(zip(names, v, strict=True))},
+                  upsert=True)
+        for d, h, *v in growth.rows()
+    ]  # fmt: skip
+
+
+def _scan(doc: Mapping[str, Any]) -> ScanRecord:
+    return ScanRecord.model_validate({**doc, "id": str(doc["_id"])})
+
+
+def _prefix(root: str) -> Document:
+    exact, low, high = prefix_range(root)
+    return {"$or": [{"filepath": exact}, {"filepath": {"$gte": low, "$lt": high}}]}
 
 
 def _blob(doc: Mapping[str, Any]) -> BlobRecord:
@@ -111,6 +189,87 @@ def describe_url(url: str) -> dict[str, Any]:
     netloc = parts.netloc.rpartition("@")[2]  # drop user:password
     hosts = [host for host in netloc.split(",") if host]
     return {"scheme": parts.scheme, "hosts": hosts, "url_database": unquote(parts.path[1:])}
+
+
+#: Rounds of "compare again" for records another request overtook. Each round at least
+#: one of the contenders for a location wins, so this bounds the contenders, not the load.
+_VERSION_RETRIES = 100
+
+
+def _filters(query: FileQuery, source: int, renamed: Mapping[str, str]) -> list[Document]:
+    def name(field: str) -> str:
+        return renamed.get(field, field)
+
+    clauses: list[Document] = []
+    if query.as_of is not None:
+        if source == CURRENT:
+            clauses += [{"recorded_at": {"$lte": query.as_of}}, {"deleted_at": None}]
+        else:
+            clauses += [{"valid_from": {"$lte": query.as_of}},
+                        {"valid_to": {"$gt": query.as_of}}, {"deleted": False}]  # fmt: skip
+    elif query.state is FileState.live:
+        clauses.append({"deleted_at": None})
+    elif query.state is FileState.deleted:
+        clauses.append({"deleted_at": {"$ne": None}})
+    if query.hostnames:
+        clauses.append({"hostname": {"$in": list(query.hostnames)}})
+    if query.path_prefix is not None:
+        clauses.append(_prefix(query.path_prefix))
+    if (regex := query.path_regex) is not None:
+        clauses.append({"filepath": {"$regex": regex}})
+    for field, operator, value in (
+        ("sha256", "$eq", query.sha256),
+        ("file_size", "$gte", query.min_size),
+        ("file_size", "$lte", query.max_size),
+        ("file_mtime", "$gte", query.mtime_after),
+        ("file_mtime", "$lt", query.mtime_before),
+        ("recorded_at", "$gte", query.recorded_after),
+        ("recorded_at", "$lt", query.recorded_before),
+    ):
+        if value is not None:
+            clauses.append({name(field): {operator: value}})
+    return clauses
+
+
+def _blob_stages(query: FileQuery) -> list[Document]:
+    lookup = {"$lookup": {"from": "blobs", "localField": "sha256", "foreignField": "_id",
+                          "as": "_blob"}}  # fmt: skip
+    if query.has_content is False:
+        return [lookup, {"$match": {"_blob.state": {"$ne": BlobState.present.value}}},
+                {"$project": {"_blob": 0}}]  # fmt: skip
+    stored: Document = {}
+    if query.uploaded_after is not None:
+        stored["$gte"] = query.uploaded_after
+    if query.uploaded_before is not None:
+        stored["$lt"] = query.uploaded_before
+    match: Document = {"state": BlobState.present.value}
+    if stored:
+        match["stored_at"] = stored
+    return [lookup, {"$match": {"_blob": {"$elemMatch": match}}}, {"$project": {"_blob": 0}}]
+
+
+def _after(query: FileQuery, cursor: Cursor, source: int, renamed: Mapping[str, str]) -> Document:
+    """Records of *source* that come after *cursor* in the query's order."""
+    row_id = _object_id(cursor.id)
+    if row_id is None:
+        raise ValueError(f"invalid cursor: {cursor.id!r}")
+    beyond = "$lt" if query.descending else "$gt"
+    include, after_id = tie_rule(cursor, source, query.descending)
+    tie: Document = (
+        {"_id": {"$exists": False}} if not include
+        else {} if after_id is None
+        else {"_id": {beyond: row_id}}
+    )  # fmt: skip
+    field = SORT_FIELDS[query.sort]
+    if field is None:
+        return tie
+    column = renamed.get(field, field)
+    value: Any = cursor.value
+    if field == "recorded_at":
+        if not isinstance(value, str):
+            raise ValueError("invalid cursor")
+        value = datetime.fromisoformat(value)
+    return {"$or": [{column: {beyond: value}}, {column: value, **tie}]}
 
 
 class MongoMetadataStore(MetadataStore):
@@ -149,12 +308,54 @@ class MongoMetadataStore(MetadataStore):
         try:
             with self._guard("create indexes"):
                 await db["files"].create_indexes(FILE_INDEXES)
+                await db["file_history"].create_indexes(HISTORY_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
+                await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
         except BaseException:
             await client.close()
             raise
         self._client, self._db = client, db
+
+    @staticmethod
+    async def _migrate(db: AsyncDatabase[Document]) -> None:
+        """Bring data written by an older version up to :data:`SCHEMA_VERSION`: each step
+        only fills in what is missing, so one interrupted is simply run again."""
+        meta = await db["meta"].find_one({"_id": "schema"})
+        if meta is not None and meta.get("version", 0) >= SCHEMA_VERSION:
+            return
+        files = db["files"]
+        await files.update_many(
+            {"recorded_at": {"$exists": False}}, [{"$set": {"recorded_at": "$updated_at"}}]
+        )
+        if await db["growth"].count_documents({}) == 0:
+            by_day: list[Document] = [
+                {"$match": {"deleted_at": None}},
+                {"$group": {
+                    "_id": {"day": {"$dateToString": {"format": "%Y-%m-%d",
+                                                      "date": "$recorded_at"}},
+                            "hostname": "$hostname"},
+                    "files_added": {"$sum": 1}, "bytes_added": {"$sum": "$file_size"},
+                }},
+            ]  # fmt: skip
+            async for row in await files.aggregate(by_day):
+                await db["growth"].update_one(
+                    {"_id": row["_id"]},
+                    {"$set": {"files_added": row["files_added"], "bytes_added": row["bytes_added"],
+                              "files_deleted": 0, "bytes_deleted": 0}},
+                    upsert=True,
+                )  # fmt: skip
+        count, size = 0, 0
+        async for row in await db["blobs"].aggregate(
+            [{"$group": {"_id": None, "n": {"$sum": 1}, "bytes": {"$sum": "$size"}}}]
+        ):
+            count, size = row["n"], row["bytes"]
+        await db["counters"].update_one(
+            {"_id": "blobs"}, {"$set": {"count": count, "bytes": size}}, upsert=True
+        )
+        await db["meta"].update_one(
+            {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
+        )
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None
@@ -205,30 +406,46 @@ class MongoMetadataStore(MetadataStore):
         return self._coll("api_keys")
 
     # -- files -----------------------------------------------------------------------
-    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[StoredFile]:
+    async def put_files(
+        self, files: Sequence[FileMetadata], now: datetime, *, scan_id: str | None = None
+    ) -> list[StoredFile]:
         unique = dedupe_by_location(files)
         if not unique:
             return []
-        ops = [
-            UpdateOne(
-                {"hostname": meta.hostname, "filepath": meta.filepath},
-                {
-                    "$set": {
-                        **{name: getattr(meta, name) for name in _UPDATED_FIELDS},
-                        "updated_at": now,
-                    },
-                    "$setOnInsert": {"created_at": now},
-                },
-                upsert=True,
-            )
-            for meta in unique
-        ]
+        scan = None if scan_id is None else _object_id(scan_id)
+        if scan_id is not None and scan is None:
+            raise ValueError(f"unknown scan: {scan_id!r}")
+        pending = unique
+        ids: dict[tuple[str, str], str] = {}
         with self._guard("put_files"):
-            await self._upsert(ops)
-            ids, blobs = await asyncio.gather(
-                self._ids_of([(m.hostname, m.filepath) for m in unique]),
-                self.get_blobs({m.sha256 for m in unique}),
+            # No multi-document transaction: each record is written only if it is still
+            # the version compared (its updated_at), and one written meanwhile by another
+            # request is compared again, so no version is lost or recorded twice.
+            for attempt in range(_VERSION_RETRIES):
+                if attempt:  # spread the contenders out
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+                current = await self._current([(m.hostname, m.filepath) for m in pending])
+                plan = plan_puts(pending, current, now)
+                ops = [
+                    self._put_op(meta, recorded, current.get((meta.hostname, meta.filepath)), now,
+                                 scan)
+                    for meta, recorded in plan.records
+                ]  # fmt: skip
+                lost = await self._write_lost(ops)
+                done = [m for i, m in enumerate(pending) if i not in lost]
+                plan = plan_puts(done, current, now) if lost else plan
+                await self._record_history(plan.history, plan.growth)
+                ids.update((loc, rec.id) for loc, rec in current.items())
+                pending = [pending[i] for i in sorted(lost)]
+                if not pending:
+                    break
+            else:
+                raise StoreUnavailableError("records kept changing while being stored; retry")
+            new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
+            found, blobs = await asyncio.gather(
+                self._ids_of(new), self.get_blobs({m.sha256 for m in unique})
             )
+        ids.update(found)
         missing = [
             f"{h}:{p}" for h, p in ((m.hostname, m.filepath) for m in unique) if (h, p) not in ids
         ]
@@ -236,18 +453,57 @@ class MongoMetadataStore(MetadataStore):
             raise StoreUnavailableError(f"{missing[0]} was deleted while being stored")
         return [StoredFile(ids[(m.hostname, m.filepath)], blobs.get(m.sha256)) for m in unique]
 
-    async def _upsert(self, ops: list[UpdateOne]) -> None:
-        """One unordered bulk write; upserts that lost a first-insert race are retried.
+    @staticmethod
+    def _put_op(
+        meta: FileMetadata,
+        recorded: datetime,
+        old: FileRecord | None,
+        now: datetime,
+        scan: ObjectId | None,
+    ) -> UpdateOne:
+        fields = meta.__dict__
+        update: Document = {
+            **{name: fields[name] for name in _UPDATED_FIELDS},
+            "updated_at": now, "recorded_at": recorded, "deleted_at": None,
+        }  # fmt: skip
+        if scan is not None:
+            update["last_scan"] = scan
+        where: Document = {"hostname": meta.hostname, "filepath": meta.filepath}
+        # No match means another request wrote it first: the upsert then collides with
+        # the unique location index (E11000) and the record is compared again.
+        where["updated_at"] = {"$exists": False} if old is None else old.updated_at
+        return UpdateOne(where, {"$set": update, "$setOnInsert": {"created_at": now}}, upsert=True)
 
-        Two concurrent upserts of a new ``(hostname, filepath)`` may both try to insert;
-        the unique index lets one win and fails the other with E11000. Retrying turns
-        the loser into an update of the winner's document.
-        """
+    async def _write_lost(self, ops: list[UpdateOne]) -> set[int]:
+        """One unordered bulk write; the indexes of the writes another request overtook."""
         try:
             await self._files.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
-            lost = _duplicate_indexes(exc)
-            await self._files.bulk_write([ops[i] for i in sorted(lost)], ordered=False)
+            return _duplicate_indexes(exc)
+        return set()
+
+    async def _record_history(self, history: list[PastVersion], growth: Growth) -> None:
+        if history:
+            await self._coll("file_history").insert_many(
+                [_history_doc(v) for v in history], ordered=False
+            )
+        if ops := _growth_ops(growth):
+            await self._coll("growth").bulk_write(ops, ordered=False)
+
+    async def _current(
+        self, locations: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], FileRecord]:
+        files = self._files.with_options(read_preference=ReadPreference.PRIMARY)
+        by_host: defaultdict[str, list[str]] = defaultdict(list)
+        for hostname, filepath in dict.fromkeys(locations):
+            by_host[hostname].append(filepath)
+        found: dict[tuple[str, str], FileRecord] = {}
+        for hostname, paths in by_host.items():
+            for chunk in chunked(paths, _IN_CHUNK):
+                query = {"hostname": hostname, "filepath": {"$in": list(chunk)}}
+                async for doc in files.find(query):
+                    found[(doc["hostname"], doc["filepath"])] = _file(doc)
+        return found
 
     async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Ids of the records at *locations*, read from the primary (our own writes)."""
@@ -283,29 +539,214 @@ class MongoMetadataStore(MetadataStore):
                     found[doc["_id"]] = doc["size"]
         return found
 
-    async def list_files(
-        self,
-        *,
-        hostname: str | None = None,
-        sha256: str | None = None,
-        after: str | None = None,
-        limit: int = 100,
-    ) -> list[FileRecord]:
+    async def search_files(self, query: FileQuery, after: Cursor | None, limit: int) -> list[Found]:
         check_limit(limit)
-        query: Document = {}
-        if after:
-            start = _object_id(after)
-            if start is None:
-                raise ValueError(f"invalid cursor: {after!r}")
-            query["_id"] = {"$gt": start}
-        # Served by the (sha256, _id) or (hostname, _id) index, or _id alone.
-        if hostname is not None:
-            query["hostname"] = hostname
-        if sha256 is not None:
-            query["sha256"] = sha256
-        with self._guard("list_files"):
-            cursor = self._files.find(query).sort("_id", ASCENDING).limit(limit)
+        field = SORT_FIELDS[query.sort]
+        pipeline = self._branch(query, after, CURRENT)
+        if query.as_of is not None:
+            branch = self._branch(query, after, HISTORY)
+            pipeline.append({"$unionWith": {"coll": "file_history", "pipeline": branch}})
+        direction = -1 if query.descending else 1
+        order = {field: direction} if field else {}
+        pipeline += [
+            {"$sort": {**order, "source": direction, "row_id": direction}},
+            {"$limit": limit},
+        ]
+        found: list[Found] = []
+        with self._guard("search_files"):
+            async for doc in await self._files.aggregate(pipeline):
+                value = None if field is None else doc[field]
+                if isinstance(value, datetime):
+                    value = value.isoformat()
+                cursor = Cursor(value, doc["source"], str(doc["row_id"]))
+                found.append(Found(_file(doc), cursor))
+        return found
+
+    def _branch(self, query: FileQuery, after: Cursor | None, source: int) -> list[Document]:
+        """The pipeline of one source: its filters, the blob join when asked, the cursor."""
+        renamed = _SEARCH_FIELDS[source]
+        clauses = _filters(query, source, renamed)
+        if after is not None:
+            clauses.append(_after(query, after, source, renamed))
+        stages: list[Document] = [{"$match": {"$and": clauses}}] if clauses else []
+        if query.needs_blob:
+            stages += _blob_stages(query)
+        shape: Document = {"source": source, "row_id": "$_id"}
+        if source == HISTORY:
+            shape.update(_id="$file_id", recorded_at="$valid_from", created_at="$valid_from",
+                         updated_at="$valid_from", deleted_at=None)  # fmt: skip
+        return [*stages, {"$addFields": shape}]
+
+    # -- scans, deletions and history -------------------------------------------------
+    async def create_scan(
+        self, hostname: str, root: str, excludes: Sequence[str], now: datetime
+    ) -> ScanRecord:
+        doc: Document = {
+            "hostname": hostname, "root": root, "excludes": list(excludes), "started_at": now,
+            "finished_at": None, "state": ScanState.open.value, "deleted": 0,
+        }  # fmt: skip
+        with self._guard("create_scan"):
+            result = await self._coll("scans").insert_one(doc)
+        return _scan({**doc, "_id": result.inserted_id})
+
+    async def get_scan(self, scan_id: str) -> ScanRecord | None:
+        oid = _object_id(scan_id)
+        if oid is None:
+            return None
+        with self._guard("get_scan"):
+            doc = await self._coll("scans").find_one({"_id": oid})
+        return None if doc is None else _scan(doc)
+
+    async def finish_scan(
+        self, scan_id: str, state: ScanState, deleted: int, now: datetime
+    ) -> bool:
+        oid = _object_id(scan_id)
+        if oid is None:
+            return False
+        with self._guard("finish_scan"):
+            result = await self._coll("scans").update_one(
+                {"_id": oid, "state": ScanState.open.value},
+                {"$set": {"state": state.value, "deleted": deleted, "finished_at": now}},
+            )
+        return result.matched_count > 0
+
+    async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
+        oid = _object_id(scan_id)
+        if oid is None:
+            raise ValueError(f"unknown scan: {scan_id!r}")
+        seen = 0
+        with self._guard("mark_seen"):
+            for chunk in chunked(list(dict.fromkeys(filepaths)), _IN_CHUNK):
+                result = await self._files.update_many(
+                    {"hostname": hostname, "filepath": {"$in": list(chunk)}, "deleted_at": None},
+                    {"$set": {"last_scan": oid}},
+                )
+                seen += result.matched_count
+        return seen
+
+    async def unseen_files(
+        self, hostname: str, root: str, scan_id: str, after: str, limit: int
+    ) -> list[FileRecord]:
+        query = {
+            "$and": [
+                {"hostname": hostname}, _prefix(root), {"filepath": {"$gt": after}},
+                {"deleted_at": None}, {"last_scan": {"$ne": _object_id(scan_id)}},
+            ]
+        }  # fmt: skip
+        with self._guard("unseen_files"):
+            cursor = self._files.find(query).sort("filepath", ASCENDING).limit(limit)
             return [_file(doc) async for doc in cursor]
+
+    async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
+        async def delete(record: FileRecord) -> bool:
+            # Only a record still as read: one reported again since stays live.
+            result = await self._files.update_one(
+                {"_id": ObjectId(record.id), "updated_at": record.updated_at,
+                 "deleted_at": None},
+                {"$set": {"deleted_at": now, "recorded_at": now}},
+            )  # fmt: skip
+            return result.modified_count > 0
+
+        deleted: list[FileRecord] = []
+        with self._guard("delete_files"):
+            for chunk in chunked(list(records), 100):
+                outcomes = await asyncio.gather(*(delete(r) for r in chunk))
+                deleted += [r for r, done in zip(chunk, outcomes, strict=True) if done]
+            plan = plan_deletes(deleted, now)
+            await self._record_history(plan.history, plan.growth)
+        return len(deleted)
+
+    async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
+        with self._guard("history"):
+            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+            if doc is None:
+                return []
+            current = _file(doc)
+            cursor = (
+                self._coll("file_history")
+                .find({"hostname": hostname, "filepath": filepath})
+                .sort([("valid_from", -1), ("_id", -1)])
+            )
+            past = [_version(d) async for d in cursor]
+        now = FileVersion.model_validate(
+            {**current.model_dump(), "valid_from": current.recorded_at,
+             "deleted": current.deleted_at is not None}
+        )  # fmt: skip
+        return [now, *past]
+
+    async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
+        query: Document = (
+            {"sha256": sha256} if include_past else {"sha256": sha256, "deleted_at": None}
+        )
+        with self._guard("locations"):
+            found = [
+                Location(hostname=d["hostname"], filepath=d["filepath"],
+                         recorded_at=d["recorded_at"],
+                         deleted_at=d.get("deleted_at"))
+                async for d in self._files.find(query)
+            ]  # fmt: skip
+            if include_past:
+                found += [
+                    Location(hostname=d["hostname"], filepath=d["filepath"],
+                             recorded_at=d["valid_from"], valid_to=d["valid_to"])
+                    async for d in self._coll("file_history").find(
+                        {"sha256": sha256, "deleted": False}
+                    )
+                ]  # fmt: skip
+        return sorted(found, key=lambda x: (x.hostname, x.filepath, x.recorded_at))
+
+    async def totals(self, hostname: str | None, top: int) -> Totals:
+        host: Document = {} if hostname is None else {"hostname": hostname}
+        names = ("files_added", "bytes_added", "files_deleted", "bytes_deleted")
+        groups: list[Document] = [
+            {"$match": {"deleted_at": None, **host}},
+            {"$group": {"_id": "$sha256", "n": {"$sum": 1}, "size": {"$max": "$file_size"}}},
+            {"$match": {"n": {"$gt": 1}}},
+            {"$addFields": {"wasted": {"$multiply": [{"$subtract": ["$n", 1]}, "$size"]}}},
+            {"$sort": {"wasted": -1, "_id": 1}},
+            {"$limit": top},
+        ]
+        growth_filter = {} if hostname is None else {"_id.hostname": hostname}
+        with self._guard("totals"):
+            growth = [
+                (d["_id"]["day"], d["_id"]["hostname"], *(int(d.get(n, 0)) for n in names))
+                async for d in self._coll("growth").find(growth_filter)
+            ]
+            counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
+            duplicates = [
+                DuplicateGroup(d["_id"], d["n"], d["size"])
+                async for d in await self._files.aggregate(groups)
+            ]
+        return Totals(
+            growth=sorted(growth),
+            blob_count=int(counters.get("count", 0)),
+            blob_bytes=int(counters.get("bytes", 0)),
+            duplicates=duplicates,
+        )
+
+    async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:
+        history = self._coll("file_history")
+        dropped = 0
+        with self._guard("prune_history"):
+            if ended_before is not None:
+                dropped += (
+                    await history.delete_many({"valid_to": {"$lt": ended_before}})
+                ).deleted_count
+            if keep_versions > 0:
+                beyond: list[Document] = [
+                    {"$setWindowFields": {
+                        "partitionBy": {"h": "$hostname", "f": "$filepath"},
+                        "sortBy": {"valid_to": -1, "_id": -1},
+                        "output": {"n": {"$documentNumber": {}}},
+                    }},
+                    {"$match": {"n": {"$gt": keep_versions}}},
+                    {"$project": {"_id": 1}},
+                ]  # fmt: skip
+                ids = [d["_id"] async for d in await history.aggregate(beyond)]
+                for chunk in chunked(ids, _IN_CHUNK):
+                    result = await history.delete_many({"_id": {"$in": list(chunk)}})
+                    dropped += result.deleted_count
+        return dropped
 
     # -- blobs -----------------------------------------------------------------------
     async def get_blobs(self, sha256s: Collection[str]) -> dict[str, BlobRecord]:
@@ -337,10 +778,20 @@ class MongoMetadataStore(MetadataStore):
         refused: set[int] = set()
         with self._guard("put_blobs"):
             try:
-                await self._blobs.bulk_write(ops, ordered=False)
+                inserted = set(
+                    (await self._blobs.bulk_write(ops, ordered=False)).upserted_ids or {}
+                )
             except BulkWriteError as exc:
                 refused = _duplicate_indexes(exc)
+                inserted = {int(u["index"]) for u in exc.details.get("upserted", [])}
+            if inserted:
+                await self._count_blobs(len(inserted), sum(blobs[i].size for i in inserted))
         return [i not in refused for i in range(len(blobs))]
+
+    async def _count_blobs(self, count: int, size: int) -> None:
+        await self._coll("counters").update_one(
+            {"_id": "blobs"}, {"$inc": {"count": count, "bytes": size}}, upsert=True
+        )
 
     async def set_blob_state(self, sha256: str, state: BlobState) -> bool:
         with self._guard("set_blob_state"):
@@ -349,8 +800,10 @@ class MongoMetadataStore(MetadataStore):
 
     async def delete_blob(self, sha256: str) -> bool:
         with self._guard("delete_blob"):
-            result = await self._blobs.delete_one({"_id": sha256})
-        return result.deleted_count > 0
+            doc = await self._blobs.find_one_and_delete({"_id": sha256})
+            if doc is not None:
+                await self._count_blobs(-1, -int(doc["size"]))
+        return doc is not None
 
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         check_limit(limit)
@@ -360,10 +813,14 @@ class MongoMetadataStore(MetadataStore):
             )
             return [_blob(doc) async for doc in cursor]
 
-    async def is_referenced(self, sha256: str) -> bool:
+    async def is_referenced(self, sha256: str, *, by_history: bool = True) -> bool:
+        live: Document = {} if by_history else {"deleted_at": None}
         with self._guard("is_referenced"):
-            doc = await self._files.find_one({"sha256": sha256}, projection={"_id": 1})
-        return doc is not None
+            if await self._files.find_one({"sha256": sha256, **live}, projection={"_id": 1}):
+                return True
+            return by_history and bool(
+                await self._coll("file_history").find_one({"sha256": sha256}, projection={"_id": 1})
+            )
 
     # -- API keys --------------------------------------------------------------------
     async def add_api_key(

@@ -1,0 +1,317 @@
+"""The inventory rules every metadata backend applies alike: what makes a new version,
+what a deletion records, how counters move, and how searches are described and paged.
+
+Backends only read and write; the decisions are made here, once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from putplace.models import FileMetadata, FileRecord
+
+#: Fields whose change makes a new version. Access time changes whenever a file is read
+#: (a backup reads every file), and the IP address is the reporting host's, not the
+#: file's: counting either would make a version per scan.
+VERSIONED_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name in FileMetadata.model_fields
+    if name not in ("hostname", "filepath", "ip_address", "file_atime")
+)
+
+Location = tuple[str, str]
+
+
+def day_of(when: datetime) -> str:
+    """The UTC day a change is counted in: ``2026-11-30``."""
+    return when.date().isoformat()
+
+
+def is_new_version(old: FileRecord, new: FileMetadata) -> bool:
+    """True when *new* is not what *old* holds now: other content or metadata, or *old*
+    is a deletion (the file came back)."""
+    if old.deleted_at is not None:
+        return True
+    before, after = old.__dict__, new.__dict__
+    return any(before[name] != after[name] for name in VERSIONED_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class PastVersion:
+    """A state that has just ended, as it is kept in the history."""
+
+    file_id: str
+    record: FileRecord
+    valid_from: datetime
+    valid_to: datetime
+    deleted: bool
+
+
+def ended(record: FileRecord, now: datetime) -> PastVersion:
+    return PastVersion(
+        file_id=record.id,
+        record=record,
+        valid_from=record.recorded_at,
+        valid_to=now,
+        deleted=record.deleted_at is not None,
+    )
+
+
+@dataclass(slots=True)
+class Growth:
+    """Counter changes, per (UTC day, hostname): ``[files_added, bytes_added,
+    files_deleted, bytes_deleted]``. Live files of a host are the sum of added minus
+    deleted over all days, so one table answers both totals and growth."""
+
+    by_day_host: defaultdict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0])
+    )
+
+    def add(self, day: str, host: str, files: int, size: int) -> None:
+        row = self.by_day_host[day, host]
+        row[0] += files
+        row[1] += size
+
+    def remove(self, day: str, host: str, files: int, size: int) -> None:
+        row = self.by_day_host[day, host]
+        row[2] += files
+        row[3] += size
+
+    def resize(self, day: str, host: str, old: int, new: int) -> None:
+        if new >= old:
+            self.add(day, host, 0, new - old)
+        else:
+            self.remove(day, host, 0, old - new)
+
+    def rows(self) -> list[tuple[str, str, int, int, int, int]]:
+        return [(d, h, *v) for (d, h), v in self.by_day_host.items() if any(v)]  # type: ignore[misc]
+
+
+class WritePlan(NamedTuple):
+    """What one write does: each record with the time its version began, the versions
+    it ends, and the counter changes."""
+
+    records: list[tuple[FileMetadata, datetime]]
+    history: list[PastVersion]
+    growth: Growth
+
+
+def plan_puts(
+    files: Sequence[FileMetadata], current: Mapping[Location, FileRecord], now: datetime
+) -> WritePlan:
+    """*files* (one per location) against the records *current* holds for them."""
+    records: list[tuple[FileMetadata, datetime]] = []
+    history: list[PastVersion] = []
+    growth = Growth()
+    day = day_of(now)
+    for meta in files:
+        old = current.get((meta.hostname, meta.filepath))
+        if old is None:
+            growth.add(day, meta.hostname, 1, meta.file_size)
+            records.append((meta, now))
+        elif is_new_version(old, meta):
+            history.append(ended(old, now))
+            if old.deleted_at is not None:
+                growth.add(day, meta.hostname, 1, meta.file_size)
+            else:
+                growth.resize(day, meta.hostname, old.file_size, meta.file_size)
+            records.append((meta, now))
+        else:
+            records.append((meta, old.recorded_at))
+    return WritePlan(records, history, growth)
+
+
+def plan_deletes(records: Iterable[FileRecord], now: datetime) -> WritePlan:
+    """Live *records* found gone: each live version ends now, and a deletion begins."""
+    history: list[PastVersion] = []
+    growth = Growth()
+    day = day_of(now)
+    for record in records:
+        if record.deleted_at is None:
+            history.append(ended(record, now))
+            growth.remove(day, record.hostname, 1, record.file_size)
+    return WritePlan([], history, growth)
+
+
+# -- searching ------------------------------------------------------------------------
+
+
+class FileState(StrEnum):
+    live = "live"
+    deleted = "deleted"
+    all = "all"
+
+
+class SortKey(StrEnum):
+    """What a search is ordered by; ties are broken by (source, id)."""
+
+    id = "id"
+    path = "path"
+    size = "size"
+    mtime = "mtime"
+    recorded = "recorded"
+
+
+#: The record field each sort key orders by (None: the id alone).
+SORT_FIELDS: dict[SortKey, str | None] = {
+    SortKey.id: None,
+    SortKey.path: "filepath",
+    SortKey.size: "file_size",
+    SortKey.mtime: "file_mtime",
+    SortKey.recorded: "recorded_at",
+}
+
+#: Where a searched record comes from: the current records, or (for "as of") the history.
+CURRENT, HISTORY = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class FileQuery:
+    """Filters of ``GET /files``; every one given must hold."""
+
+    hostnames: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    path_glob: str | None = None
+    sha256: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    mtime_after: float | None = None
+    mtime_before: float | None = None
+    recorded_after: datetime | None = None
+    recorded_before: datetime | None = None
+    uploaded_after: datetime | None = None
+    uploaded_before: datetime | None = None
+    has_content: bool | None = None
+    state: FileState = FileState.live
+    as_of: datetime | None = None
+    sort: SortKey = SortKey.id
+    descending: bool = False
+
+    @property
+    def path_regex(self) -> str | None:
+        return None if self.path_glob is None else glob_regex(self.path_glob)
+
+    @property
+    def prefix_range(self) -> tuple[str, str, str] | None:
+        """``(exact, low, high)``: a path under the prefix equals *exact* or lies in
+        ``[low, high)``, so both backends serve it from the location index."""
+        return None if self.path_prefix is None else prefix_range(self.path_prefix)
+
+    @property
+    def needs_blob(self) -> bool:
+        return (
+            self.has_content is not None
+            or self.uploaded_after is not None
+            or self.uploaded_before is not None
+        )
+
+
+def prefix_range(prefix: str) -> tuple[str, str, str]:
+    """``/srv`` matches ``/srv`` and ``/srv/...`` (``/`` sorts just before ``0``), never
+    ``/srvx``."""
+    exact = prefix.rstrip("/") or "/"
+    base = exact if exact.endswith("/") else exact + "/"
+    return exact, base, base[:-1] + "0"
+
+
+def glob_regex(pattern: str) -> str:
+    """A shell glob over a whole path as an anchored regular expression both Python and
+    MongoDB accept: ``*`` and ``?`` stay within one path component, ``**`` crosses them,
+    ``[...]`` is a character class; everything else is literal."""
+    out: list[str] = ["^"]
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    out.append("$")
+    return "".join(out)
+
+
+class Cursor(NamedTuple):
+    """Where a page ended: the last record's sort value, source and id."""
+
+    value: Any
+    source: int
+    id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.value, self.source, self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """ValueError for anything this module did not encode."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            value, source, ident = json.loads(raw)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid cursor: {text!r}") from exc
+        if source not in (CURRENT, HISTORY) or not isinstance(ident, str):
+            raise ValueError(f"invalid cursor: {text!r}")
+        if value is not None and not isinstance(value, str | int | float):
+            raise ValueError(f"invalid cursor: {text!r}")
+        return cls(value, source, ident)
+
+
+class Found(NamedTuple):
+    """One search result and the cursor that resumes after it."""
+
+    record: FileRecord
+    cursor: Cursor
+
+
+def tie_rule(cursor: Cursor, source: int, descending: bool) -> tuple[bool, str | None]:
+    """For records of *source* whose sort value equals the cursor's: ``(include,
+    beyond_id)``: whether any come after the cursor, and if so only those whose id lies
+    beyond *beyond_id* (greater ascending, smaller descending). Order within one sort
+    value is (source, id), in the direction of the sort."""
+    if source == cursor.source:
+        return True, cursor.id
+    return (source < cursor.source) if descending else (source > cursor.source), None
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateGroup:
+    sha256: str
+    count: int
+    size: int
+
+    @property
+    def wasted_bytes(self) -> int:
+        return (self.count - 1) * self.size
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What ``GET /stats`` is computed from, as a backend reads it."""
+
+    growth: list[tuple[str, str, int, int, int, int]]
+    """(day, hostname, files_added, bytes_added, files_deleted, bytes_deleted)"""
+    blob_count: int
+    blob_bytes: int
+    duplicates: list[DuplicateGroup]
