@@ -7,6 +7,9 @@ line wins over the environment, which wins over the file.
 
 Exit codes: 0 no errors, 1 some files failed, 2 usage error or refused API key,
 130 interrupted (Ctrl-C); the summary is printed in every case but a usage error.
+
+``ppclient find|locations|history|stats|duplicates|restore ...`` (the command word first)
+runs that inventory command instead: see :mod:`putplace.client.inventory`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_CONFIG = "~/ppclient.conf"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+COMMANDS = ("find", "locations", "history", "stats", "duplicates", "restore")
+"""Words that, first on the command line, name an inventory command instead of a PATH."""
+EPILOG = """\
+other commands (each has its own --help):
+  ppclient find [FILTERS]                    list recorded files
+  ppclient locations SHA256                  where a content is
+  ppclient history --hostname H PATH         every version of one file
+  ppclient stats                             totals, hosts, duplicates, growth
+  ppclient duplicates                        the most wasteful duplicated contents
+  ppclient restore --hostname H PREFIX --to DIR   recreate a recorded tree
+
+A command word counts only as the first argument. To scan a directory that is
+literally named like one, write ./find or --path find.
+"""
 
 
 def byte_size(text: str) -> int:
@@ -50,6 +67,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(
         prog="ppclient",
         description="Register files with a PutPlace server; upload the content it lacks.",
+        epilog=EPILOG,
+        formatter_class=configargparse.RawDescriptionHelpFormatter,
         default_config_files=[DEFAULT_CONFIG],
         auto_env_var_prefix="PUTPLACE_",
         args_for_setting_config_path=["--config"],
@@ -173,6 +192,11 @@ def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ppclient``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        from putplace.client.inventory.commands import dispatch  # not needed for uploads
+
+        return dispatch(argv[0], argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as exc:  # usage error (2) or --help (0)

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import pathspec
+from putplace.patterns import excluder
 
 ErrorHandler = Callable[[str, str], None]
 """``on_error(path, message)``"""
@@ -34,19 +34,6 @@ class FileEntry:
     @property
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.stat.st_mode)
-
-
-def excluder(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
-    """``excluded(relative_posix_path, is_dir)`` for gitignore-style *patterns*."""
-    lines = list(patterns)
-    if not lines:  # matching every path against an empty spec cost 4% of a first ingest
-        return lambda relative, is_dir: False
-    spec = pathspec.GitIgnoreSpec.from_lines(lines)
-
-    def excluded(relative: str, is_dir: bool) -> bool:
-        return spec.match_file(relative + "/" if is_dir else relative)
-
-    return excluded
 
 
 def walk(

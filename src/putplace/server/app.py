@@ -14,7 +14,7 @@ from putplace.config import Settings, load_settings
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
-from putplace.server.routes import content, files, keys, root
+from putplace.server.routes import content, files, inventory, keys, root, scans
 from putplace.server.state import AppState
 from putplace.service.maintenance import sweep_temporary
 from putplace.service.stores import open_stores
@@ -75,6 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(root.router)
-    for module in (files, content, keys):
+    for module in (files, inventory, scans, content, keys):
         app.include_router(module.router, responses=COMMON_ERRORS)
     return app

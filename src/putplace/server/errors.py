@@ -29,6 +29,7 @@ from putplace.digest import INVALID_SHA256
 from putplace.metadata import DuplicateError, StoreUnavailableError
 from putplace.server.multipart import MissingFieldError, MultipartError
 from putplace.service.errors import (
+    ConflictError,
     ContentMismatchError,
     ForbiddenError,
     InvalidInputError,
@@ -74,6 +75,7 @@ STATUS: dict[type[Exception], int] = {
     NotFoundError: status.HTTP_404_NOT_FOUND,
     StalledError: status.HTTP_408_REQUEST_TIMEOUT,
     DuplicateError: status.HTTP_409_CONFLICT,
+    ConflictError: status.HTTP_409_CONFLICT,
     TooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
     BlobTooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
     RateLimitedError: status.HTTP_429_TOO_MANY_REQUESTS,

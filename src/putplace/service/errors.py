@@ -16,6 +16,10 @@ class NotFoundError(ServiceError):
     """What the request names does not exist (or is not visible to the caller)."""
 
 
+class ConflictError(ServiceError):
+    """The request contradicts the current state (finishing a scan that is not open)."""
+
+
 class TooLargeError(ServiceError):
     """More bytes or records than a limit allows."""
 

@@ -14,6 +14,7 @@ from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
 from putplace.metadata.base import dedupe_by_location
 from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord
+from putplace.service import scans
 from putplace.service.errors import InvalidInputError, NotFoundError
 
 
@@ -64,16 +65,23 @@ def describe_brief(meta: FileMetadata, record_id: str, blob: BlobRecord | None) 
 
 
 async def register(
-    store: MetadataStore, files: Sequence[FileMetadata], *, brief: bool = False
+    store: MetadataStore,
+    files: Sequence[FileMetadata],
+    *,
+    brief: bool = False,
+    scan_id: str | None = None,
 ) -> list[FileAnswer]:
     """Store *files* in one write and answer, per record, whether content is needed
-    (:func:`describe`, or :func:`describe_brief` when *brief*).
+    (:func:`describe`, or :func:`describe_brief` when *brief*). With *scan_id*, the
+    records are seen by that scan, which must be open.
 
     ``answers[i]`` answers ``files[i]``. A location named twice is stored once, the last
     record sent for it winning, and both records get that stored record's answer.
     """
+    if scan_id is not None:
+        await scans.open_scan_named(store, scan_id)
     unique = dedupe_by_location(files)
-    stored = await store.put_files(unique, utcnow())
+    stored = await store.put_files(unique, utcnow(), scan_id=scan_id)
     answer = describe_brief if brief else describe
     by_location = {
         (meta.hostname, meta.filepath): answer(meta, *done)
@@ -88,21 +96,3 @@ async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:
     if not records:
         raise NotFoundError("File not found")
     return records[0]
-
-
-async def find(
-    store: MetadataStore,
-    *,
-    hostname: str | None = None,
-    sha256: str | None = None,
-    after: str | None = None,
-    limit: int = 100,
-) -> list[FileAnswer]:
-    """One page of records matching every filter given, oldest first, after *after*."""
-    if sha256 is not None:
-        checked_sha256(sha256)
-    try:
-        records = await store.list_files(hostname=hostname, sha256=sha256, after=after, limit=limit)
-    except ValueError as exc:  # a cursor this store never issued, or a limit out of range
-        raise InvalidInputError(str(exc)) from None
-    return await describe_all(store, records)

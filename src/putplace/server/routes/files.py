@@ -8,9 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from putplace.metadata.base import MAX_PAGE
 from putplace.models import (
-    MAX_NAME_LENGTH,
     BatchResponse,
     FileMetadata,
     FileResponse,
@@ -22,6 +20,11 @@ from putplace.service.errors import TooLargeError
 
 router = APIRouter(tags=["files"])
 
+ScanParam = Annotated[
+    str | None,
+    Query(max_length=64, description="An open scan (POST /scans) these records were seen by."),
+]
+
 
 @router.post(
     "/put_file",
@@ -30,8 +33,8 @@ router = APIRouter(tags=["files"])
     summary="Record where a file lives; learn whether its content must be uploaded",
     responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
 )
-async def put_file(meta: FileMetadata, caller: Writer) -> Response:
-    (answer,) = await files.register(caller.state.stores.metadata, [meta])
+async def put_file(meta: FileMetadata, caller: Writer, scan: ScanParam = None) -> Response:
+    (answer,) = await files.register(caller.state.stores.metadata, [meta], scan_id=scan)
     return json_response(answer, status.HTTP_201_CREATED)
 
 
@@ -75,10 +78,13 @@ async def put_files(
             "instead of the whole record (what a client needs; a tenth of the bytes)."
         ),
     ] = False,
+    scan: ScanParam = None,
 ) -> Response:
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
-    registered = await files.register(caller.state.stores.metadata, valid, brief=brief)
+    registered = await files.register(
+        caller.state.stores.metadata, valid, brief=brief, scan_id=scan
+    )
     for index, answer in zip(positions, registered, strict=True):
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}
     # Shaped as BatchResponse (the documented schema), built directly for speed.
@@ -135,23 +141,3 @@ async def get_file(caller: Reader, sha256: Sha256Path) -> Response:
     metadata = caller.state.stores.metadata
     record = await files.first_with_content(metadata, sha256)
     return json_response(files.describe(record, record.id, await metadata.get_blob(sha256)))
-
-
-@router.get(
-    "/files",
-    response_model=list[FileResponse],
-    summary="List file records, oldest first, a page at a time",
-    description="Filters combine. Pass the last `_id` of a page as `after` to get the next "
-    "page; an empty page is the end.",
-)
-async def list_files(
-    caller: Reader,
-    hostname: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
-    sha256: Annotated[str | None, Query(description="Only records with this content")] = None,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=min(1000, MAX_PAGE))] = 100,
-) -> Response:
-    page = await files.find(
-        caller.state.stores.metadata, hostname=hostname, sha256=sha256, after=after, limit=limit
-    )
-    return json_response(page)

@@ -1,0 +1,93 @@
+"""Scans: how deletions are found.
+
+A client opens a scan per root it walks, reports what it saw (the records it sends, and
+the paths of unchanged files it skips), and completes it only when the walk finished.
+Completing marks deleted every live record of that host under that root the scan did not
+see, unless an exclude pattern of the scan covers it. An abandoned or never completed
+scan deletes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from putplace.auth import utcnow
+from putplace.metadata import MetadataStore
+from putplace.models import ScanRecord, ScanState
+from putplace.patterns import Excluder, excluder
+from putplace.service.errors import ConflictError, InvalidInputError, NotFoundError
+
+MAX_EXCLUDES = 1000
+MAX_SEEN_PATHS = 10_000
+_DELETE_PAGE = 1000
+
+
+async def open_scan(
+    store: MetadataStore, hostname: str, root: str, excludes: Sequence[str]
+) -> ScanRecord:
+    if not root.startswith("/"):
+        raise InvalidInputError("root must be an absolute path")
+    if len(excludes) > MAX_EXCLUDES:
+        raise InvalidInputError(f"at most {MAX_EXCLUDES} exclude patterns")
+    return await store.create_scan(hostname, root, excludes, utcnow())
+
+
+async def open_scan_named(store: MetadataStore, scan_id: str) -> ScanRecord:
+    """The scan, which must still be open: 404 unknown, 409 finished."""
+    scan = await store.get_scan(scan_id)
+    if scan is None:
+        raise NotFoundError("no such scan")
+    if scan.state is not ScanState.open:
+        raise ConflictError(f"the scan is {scan.state.value}, not open")
+    return scan
+
+
+async def get_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
+    scan = await store.get_scan(scan_id)
+    if scan is None:
+        raise NotFoundError("no such scan")
+    return scan
+
+
+async def mark_seen(store: MetadataStore, scan_id: str, filepaths: Sequence[str]) -> int:
+    """Unchanged files the client did not send again, seen by the scan; how many of them
+    the server holds live (fewer means the client should send the others in full)."""
+    if len(filepaths) > MAX_SEEN_PATHS:
+        raise InvalidInputError(f"at most {MAX_SEEN_PATHS} paths per request")
+    scan = await open_scan_named(store, scan_id)
+    return await store.mark_seen(scan.id, scan.hostname, filepaths)
+
+
+async def complete_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
+    """Mark deleted what the scan did not see under its root (not what its excludes
+    cover), then close it. Deletions are written a page at a time; a completion cut off
+    part-way leaves the scan open and is simply repeated."""
+    scan = await open_scan_named(store, scan_id)
+    excluded = excluder(scan.excludes)
+    prefix = scan.root.rstrip("/") + "/"
+    deleted, after = 0, ""
+    while page := await store.unseen_files(scan.hostname, scan.root, scan.id, after,
+                                           _DELETE_PAGE):  # fmt: skip
+        after = page[-1].filepath
+        gone = [r for r in page if not _covered(excluded, r.filepath, prefix)]
+        deleted += await store.delete_files(gone, utcnow())
+    if not await store.finish_scan(scan.id, ScanState.completed, deleted, utcnow()):
+        raise ConflictError("the scan was finished by another request")
+    return await get_scan(store, scan.id)
+
+
+def _covered(excluded: Excluder, filepath: str, prefix: str) -> bool:
+    """Whether an exclude pattern covers *filepath* or one of its directories, as the
+    client's walk would have skipped it."""
+    relative = filepath[len(prefix) :] if filepath.startswith(prefix) else ""
+    if not relative:
+        return False
+    parts = relative.split("/")
+    return any(excluded("/".join(parts[: i + 1]), i < len(parts) - 1) for i in range(len(parts)))
+
+
+async def abandon_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
+    scan = await open_scan_named(store, scan_id)
+    if not await store.finish_scan(scan.id, ScanState.abandoned, 0, utcnow()):
+        raise ConflictError("the scan was finished by another request")
+    return await get_scan(store, scan.id)
