@@ -109,8 +109,10 @@ def test_refused_member_is_an_error_and_the_others_are_recorded(
     monkeypatch.setattr(pipeline, "KEEP_BUDGET", 0)
     real_put_files = ApiClient.put_files
 
-    def register_then_rewrite(self: ApiClient, records: list[dict[str, Any]]) -> Any:
-        answers = real_put_files(self, records)
+    def register_then_rewrite(
+        self: ApiClient, records: list[dict[str, Any]], scan: Any = None
+    ) -> Any:
+        answers = real_put_files(self, records, scan)
         before = os.stat(victim)
         victim.write_bytes(bytes(b ^ 0xFF for b in files[victim]))
         os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))

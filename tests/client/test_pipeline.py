@@ -57,14 +57,14 @@ def test_registration_hashing_and_uploads_run_at_the_same_time(
         hashed.add()
         return real_read(entry, stop)
 
-    def put_files(self: ApiClient, records: list[dict[str, Any]]) -> Any:
+    def put_files(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
         registering.add()
         if registering.value == 1:
             # While the first batch is being registered, a second registration starts
             # and later batches are hashed: nothing waits for this request.
             seen["second registration"] = registering.wait_for(2)
             seen["three batches hashed"] = hashed.wait_for(30)
-        return real_put_files(self, records)
+        return real_put_files(self, records, scan)
 
     def put_bundle(self: ApiClient, *args: Any, **kwargs: Any) -> Any:
         if "registration during upload" not in seen:
@@ -99,9 +99,9 @@ def test_a_stalled_server_does_not_let_the_walk_run_ahead(
             walked.add()
             yield entry
 
-    def stalled(self: ApiClient, records: list[dict[str, Any]]) -> Any:
+    def stalled(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
         release.wait(WAIT)
-        return real_put_files(self, records)
+        return real_put_files(self, records, scan)
 
     monkeypatch.setattr(pipeline, "walk", counting_walk)
     monkeypatch.setattr(ApiClient, "put_files", stalled)

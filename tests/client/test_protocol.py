@@ -23,8 +23,9 @@ def test_legacy_protocol_metadata_then_multipart_upload(
 ) -> None:
     with fake_server(legacy=True) as server:
         assert ppclient(server.url, str(tree)) == 0
-    # An old server has no /put_files: one 404, then one /put_file per file.
-    assert server.paths()[0] == "POST /put_files"
+    # An old server has no scans (one 404), no /put_files: one 404, then one /put_file
+    # per file.
+    assert server.paths()[:2] == ["POST /scans", "POST /put_files"]
     put_files = [r for r in server.requests if r.path == "/put_file"]
     assert len(put_files) == 3
     assert all(r.headers["X-API-Key"] == KEY for r in server.requests)
@@ -100,7 +101,7 @@ def test_dry_run_sends_nothing(tree: Path, capsys: pytest.CaptureFixture[str]) -
 def test_bad_key_stops_the_run_with_exit_2(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with fake_server(legacy=True, api_key="0" * 64) as server:
         assert ppclient(server.url, str(tree)) == 2
-    assert len(server.requests) == 2  # /put_files (404), then the first /put_file: 401
+    assert len(server.requests) == 3  # /scans, /put_files (404s), the first /put_file: 401
     err = capsys.readouterr().err
     assert "refused the API key (HTTP 401): Invalid API key" in err
 

@@ -223,11 +223,12 @@ class _InFlight:
 
 @dataclass
 class _Hashing:
-    """A batch on its way through the hashing pool."""
+    """A batch on its way through the hashing pool, from the walk of one root."""
 
     batch: list[FileEntry]
     cached: list[str | None]
     futures: list[Future[list[_Item | None]]]
+    root: str
 
 
 _END: Final = object()
@@ -257,7 +258,9 @@ class Run:
         self.summary = reporter.summary
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
-        self._walked: queue.Queue[list[FileEntry] | object] = queue.Queue(WALK_AHEAD)
+        self._walked: queue.Queue[tuple[str, list[FileEntry]] | object] = queue.Queue(WALK_AHEAD)
+        # root walked -> its open scan on the server (roots that are directories)
+        self._scans: dict[str, str] = {}
         self._keep = _Budget(KEEP_BUDGET)
         self._registering = _InFlight(REGISTER_IN_FLIGHT, self.stop)
         self._uploading_now = _InFlight(options.upload_workers * 2, self.stop)
@@ -289,10 +292,11 @@ class Run:
         ):
             self._uploaders = uploaders
             try:
+                self._open_scans()
                 walker.start()
                 hashing: deque[_Hashing] = deque()
-                while (batch := self._next_walked()) is not None:
-                    hashing.append(self._start_hashing(batch, hashers, small_hasher))
+                while (walked := self._next_walked()) is not None:
+                    hashing.append(self._start_hashing(*walked, hashers, small_hasher))
                     if len(hashing) > HASH_AHEAD:
                         self._pass_on(hashing.popleft(), registrars)
                 while hashing:
@@ -301,8 +305,10 @@ class Run:
                 self._send_bundle_now()  # the last, partly filled bundle
                 self._uploading_now.drain()
                 self._raise_fatal()
+                self._finish_scans(completed=not self.summary.errors)
             except BaseException as exc:
                 self.stop.set()
+                self._finish_scans(completed=False)
                 for pool in (hashers, small_hasher, registrars, uploaders):
                     pool.shutdown(wait=False, cancel_futures=True)
                 if isinstance(exc, Cancelled) and self._fatal is not None:
@@ -334,18 +340,51 @@ class Run:
         finally:
             tracker.leave()
 
+    # -- scans -------------------------------------------------------------------------
+    def _open_scans(self) -> None:
+        """One scan per directory walked, so the server can tell what is gone."""
+        if self.api is None:
+            return
+        for root in dict.fromkeys(os.path.abspath(p) for p in self.options.paths):
+            if not os.path.isdir(root) or os.path.islink(root):
+                continue
+            scan = self.api.open_scan(self.options.hostname, wire_path(root),
+                                      list(self.options.excludes))  # fmt: skip
+            if scan is None:  # a server without scans
+                return
+            self._scans[root] = scan
+
+    def _finish_scans(self, *, completed: bool) -> None:
+        """Complete the scans when every file was walked, read and registered; any error
+        (an unreadable directory, a refused record) or an interruption abandons them, so
+        nothing the run missed is taken for deleted."""
+        scans, self._scans = self._scans, {}
+        for scan in scans.values():
+            if self.api is None:
+                break
+            try:
+                answer = self.api.finish_scan(scan, completed=completed)
+            except Cancelled:  # the run is stopping: a scan left open deletes nothing
+                return
+            except ApiError as exc:
+                if completed:
+                    self.reporter.error("(scan)", f"could not complete the scan: {exc.detail}")
+                continue
+            if completed:
+                self.summary.add(deleted_on_server=int(answer.get("deleted", 0)))
+
     # -- walking -----------------------------------------------------------------------
     def _walk(self) -> None:
         options = self.options
         try:
-            entries = walk(
-                options.paths,
-                options.excludes,
-                on_error=self.reporter.error,
-                on_skip=self.reporter.skip,
-            )
-            for batch in _batches(entries, options.batch_size):
-                self._hand_over(batch)
+            # Root by root, so each batch belongs to one root's scan.
+            for root in options.paths:
+                entries = walk(
+                    [root], options.excludes, on_error=self.reporter.error,
+                    on_skip=self.reporter.skip,
+                )  # fmt: skip
+                for batch in _batches(entries, options.batch_size):
+                    self._hand_over((os.path.abspath(root), batch))
             self._hand_over(_END)
         except Cancelled:
             pass
@@ -361,7 +400,7 @@ class Run:
             except queue.Full:
                 continue
 
-    def _next_walked(self) -> list[FileEntry] | None:
+    def _next_walked(self) -> tuple[str, list[FileEntry]] | None:
         while True:
             check(self.stop)
             try:
@@ -370,12 +409,16 @@ class Run:
                 continue
             if item is _END:
                 return None
-            assert isinstance(item, list)
+            assert isinstance(item, tuple)
             return item
 
     # -- hashing -----------------------------------------------------------------------
     def _start_hashing(
-        self, batch: list[FileEntry], hashers: ThreadPoolExecutor, small: ThreadPoolExecutor
+        self,
+        root: str,
+        batch: list[FileEntry],
+        hashers: ThreadPoolExecutor,
+        small: ThreadPoolExecutor,
     ) -> _Hashing:
         """Look *batch* up in the cache; send the files that must be read to *hashers*
         (to *small* when they are all small, see :data:`SMALL_FILE`), a few at a time (one
@@ -390,7 +433,7 @@ class Run:
             )
             for c in _chunks(misses)
         ]
-        return _Hashing(batch, cached, futures)
+        return _Hashing(batch, cached, futures, root)
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
         """The batch's items in walk order (cache hits without reading the file)."""
@@ -476,23 +519,26 @@ class Run:
         if self.options.dry_run or not items:
             return
         self._registering.enter()
+        job = (items, self._scans.get(hashing.root))
         try:
-            registrars.submit(self._guarded, self._register_batch, items, self._registering)
+            registrars.submit(self._guarded, self._register_batch, job, self._registering)
         except BaseException:
             self._registering.leave()
             raise
 
-    def _register_batch(self, items: list[_Item]) -> None:
+    def _register_batch(self, job: tuple[list[_Item], str | None]) -> None:
+        items, scan = job
         handed_on: set[int] = set()
         try:
-            self._register(items, handed_on)
+            self._register(items, handed_on, scan)
         finally:
             for item in items:
                 if id(item) not in handed_on:
                     self._drop_data(item)
 
-    def _register(self, items: list[_Item], handed_on: set[int]) -> None:
-        """Register *items*; queue the content the server lacks (ids into *handed_on*)."""
+    def _register(self, items: list[_Item], handed_on: set[int], scan: str | None) -> None:
+        """Register *items* (seen by *scan*); queue the content the server lacks (ids
+        into *handed_on*)."""
         assert self.api is not None
         server, host = self.api.url, self.options.hostname
         if not self.options.resend:
@@ -500,11 +546,13 @@ class Run:
                 server, host, (i.record["filepath"] for i in items)
             )
             fresh = [i for i in items if known.get(i.record["filepath"]) != i.fingerprint]
+            if not self._still_recorded(items, fresh, scan):
+                fresh = items  # the server lost some: send them all again
             self.summary.add(unchanged=len(items) - len(fresh))
             items = fresh
         if not items:
             return
-        answers = self._send([i.record for i in items])
+        answers = self._send([i.record for i in items], scan)
         accepted = [(i, a) for i, a in zip(items, answers, strict=True) if a is not None]
         present = [i for i, a in accepted if not a["upload_required"]]
         self.summary.add(metadata_sent=len(accepted), already_on_server=len(present))
@@ -515,12 +563,24 @@ class Run:
             if answer["upload_required"] and self._queue_upload(item):
                 handed_on.add(id(item))
 
-    def _send(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def _still_recorded(self, items: list[_Item], fresh: list[_Item], scan: str | None) -> bool:
+        """Name the unchanged files (not sent again) to the scan; False when the server
+        no longer holds them all live (deleted meanwhile, or restored from a backup)."""
+        if scan is None or len(fresh) == len(items):
+            return True
+        assert self.api is not None
+        sending = {id(i) for i in fresh}
+        unchanged = [i.record["filepath"] for i in items if id(i) not in sending]
+        return self.api.scan_seen(scan, unchanged) == len(unchanged)
+
+    def _send(
+        self, records: list[dict[str, Any]], scan: str | None = None
+    ) -> list[dict[str, Any] | None]:
         """Per record: the server's answer, or None after reporting why it was refused."""
         assert self.api is not None
         if not self._single_mode:
             try:
-                results = self.api.put_files(records)
+                results = self.api.put_files(records, scan)
             except NotSupportedError:
                 self._single_mode = True  # an older server: one record per request
             except AuthError:
@@ -528,7 +588,7 @@ class Run:
             except ApiError as exc:
                 if exc.status == 413 and len(records) > 1:  # a server with a lower limit
                     half = len(records) // 2
-                    return self._send(records[:half]) + self._send(records[half:])
+                    return self._send(records[:half], scan) + self._send(records[half:], scan)
                 for record in records:
                     self.reporter.error(record["filepath"], f"not registered: {exc.detail}")
                 return [None] * len(records)

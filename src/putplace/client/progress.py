@@ -31,6 +31,7 @@ class Summary:
     bytes_uploaded: int = 0
     already_on_server: int = 0
     skipped: int = 0
+    deleted_on_server: int = 0
     errors: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -48,6 +49,7 @@ class Summary:
             "bytes_uploaded": "Bytes uploaded",
             "already_on_server": "Content already on server",
             "skipped": "Skipped (sockets, FIFOs, devices)",
+            "deleted_on_server": "Gone since last run (marked deleted)",
             "errors": "Errors",
         }
         return [(labels[f.name], getattr(self, f.name)) for f in fields(self) if f.name in labels]

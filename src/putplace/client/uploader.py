@@ -52,7 +52,7 @@ _BUNDLE_PIECE = 256 * 1024
 than one write per small member)."""
 
 #: Endpoints an older server lacks; 404 or 405 there means "not supported", not an error.
-OPTIONAL_ENDPOINTS = frozenset({"/put_files", "/bundles"})
+OPTIONAL_ENDPOINTS = frozenset({"/put_files", "/bundles", "/scans"})
 
 
 class ApiError(Exception):
@@ -267,11 +267,15 @@ class ApiClient:
         ).json()
         return answer
 
-    def put_files(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``POST /put_files``: one result per record (``ok`` + ``file`` or ``errors``).
+    def put_files(
+        self, records: list[dict[str, Any]], scan: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``POST /put_files``: one result per record (``ok`` + ``file`` or ``errors``),
+        seen by *scan* when given.
 
         Raises :class:`NotSupportedError` on a server without the endpoint.
         """
+        params = BRIEF if scan is None else {**BRIEF, "scan": scan}
         # orjson: the request and answer of a batch hold thousands of records, which the
         # standard json module took 15% of a first ingest's client CPU to convert.
         body = orjson.dumps({"files": records})
@@ -280,13 +284,38 @@ class ApiClient:
         response = self._request(
             "POST",
             "/put_files",
-            lambda _: {"content": body, "headers": JSON_HEADERS, "params": BRIEF},
+            lambda _: {"content": body, "headers": JSON_HEADERS, "params": params},
         )
         try:
             results: list[dict[str, Any]] = orjson.loads(response.content)["results"]
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             raise ApiError(response.status_code, f"not a batch answer: {exc}") from None
         return results
+
+    def open_scan(self, hostname: str, root: str, excludes: list[str]) -> str | None:
+        """``POST /scans``: the new scan's id; None from a server without scans."""
+        body = {"hostname": hostname, "root": root, "excludes": excludes}
+        try:
+            answer = self._request("POST", "/scans", lambda _: {"json": body}).json()
+        except NotSupportedError:
+            return None
+        return str(answer["scan_id"])
+
+    def scan_seen(self, scan: str, filepaths: list[str]) -> int:
+        """``POST /scans/{scan}/seen``: unchanged files, not sent again, still seen."""
+        answer = self._request(
+            "POST", f"/scans/{scan}/seen", lambda _: {"json": {"filepaths": filepaths}}
+        ).json()
+        return int(answer["seen"])
+
+    def finish_scan(self, scan: str, *, completed: bool) -> dict[str, Any]:
+        """``POST /scans/{scan}/complete`` (the walk finished: the server marks what it
+        did not see deleted) or ``/abandon`` (nothing is deleted)."""
+        action = "complete" if completed else "abandon"
+        answer: dict[str, Any] = self._request(
+            "POST", f"/scans/{scan}/{action}", lambda _: {}
+        ).json()
+        return answer
 
     def upload_file(
         self,
