@@ -86,6 +86,21 @@ class Settings(BaseSettings):
         description="Largest total of contents in one POST /bundles, bytes (held in memory "
         "until the bundle is stored).",
     )
+    history_keep_versions: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Past versions kept per file location by `ppserver gc --delete`, newest "
+        "first; 0 keeps all.",
+    )
+    history_keep_days: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="`ppserver gc --delete` drops past versions that ended more than this "
+        "many days ago; 0 keeps them forever.",
+    )
+    history_keeps_content: bool = Field(
+        True,
+        description="Content held only by past versions or deleted records stays stored "
+        "(restorable as of a time). Off: `gc` collects content no live record holds.",
+    )
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "

@@ -144,24 +144,43 @@ async def fleet(store: MetadataStore) -> MetadataStore:
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
-        ({}, ["/srv/app/main.py", "/srv/app/lib/util.py", "/srvx/readme", "/srv/data.bin",
-              "/etc/hosts", "/srv/app/main.py"]),
+        (
+            {},
+            [
+                "/srv/app/main.py",
+                "/srv/app/lib/util.py",
+                "/srvx/readme",
+                "/srv/data.bin",
+                "/etc/hosts",
+                "/srv/app/main.py",
+            ],
+        ),
         ({"hostnames": ("db", "mail")}, ["/srv/data.bin", "/etc/hosts", "/srv/app/main.py"]),
-        ({"hostnames": ("web",), "path_prefix": "/srv"},
-         ["/srv/app/main.py", "/srv/app/lib/util.py"]),
+        (
+            {"hostnames": ("web",), "path_prefix": "/srv"},
+            ["/srv/app/main.py", "/srv/app/lib/util.py"],
+        ),
         ({"path_prefix": "/srv/app/main.py"}, ["/srv/app/main.py", "/srv/app/main.py"]),
         ({"path_glob": "/srv/*/*.py"}, ["/srv/app/main.py", "/srv/app/main.py"]),
-        ({"path_glob": "/srv/**.py"}, ["/srv/app/main.py", "/srv/app/lib/util.py",
-                                       "/srv/app/main.py"]),
+        (
+            {"path_glob": "/srv/**.py"},
+            ["/srv/app/main.py", "/srv/app/lib/util.py", "/srv/app/main.py"],
+        ),
         ({"path_glob": "/[ed]*/*"}, ["/etc/hosts"]),
         ({"path_glob": "/[!e]*/?ata.bin"}, ["/srv/data.bin"]),
         ({"sha256": sha(100)}, ["/srv/app/lib/util.py", "/srvx/readme", "/srv/data.bin"]),
-        ({"min_size": 300, "max_size": 500}, ["/srv/app/main.py", "/srvx/readme",
-                                              "/srv/app/main.py"]),
-        ({"mtime_after": 20.0, "mtime_before": 50.0}, ["/srv/app/main.py", "/etc/hosts",
-                                                       "/srv/app/main.py"]),
-        ({"recorded_after": at(2), "recorded_before": at(4)}, ["/srv/app/lib/util.py",
-                                                               "/srvx/readme"]),
+        (
+            {"min_size": 300, "max_size": 500},
+            ["/srv/app/main.py", "/srvx/readme", "/srv/app/main.py"],
+        ),
+        (
+            {"mtime_after": 20.0, "mtime_before": 50.0},
+            ["/srv/app/main.py", "/etc/hosts", "/srv/app/main.py"],
+        ),
+        (
+            {"recorded_after": at(2), "recorded_before": at(4)},
+            ["/srv/app/lib/util.py", "/srvx/readme"],
+        ),
     ],  # fmt: skip
 )
 async def test_search_filters(
@@ -172,8 +191,13 @@ async def test_search_filters(
 
 @pytest.mark.parametrize(
     ("sort", "field"),
-    [(SortKey.path, "filepath"), (SortKey.size, "file_size"), (SortKey.mtime, "file_mtime"),
-     (SortKey.recorded, "recorded_at"), (SortKey.id, "id")],  # fmt: skip
+    [
+        (SortKey.path, "filepath"),
+        (SortKey.size, "file_size"),
+        (SortKey.mtime, "file_mtime"),
+        (SortKey.recorded, "recorded_at"),
+        (SortKey.id, "id"),
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("descending", [False, True])
 async def test_search_sorts_and_pages_every_record_once(
@@ -216,16 +240,21 @@ async def test_search_live_deleted_and_as_of(fleet: MetadataStore) -> None:
 
     # Before the deletion and the change: the inventory as it was.
     assert sizes(await search(fleet, as_of=at(9), **web)) == [
-        ("/srv/app/lib/util.py", 100), ("/srv/app/main.py", 300), ("/srvx/readme", 500)
+        ("/srv/app/lib/util.py", 100),
+        ("/srv/app/main.py", 300),
+        ("/srvx/readme", 500),
     ]
     assert sizes(await search(fleet, as_of=at(15), **web)) == [
-        ("/srv/app/main.py", 300), ("/srvx/readme", 500)
+        ("/srv/app/main.py", 300),
+        ("/srvx/readme", 500),
     ]
     assert sizes(await search(fleet, as_of=at(25), **web)) == [
-        ("/srv/app/main.py", 301), ("/srvx/readme", 500)
+        ("/srv/app/main.py", 301),
+        ("/srvx/readme", 500),
     ]
     assert sizes(await search(fleet, as_of=at(2), **web)) == [
-        ("/srv/app/lib/util.py", 100), ("/srv/app/main.py", 300)
+        ("/srv/app/lib/util.py", 100),
+        ("/srv/app/main.py", 300),
     ]
     # As of a time, past versions page and sort with current ones.
     for page in (1, 2):

@@ -9,7 +9,7 @@ import httpx
 
 from putplace.config import Settings
 from putplace.models import BlobState
-from putplace.service.maintenance import collect_garbage, verify
+from putplace.service.maintenance import Retention, collect_garbage, verify
 from putplace.service.stores import open_stores
 from tests.support.payloads import metadata, put, store
 from tests.support.processes import run_ppserver
@@ -60,13 +60,23 @@ async def test_gc_lists_then_deletes_only_unreferenced(
     kept = await store(api, b"still used")
     async with open_stores(settings) as stores:
         metadata_store, blobs = stores.metadata, stores.blobs
-        young = await collect_garbage(metadata_store, blobs, min_age_seconds=3600)
+        # By default the past version of /etc/app.conf keeps version 1 (restorable).
+        held = await collect_garbage(metadata_store, blobs, delete=True, min_age_seconds=0)
+        assert (held.unreferenced, held.deleted) == ([], [])
+        live_only = Retention(history_keeps_content=False)
+        young = await collect_garbage(
+            metadata_store, blobs, min_age_seconds=3600, retention=live_only
+        )
         assert young.unreferenced == []  # too recent to be collected
-        listed = await collect_garbage(metadata_store, blobs, min_age_seconds=0)
+        listed = await collect_garbage(
+            metadata_store, blobs, min_age_seconds=0, retention=live_only
+        )
         assert listed.unreferenced == [old["sha256"]]
         assert listed.deleted == []
         assert await blobs.exists(old["sha256"])
-        deleted = await collect_garbage(metadata_store, blobs, delete=True, min_age_seconds=0)
+        deleted = await collect_garbage(
+            metadata_store, blobs, delete=True, min_age_seconds=0, retention=live_only
+        )
         assert deleted.deleted == [old["sha256"]]
         assert not await blobs.exists(old["sha256"])
         assert await metadata_store.get_blob(old["sha256"]) is None
@@ -74,6 +84,24 @@ async def test_gc_lists_then_deletes_only_unreferenced(
         # Registering the collected content again asks for an upload.
         assert (await put(api, metadata(b"version 1"))).status_code == 201
         assert (await put(api, old)).json()["upload_required"] is True
+
+
+async def test_gc_drops_versions_beyond_retention_then_their_content(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    versions = [await store(api, f"v{i}".encode(), filepath="/etc/app.conf") for i in range(3)]
+    async with open_stores(settings) as stores:
+        keep_one = Retention(keep_versions=1)
+        listed = await collect_garbage(stores.metadata, stores.blobs, min_age_seconds=0,
+                                       retention=keep_one)  # fmt: skip
+        assert (listed.history_pruned, listed.unreferenced) == (0, [])  # a dry run drops none
+        report = await collect_garbage(stores.metadata, stores.blobs, delete=True,
+                                       min_age_seconds=0, retention=keep_one)  # fmt: skip
+        assert report.history_pruned == 1
+        assert report.deleted == [versions[0]["sha256"]]  # v1: its only version is gone
+        assert await stores.blobs.exists(versions[1]["sha256"])  # the kept past version's
+        history = await stores.metadata.history("host-a", "/etc/app.conf")
+        assert [v.sha256 for v in history] == [versions[2]["sha256"], versions[1]["sha256"]]
 
 
 def test_verify_and_gc_commands(tmp_path: Path) -> None:

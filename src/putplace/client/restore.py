@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -247,7 +247,9 @@ class Restorer:
         finally:
             self.display.file_done(item.size, shown[0])
 
-    def _restore_in(self, parent: int, item: Item, progress: Any) -> dict[str, int]:
+    def _restore_in(
+        self, parent: int, item: Item, progress: Callable[[int], None]
+    ) -> dict[str, int]:
         name = item.parts[-1]
         if same_file(parent, name, item.size, item.sha256, self.stop):
             set_times_and_mode(parent, name, item.mode, item.mtime, item.atime, self.privileged)

@@ -142,22 +142,29 @@ async def _count_keys(settings: Settings) -> int:
 async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from putplace.service.maintenance import collect_garbage, verify
+    from putplace.service.maintenance import Retention, collect_garbage, verify
 
     if args.command == "gc" and args.min_age < 0:
         print("ppserver: --min-age must be >= 0", file=sys.stderr)
         return EXIT_USAGE
     async with open_stores(settings) as stores:
         if args.command == "gc":
-            gc_report = await collect_garbage(
-                stores.metadata, stores.blobs, delete=args.delete, min_age_seconds=args.min_age
+            retention = Retention(
+                keep_versions=settings.history_keep_versions,
+                keep_days=settings.history_keep_days,
+                history_keeps_content=settings.history_keeps_content,
             )
+            gc_report = await collect_garbage(
+                stores.metadata, stores.blobs, delete=args.delete,
+                min_age_seconds=args.min_age, retention=retention,
+            )  # fmt: skip
             if args.json:
                 print(json.dumps(asdict(gc_report)))
             elif args.delete:
                 for sha in gc_report.deleted:
                     print(sha)
-                print(f"{len(gc_report.deleted)} blobs deleted", file=sys.stderr)
+                print(f"{gc_report.history_pruned} past versions dropped, "
+                      f"{len(gc_report.deleted)} blobs deleted", file=sys.stderr)  # fmt: skip
             else:
                 for sha in gc_report.unreferenced:
                     print(sha)

@@ -92,8 +92,23 @@ async def verify(
     return report
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long past versions are kept, and whether they keep their content stored."""
+
+    keep_versions: int = 0
+    """Past versions kept per location, newest first; 0 keeps all."""
+    keep_days: float = 0
+    """Past versions that ended longer ago are dropped; 0 keeps them forever."""
+    history_keeps_content: bool = True
+    """Content held only by past versions or deleted records stays stored (restorable
+    "as of" a time); off, only live records keep content."""
+
+
 @dataclass
 class GcReport:
+    #: Past file versions dropped under the retention settings (with ``delete``).
+    history_pruned: int = 0
     #: Recorded content no file record references.
     unreferenced: list[str] = field(default_factory=list)
     #: Content in the blob store that no blob record knows (written, then never recorded:
@@ -132,9 +147,14 @@ async def collect_garbage(
     *,
     delete: bool = False,
     min_age_seconds: float = GC_MIN_AGE_SECONDS,
+    retention: Retention = Retention(),
 ) -> GcReport:
     """Find (and with *delete*, remove) content nothing needs: recorded blobs no file
     record references, and blobs in the store that no record knows at all.
+
+    With *delete*, past versions beyond *retention* are dropped first. Content that only
+    past versions or deleted records hold is kept while ``retention.history_keeps_content``
+    (so a restore "as of" a time finds it).
 
     Only blobs stored more than *min_age_seconds* ago are considered, so content whose
     file record is still on its way is left alone. Deletion is ordered so that a file
@@ -147,19 +167,25 @@ async def collect_garbage(
     """
     cutoff = utcnow() - timedelta(seconds=min_age_seconds)
     report = GcReport()
+    if delete:  # first, so content only the dropped versions held is collected below
+        ended_before = (
+            utcnow() - timedelta(days=retention.keep_days) if retention.keep_days else None
+        )
+        report.history_pruned = await metadata.prune_history(retention.keep_versions, ended_before)
+    by_history = retention.history_keeps_content
     candidates = [
         r
         async for r in blob_records(metadata)
         if r.stored_at <= cutoff and r.state is BlobState.present
     ]
     for record in candidates:
-        if await metadata.is_referenced(record.sha256):
+        if await metadata.is_referenced(record.sha256, by_history=by_history):
             continue
         report.unreferenced.append(record.sha256)
         if not delete:
             continue
         await metadata.delete_blob(record.sha256)
-        if await metadata.is_referenced(record.sha256):
+        if await metadata.is_referenced(record.sha256, by_history=by_history):
             await metadata.put_blob(record)
             report.kept_after_recheck.append(record.sha256)
             continue

@@ -212,12 +212,13 @@ def locations(argv: Sequence[str]) -> int:
         headers = ["HOSTNAME", "RECORDED", "PATH"]
         if args.include_past:
             headers[2:2] = ["UNTIL", "STATE"]
+            found = _past_rows(found)
         table = Table(headers)
         rows = []
         for item in found:
             row = [safe(item.get("hostname")), when(item.get("recorded_at"))]
             if args.include_past:
-                row += _until(item)
+                row += [when(item.get("until")), item["state"]]
             rows.append([*row, safe(item.get("filepath"))])
         table.write(rows)
         return opt.EXIT_OK
@@ -225,13 +226,38 @@ def locations(argv: Sequence[str]) -> int:
     return opt.run(body)
 
 
-def _until(item: dict[str, Any]) -> list[str]:
-    """When a location stopped holding the content, and why."""
-    if item.get("deleted_at"):
-        return [when(item["deleted_at"]), "deleted"]
-    if item.get("valid_to"):
-        return [when(item["valid_to"]), "replaced"]
-    return ["-", "live"]
+def _past_rows(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Locations with when and how each stopped holding the content.
+
+    A deletion is recorded as a version of its own (``deleted_at`` set), and the version
+    before it ends (``valid_to``) at that moment: the two are shown as one line, held
+    from the first's ``recorded_at`` until deleted, rather than "replaced" and then
+    "deleted" at the same instant.
+    """
+    deletions = {
+        (item.get("hostname"), item.get("filepath"), item["deleted_at"])
+        for item in found
+        if item.get("deleted_at")
+    }
+    ended_by_deletion = {
+        (item.get("hostname"), item.get("filepath"), item.get("valid_to"))
+        for item in found
+        if item.get("valid_to") and not item.get("deleted_at")
+    } & deletions
+    rows = []
+    for item in found:
+        place = (item.get("hostname"), item.get("filepath"))
+        if item.get("deleted_at"):
+            if (*place, item["deleted_at"]) in ended_by_deletion:
+                continue  # shown with the version it ended
+            rows.append({**item, "until": item["deleted_at"], "state": "deleted"})
+        elif item.get("valid_to"):
+            deleted = (*place, item["valid_to"]) in ended_by_deletion
+            rows.append({**item, "until": item["valid_to"],
+                         "state": "deleted" if deleted else "replaced"})  # fmt: skip
+        else:
+            rows.append({**item, "until": None, "state": "live"})
+    return rows
 
 
 # --- history ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from putplace.client.cancel import check
 from putplace.client.inventory.reader import ReadClient
 from putplace.client.inventory.restorefs import hash_fd
 from putplace.client.uploader import ApiError
-from putplace.digest import CHUNK_SIZE
 
 
 class Sink:
@@ -78,7 +77,7 @@ def fetch(
                     "content-range", ""
                 ).startswith(f"bytes {sink.size}-"):
                     raise ApiError(206, "the server sent a different byte range than asked")
-                for chunk in response.iter_bytes(CHUNK_SIZE):
+                for chunk in response.iter_bytes():  # as it arrives: a cut loses nothing
                     check(stop)
                     sink.write(chunk)
                     progress(len(chunk))
