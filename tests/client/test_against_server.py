@@ -11,11 +11,12 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from putplace.client import hashing
+from putplace.client import hashing, scanner
 from putplace.client.cli import main
 from putplace.client.names import os_path, wire_path
 from tests.client.helpers import counts
@@ -167,3 +168,39 @@ def test_first_ingest_of_small_and_large_files_stores_everything(
         assert download.content == files[path]
     assert run(server_url, keys.write, tmp_path, *args) == 0  # nothing left to send
     assert counts(capsys.readouterr().out)["Unchanged since last run (not re-sent)"] == 401
+
+
+def test_a_clean_rescan_marks_what_is_gone_deleted_and_an_incomplete_one_does_not(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    (tree / "cache").mkdir()
+    (tree / "cache" / "x.tmp").write_bytes(b"temporary")
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    capsys.readouterr()
+    (tree / "one").unlink()
+    # cache/ is excluded from now on: its records are left alone, though not walked.
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1",
+               "--exclude", "cache/") == 0  # fmt: skip
+    summary = counts(capsys.readouterr().out)
+    assert summary["Unchanged since last run (not re-sent)"] == 2  # named to the scan only
+    assert summary["Gone since last run (marked deleted)"] == 1
+    assert set(records(server_url, keys.read, "h1")) == {
+        str(tree / "d/two"),
+        str(tree / "d/dup"),
+        str(tree / "cache/x.tmp"),
+    }
+
+    # A directory that cannot be read: the scan is abandoned and nothing is deleted.
+    (tree / "d" / "two").unlink()
+    real_scandir = scanner.os.scandir
+
+    def unreadable(path: Any) -> Any:
+        if str(path) == str(tree / "d"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(scanner.os, "scandir", unreadable)
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 1
+    assert counts(capsys.readouterr().out)["Gone since last run (marked deleted)"] == 0
+    assert str(tree / "d/two") in records(server_url, keys.read, "h1")
