@@ -1,0 +1,57 @@
+"""A database written before the inventory (schema 0) opens, keeps every record, and
+gets versions, counters and history from then on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from putplace.metadata.inventory import FileQuery
+from putplace.metadata.sqlite import SCHEMA, SQLiteMetadataStore
+from tests.metadata.test_conformance import at, meta, put_file, sha
+
+
+def old_database(path: Path) -> None:
+    """Two files and a blob, as the previous release stored them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA)  # schema 0: the tables as they were
+        for name, size in (("/a", 10), ("/b", 20)):
+            conn.execute(
+                "INSERT INTO files (filepath, hostname, ip_address, sha256, file_size, "
+                "file_mode, file_uid, file_gid, file_mtime, file_atime, file_ctime, "
+                "is_symlink, link_target, created_at, updated_at) "
+                "VALUES (?, 'h', '', ?, ?, 33188, 0, 0, 1.0, 1.0, 1.0, 0, NULL, ?, ?)",
+                (name, sha(name), size, at(0).isoformat(), at(0).isoformat()),
+            )
+        conn.execute(
+            "INSERT INTO blobs VALUES (?, 10, 'present', ?)", (sha("/a"), at(0).isoformat())
+        )
+    conn.close()
+
+
+async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_database(path)
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    try:
+        record = await store.get_file("h", "/a")
+        assert record is not None
+        assert (record.recorded_at, record.deleted_at) == (at(0), None)
+        totals = await store.totals(None, 10)
+        assert totals.growth == [(at(0).date().isoformat(), "h", 2, 30, 0, 0)]
+        assert (totals.blob_count, totals.blob_bytes) == (1, 10)
+        await put_file(store, meta("h", "/a", file_size=11, sha256=sha("new")), at(5))
+        assert [v.file_size for v in await store.history("h", "/a")] == [11, 10]
+        found = await store.search_files(FileQuery(), None, 10)
+        assert [f.record.filepath for f in found] == ["/a", "/b"]
+    finally:
+        await store.close()
+    reopened = SQLiteMetadataStore(path)  # a second open migrates nothing twice
+    await reopened.open()
+    try:
+        day = at(0).date().isoformat()  # counted once, plus the 1-byte growth of /a
+        assert (await reopened.totals(None, 10)).growth == [(day, "h", 2, 31, 0, 0)]
+    finally:
+        await reopened.close()
