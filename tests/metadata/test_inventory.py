@@ -321,6 +321,18 @@ async def test_totals_follow_every_write(store: MetadataStore) -> None:
     dupes = (await store.totals(None, 10)).duplicates
     assert [(d.sha256, d.count, d.size, d.wasted_bytes) for d in dupes] == [(sha("x"), 2, 10, 10)]
     assert (await store.totals("h", 10)).duplicates == []  # per host
+    await put_file(store, meta("g", "/dup2", file_size=10, sha256=sha("x")), later)
+    await put_file(store, meta("g", "/a", file_size=10, sha256=sha("x")), later)  # y -> x
+    dupes = (await store.totals(None, 10)).duplicates
+    assert [(d.sha256, d.count, d.wasted_bytes) for d in dupes] == [(sha("x"), 4, 30)]
+    assert [(d.count, d.wasted_bytes) for d in (await store.totals("g", 10)).duplicates] == [
+        (3, 20)
+    ]
+    for path in ("/dup", "/dup2", "/a"):
+        record = await store.get_file("g", path)
+        assert record is not None
+        await store.delete_files([record], later)
+    assert (await store.totals(None, 10)).duplicates == []  # /c alone holds x again
     assert {g[1] for g in (await store.totals("g", 10)).growth} == {"g"}
     await store.delete_blob(sha("y"))
     after = await store.totals(None, 10)

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bson import ObjectId
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReadPreference, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -62,7 +62,9 @@ from putplace.metadata.inventory import (
     Found,
     Growth,
     PastVersion,
+    References,
     Totals,
+    WritePlan,
     plan_deletes,
     plan_puts,
     prefix_range,
@@ -107,8 +109,9 @@ HISTORY_INDEXES = [
     IndexModel([("sha256", ASCENDING)], name="sha256"),
     IndexModel([("valid_to", ASCENDING)], name="valid_to"),
 ]
+REFERENCE_INDEXES = [IndexModel([("wasted", DESCENDING), ("_id", ASCENDING)], name="wasted")]
 #: Schema changes applied at open, counted in the ``meta`` collection's ``schema`` document.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SEARCH_FIELDS = {CURRENT: {}, HISTORY: {"recorded_at": "valid_from"}}
 API_KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
@@ -151,6 +154,22 @@ def _growth_ops(growth: Growth) -> list[UpdateOne]:
                   upsert=True)
         for d, h, *v in growth.rows()
     ]  # fmt: skip
+
+
+def _reference_ops(references: References) -> list[UpdateOne]:
+    """Add each change to the content's count and keep ``wasted`` (bytes held more than
+    once) beside it, for the index the largest duplicate groups are read from."""
+    return [
+        UpdateOne(
+            {"_id": sha},
+            [
+                {"$set": {"refs": {"$add": [{"$ifNull": ["$refs", 0]}, change]}, "size": size}},
+                {"$set": {"wasted": {"$multiply": [{"$subtract": ["$refs", 1]}, "$size"]}}},
+            ],
+            upsert=True,
+        )
+        for sha, change, size in references.rows()
+    ]
 
 
 def _scan(doc: Mapping[str, Any]) -> ScanRecord:
@@ -309,6 +328,7 @@ class MongoMetadataStore(MetadataStore):
             with self._guard("create indexes"):
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
+                await db["content_refs"].create_indexes(REFERENCE_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
@@ -322,8 +342,30 @@ class MongoMetadataStore(MetadataStore):
         """Bring data written by an older version up to :data:`SCHEMA_VERSION`: each step
         only fills in what is missing, so one interrupted is simply run again."""
         meta = await db["meta"].find_one({"_id": "schema"})
-        if meta is not None and meta.get("version", 0) >= SCHEMA_VERSION:
+        version = 0 if meta is None else int(meta.get("version", 0))
+        if version >= SCHEMA_VERSION:
             return
+        if version < 1:
+            await MongoMetadataStore._migrate_inventory(db)
+        if version < 2:
+            by_content: list[Document] = [
+                {"$match": {"deleted_at": None}},
+                {"$group": {"_id": "$sha256", "refs": {"$sum": 1},
+                            "size": {"$max": "$file_size"}}},
+            ]  # fmt: skip
+            async for row in await db["files"].aggregate(by_content):
+                wasted = (row["refs"] - 1) * row["size"]
+                await db["content_refs"].update_one(
+                    {"_id": row["_id"]},
+                    {"$set": {"refs": row["refs"], "size": row["size"], "wasted": wasted}},
+                    upsert=True,
+                )
+        await db["meta"].update_one(
+            {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
+        )
+
+    @staticmethod
+    async def _migrate_inventory(db: AsyncDatabase[Document]) -> None:
         files = db["files"]
         await files.update_many(
             {"recorded_at": {"$exists": False}}, [{"$set": {"recorded_at": "$updated_at"}}]
@@ -352,9 +394,6 @@ class MongoMetadataStore(MetadataStore):
             count, size = row["n"], row["bytes"]
         await db["counters"].update_one(
             {"_id": "blobs"}, {"$set": {"count": count, "bytes": size}}, upsert=True
-        )
-        await db["meta"].update_one(
-            {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
 
     async def close(self) -> None:
@@ -434,7 +473,7 @@ class MongoMetadataStore(MetadataStore):
                 lost = await self._write_lost(ops)
                 done = [m for i, m in enumerate(pending) if i not in lost]
                 plan = plan_puts(done, current, now) if lost else plan
-                await self._record_history(plan.history, plan.growth)
+                await self._record_history(plan)
                 ids.update((loc, rec.id) for loc, rec in current.items())
                 pending = [pending[i] for i in sorted(lost)]
                 if not pending:
@@ -482,13 +521,16 @@ class MongoMetadataStore(MetadataStore):
             return _duplicate_indexes(exc)
         return set()
 
-    async def _record_history(self, history: list[PastVersion], growth: Growth) -> None:
-        if history:
+    async def _record_history(self, plan: WritePlan) -> None:
+        """The history and counter half of a write (the records are the caller's)."""
+        if plan.history:
             await self._coll("file_history").insert_many(
-                [_history_doc(v) for v in history], ordered=False
+                [_history_doc(v) for v in plan.history], ordered=False
             )
-        if ops := _growth_ops(growth):
+        if ops := _growth_ops(plan.growth):
             await self._coll("growth").bulk_write(ops, ordered=False)
+        if ops := _reference_ops(plan.references):
+            await self._coll("content_refs").bulk_write(ops, ordered=False)
 
     async def _current(
         self, locations: Sequence[tuple[str, str]]
@@ -652,8 +694,7 @@ class MongoMetadataStore(MetadataStore):
             for chunk in chunked(list(records), 100):
                 outcomes = await asyncio.gather(*(delete(r) for r in chunk))
                 deleted += [r for r, done in zip(chunk, outcomes, strict=True) if done]
-            plan = plan_deletes(deleted, now)
-            await self._record_history(plan.history, plan.growth)
+            await self._record_history(plan_deletes(deleted, now))
         return len(deleted)
 
     async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
@@ -713,10 +754,17 @@ class MongoMetadataStore(MetadataStore):
                 async for d in self._coll("growth").find(growth_filter)
             ]
             counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
-            duplicates = [
-                DuplicateGroup(d["_id"], d["n"], d["size"])
-                async for d in await self._files.aggregate(groups)
-            ]
+            if hostname is None:  # the first entries of the wasted index
+                cursor = self._coll("content_refs").find({"refs": {"$gt": 1}})
+                duplicates = [
+                    DuplicateGroup(d["_id"], d["refs"], d["size"])
+                    async for d in cursor.sort([("wasted", -1), ("_id", 1)]).limit(top)
+                ]
+            else:  # one host's records
+                duplicates = [
+                    DuplicateGroup(d["_id"], d["n"], d["size"])
+                    async for d in await self._files.aggregate(groups)
+                ]
         return Totals(
             growth=sorted(growth),
             blob_count=int(counters.get("count", 0)),

@@ -185,6 +185,19 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
         "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
     ],
+    [  # 2: live records per content, for the largest duplicate groups
+        """CREATE TABLE content_refs (
+            sha256 TEXT PRIMARY KEY,
+            refs INTEGER NOT NULL,
+            size INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        # Only duplicated contents are in the index: a content held once (most of them)
+        # costs no index write.
+        "CREATE INDEX content_dupes ON content_refs ((refs - 1) * size DESC, sha256) "
+        "WHERE refs > 1",
+        "INSERT INTO content_refs SELECT sha256, COUNT(*), MAX(file_size) FROM files "
+        "WHERE deleted_at IS NULL GROUP BY sha256",
+    ],
 ]
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
@@ -199,6 +212,10 @@ _UPSERT_FILE = (
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted) "
     f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))})"
+)
+_ADD_REFERENCES = (
+    "INSERT INTO content_refs VALUES (?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+    "refs = refs + excluded.refs"
 )
 _ADD_GROWTH = (
     "INSERT INTO growth VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, hostname) DO UPDATE SET "
@@ -289,6 +306,7 @@ def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
         ],
     )  # fmt: skip
     conn.executemany(_ADD_GROWTH, plan.growth.rows())
+    conn.executemany(_ADD_REFERENCES, plan.references.rows())
 
 
 def _iso(when: datetime) -> str:
@@ -826,13 +844,19 @@ class SQLiteMetadataStore(MetadataStore):
                 f"SELECT * FROM growth WHERE 1{host} ORDER BY day, hostname", args
             ).fetchall()
             count, size = conn.execute("SELECT count, bytes FROM blob_totals").fetchone()
-            # Served by files_sha256: one pass over the index, grouped as it goes.
-            groups = conn.execute(
-                "SELECT sha256, COUNT(*) AS n, MAX(file_size) AS size FROM files "
-                f"WHERE deleted_at IS NULL{host} GROUP BY sha256 HAVING n > 1 "
-                "ORDER BY (n - 1) * size DESC, sha256 LIMIT ?",
-                (*args, top),
-            ).fetchall()
+            if hostname is None:  # the first rows of content_dupes
+                groups = conn.execute(
+                    "SELECT sha256, refs, size FROM content_refs WHERE refs > 1 "
+                    "ORDER BY (refs - 1) * size DESC, sha256 LIMIT ?",
+                    (top,),
+                ).fetchall()
+            else:  # one host's records, through the location index
+                groups = conn.execute(
+                    "SELECT sha256, COUNT(*) AS n, MAX(file_size) AS size FROM files "
+                    "WHERE hostname = ? AND deleted_at IS NULL GROUP BY sha256 HAVING n > 1 "
+                    "ORDER BY (n - 1) * size DESC, sha256 LIMIT ?",
+                    (hostname, top),
+                ).fetchall()
             return Totals(
                 growth=[tuple(r) for r in growth],
                 blob_count=count,
