@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import large_file, server_load, small_files
+from bench import inventory, large_file, server_load, small_files
 from bench.common import RESULTS, show, show_ratio
 
 MARKDOWN = RESULTS.with_name("results.md")
@@ -110,4 +110,5 @@ if __name__ == "__main__":
         small_files.main()
         large_file.main()
         server_load.main()
+        inventory.main()
     summary()

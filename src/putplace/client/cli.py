@@ -14,10 +14,8 @@ runs that inventory command instead: see :mod:`putplace.client.inventory`.
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
-import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import configargparse
 
+from putplace.client.args import byte_size, check_connection, tls_verify
 from putplace.client.cache import ClientCache, default_cache_path
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
@@ -33,7 +32,6 @@ from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiClient
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_CONFIG = "~/ppclient.conf"
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 COMMANDS = ("find", "locations", "history", "stats", "duplicates", "restore")
 """Words that, first on the command line, name an inventory command instead of a PATH."""
 EPILOG = """\
@@ -48,19 +46,6 @@ other commands (each has its own --help):
 A command word counts only as the first argument. To scan a directory that is
 literally named like one, write ./find or --path find.
 """
-
-
-def byte_size(text: str) -> int:
-    """``4096``, ``512K``, ``8M``, ``8MiB``, ``1G`` (binary units) as a number of bytes."""
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except (ValueError, KeyError):
-        raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
-    if size < 0:
-        raise configargparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
-    return size
 
 
 def build_parser() -> configargparse.ArgumentParser:
@@ -138,16 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> configargparse.Namespace:
     for name in ("batch_size", "hash_workers", "upload_workers", "bundle_files", "bundle_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.retries < 0:
-        parser.error("--retries must be 0 or more")
-    if args.timeout <= 0:
-        parser.error("--timeout must be more than 0")
-    if not args.url.startswith(("http://", "https://")):
-        parser.error(f"--url must start with http:// or https://, not {args.url!r}")
-    if args.ca_bundle and not os.path.isfile(os.path.expanduser(args.ca_bundle)):
-        parser.error(f"--ca-bundle: no such file: {args.ca_bundle}")
-    if args.ca_bundle and args.insecure:
-        parser.error("--ca-bundle and --insecure contradict each other")
+    check_connection(parser, args)
     return args
 
 
@@ -172,19 +148,12 @@ def _options(args: configargparse.Namespace) -> Options:
 def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | None:
     if args.dry_run:
         return None
-    verify: bool | ssl.SSLContext = True
-    if args.insecure:
-        verify = False
-    elif args.ca_bundle:
-        verify = ssl.create_default_context(cafile=os.path.expanduser(args.ca_bundle))
-    if args.url.startswith("http://"):
-        verify = False  # no TLS to verify; skips loading the CA bundle (~0.3 s at start-up)
     return ApiClient(
         args.url,
         args.api_key,
         timeout=args.timeout,
         retries=args.retries,
-        verify=verify,
+        verify=tls_verify(args),
         pool_size=args.upload_workers + 2,
         stop=stop,
     )

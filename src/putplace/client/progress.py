@@ -6,6 +6,7 @@ import sys
 import threading
 from dataclasses import dataclass, field, fields
 from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.markup import escape
@@ -55,12 +56,11 @@ class Summary:
         return [(labels[f.name], getattr(self, f.name)) for f in fields(self) if f.name in labels]
 
 
-class Reporter:
-    """Progress bar (stderr, TTY only) plus messages that never garble it."""
+class TransferBars:
+    """Two bars on stderr, files and bytes (shown on a terminal only), and a console
+    whose messages never garble them; a context manager that starts and stops them."""
 
-    def __init__(self, summary: Summary, *, enabled: bool, verbose: bool) -> None:
-        self.summary = summary
-        self.verbose = verbose
+    def __init__(self, *, enabled: bool, files_total: int | None, bytes_label: str) -> None:
         self.console = Console(stderr=True, highlight=False)
         self._progress: Progress | None = None
         if enabled and sys.stderr.isatty():
@@ -74,10 +74,10 @@ class Reporter:
                 console=self.console,
                 transient=True,
             )
-            self._files = self._progress.add_task("Files", total=None)
-            self._bytes = self._progress.add_task("Upload", total=0)
+            self._files = self._progress.add_task("Files", total=files_total)
+            self._bytes = self._progress.add_task(bytes_label, total=0)
 
-    def __enter__(self) -> Reporter:
+    def __enter__(self) -> Self:
         if self._progress:
             self._progress.start()
         return self
@@ -87,6 +87,15 @@ class Reporter:
     ) -> None:
         if self._progress:
             self._progress.stop()
+
+
+class Reporter(TransferBars):
+    """What a run shows: progress, and messages about files."""
+
+    def __init__(self, summary: Summary, *, enabled: bool, verbose: bool) -> None:
+        super().__init__(enabled=enabled, files_total=None, bytes_label="Upload")
+        self.summary = summary
+        self.verbose = verbose
 
     def file_done(self, count: int = 1) -> None:
         if self._progress:

@@ -19,19 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from putplace.client.cancel import Cancelled, check
 from putplace.client.inventory import options as opt
@@ -51,6 +39,7 @@ from putplace.client.inventory.restorefs import (
     temp_name,
 )
 from putplace.client.names import wire_path
+from putplace.client.progress import TransferBars
 from putplace.client.uploader import ApiError, AuthError
 
 DEFAULT_WORKERS = 4
@@ -107,31 +96,11 @@ class Totals:
             return {**counts, "failures": list(self.failures)}
 
 
-class Display:
-    """Progress bar and messages on stderr (the bar only on a terminal)."""
+class Display(TransferBars):
+    """Progress bars and messages of a restore, on stderr."""
 
     def __init__(self, *, enabled: bool) -> None:
-        self.console = Console(stderr=True, highlight=False)
-        self._progress: Progress | None = None
-        if enabled and sys.stderr.isatty():
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                console=self.console, transient=True,
-            )  # fmt: skip
-            self._files = self._progress.add_task("Files", total=0)
-            self._bytes = self._progress.add_task("Download", total=0)
-
-    def __enter__(self) -> Display:
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress:
-            self._progress.stop()
+        super().__init__(enabled=enabled, files_total=0, bytes_label="Download")
 
     def queued(self, size: int) -> None:
         if self._progress:

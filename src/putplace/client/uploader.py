@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import httpx
 import orjson
@@ -187,8 +187,10 @@ DEFAULT_RETRIES = 5
 """Retries of a transient failure before it counts as an error."""
 
 
-class ApiClient:
-    """The PutPlace API over one ``httpx.Client``; safe to share between threads."""
+class Session:
+    """One ``httpx.Client`` for one server, with the key, timeouts and pool every
+    ``ppclient`` command uses; safe to share between threads. Retry waits end early when
+    *stop* is set."""
 
     def __init__(
         self,
@@ -217,7 +219,7 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> ApiClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -228,6 +230,10 @@ class ApiClient:
             time.sleep(seconds)
         else:
             self._stop.wait(seconds)
+
+
+class ApiClient(Session):
+    """The PutPlace API for uploads."""
 
     def _request(
         self, method: str, path: str, body: Callable[[ExitStack], dict[str, Any]]

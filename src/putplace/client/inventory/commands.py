@@ -12,6 +12,7 @@ from typing import Any
 
 import configargparse
 
+from putplace.client.args import byte_size
 from putplace.client.inventory import options as opt
 from putplace.client.inventory.output import (
     JsonList,
@@ -65,8 +66,8 @@ def find_parser() -> Any:
     f.add_argument("--glob", metavar="PATTERN",
                    help="shell glob over the whole path (* and ? stop at /, ** not)")  # fmt: skip
     f.add_argument("--sha256", type=opt.sha256_arg, metavar="HASH", help="only this content")
-    f.add_argument("--min-size", type=opt.byte_size, metavar="SIZE", help="at least SIZE")
-    f.add_argument("--max-size", type=opt.byte_size, metavar="SIZE", help="at most SIZE")
+    f.add_argument("--min-size", type=byte_size, metavar="SIZE", help="at least SIZE")
+    f.add_argument("--max-size", type=byte_size, metavar="SIZE", help="at most SIZE")
     for name, what in (("mtime", "file modified"), ("recorded", "recorded"),
                        ("uploaded", "content stored")):  # fmt: skip
         f.add_argument(f"--{name}-after", type=opt.point_in_time, metavar="TIME",

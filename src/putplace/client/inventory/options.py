@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import configargparse
 
+from putplace.client.args import check_connection, tls_verify
 from putplace.client.inventory.reader import ConnectFailedError, ReadClient
 from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiError, AuthError
 from putplace.digest import is_sha256_hex
@@ -83,28 +83,15 @@ def check_shared(parser: Any, args: Any) -> None:
     """Validate the shared options; ``parser.error`` (exit 2) when one is wrong."""
     if not args.api_key:
         parser.error("an API key is needed: --api-key or PUTPLACE_API_KEY")
-    if args.timeout <= 0:
-        parser.error("--timeout must be more than 0")
-    if args.retries < 0:
-        parser.error("--retries must be 0 or more")
-    if not args.url.startswith(("http://", "https://")):
-        parser.error(f"--url must start with http:// or https://, not {args.url!r}")
-    if args.ca_bundle and not os.path.isfile(os.path.expanduser(args.ca_bundle)):
-        parser.error(f"--ca-bundle: no such file: {args.ca_bundle}")
-    if args.ca_bundle and args.insecure:
-        parser.error("--ca-bundle and --insecure contradict each other")
+    check_connection(parser, args)
 
 
 def make_client(
     args: Any, *, pool_size: int = 4, stop: threading.Event | None = None
 ) -> ReadClient:
-    verify: bool | ssl.SSLContext = True
-    if args.insecure or args.url.startswith("http://"):
-        verify = False  # nothing to verify without TLS; skips loading the CA bundle
-    elif args.ca_bundle:
-        verify = ssl.create_default_context(cafile=os.path.expanduser(args.ca_bundle))
     return ReadClient(
-        args.url, args.api_key, timeout=args.timeout, retries=args.retries, verify=verify,
+        args.url, args.api_key, timeout=args.timeout, retries=args.retries,
+        verify=tls_verify(args),
         pool_size=pool_size, stop=stop,
     )  # fmt: skip
 
@@ -136,22 +123,8 @@ def run(body: Callable[[], int]) -> int:
 
 # --- value parsers (argparse ``type=``) -------------------------------------------------
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])(?:\s*ago)?", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def byte_size(text: str) -> int:
-    """``4096``, ``512K``, ``8M``, ``8MiB``, ``1G``, ``2T`` (binary units) in bytes."""
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
-    try:
-        size = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
-    if not math.isfinite(size) or size < 0:
-        raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
-    return int(size)
 
 
 def point_in_time(text: str, now: Callable[[], datetime] = datetime.now) -> str:

@@ -12,10 +12,7 @@ answered, a refused connection (a restart, say) is retried like any transient fa
 
 from __future__ import annotations
 
-import ssl
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,8 +23,8 @@ from putplace.client.cancel import check
 from putplace.client.uploader import (
     ApiError,
     AuthError,
+    Session,
     backoff,
-    base_url,
     error_detail,
     is_transient,
     retry_after,
@@ -59,53 +56,17 @@ def _detail(response: httpx.Response) -> str:
     return error_detail(response)
 
 
-class ReadClient:
-    """GETs against one server over one ``httpx.Client``; safe to share between threads."""
+class ReadClient(Session):
+    """GETs against one server; safe to share between threads."""
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str,
-        *,
-        timeout: float,
-        retries: int,
-        verify: bool | ssl.SSLContext = True,
-        pool_size: int = 8,
-        stop: threading.Event | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        self.url = base_url(url)
-        self.retries = retries
-        self._stop = stop
-        self._sleep = sleep or self._wait
-        self._answered = False
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"X-API-Key": api_key, "User-Agent": "ppclient"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            verify=verify,
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ReadClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    #: Whether the server has answered once: a refused connection before that is a
+    #: wrong URL (fail at once), after it a hiccup (retry).
+    _answered = False
 
     def pause(self, attempt: int) -> None:
         """Wait before retry number *attempt* + 1 (backoff with jitter; ends early when
         the run is stopped)."""
         self._sleep(backoff(attempt))
-
-    def _wait(self, seconds: float) -> None:
-        if self._stop is None:
-            time.sleep(seconds)
-        else:
-            self._stop.wait(seconds)
 
     def _open(self, path: str, params: Params, headers: Mapping[str, str] | None) -> httpx.Response:
         """Send ``GET path`` until a final answer; return it unread if it is a success."""
