@@ -44,7 +44,12 @@ from bench.common import (
     table,
 )
 from putplace.metadata.sqlite import _UPSERT_FILE as UPSERT_FILE  # the server's statement
-from putplace.metadata.sqlite import SCHEMA, WAL_CHECKPOINT_PAGES, WRITER_CACHE_KIB
+from putplace.metadata.sqlite import (
+    SCHEMA,
+    WAL_CHECKPOINT_PAGES,
+    WRITER_CACHE_KIB,
+    SQLiteMetadataStore,
+)
 from putplace.models import FileMetadata
 
 LUA = Path(__file__).with_name("put_file.lua")
@@ -185,11 +190,18 @@ def bare_sqlite(path: Path, rows: int) -> float:
                    f"wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}"):  # fmt: skip
         conn.execute(f"PRAGMA {pragma}")
     conn.executescript(SCHEMA)
+    SQLiteMetadataStore._migrate(conn)  # the server's tables and indexes as they are now
     stamp = datetime.now(UTC).isoformat()
     spent = 0.0
     for start in range(0, rows, BATCH):
         values = [
-            [*FileMetadata.model_validate(_record("bare", n)).__dict__.values(), stamp, stamp]
+            [
+                *FileMetadata.model_validate(_record("bare", n)).__dict__.values(),
+                stamp,
+                stamp,
+                stamp,
+                None,
+            ]  # fmt: skip
             for n in range(start, min(rows, start + BATCH))
         ]
         began = time.perf_counter()

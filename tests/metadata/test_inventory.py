@@ -3,6 +3,7 @@ against every backend."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from putplace.metadata.base import MetadataStore
 from putplace.metadata.inventory import Cursor, FileQuery, FileState, SortKey
 from putplace.models import FileRecord, ScanState
+from tests.metadata.conftest import OpenStore
 from tests.metadata.test_conformance import at, blob, meta, put_file, sha
 
 
@@ -50,14 +52,17 @@ async def test_a_change_keeps_the_previous_version(store: MetadataStore) -> None
     ]
     assert not any(v.deleted for v in versions)
     record = await store.get_file("h", "/a")
-    assert record is not None and record.recorded_at == at(20) and record.updated_at == at(20)
+    assert record is not None
+    assert record.recorded_at == at(20)
+    assert record.updated_at == at(20)
 
 
 async def test_access_time_and_address_alone_make_no_version(store: MetadataStore) -> None:
     await put_file(store, meta("h", "/a"), at(0))
     await put_file(store, meta("h", "/a", file_atime=1.0, ip_address="192.0.2.99"), at(5))
     versions = await store.history("h", "/a")
-    assert len(versions) == 1 and versions[0].valid_from == at(0)
+    assert len(versions) == 1
+    assert versions[0].valid_from == at(0)
     assert versions[0].file_atime == 1.0  # the record still holds what was reported last
 
 
@@ -100,7 +105,8 @@ async def test_deleting_keeps_the_last_version_and_a_return_revives(store: Metad
     assert await store.delete_files([record], at(10)) == 1
     assert await store.delete_files([record], at(11)) == 0  # already deleted
     deleted = await store.get_file("h", "/a")
-    assert deleted is not None and deleted.deleted_at == at(10)
+    assert deleted is not None
+    assert deleted.deleted_at == at(10)
     await put_file(store, meta("h", "/a", sha256=sha(1)), at(20))  # the file came back
     versions = await store.history("h", "/a")
     assert [(v.deleted, v.valid_from, v.valid_to) for v in versions] == [
@@ -109,7 +115,9 @@ async def test_deleting_keeps_the_last_version_and_a_return_revives(store: Metad
         (False, at(0), at(10)),
     ]
     back = await store.get_file("h", "/a")
-    assert back is not None and back.deleted_at is None and back.id == record.id
+    assert back is not None
+    assert back.deleted_at is None
+    assert back.id == record.id
 
 
 async def test_a_record_reported_after_it_was_read_is_not_deleted(store: MetadataStore) -> None:
@@ -119,7 +127,8 @@ async def test_a_record_reported_after_it_was_read_is_not_deleted(store: Metadat
     await put_file(store, meta("h", "/a"), at(5))  # reported again meanwhile
     assert await store.delete_files([stale], at(10)) == 0
     now = await store.get_file("h", "/a")
-    assert now is not None and now.deleted_at is None
+    assert now is not None
+    assert now.deleted_at is None
 
 
 # --- search -----------------------------------------------------------------------------
@@ -182,7 +191,7 @@ async def fleet(store: MetadataStore) -> MetadataStore:
             {"recorded_after": at(2), "recorded_before": at(4)},
             ["/srv/app/lib/util.py", "/srvx/readme"],
         ),
-    ],  # fmt: skip
+    ],
 )
 async def test_search_filters(
     fleet: MetadataStore, filters: dict[str, Any], expected: list[str]
@@ -198,7 +207,7 @@ async def test_search_filters(
         (SortKey.mtime, "file_mtime"),
         (SortKey.recorded, "recorded_at"),
         (SortKey.id, "id"),
-    ],  # fmt: skip
+    ],
 )
 @pytest.mark.parametrize("descending", [False, True])
 async def test_search_sorts_and_pages_every_record_once(
@@ -266,9 +275,9 @@ async def test_search_live_deleted_and_as_of(fleet: MetadataStore) -> None:
 
 
 async def test_search_rejects_cursors_it_never_issued(store: MetadataStore) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid cursor"):
         await store.search_files(FileQuery(), Cursor(None, 0, "not-an-id"), 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid cursor"):
         Cursor.decode("garbage!")
 
 
@@ -365,3 +374,23 @@ async def test_as_of_pages_through_ties_between_current_and_past(
         found = await search(store, page=page, as_of=at(5), sort=SortKey.size,
                              descending=descending)  # fmt: skip
         assert sorted(paths(found)) == ["/x", "/y", "/z"]  # each once, the tie across sources
+
+
+async def test_concurrent_changes_of_one_location_keep_every_version_once(
+    open_store: OpenStore,
+) -> None:
+    stores = [await open_store(), await open_store()]  # as two API processes
+    await asyncio.gather(*(
+        put_file(stores[i % 2], meta("race", "/f", file_size=i, sha256=sha(i)), at(i))
+        for i in range(1, 21)
+    ))  # fmt: skip
+    versions = await stores[0].history("race", "/f")
+    assert sorted(v.file_size for v in versions) == list(range(1, 21))  # none lost or twice
+    # Each past version ends where the next one (in the order they were applied) begins.
+    starts = {v.valid_from for v in versions}
+    ends = [v.valid_to for v in versions if v.valid_to is not None]
+    assert len(ends) == 19
+    assert set(ends) <= starts
+    assert len(starts - set(ends)) == 1  # the first version alone follows none
+    totals = await stores[1].totals(None, 10)
+    assert sum(row[2] - row[4] for row in totals.growth) == 1  # one live file, counted once

@@ -95,23 +95,6 @@ class Growth:
         return [(d, h, *v) for (d, h), v in self.by_day_host.items() if any(v)]  # type: ignore[misc]
 
 
-@dataclass(slots=True)
-class References:
-    """Changes to how many live records hold each content: ``sha256 -> [change, size]``.
-    Kept per content so the largest duplicate groups are read from an index, not
-    grouped from every record."""
-
-    by_content: dict[str, list[int]] = field(default_factory=dict)
-
-    def change(self, sha256: str, size: int, by: int) -> None:
-        entry = self.by_content.setdefault(sha256, [0, size])
-        entry[0] += by
-
-    def rows(self) -> list[tuple[str, int, int]]:
-        """``(sha256, change, size)`` for the contents whose count changed."""
-        return [(sha, change, size) for sha, (change, size) in self.by_content.items() if change]
-
-
 class WritePlan(NamedTuple):
     """What one write does: each record with the time its version began, the versions
     it ends, and the counter changes."""
@@ -119,7 +102,9 @@ class WritePlan(NamedTuple):
     records: list[tuple[FileMetadata, datetime]]
     history: list[PastVersion]
     growth: Growth
-    references: References
+    contents: set[str]
+    """Contents a record now holds or no longer holds: the backend counts their live
+    records again, and keeps those held more than once (the duplicate groups)."""
 
 
 def plan_puts(
@@ -129,13 +114,13 @@ def plan_puts(
     records: list[tuple[FileMetadata, datetime]] = []
     history: list[PastVersion] = []
     growth = Growth()
-    references = References()
+    contents: set[str] = set()
     day = day_of(now)
     for meta in files:
         old = current.get((meta.hostname, meta.filepath))
         if old is None:
             growth.add(day, meta.hostname, 1, meta.file_size)
-            references.change(meta.sha256, meta.file_size, 1)
+            contents.add(meta.sha256)
             records.append((meta, now))
         elif is_new_version(old, meta):
             history.append(ended(old, now))
@@ -143,26 +128,23 @@ def plan_puts(
                 growth.add(day, meta.hostname, 1, meta.file_size)
             else:
                 growth.resize(day, meta.hostname, old.file_size, meta.file_size)
-                references.change(old.sha256, old.file_size, -1)
-            references.change(meta.sha256, meta.file_size, 1)
+            contents.update((old.sha256, meta.sha256))
             records.append((meta, now))
         else:
             records.append((meta, old.recorded_at))
-    return WritePlan(records, history, growth, references)
+    return WritePlan(records, history, growth, contents)
 
 
 def plan_deletes(records: Iterable[FileRecord], now: datetime) -> WritePlan:
     """Live *records* found gone: each live version ends now, and a deletion begins."""
     history: list[PastVersion] = []
     growth = Growth()
-    references = References()
     day = day_of(now)
     for record in records:
         if record.deleted_at is None:
             history.append(ended(record, now))
             growth.remove(day, record.hostname, 1, record.file_size)
-            references.change(record.sha256, record.file_size, -1)
-    return WritePlan([], history, growth, references)
+    return WritePlan([], history, growth, {r.sha256 for r in records})
 
 
 # -- searching ------------------------------------------------------------------------

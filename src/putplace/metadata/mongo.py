@@ -30,7 +30,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, UpdateOne
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    DeleteMany,
+    IndexModel,
+    ReadPreference,
+    UpdateOne,
+)
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -62,7 +70,6 @@ from putplace.metadata.inventory import (
     Found,
     Growth,
     PastVersion,
-    References,
     Totals,
     WritePlan,
     plan_deletes,
@@ -109,7 +116,7 @@ HISTORY_INDEXES = [
     IndexModel([("sha256", ASCENDING)], name="sha256"),
     IndexModel([("valid_to", ASCENDING)], name="valid_to"),
 ]
-REFERENCE_INDEXES = [IndexModel([("wasted", DESCENDING), ("_id", ASCENDING)], name="wasted")]
+DUPLICATE_INDEXES = [IndexModel([("wasted", DESCENDING), ("_id", ASCENDING)], name="wasted")]
 #: Schema changes applied at open, counted in the ``meta`` collection's ``schema`` document.
 SCHEMA_VERSION = 2
 _SEARCH_FIELDS = {CURRENT: {}, HISTORY: {"recorded_at": "valid_from"}}
@@ -154,22 +161,6 @@ def _growth_ops(growth: Growth) -> list[UpdateOne]:
                   upsert=True)
         for d, h, *v in growth.rows()
     ]  # fmt: skip
-
-
-def _reference_ops(references: References) -> list[UpdateOne]:
-    """Add each change to the content's count and keep ``wasted`` (bytes held more than
-    once) beside it, for the index the largest duplicate groups are read from."""
-    return [
-        UpdateOne(
-            {"_id": sha},
-            [
-                {"$set": {"refs": {"$add": [{"$ifNull": ["$refs", 0]}, change]}, "size": size}},
-                {"$set": {"wasted": {"$multiply": [{"$subtract": ["$refs", 1]}, "$size"]}}},
-            ],
-            upsert=True,
-        )
-        for sha, change, size in references.rows()
-    ]
 
 
 def _scan(doc: Mapping[str, Any]) -> ScanRecord:
@@ -328,7 +319,7 @@ class MongoMetadataStore(MetadataStore):
             with self._guard("create indexes"):
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
-                await db["content_refs"].create_indexes(REFERENCE_INDEXES)
+                await db["content_dupes"].create_indexes(DUPLICATE_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
@@ -352,10 +343,11 @@ class MongoMetadataStore(MetadataStore):
                 {"$match": {"deleted_at": None}},
                 {"$group": {"_id": "$sha256", "refs": {"$sum": 1},
                             "size": {"$max": "$file_size"}}},
+                {"$match": {"refs": {"$gt": 1}}},
             ]  # fmt: skip
             async for row in await db["files"].aggregate(by_content):
                 wasted = (row["refs"] - 1) * row["size"]
-                await db["content_refs"].update_one(
+                await db["content_dupes"].update_one(
                     {"_id": row["_id"]},
                     {"$set": {"refs": row["refs"], "size": row["size"], "wasted": wasted}},
                     upsert=True,
@@ -529,8 +521,32 @@ class MongoMetadataStore(MetadataStore):
             )
         if ops := _growth_ops(plan.growth):
             await self._coll("growth").bulk_write(ops, ordered=False)
-        if ops := _reference_ops(plan.references):
-            await self._coll("content_refs").bulk_write(ops, ordered=False)
+        await self._recount(plan.contents)
+
+    async def _recount(self, contents: set[str]) -> None:
+        """Count the live records of *contents* again (after the write) and keep in
+        ``content_dupes`` those held more than once, with ``wasted`` (bytes held more than
+        once) for the index the largest groups are read from. Two requests recounting one
+        content at once may leave a count one behind until its next change."""
+        dupes = self._coll("content_dupes")
+        for chunk in chunked(list(contents), _IN_CHUNK):
+            pipeline: list[Document] = [
+                {"$match": {"sha256": {"$in": list(chunk)}, "deleted_at": None}},
+                {"$group": {"_id": "$sha256", "refs": {"$sum": 1},
+                            "size": {"$max": "$file_size"}}},
+                {"$match": {"refs": {"$gt": 1}}},
+            ]  # fmt: skip
+            counted = {d["_id"]: d async for d in await self._files.aggregate(pipeline)}
+            ops: list[Any] = [
+                UpdateOne({"_id": sha}, {"$set": {"refs": d["refs"], "size": d["size"],
+                          "wasted": (d["refs"] - 1) * d["size"]}}, upsert=True)
+                for sha, d in counted.items()
+            ]  # fmt: skip
+            gone = [sha for sha in chunk if sha not in counted]
+            if gone:
+                ops.append(DeleteMany({"_id": {"$in": gone}}))
+            if ops:
+                await dupes.bulk_write(ops, ordered=False)
 
     async def _current(
         self, locations: Sequence[tuple[str, str]]
@@ -755,7 +771,7 @@ class MongoMetadataStore(MetadataStore):
             ]
             counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
             if hostname is None:  # the first entries of the wasted index
-                cursor = self._coll("content_refs").find({"refs": {"$gt": 1}})
+                cursor = self._coll("content_dupes").find()
                 duplicates = [
                     DuplicateGroup(d["_id"], d["refs"], d["size"])
                     async for d in cursor.sort([("wasted", -1), ("_id", 1)]).limit(top)

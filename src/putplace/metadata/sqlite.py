@@ -185,18 +185,15 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
         "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
     ],
-    [  # 2: live records per content, for the largest duplicate groups
-        """CREATE TABLE content_refs (
+    [  # 2: the duplicate groups: contents more than one live record holds
+        """CREATE TABLE content_dupes (
             sha256 TEXT PRIMARY KEY,
             refs INTEGER NOT NULL,
             size INTEGER NOT NULL
         ) WITHOUT ROWID""",
-        # Only duplicated contents are in the index: a content held once (most of them)
-        # costs no index write.
-        "CREATE INDEX content_dupes ON content_refs ((refs - 1) * size DESC, sha256) "
-        "WHERE refs > 1",
-        "INSERT INTO content_refs SELECT sha256, COUNT(*), MAX(file_size) FROM files "
-        "WHERE deleted_at IS NULL GROUP BY sha256",
+        "CREATE INDEX content_dupes_wasted ON content_dupes ((refs - 1) * size DESC, sha256)",
+        "INSERT INTO content_dupes SELECT sha256, COUNT(*), MAX(file_size) FROM files "
+        "WHERE deleted_at IS NULL GROUP BY sha256 HAVING COUNT(*) > 1",
     ],
 ]
 
@@ -212,10 +209,6 @@ _UPSERT_FILE = (
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted) "
     f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))})"
-)
-_ADD_REFERENCES = (
-    "INSERT INTO content_refs VALUES (?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-    "refs = refs + excluded.refs"
 )
 _ADD_GROWTH = (
     "INSERT INTO growth VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, hostname) DO UPDATE SET "
@@ -306,7 +299,37 @@ def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
         ],
     )  # fmt: skip
     conn.executemany(_ADD_GROWTH, plan.growth.rows())
-    conn.executemany(_ADD_REFERENCES, plan.references.rows())
+
+
+def _recount(conn: sqlite3.Connection, contents: set[str]) -> None:
+    """Count the live records of *contents* again (after the write) and keep in
+    content_dupes those held more than once. A read of the sha256 index each; a write
+    only for the duplicated ones, so a first ingest of distinct files writes nothing."""
+    for chunk in chunked(list(contents), _SQLITE_VARIABLE_CHUNK):
+        marks = ", ".join("?" * len(chunk))
+        counts = {
+            sha: (n, size)
+            for sha, n, size in conn.execute(
+                f"SELECT sha256, COUNT(*), MAX(file_size) FROM files WHERE sha256 IN ({marks}) "
+                "AND deleted_at IS NULL GROUP BY sha256 HAVING COUNT(*) > 1",
+                chunk,
+            )
+        }
+        listed = [
+            sha
+            for (sha,) in conn.execute(
+                f"SELECT sha256 FROM content_dupes WHERE sha256 IN ({marks})", chunk
+            )
+        ]
+        conn.executemany(
+            "DELETE FROM content_dupes WHERE sha256 = ?",
+            [(sha,) for sha in listed if sha not in counts],
+        )
+        conn.executemany(
+            "INSERT INTO content_dupes VALUES (?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+            "refs = excluded.refs, size = excluded.size",
+            [(sha, n, size) for sha, (n, size) in counts.items()],
+        )
 
 
 def _iso(when: datetime) -> str:
@@ -655,6 +678,7 @@ class SQLiteMetadataStore(MetadataStore):
                 _UPSERT_FILE,
                 [[*m.__dict__.values(), stamp, stamp, _iso(r), scan] for m, r in plan.records],
             )
+            _recount(conn, plan.contents)
             ids = {location: record.id for location, record in current.items()}
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             ids.update(
@@ -790,6 +814,7 @@ class SQLiteMetadataStore(MetadataStore):
                 "UPDATE files SET deleted_at = ?, recorded_at = ? WHERE id = ?",
                 [(_iso(now), _iso(now), int(r.id)) for r in current],
             )
+            _recount(conn, plan.contents)
             return len(current)
 
         return await self._write(delete) if ids else 0
@@ -846,7 +871,7 @@ class SQLiteMetadataStore(MetadataStore):
             count, size = conn.execute("SELECT count, bytes FROM blob_totals").fetchone()
             if hostname is None:  # the first rows of content_dupes
                 groups = conn.execute(
-                    "SELECT sha256, refs, size FROM content_refs WHERE refs > 1 "
+                    "SELECT sha256, refs, size FROM content_dupes "
                     "ORDER BY (refs - 1) * size DESC, sha256 LIMIT ?",
                     (top,),
                 ).fetchall()
