@@ -102,12 +102,20 @@ async def measure(path: Path, count: int) -> dict[str, float]:
             return lambda: store.search_files(query, None, 100)
 
         host = ("host-3",)
+        day = inventory.Bucket.day
+        cache = inventory.DuplicateGroupsCache(60)
         figures = {
             "records": count,
             "fill_records_per_s": round(count * 1.1 / fill_s),
-            "stats_ms": await timed(lambda: inventory.stats(store, None, inventory.Bucket.day, 10)),
+            # As GET /stats answers between two groupings of the duplicates (cached), and
+            # each grouping.
+            "stats_ms": await timed(lambda: inventory.stats(store, None, day, 10, cache)),
             "stats_one_host_ms": await timed(
-                lambda: inventory.stats(store, "host-3", inventory.Bucket.day, 10)
+                lambda: inventory.stats(store, "host-3", day, 10, cache)
+            ),
+            "duplicate_groups_ms": await timed(lambda: store.duplicate_groups(None, 10)),
+            "duplicate_groups_one_host_ms": await timed(
+                lambda: store.duplicate_groups("host-3", 10)
             ),
             "full_count_ms": await timed(count_everything),
             "search_host_prefix_ms": await timed(

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         description="Content held only by past versions or deleted records stays stored "
         "(restorable as of a time). Off: `gc` collects content no live record holds.",
     )
+    stats_cache_seconds: Annotated[float, Field(ge=0, le=86400)] = Field(
+        60.0,
+        description="How long GET /stats reuses the largest duplicate groups it grouped from "
+        "every record (about a second per million records on SQLite), per process. 0: "
+        "group them on every request.",
+    )
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "

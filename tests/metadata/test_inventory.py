@@ -318,33 +318,33 @@ async def test_totals_follow_every_write(store: MetadataStore) -> None:
     await store.delete_files([b], later)
     await store.put_blobs([blob("x", size=10), blob("y", size=7)])
     await store.put_blobs([blob("x", size=10)])  # already there: counted once
-    totals = await store.totals(None, 10)
+    totals = await store.totals(None)
     assert sorted(totals.growth) == [
         (day0, "g", 1, 7, 0, 0),
         (day0, "h", 3, 30, 0, 0),
         (day1, "h", 0, 0, 1, 16),
     ]
     assert (totals.blob_count, totals.blob_bytes) == (2, 17)
-    assert [(d.sha256, d.count, d.wasted_bytes) for d in totals.duplicates] == []  # /c alone
+    assert [
+        (d.sha256, d.count, d.wasted_bytes) for d in await store.duplicate_groups(None, 10)
+    ] == []  # /c alone
     await put_file(store, meta("g", "/dup", file_size=10, sha256=sha("x")), later)
-    dupes = (await store.totals(None, 10)).duplicates
+    dupes = await store.duplicate_groups(None, 10)
     assert [(d.sha256, d.count, d.size, d.wasted_bytes) for d in dupes] == [(sha("x"), 2, 10, 10)]
-    assert (await store.totals("h", 10)).duplicates == []  # per host
+    assert await store.duplicate_groups("h", 10) == []  # per host
     await put_file(store, meta("g", "/dup2", file_size=10, sha256=sha("x")), later)
     await put_file(store, meta("g", "/a", file_size=10, sha256=sha("x")), later)  # y -> x
-    dupes = (await store.totals(None, 10)).duplicates
+    dupes = await store.duplicate_groups(None, 10)
     assert [(d.sha256, d.count, d.wasted_bytes) for d in dupes] == [(sha("x"), 4, 30)]
-    assert [(d.count, d.wasted_bytes) for d in (await store.totals("g", 10)).duplicates] == [
-        (3, 20)
-    ]
+    assert [(d.count, d.wasted_bytes) for d in await store.duplicate_groups("g", 10)] == [(3, 20)]
     for path in ("/dup", "/dup2", "/a"):
         record = await store.get_file("g", path)
         assert record is not None
         await store.delete_files([record], later)
-    assert (await store.totals(None, 10)).duplicates == []  # /c alone holds x again
-    assert {g[1] for g in (await store.totals("g", 10)).growth} == {"g"}
+    assert await store.duplicate_groups(None, 10) == []  # /c alone holds x again
+    assert {g[1] for g in (await store.totals("g")).growth} == {"g"}
     await store.delete_blob(sha("y"))
-    after = await store.totals(None, 10)
+    after = await store.totals(None)
     assert (after.blob_count, after.blob_bytes) == (1, 10)
 
 
@@ -392,5 +392,5 @@ async def test_concurrent_changes_of_one_location_keep_every_version_once(
     assert len(ends) == 19
     assert set(ends) <= starts
     assert len(starts - set(ends)) == 1  # the first version alone follows none
-    totals = await stores[1].totals(None, 10)
+    totals = await stores[1].totals(None)
     assert sum(row[2] - row[4] for row in totals.growth) == 1  # one live file, counted once

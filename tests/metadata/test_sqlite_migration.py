@@ -39,7 +39,7 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
         record = await store.get_file("h", "/a")
         assert record is not None
         assert (record.recorded_at, record.deleted_at) == (at(0), None)
-        totals = await store.totals(None, 10)
+        totals = await store.totals(None)
         assert totals.growth == [(at(0).date().isoformat(), "h", 2, 30, 0, 0)]
         assert (totals.blob_count, totals.blob_bytes) == (1, 10)
         await put_file(store, meta("h", "/a", file_size=11, sha256=sha("new")), at(5))
@@ -52,6 +52,6 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
     await reopened.open()
     try:
         day = at(0).date().isoformat()  # counted once, plus the 1-byte growth of /a
-        assert (await reopened.totals(None, 10)).growth == [(day, "h", 2, 31, 0, 0)]
+        assert (await reopened.totals(None)).growth == [(day, "h", 2, 31, 0, 0)]
     finally:
         await reopened.close()

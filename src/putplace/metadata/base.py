@@ -7,7 +7,15 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-from putplace.metadata.inventory import CURRENT, Cursor, FileQuery, FileState, Found, Totals
+from putplace.metadata.inventory import (
+    CURRENT,
+    Cursor,
+    DuplicateGroup,
+    FileQuery,
+    FileState,
+    Found,
+    Totals,
+)
 from putplace.models import (
     ApiKeyRecord,
     BlobRecord,
@@ -176,9 +184,14 @@ class MetadataStore(ABC):
         (hostname, filepath) order."""
 
     @abstractmethod
-    async def totals(self, hostname: str | None, top: int) -> Totals:
-        """Counters for ``GET /stats``: growth per day and host (maintained at each
-        write, not counted), blob totals, and the *top* duplicate groups."""
+    async def totals(self, hostname: str | None) -> Totals:
+        """Counters for ``GET /stats``: growth per day and host and blob totals, kept at
+        each write (not counted)."""
+
+    @abstractmethod
+    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
+        """The *top* contents held by more than one live record (of *hostname*), most
+        bytes held more than once first. Grouped from the records: callers cache it."""
 
     @abstractmethod
     async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:

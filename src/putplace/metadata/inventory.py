@@ -102,9 +102,6 @@ class WritePlan(NamedTuple):
     records: list[tuple[FileMetadata, datetime]]
     history: list[PastVersion]
     growth: Growth
-    contents: set[str]
-    """Contents a record now holds or no longer holds: the backend counts their live
-    records again, and keeps those held more than once (the duplicate groups)."""
 
 
 def plan_puts(
@@ -114,13 +111,11 @@ def plan_puts(
     records: list[tuple[FileMetadata, datetime]] = []
     history: list[PastVersion] = []
     growth = Growth()
-    contents: set[str] = set()
     day = day_of(now)
     for meta in files:
         old = current.get((meta.hostname, meta.filepath))
         if old is None:
             growth.add(day, meta.hostname, 1, meta.file_size)
-            contents.add(meta.sha256)
             records.append((meta, now))
         elif is_new_version(old, meta):
             history.append(ended(old, now))
@@ -128,11 +123,10 @@ def plan_puts(
                 growth.add(day, meta.hostname, 1, meta.file_size)
             else:
                 growth.resize(day, meta.hostname, old.file_size, meta.file_size)
-            contents.update((old.sha256, meta.sha256))
             records.append((meta, now))
         else:
             records.append((meta, old.recorded_at))
-    return WritePlan(records, history, growth, contents)
+    return WritePlan(records, history, growth)
 
 
 def plan_deletes(records: Iterable[FileRecord], now: datetime) -> WritePlan:
@@ -144,7 +138,7 @@ def plan_deletes(records: Iterable[FileRecord], now: datetime) -> WritePlan:
         if record.deleted_at is None:
             history.append(ended(record, now))
             growth.remove(day, record.hostname, 1, record.file_size)
-    return WritePlan([], history, growth, {r.sha256 for r in records})
+    return WritePlan([], history, growth)
 
 
 # -- searching ------------------------------------------------------------------------
@@ -320,4 +314,3 @@ class Totals:
     """(day, hostname, files_added, bytes_added, files_deleted, bytes_deleted)"""
     blob_count: int
     blob_bytes: int
-    duplicates: list[DuplicateGroup]

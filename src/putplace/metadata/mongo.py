@@ -32,9 +32,7 @@ from urllib.parse import unquote, urlsplit
 from bson import ObjectId
 from pymongo import (
     ASCENDING,
-    DESCENDING,
     AsyncMongoClient,
-    DeleteMany,
     IndexModel,
     ReadPreference,
     UpdateOne,
@@ -116,9 +114,8 @@ HISTORY_INDEXES = [
     IndexModel([("sha256", ASCENDING)], name="sha256"),
     IndexModel([("valid_to", ASCENDING)], name="valid_to"),
 ]
-DUPLICATE_INDEXES = [IndexModel([("wasted", DESCENDING), ("_id", ASCENDING)], name="wasted")]
 #: Schema changes applied at open, counted in the ``meta`` collection's ``schema`` document.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 _SEARCH_FIELDS = {CURRENT: {}, HISTORY: {"recorded_at": "valid_from"}}
 API_KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
@@ -319,7 +316,6 @@ class MongoMetadataStore(MetadataStore):
             with self._guard("create indexes"):
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
-                await db["content_dupes"].create_indexes(DUPLICATE_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
@@ -338,20 +334,6 @@ class MongoMetadataStore(MetadataStore):
             return
         if version < 1:
             await MongoMetadataStore._migrate_inventory(db)
-        if version < 2:
-            by_content: list[Document] = [
-                {"$match": {"deleted_at": None}},
-                {"$group": {"_id": "$sha256", "refs": {"$sum": 1},
-                            "size": {"$max": "$file_size"}}},
-                {"$match": {"refs": {"$gt": 1}}},
-            ]  # fmt: skip
-            async for row in await db["files"].aggregate(by_content):
-                wasted = (row["refs"] - 1) * row["size"]
-                await db["content_dupes"].update_one(
-                    {"_id": row["_id"]},
-                    {"$set": {"refs": row["refs"], "size": row["size"], "wasted": wasted}},
-                    upsert=True,
-                )
         await db["meta"].update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
@@ -521,32 +503,6 @@ class MongoMetadataStore(MetadataStore):
             )
         if ops := _growth_ops(plan.growth):
             await self._coll("growth").bulk_write(ops, ordered=False)
-        await self._recount(plan.contents)
-
-    async def _recount(self, contents: set[str]) -> None:
-        """Count the live records of *contents* again (after the write) and keep in
-        ``content_dupes`` those held more than once, with ``wasted`` (bytes held more than
-        once) for the index the largest groups are read from. Two requests recounting one
-        content at once may leave a count one behind until its next change."""
-        dupes = self._coll("content_dupes")
-        for chunk in chunked(list(contents), _IN_CHUNK):
-            pipeline: list[Document] = [
-                {"$match": {"sha256": {"$in": list(chunk)}, "deleted_at": None}},
-                {"$group": {"_id": "$sha256", "refs": {"$sum": 1},
-                            "size": {"$max": "$file_size"}}},
-                {"$match": {"refs": {"$gt": 1}}},
-            ]  # fmt: skip
-            counted = {d["_id"]: d async for d in await self._files.aggregate(pipeline)}
-            ops: list[Any] = [
-                UpdateOne({"_id": sha}, {"$set": {"refs": d["refs"], "size": d["size"],
-                          "wasted": (d["refs"] - 1) * d["size"]}}, upsert=True)
-                for sha, d in counted.items()
-            ]  # fmt: skip
-            gone = [sha for sha in chunk if sha not in counted]
-            if gone:
-                ops.append(DeleteMany({"_id": {"$in": gone}}))
-            if ops:
-                await dupes.bulk_write(ops, ordered=False)
 
     async def _current(
         self, locations: Sequence[tuple[str, str]]
@@ -752,9 +708,23 @@ class MongoMetadataStore(MetadataStore):
                 ]  # fmt: skip
         return sorted(found, key=lambda x: (x.hostname, x.filepath, x.recorded_at))
 
-    async def totals(self, hostname: str | None, top: int) -> Totals:
-        host: Document = {} if hostname is None else {"hostname": hostname}
+    async def totals(self, hostname: str | None) -> Totals:
         names = ("files_added", "bytes_added", "files_deleted", "bytes_deleted")
+        growth_filter = {} if hostname is None else {"_id.hostname": hostname}
+        with self._guard("totals"):
+            growth = [
+                (d["_id"]["day"], d["_id"]["hostname"], *(int(d.get(n, 0)) for n in names))
+                async for d in self._coll("growth").find(growth_filter)
+            ]
+            counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
+        return Totals(
+            growth=sorted(growth),
+            blob_count=int(counters.get("count", 0)),
+            blob_bytes=int(counters.get("bytes", 0)),
+        )
+
+    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
+        host: Document = {} if hostname is None else {"hostname": hostname}
         groups: list[Document] = [
             {"$match": {"deleted_at": None, **host}},
             {"$group": {"_id": "$sha256", "n": {"$sum": 1}, "size": {"$max": "$file_size"}}},
@@ -763,30 +733,11 @@ class MongoMetadataStore(MetadataStore):
             {"$sort": {"wasted": -1, "_id": 1}},
             {"$limit": top},
         ]
-        growth_filter = {} if hostname is None else {"_id.hostname": hostname}
-        with self._guard("totals"):
-            growth = [
-                (d["_id"]["day"], d["_id"]["hostname"], *(int(d.get(n, 0)) for n in names))
-                async for d in self._coll("growth").find(growth_filter)
+        with self._guard("duplicate_groups"):
+            return [
+                DuplicateGroup(d["_id"], d["n"], d["size"])
+                async for d in await self._files.aggregate(groups)
             ]
-            counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
-            if hostname is None:  # the first entries of the wasted index
-                cursor = self._coll("content_dupes").find()
-                duplicates = [
-                    DuplicateGroup(d["_id"], d["refs"], d["size"])
-                    async for d in cursor.sort([("wasted", -1), ("_id", 1)]).limit(top)
-                ]
-            else:  # one host's records
-                duplicates = [
-                    DuplicateGroup(d["_id"], d["n"], d["size"])
-                    async for d in await self._files.aggregate(groups)
-                ]
-        return Totals(
-            growth=sorted(growth),
-            blob_count=int(counters.get("count", 0)),
-            blob_bytes=int(counters.get("bytes", 0)),
-            duplicates=duplicates,
-        )
 
     async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:
         history = self._coll("file_history")

@@ -185,16 +185,6 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
         "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
     ],
-    [  # 2: the duplicate groups: contents more than one live record holds
-        """CREATE TABLE content_dupes (
-            sha256 TEXT PRIMARY KEY,
-            refs INTEGER NOT NULL,
-            size INTEGER NOT NULL
-        ) WITHOUT ROWID""",
-        "CREATE INDEX content_dupes_wasted ON content_dupes ((refs - 1) * size DESC, sha256)",
-        "INSERT INTO content_dupes SELECT sha256, COUNT(*), MAX(file_size) FROM files "
-        "WHERE deleted_at IS NULL GROUP BY sha256 HAVING COUNT(*) > 1",
-    ],
 ]
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
@@ -299,37 +289,6 @@ def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
         ],
     )  # fmt: skip
     conn.executemany(_ADD_GROWTH, plan.growth.rows())
-
-
-def _recount(conn: sqlite3.Connection, contents: set[str]) -> None:
-    """Count the live records of *contents* again (after the write) and keep in
-    content_dupes those held more than once. A read of the sha256 index each; a write
-    only for the duplicated ones, so a first ingest of distinct files writes nothing."""
-    for chunk in chunked(list(contents), _SQLITE_VARIABLE_CHUNK):
-        marks = ", ".join("?" * len(chunk))
-        counts = {
-            sha: (n, size)
-            for sha, n, size in conn.execute(
-                f"SELECT sha256, COUNT(*), MAX(file_size) FROM files WHERE sha256 IN ({marks}) "
-                "AND deleted_at IS NULL GROUP BY sha256 HAVING COUNT(*) > 1",
-                chunk,
-            )
-        }
-        listed = [
-            sha
-            for (sha,) in conn.execute(
-                f"SELECT sha256 FROM content_dupes WHERE sha256 IN ({marks})", chunk
-            )
-        ]
-        conn.executemany(
-            "DELETE FROM content_dupes WHERE sha256 = ?",
-            [(sha,) for sha in listed if sha not in counts],
-        )
-        conn.executemany(
-            "INSERT INTO content_dupes VALUES (?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-            "refs = excluded.refs, size = excluded.size",
-            [(sha, n, size) for sha, (n, size) in counts.items()],
-        )
 
 
 def _iso(when: datetime) -> str:
@@ -676,9 +635,11 @@ class SQLiteMetadataStore(MetadataStore):
             # A validated model's __dict__ holds its fields in FILE_FIELDS order.
             conn.executemany(
                 _UPSERT_FILE,
-                [[*m.__dict__.values(), stamp, stamp, _iso(r), scan] for m, r in plan.records],
+                [
+                    [*m.__dict__.values(), stamp, stamp, stamp if r is now else _iso(r), scan]
+                    for m, r in plan.records
+                ],
             )
-            _recount(conn, plan.contents)
             ids = {location: record.id for location, record in current.items()}
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             ids.update(
@@ -814,7 +775,6 @@ class SQLiteMetadataStore(MetadataStore):
                 "UPDATE files SET deleted_at = ?, recorded_at = ? WHERE id = ?",
                 [(_iso(now), _iso(now), int(r.id)) for r in current],
             )
-            _recount(conn, plan.contents)
             return len(current)
 
         return await self._write(delete) if ids else 0
@@ -860,7 +820,7 @@ class SQLiteMetadataStore(MetadataStore):
             lambda c: [Location.model_validate(dict(r)) for r in c.execute(sql, args)]
         )
 
-    async def totals(self, hostname: str | None, top: int) -> Totals:
+    async def totals(self, hostname: str | None) -> Totals:
         host = "" if hostname is None else " AND hostname = ?"
         args: tuple[str, ...] = () if hostname is None else (hostname,)
 
@@ -869,27 +829,20 @@ class SQLiteMetadataStore(MetadataStore):
                 f"SELECT * FROM growth WHERE 1{host} ORDER BY day, hostname", args
             ).fetchall()
             count, size = conn.execute("SELECT count, bytes FROM blob_totals").fetchone()
-            if hostname is None:  # the first rows of content_dupes
-                groups = conn.execute(
-                    "SELECT sha256, refs, size FROM content_dupes "
-                    "ORDER BY (refs - 1) * size DESC, sha256 LIMIT ?",
-                    (top,),
-                ).fetchall()
-            else:  # one host's records, through the location index
-                groups = conn.execute(
-                    "SELECT sha256, COUNT(*) AS n, MAX(file_size) AS size FROM files "
-                    "WHERE hostname = ? AND deleted_at IS NULL GROUP BY sha256 HAVING n > 1 "
-                    "ORDER BY (n - 1) * size DESC, sha256 LIMIT ?",
-                    (hostname, top),
-                ).fetchall()
-            return Totals(
-                growth=[tuple(r) for r in growth],
-                blob_count=count,
-                blob_bytes=size,
-                duplicates=[DuplicateGroup(*g) for g in groups],
-            )
+            return Totals(growth=[tuple(r) for r in growth], blob_count=count, blob_bytes=size)
 
         return await self._read(query)
+
+    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
+        host = "" if hostname is None else " AND hostname = ?"
+        # One pass over files_sha256 (or one host's records), grouped as it goes.
+        sql = (
+            "SELECT sha256, COUNT(*) AS n, MAX(file_size) AS size FROM files "
+            f"WHERE deleted_at IS NULL{host} GROUP BY sha256 HAVING n > 1 "
+            "ORDER BY (n - 1) * size DESC, sha256 LIMIT ?"
+        )
+        args = (top,) if hostname is None else (hostname, top)
+        return await self._read(lambda c: [DuplicateGroup(*row) for row in c.execute(sql, args)])
 
     async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:
         def prune(conn: sqlite3.Connection) -> int:

@@ -16,6 +16,7 @@ from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
 from putplace.server.routes import content, files, inventory, keys, root, scans
 from putplace.server.state import AppState
+from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
 from putplace.service.stores import open_stores
 
@@ -53,6 +54,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stores=stores,
             key_cache=KeyCache(settings.key_cache_seconds),
             rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            duplicate_groups=DuplicateGroupsCache(settings.stats_cache_seconds),
         )
         yield
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from putplace.auth import KeyCache
 from putplace.config import Settings
 from putplace.server.limits import RateLimiter
+from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.stores import Stores
 
 
@@ -16,3 +17,4 @@ class AppState:
     stores: Stores
     key_cache: KeyCache
     rate_limiter: RateLimiter
+    duplicate_groups: DuplicateGroupsCache

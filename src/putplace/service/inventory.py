@@ -3,14 +3,16 @@ from the counters each write keeps."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
 from typing import Any
 
 from putplace.metadata import MetadataStore
-from putplace.metadata.inventory import Cursor, FileQuery
+from putplace.metadata.inventory import Cursor, DuplicateGroup, FileQuery
 from putplace.models import FileVersion, Location
 from putplace.service.errors import InvalidInputError, NotFoundError
 from putplace.service.files import FileAnswer, checked_sha256, describe_all
@@ -51,6 +53,7 @@ async def locations(store: MetadataStore, sha256: str, *, include_past: bool) ->
 # -- statistics -------------------------------------------------------------------------
 
 
+_CACHED_QUERIES = 256
 _GROWTH_FIELDS = ("bucket", "files_added", "bytes_added", "files_deleted", "bytes_deleted")
 
 
@@ -82,8 +85,40 @@ class Stats:
     growth: list[dict[str, Any]]
 
 
-async def stats(store: MetadataStore, hostname: str | None, bucket: Bucket, top: int) -> Stats:
-    totals = await store.totals(hostname, top)
+class DuplicateGroupsCache:
+    """The largest duplicate groups, kept for *seconds* per (host, top): they are grouped
+    from every record (about a second per million on SQLite), where everything else in
+    ``/stats`` is read from counters. One per process; 0 seconds keeps nothing."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._kept: dict[tuple[str | None, int], tuple[float, list[DuplicateGroup]]] = {}
+
+    async def get(
+        self, store: MetadataStore, hostname: str | None, top: int
+    ) -> list[DuplicateGroup]:
+        now = self._clock()
+        kept = self._kept.get((hostname, top))
+        if kept is not None and now - kept[0] < self._seconds:
+            return kept[1]
+        groups = await store.duplicate_groups(hostname, top)
+        if self._seconds > 0:
+            if len(self._kept) >= _CACHED_QUERIES:  # bounded: hostnames come from callers
+                self._kept.clear()
+            self._kept[hostname, top] = (now, groups)
+        return groups
+
+
+async def stats(
+    store: MetadataStore,
+    hostname: str | None,
+    bucket: Bucket,
+    top: int,
+    duplicates: DuplicateGroupsCache,
+) -> Stats:
+    totals = await store.totals(hostname)
+    groups = await duplicates.get(store, hostname, top)
     hosts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     growth: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for day, host, files_added, bytes_added, files_deleted, bytes_deleted in totals.growth:
@@ -103,7 +138,7 @@ async def stats(store: MetadataStore, hostname: str | None, bucket: Bucket, top:
         hosts=[{"hostname": h, "files": v[0], "bytes": v[1]} for h, v in sorted(hosts.items())],
         duplicate_groups=[
             {"sha256": g.sha256, "count": g.count, "size": g.size, "wasted_bytes": g.wasted_bytes}
-            for g in totals.duplicates
+            for g in groups
         ],
         growth=[
             {
