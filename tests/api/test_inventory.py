@@ -55,6 +55,9 @@ async def test_a_completed_scan_marks_unseen_records_deleted(api: httpx.AsyncCli
     assert [(r["filepath"], r["deleted_at"] is not None) for r in deleted] == [("/srv/gone", True)]
     again = await api.post(f"/scans/{scan}/complete")
     assert again.status_code == 409
+    # Content answers are unaffected by the deletion of a record holding it.
+    gone = metadata(b"/srv/gone", filepath="/srv/gone")
+    assert (await api.get(f"/get_file/{gone['sha256']}")).status_code == 200
 
 
 async def test_an_abandoned_or_open_scan_deletes_nothing(api: httpx.AsyncClient) -> None:

@@ -85,17 +85,23 @@ async def test_a_scan_lifecycle_finishes_once(store: MetadataStore) -> None:
     assert await store.get_scan("nope") is None
 
 
-async def test_unseen_files_are_those_under_the_root_the_scan_missed(store: MetadataStore) -> None:
+async def test_a_scan_keeps_what_it_saw_by_directory(store: MetadataStore) -> None:
     for host, path in [("h", "/srv"), ("h", "/srv/a"), ("h", "/srv/b"), ("h", "/srv/d/c"),
                        ("h", "/srvx/a"), ("h", "/other"), ("g", "/srv/a")]:  # fmt: skip
         await put_file(store, meta(host, path), at(0))
     scan = await store.create_scan("h", "/srv", [], at(1))
+    other = await store.create_scan("h", "/srv", [], at(1))
     await store.put_files([meta("h", "/srv/a")], at(2), scan_id=scan.id)  # sent again
-    assert await store.mark_seen(scan.id, "h", ["/srv/d/c", "/srv/gone"]) == 1  # unchanged
-    unseen = await store.unseen_files("h", "/srv", scan.id, "", 100)
-    assert paths(unseen) == ["/srv", "/srv/b"]
-    assert paths(await store.unseen_files("h", "/srv", scan.id, "/srv", 100)) == ["/srv/b"]
-    assert paths(await store.unseen_files("h", "/srv/", scan.id, "", 1)) == ["/srv"]
+    # Unchanged files named only; how many of them are live records.
+    assert await store.mark_seen(scan.id, "h", ["/srv/d/c", "/srv/gone"]) == 1
+    seen = await store.seen_names(scan.id, ["/srv", "/srv/d", "/", "/srvx"])
+    assert seen == {"/srv": {"a", "gone"}, "/srv/d": {"c"}}
+    assert await store.seen_names(other.id, ["/srv"]) == {}  # per scan
+    under = await store.files_under("h", "/srv", "", 100)
+    assert paths(under) == ["/srv", "/srv/a", "/srv/b", "/srv/d/c"]  # not /srvx, not g
+    assert paths(await store.files_under("h", "/srv/", "/srv/a", 2)) == ["/srv/b", "/srv/d/c"]
+    await store.finish_scan(scan.id, ScanState.completed, 0, at(3))
+    assert await store.seen_names(scan.id, ["/srv"]) == {}  # dropped with the scan
 
 
 async def test_deleting_keeps_the_last_version_and_a_return_revives(store: MetadataStore) -> None:

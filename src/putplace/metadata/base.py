@@ -159,14 +159,19 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
-        """Mark the live records at these paths seen by the scan; how many there were."""
+        """Keep these paths as seen by the scan (``put_files`` with the scan does the same
+        for the records it stores); how many are live records of *hostname*."""
 
     @abstractmethod
-    async def unseen_files(
-        self, hostname: str, root: str, scan_id: str, after: str, limit: int
+    async def files_under(
+        self, hostname: str, root: str, after: str, limit: int
     ) -> list[FileRecord]:
-        """Live records of *hostname* at or under *root* that the scan did not see, in
-        path order, with paths after *after*."""
+        """Live records of *hostname* at or under *root*, in path order, with paths after
+        *after*."""
+
+    @abstractmethod
+    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
+        """The names the scan saw in each of these directories (``by_directory``)."""
 
     @abstractmethod
     async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:

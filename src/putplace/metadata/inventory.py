@@ -35,6 +35,22 @@ def day_of(when: datetime) -> str:
     return when.date().isoformat()
 
 
+def by_directory(filepaths: Iterable[str]) -> dict[str, list[str]]:
+    """Paths as ``{directory: [names]}``: how a scan keeps what it saw, a row per
+    directory rather than a write per file."""
+    seen: dict[str, list[str]] = {}
+    for path in filepaths:
+        directory, _, name = path.rpartition("/")
+        seen.setdefault(directory or "/", []).append(name)
+    return seen
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``("/a/b", "c")`` for ``/a/b/c``, as :func:`by_directory` keys it."""
+    directory, _, name = path.rpartition("/")
+    return directory or "/", name
+
+
 def is_new_version(old: FileRecord, new: FileMetadata) -> bool:
     """True when *new* is not what *old* holds now: other content or metadata, or *old*
     is a deletion (the file came back)."""

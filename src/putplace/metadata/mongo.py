@@ -70,6 +70,7 @@ from putplace.metadata.inventory import (
     PastVersion,
     Totals,
     WritePlan,
+    by_directory,
     plan_deletes,
     plan_puts,
     prefix_range,
@@ -106,6 +107,7 @@ FILE_INDEXES = [
     IndexModel([("file_size", ASCENDING), ("_id", ASCENDING)], name="size"),
     IndexModel([("recorded_at", ASCENDING), ("_id", ASCENDING)], name="recorded"),
 ]
+SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan_dir")]
 HISTORY_INDEXES = [
     IndexModel(
         [("hostname", ASCENDING), ("filepath", ASCENDING), ("valid_from", ASCENDING)],
@@ -316,6 +318,7 @@ class MongoMetadataStore(MetadataStore):
             with self._guard("create indexes"):
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
+                await db["scan_seen"].create_indexes(SEEN_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
@@ -440,10 +443,9 @@ class MongoMetadataStore(MetadataStore):
                 current = await self._current([(m.hostname, m.filepath) for m in pending])
                 plan = plan_puts(pending, current, now)
                 ops = [
-                    self._put_op(meta, recorded, current.get((meta.hostname, meta.filepath)), now,
-                                 scan)
+                    self._put_op(meta, recorded, current.get((meta.hostname, meta.filepath)), now)
                     for meta, recorded in plan.records
-                ]  # fmt: skip
+                ]
                 lost = await self._write_lost(ops)
                 done = [m for i, m in enumerate(pending) if i not in lost]
                 plan = plan_puts(done, current, now) if lost else plan
@@ -454,6 +456,8 @@ class MongoMetadataStore(MetadataStore):
                     break
             else:
                 raise StoreUnavailableError("records kept changing while being stored; retry")
+            if scan is not None:
+                await self._add_seen(scan, [m.filepath for m in unique])
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             found, blobs = await asyncio.gather(
                 self._ids_of(new), self.get_blobs({m.sha256 for m in unique})
@@ -472,15 +476,12 @@ class MongoMetadataStore(MetadataStore):
         recorded: datetime,
         old: FileRecord | None,
         now: datetime,
-        scan: ObjectId | None,
     ) -> UpdateOne:
         fields = meta.__dict__
         update: Document = {
             **{name: fields[name] for name in _UPDATED_FIELDS},
             "updated_at": now, "recorded_at": recorded, "deleted_at": None,
         }  # fmt: skip
-        if scan is not None:
-            update["last_scan"] = scan
         where: Document = {"hostname": meta.hostname, "filepath": meta.filepath}
         # No match means another request wrote it first: the upsert then collides with
         # the unique location index (E11000) and the record is compared again.
@@ -618,6 +619,7 @@ class MongoMetadataStore(MetadataStore):
         if oid is None:
             return False
         with self._guard("finish_scan"):
+            await self._coll("scan_seen").delete_many({"scan": oid})
             result = await self._coll("scans").update_one(
                 {"_id": oid, "state": ScanState.open.value},
                 {"$set": {"state": state.value, "deleted": deleted, "finished_at": now}},
@@ -628,28 +630,43 @@ class MongoMetadataStore(MetadataStore):
         oid = _object_id(scan_id)
         if oid is None:
             raise ValueError(f"unknown scan: {scan_id!r}")
-        seen = 0
+        paths = list(dict.fromkeys(filepaths))
+        live = 0
         with self._guard("mark_seen"):
-            for chunk in chunked(list(dict.fromkeys(filepaths)), _IN_CHUNK):
-                result = await self._files.update_many(
-                    {"hostname": hostname, "filepath": {"$in": list(chunk)}, "deleted_at": None},
-                    {"$set": {"last_scan": oid}},
+            await self._add_seen(oid, paths)
+            for chunk in chunked(paths, _IN_CHUNK):
+                live += await self._files.count_documents(
+                    {"hostname": hostname, "filepath": {"$in": list(chunk)}, "deleted_at": None}
                 )
-                seen += result.matched_count
-        return seen
+        return live
 
-    async def unseen_files(
-        self, hostname: str, root: str, scan_id: str, after: str, limit: int
+    async def _add_seen(self, scan: ObjectId, filepaths: Sequence[str]) -> None:
+        rows = [{"scan": scan, "dir": d, "names": names}
+                for d, names in by_directory(filepaths).items()]  # fmt: skip
+        if rows:
+            await self._coll("scan_seen").insert_many(rows, ordered=False)
+
+    async def files_under(
+        self, hostname: str, root: str, after: str, limit: int
     ) -> list[FileRecord]:
         query = {
-            "$and": [
-                {"hostname": hostname}, _prefix(root), {"filepath": {"$gt": after}},
-                {"deleted_at": None}, {"last_scan": {"$ne": _object_id(scan_id)}},
-            ]
+            "$and": [{"hostname": hostname}, _prefix(root), {"filepath": {"$gt": after}},
+                     {"deleted_at": None}]
         }  # fmt: skip
-        with self._guard("unseen_files"):
+        with self._guard("files_under"):
             cursor = self._files.find(query).sort("filepath", ASCENDING).limit(limit)
             return [_file(doc) async for doc in cursor]
+
+    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
+        oid = _object_id(scan_id)
+        seen: dict[str, set[str]] = {}
+        with self._guard("seen_names"):
+            for chunk in chunked(list(dict.fromkeys(directories)), _IN_CHUNK):
+                async for doc in self._coll("scan_seen").find(
+                    {"scan": oid, "dir": {"$in": list(chunk)}}
+                ):
+                    seen.setdefault(doc["dir"], set()).update(doc["names"])
+        return seen
 
     async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
         async def delete(record: FileRecord) -> bool:

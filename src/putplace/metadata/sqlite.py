@@ -42,6 +42,7 @@ from putplace.metadata.inventory import (
     Found,
     Totals,
     WritePlan,
+    by_directory,
     plan_deletes,
     plan_puts,
     prefix_range,
@@ -115,7 +116,6 @@ MIGRATIONS: list[list[str]] = [
     [  # 1: inventory: versions, deletions, scans, counters
         "ALTER TABLE files ADD COLUMN recorded_at TEXT",
         "ALTER TABLE files ADD COLUMN deleted_at TEXT",
-        "ALTER TABLE files ADD COLUMN last_scan INTEGER",
         "UPDATE files SET recorded_at = updated_at",
         # Sort/filter by size; recorded_at grows with time, so its index only appends.
         "CREATE INDEX files_size ON files (file_size)",
@@ -160,6 +160,14 @@ MIGRATIONS: list[list[str]] = [
             state TEXT NOT NULL,
             deleted INTEGER NOT NULL
         )""",
+        # What each open scan saw: a row of names per directory, written as batches
+        # arrive (a rescan writes a few rows per thousand files, not one per file).
+        """CREATE TABLE scan_seen (
+            scan_id INTEGER NOT NULL,
+            dir TEXT NOT NULL,
+            names TEXT NOT NULL
+        )""",
+        "CREATE INDEX scan_seen_dir ON scan_seen (scan_id, dir)",
         """CREATE TABLE growth (
             day TEXT NOT NULL,
             hostname TEXT NOT NULL,
@@ -189,12 +197,12 @@ MIGRATIONS: list[list[str]] = [
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
 _UPSERT_FILE = (
-    f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at, last_scan) "
-    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))}) "
+    f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at) "
+    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 3))}) "
     "ON CONFLICT (hostname, filepath) DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
-    "deleted_at = NULL, last_scan = COALESCE(excluded.last_scan, files.last_scan)"
+    "deleted_at = NULL"
 )
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted) "
@@ -289,6 +297,13 @@ def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
         ],
     )  # fmt: skip
     conn.executemany(_ADD_GROWTH, plan.growth.rows())
+
+
+def _add_seen(conn: sqlite3.Connection, scan: int, filepaths: Sequence[str]) -> None:
+    conn.executemany(
+        "INSERT INTO scan_seen VALUES (?, ?, ?)",
+        [(scan, d, json.dumps(names)) for d, names in by_directory(filepaths).items()],
+    )
 
 
 def _iso(when: datetime) -> str:
@@ -636,10 +651,12 @@ class SQLiteMetadataStore(MetadataStore):
             conn.executemany(
                 _UPSERT_FILE,
                 [
-                    [*m.__dict__.values(), stamp, stamp, stamp if r is now else _iso(r), scan]
+                    [*m.__dict__.values(), stamp, stamp, stamp if r is now else _iso(r)]
                     for m, r in plan.records
                 ],
             )
+            if scan is not None:
+                _add_seen(conn, scan, [m.filepath for m in unique])
             ids = {location: record.id for location, record in current.items()}
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             ids.update(
@@ -724,35 +741,52 @@ class SQLiteMetadataStore(MetadataStore):
         number = _int_id(scan_id)
         sql = "UPDATE scans SET state = ?, deleted = ?, finished_at = ? WHERE id = ? AND state = ?"
         args = (state.value, deleted, _iso(now), number, ScanState.open.value)
-        return number is not None and await self._write(lambda c: c.execute(sql, args).rowcount > 0)
+
+        def finish(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM scan_seen WHERE scan_id = ?", (number,))
+            return conn.execute(sql, args).rowcount > 0
+
+        return number is not None and await self._write(finish)
 
     async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
         scan = _scan_number(scan_id)
+        assert scan is not None
+        paths = list(dict.fromkeys(filepaths))
 
         def mark(conn: sqlite3.Connection) -> int:
-            seen = 0
-            for chunk in chunked(list(dict.fromkeys(filepaths)), _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
-                seen += conn.execute(
-                    f"UPDATE files SET last_scan = ? WHERE hostname = ? AND filepath IN ({marks})"
-                    " AND deleted_at IS NULL",
-                    (scan, hostname, *chunk),
-                ).rowcount
-            return seen
+            _add_seen(conn, scan, paths)
+            rows = _select_at(conn, "deleted_at", [(hostname, p) for p in paths])
+            return sum(1 for (deleted_at,) in rows if deleted_at is None)
 
         return await self._write(mark)
 
-    async def unseen_files(
-        self, hostname: str, root: str, scan_id: str, after: str, limit: int
+    async def files_under(
+        self, hostname: str, root: str, after: str, limit: int
     ) -> list[FileRecord]:
         exact, low, high = prefix_range(root)
         sql = (
             f"{_SELECT_FILE} WHERE hostname = ? AND (filepath = ? OR (filepath >= ? AND "
-            "filepath < ?)) AND filepath > ? AND deleted_at IS NULL "
-            "AND (last_scan IS NULL OR last_scan != ?) ORDER BY filepath LIMIT ?"
+            "filepath < ?)) AND filepath > ? AND deleted_at IS NULL ORDER BY filepath LIMIT ?"
         )
-        args = (hostname, exact, low, high, after, _scan_number(scan_id), limit)
+        args = (hostname, exact, low, high, after, limit)
         return await self._read(lambda c: [_file_from_row(r) for r in c.execute(sql, args)])
+
+    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
+        scan = _scan_number(scan_id)
+        wanted = list(dict.fromkeys(directories))
+
+        def query(conn: sqlite3.Connection) -> dict[str, set[str]]:
+            seen: dict[str, set[str]] = {}
+            for chunk in chunked(wanted, _SQLITE_VARIABLE_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                for directory, names in conn.execute(
+                    f"SELECT dir, names FROM scan_seen WHERE scan_id = ? AND dir IN ({marks})",
+                    (scan, *chunk),
+                ):
+                    seen.setdefault(directory, set()).update(json.loads(names))
+            return seen
+
+        return await self._read(query)
 
     async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
         ids = [int(r.id) for r in records]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from putplace.auth import utcnow
 from putplace.metadata import MetadataStore
+from putplace.metadata.inventory import split_path
 from putplace.models import ScanRecord, ScanState
 from putplace.patterns import Excluder, excluder
 from putplace.service.errors import ConflictError, InvalidInputError, NotFoundError
@@ -66,10 +67,16 @@ async def complete_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
     excluded = excluder(scan.excludes)
     prefix = scan.root.rstrip("/") + "/"
     deleted, after = 0, ""
-    while page := await store.unseen_files(scan.hostname, scan.root, scan.id, after,
-                                           _DELETE_PAGE):  # fmt: skip
+    while page := await store.files_under(scan.hostname, scan.root, after, _DELETE_PAGE):
         after = page[-1].filepath
-        gone = [r for r in page if not _covered(excluded, r.filepath, prefix)]
+        places = [split_path(r.filepath) for r in page]
+        seen = await store.seen_names(scan.id, {directory for directory, _ in places})
+        gone = [
+            record
+            for record, (directory, name) in zip(page, places, strict=True)
+            if name not in seen.get(directory, ())
+            and not _covered(excluded, record.filepath, prefix)
+        ]
         deleted += await store.delete_files(gone, utcnow())
     if not await store.finish_scan(scan.id, ScanState.completed, deleted, utcnow()):
         raise ConflictError("the scan was finished by another request")
