@@ -14,6 +14,7 @@ from putplace.metadata.inventory import (
     FileQuery,
     FileState,
     Found,
+    Listed,
     Totals,
 )
 from putplace.models import (
@@ -163,9 +164,7 @@ class MetadataStore(ABC):
         for the records it stores); how many are live records of *hostname*."""
 
     @abstractmethod
-    async def files_under(
-        self, hostname: str, root: str, after: str, limit: int
-    ) -> list[FileRecord]:
+    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
         """Live records of *hostname* at or under *root*, in path order, with paths after
         *after*."""
 
@@ -174,9 +173,9 @@ class MetadataStore(ABC):
         """The names the scan saw in each of these directories (``by_directory``)."""
 
     @abstractmethod
-    async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
-        """Mark these live records deleted (``inventory.plan_deletes``), in one write;
-        how many were still live and are now deleted."""
+    async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:
+        """Mark these records deleted (``inventory.plan_deletes``), in one write, if they
+        are still live and as listed (same ``updated_at``); how many were."""
 
     @abstractmethod
     async def history(self, hostname: str, filepath: str) -> list[FileVersion]:

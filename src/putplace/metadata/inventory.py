@@ -294,6 +294,15 @@ class Cursor(NamedTuple):
         return cls(value, source, ident)
 
 
+class Listed(NamedTuple):
+    """A live record as a scan's completion lists it: enough to tell whether the scan saw
+    it, and to delete it only if nobody reported it since (its ``updated_at``)."""
+
+    id: str
+    filepath: str
+    updated_at: datetime
+
+
 class Found(NamedTuple):
     """One search result and the cursor that resumes after it."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -67,6 +67,7 @@ from putplace.metadata.inventory import (
     FileState,
     Found,
     Growth,
+    Listed,
     PastVersion,
     Totals,
     WritePlan,
@@ -646,16 +647,19 @@ class MongoMetadataStore(MetadataStore):
         if rows:
             await self._coll("scan_seen").insert_many(rows, ordered=False)
 
-    async def files_under(
-        self, hostname: str, root: str, after: str, limit: int
-    ) -> list[FileRecord]:
+    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
         query = {
             "$and": [{"hostname": hostname}, _prefix(root), {"filepath": {"$gt": after}},
                      {"deleted_at": None}]
         }  # fmt: skip
         with self._guard("files_under"):
-            cursor = self._files.find(query).sort("filepath", ASCENDING).limit(limit)
-            return [_file(doc) async for doc in cursor]
+            cursor = self._files.find(
+                query, projection={"_id": 1, "filepath": 1, "updated_at": 1}
+            ).sort("filepath", ASCENDING)
+            return [
+                Listed(str(d["_id"]), d["filepath"], d["updated_at"])
+                async for d in cursor.limit(limit)
+            ]
 
     async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
         oid = _object_id(scan_id)
@@ -668,7 +672,7 @@ class MongoMetadataStore(MetadataStore):
                     seen.setdefault(doc["dir"], set()).update(doc["names"])
         return seen
 
-    async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
+    async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:
         async def delete(record: FileRecord) -> bool:
             # Only a record still as read: one reported again since stays live.
             result = await self._files.update_one(
@@ -679,12 +683,25 @@ class MongoMetadataStore(MetadataStore):
             return result.modified_count > 0
 
         deleted: list[FileRecord] = []
+        listed = {r.id: r.updated_at for r in records}
         with self._guard("delete_files"):
-            for chunk in chunked(list(records), 100):
+            # The whole records, for their past versions; those reported since stay.
+            whole = [
+                record
+                for chunk in chunked([ObjectId(i) for i in listed], _IN_CHUNK)
+                async for record in self._records({"_id": {"$in": list(chunk)},
+                                                   "deleted_at": None})
+                if record.updated_at == listed[record.id]
+            ]  # fmt: skip
+            for chunk in chunked(whole, 100):
                 outcomes = await asyncio.gather(*(delete(r) for r in chunk))
                 deleted += [r for r, done in zip(chunk, outcomes, strict=True) if done]
             await self._record_history(plan_deletes(deleted, now))
         return len(deleted)
+
+    async def _records(self, query: Document) -> AsyncIterator[FileRecord]:
+        async for doc in self._files.find(query):
+            yield _file(doc)
 
     async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
         with self._guard("history"):

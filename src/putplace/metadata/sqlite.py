@@ -40,6 +40,7 @@ from putplace.metadata.inventory import (
     FileQuery,
     FileState,
     Found,
+    Listed,
     Totals,
     WritePlan,
     by_directory,
@@ -760,16 +761,20 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(mark)
 
-    async def files_under(
-        self, hostname: str, root: str, after: str, limit: int
-    ) -> list[FileRecord]:
+    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
         exact, low, high = prefix_range(root)
         sql = (
-            f"{_SELECT_FILE} WHERE hostname = ? AND (filepath = ? OR (filepath >= ? AND "
-            "filepath < ?)) AND filepath > ? AND deleted_at IS NULL ORDER BY filepath LIMIT ?"
+            "SELECT id, filepath, updated_at FROM files WHERE hostname = ? AND (filepath = ? "
+            "OR (filepath >= ? AND filepath < ?)) AND filepath > ? AND deleted_at IS NULL "
+            "ORDER BY filepath LIMIT ?"
         )
         args = (hostname, exact, low, high, after, limit)
-        return await self._read(lambda c: [_file_from_row(r) for r in c.execute(sql, args)])
+        return await self._read(
+            lambda c: [
+                Listed(str(i), path, datetime.fromisoformat(when))
+                for i, path, when in c.execute(sql, args)
+            ]
+        )
 
     async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
         scan = _scan_number(scan_id)
@@ -788,7 +793,7 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._read(query)
 
-    async def delete_files(self, records: Sequence[FileRecord], now: datetime) -> int:
+    async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:
         ids = [int(r.id) for r in records]
         reported = {r.id: r.updated_at for r in records}
 
