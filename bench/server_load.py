@@ -200,8 +200,7 @@ def bare_sqlite(path: Path, rows: int) -> float:
                 stamp,
                 stamp,
                 stamp,
-                None,
-            ]  # fmt: skip
+            ]
             for n in range(start, min(rows, start + BATCH))
         ]
         began = time.perf_counter()
