@@ -127,7 +127,7 @@ async def measure(path: Path, count: int) -> dict[str, float]:
             ),
             "search_as_of_host_ms": await timed(
                 first(FileQuery(hostnames=host, as_of=T0 + timedelta(days=35), sort=SortKey.path))
-            ),  # fmt: skip
+            ),
             "search_page_51_by_size_ms": await timed(
                 lambda: deep_page(store, FileQuery(sort=SortKey.size)), runs=3
             ),

@@ -113,7 +113,9 @@ async def test_search_pages_with_the_next_cursor_header(api: httpx.AsyncClient) 
     assert seen == [7, 6, 5, 4, 3, 2, 1]
     assert pages == 3
     first = (await api.get("/files", params={"path_prefix": "/d", "limit": 1})).json()[0]
-    assert first["recorded_at"] and first["deleted_at"] is None and first["filepath"] == "/d/0"
+    assert first["recorded_at"]
+    assert first["deleted_at"] is None
+    assert first["filepath"] == "/d/0"
 
 
 @pytest.mark.parametrize(
@@ -147,7 +149,8 @@ async def test_history_and_as_of_over_http(api: httpx.AsyncClient) -> None:
     versions = (await api.get("/history", params={"hostname": "host-a",
                                                   "filepath": "/etc/app.conf"})).json()  # fmt: skip
     assert [v["file_size"] for v in versions] == [2, 2]
-    assert versions[0]["valid_to"] is None and versions[1]["valid_to"] is not None
+    assert versions[0]["valid_to"] is None
+    assert versions[1]["valid_to"] is not None
     assert versions[1]["sha256"] == middle[0]["sha256"]
     then = (await api.get("/files", params={"as_of": versions[1]["valid_from"]})).json()
     assert [r["sha256"] for r in then] == [middle[0]["sha256"]]
@@ -174,7 +177,8 @@ async def test_locations_and_stats(api: httpx.AsyncClient, server_url: str, keys
     assert stats["bytes_referenced"] == len(b"shared") + len(b"other")
     assert (stats["distinct_contents"], stats["bytes_stored"]) == (1, len(b"shared"))
     assert [h["hostname"] for h in stats["hosts"]] == ["host-a", "host-b"]
-    assert len(stats["growth"]) == 1 and len(stats["growth"][0]["bucket"]) == 7  # 2026-11
+    assert len(stats["growth"]) == 1
+    assert len(stats["growth"][0]["bucket"]) == 7
     host = (await api.get("/stats", params={"hostname": "host-b"})).json()
     assert (host["files"], host["bytes_referenced"]) == (1, len(b"shared"))
     assert (await api.get("/stats", params={"bucket": "year"})).status_code == 422
