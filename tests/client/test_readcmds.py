@@ -23,15 +23,7 @@ from putplace.client.inventory.commands import find_row
 from putplace.client.inventory.options import point_in_time
 from tests.client.fake_server import KEY, fake_server
 from tests.client.helpers import counts
-from tests.conftest import STACKS, Keys
-
-
-@pytest.fixture(params=STACKS)
-def stack(request: pytest.FixtureRequest) -> str:
-    """Every backend stack, unlike the other client tests: filters, sorting, paging,
-    history and counters are each the metadata store's own work."""
-    return str(request.param)
-
+from tests.conftest import Keys
 
 HOSTILE = "/data/evil\x1b[31mred\nline.txt"
 """A name that would colour the terminal red and break the table if printed raw."""

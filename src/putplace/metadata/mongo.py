@@ -336,7 +336,9 @@ class MongoMetadataStore(MetadataStore):
         version = 0 if meta is None else int(meta.get("version", 0))
         if version >= SCHEMA_VERSION:
             return
-        if version < 1:
+        # A new database has nothing to bring up to date.
+        fresh = meta is None and await db["files"].find_one({}, projection={"_id": 1}) is None
+        if version < 1 and not fresh:
             await MongoMetadataStore._migrate_inventory(db)
         await db["meta"].update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
