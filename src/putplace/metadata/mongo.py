@@ -13,6 +13,12 @@ Collections and indexes (created idempotently by :meth:`MongoMetadataStore.open`
     enforce a separate unique index under a hashed shard key).
 ``api_keys``
     ``_id`` ObjectId, unique ``key_hash``, ``is_active``.
+``file_history``
+    past versions: ``(hostname, filepath, valid_from)``, ``sha256``, ``valid_to``.
+``scans``, ``scan_seen``
+    scans, and what each open one saw (names per directory): ``(scan, dir)``.
+``growth``, ``counters``, ``meta``
+    files and bytes added/deleted per (day, host); blob totals; the schema version.
 
 Races are resolved by the database: files are upserts on the unique location index,
 blobs and keys are inserts whose duplicate-key error means "already there".
@@ -508,35 +514,32 @@ class MongoMetadataStore(MetadataStore):
         if ops := _growth_ops(plan.growth):
             await self._coll("growth").bulk_write(ops, ordered=False)
 
-    async def _current(
-        self, locations: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], FileRecord]:
+    async def _at(
+        self, locations: Sequence[tuple[str, str]], projection: Document | None = None
+    ) -> AsyncIterator[Document]:
+        """The records at *locations*, read from the primary (our own writes), a host and
+        a bounded ``$in`` at a time."""
         files = self._files.with_options(read_preference=ReadPreference.PRIMARY)
         by_host: defaultdict[str, list[str]] = defaultdict(list)
         for hostname, filepath in dict.fromkeys(locations):
             by_host[hostname].append(filepath)
-        found: dict[tuple[str, str], FileRecord] = {}
-        for hostname, paths in by_host.items():
-            for chunk in chunked(paths, _IN_CHUNK):
-                query = {"hostname": hostname, "filepath": {"$in": list(chunk)}}
-                async for doc in files.find(query):
-                    found[(doc["hostname"], doc["filepath"])] = _file(doc)
-        return found
-
-    async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """Ids of the records at *locations*, read from the primary (our own writes)."""
-        files = self._files.with_options(read_preference=ReadPreference.PRIMARY)
-        by_host: defaultdict[str, list[str]] = defaultdict(list)
-        for hostname, filepath in dict.fromkeys(locations):
-            by_host[hostname].append(filepath)
-        found: dict[tuple[str, str], str] = {}
-        projection = {"_id": 1, "hostname": 1, "filepath": 1}
         for hostname, paths in by_host.items():
             for chunk in chunked(paths, _IN_CHUNK):
                 query = {"hostname": hostname, "filepath": {"$in": list(chunk)}}
                 async for doc in files.find(query, projection=projection):
-                    found[(doc["hostname"], doc["filepath"])] = str(doc["_id"])
-        return found
+                    yield doc
+
+    async def _current(
+        self, locations: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], FileRecord]:
+        return {(d["hostname"], d["filepath"]): _file(d) async for d in self._at(locations)}
+
+    async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        projection = {"_id": 1, "hostname": 1, "filepath": 1}
+        return {
+            (d["hostname"], d["filepath"]): str(d["_id"])
+            async for d in self._at(locations, projection)
+        }
 
     async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:
         with self._guard("get_file"):
