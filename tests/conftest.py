@@ -37,8 +37,12 @@ def make_settings(
     if database == "sqlite":
         values["database_url"] = f"sqlite:///{tmp_path}/putplace.db"
     else:
-        values["database_url"] = request.getfixturevalue("mongo_uri")
-        values["database_name"] = f"pp_{uuid.uuid4().hex[:16]}"
+        from tests.support.mongo import drop_database  # a plugin: imported by pytest first
+
+        uri = request.getfixturevalue("mongo_uri")
+        values["database_url"] = uri
+        values["database_name"] = name = f"pp_{uuid.uuid4().hex[:16]}"
+        request.addfinalizer(lambda: drop_database(uri, name))
     if blobs == "local":
         values["storage_url"] = f"file://{tmp_path}/blobs"
     else:

@@ -11,6 +11,7 @@ import pytest
 from putplace.metadata.base import MetadataStore
 from putplace.metadata.mongo import MongoMetadataStore
 from putplace.metadata.sqlite import SQLiteMetadataStore
+from tests.support.mongo import drop_database
 
 BACKENDS = ["sqlite", "mongodb"]
 
@@ -47,10 +48,7 @@ async def open_store(
     for store in opened:
         await store.close()
     if backend == "mongodb" and opened:
-        from pymongo import AsyncMongoClient
-
-        async with AsyncMongoClient(uri) as client:
-            await client.drop_database(database)
+        drop_database(uri, database)
 
 
 @pytest.fixture

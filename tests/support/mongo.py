@@ -79,6 +79,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
+def drop_database(uri: str, name: str) -> None:
+    """Drop a test's database when the test ends. mongoeco keeps every index of every
+    database in one SQLite table, so each database left behind slows every later write
+    (the suite took twice as long before its databases were dropped)."""
+    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+        client.drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB URI for tests: ``PUTPLACE_TEST_MONGODB_URI`` or a private mongoeco server."""
