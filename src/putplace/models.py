@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from putplace.digest import SHA256_PATTERN
 
 MAX_PATH_LENGTH = 4096
 MAX_NAME_LENGTH = 255
+#: Largest file size accepted (2^62 bytes): every backend stores it as a 64-bit integer.
+MAX_FILE_SIZE: Final = 1 << 62
 
 
-def _no_nul(value: str) -> str:
+def no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
@@ -31,14 +34,39 @@ Sha256Hex = Annotated[
 FilePath = Annotated[
     str,
     Field(min_length=1, max_length=MAX_PATH_LENGTH, examples=["/etc/hosts"]),
-    AfterValidator(_no_nul),
+    AfterValidator(no_nul),
 ]
 HostName = Annotated[
     str,
     Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-01"]),
-    AfterValidator(_no_nul),
+    AfterValidator(no_nul),
 ]
-UnixTime = Annotated[float, Field(allow_inf_nan=False, examples=[1732435200.0])]
+UnixTime = Annotated[float, Field(strict=True, allow_inf_nan=False, examples=[1732435200.0])]
+
+
+#: Strict: JSON ``true`` or ``"12"`` is refused, not read as 1 or 12.
+def _count(le: int, example: int) -> Any:
+    return Field(strict=True, ge=0, le=le, examples=[example])
+
+
+#: Times a datetime can show (years 1 to 9999), so every stored time can be displayed,
+#: compared and applied by ``ppclient restore``.
+MIN_UNIX_TIME: Final = -62_135_596_800.0
+MAX_UNIX_TIME: Final = 253_402_300_799.0
+
+#: Validation context of records read back from a store. Rules added for input after a
+#: record was written (an IP address that is not one) must not make that record unreadable.
+STORED: Final = {"stored": True}
+
+
+def _ip_address(value: str) -> str:
+    """Empty, or an IPv4/IPv6 address in its canonical form."""
+    if not value:
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address (or empty)") from None
 
 
 class FileMetadata(BaseModel):
@@ -48,17 +76,34 @@ class FileMetadata(BaseModel):
 
     filepath: FilePath
     hostname: HostName
-    ip_address: Annotated[str, Field(max_length=64, examples=["192.0.2.10"])] = ""
+    ip_address: Annotated[
+        str, Field(max_length=64, description="IPv4 or IPv6 address, or empty.",
+                   examples=["192.0.2.10"])
+    ] = ""  # fmt: skip
     sha256: Sha256Hex
-    file_size: Annotated[int, Field(ge=0, le=1 << 62, examples=[1024])]
-    file_mode: Annotated[int, Field(ge=0, le=0o7777777, examples=[0o100644])]
-    file_uid: Annotated[int, Field(ge=0, le=(1 << 32) - 1, examples=[1000])]
-    file_gid: Annotated[int, Field(ge=0, le=(1 << 32) - 1, examples=[1000])]
+    file_size: Annotated[int, _count(MAX_FILE_SIZE, 1024)]
+    file_mode: Annotated[int, _count(0o7777777, 0o100644)]
+    file_uid: Annotated[int, _count((1 << 32) - 1, 1000)]
+    file_gid: Annotated[int, _count((1 << 32) - 1, 1000)]
     file_mtime: UnixTime
     file_atime: UnixTime
     file_ctime: UnixTime
-    is_symlink: bool = False
+    is_symlink: Annotated[bool, Field(strict=True)] = False
     link_target: Annotated[str | None, Field(max_length=MAX_PATH_LENGTH)] = None
+
+    @model_validator(mode="after")
+    def _input_rules(self, info: ValidationInfo) -> Self:
+        # One call per record (not one per field): /put_files validates thousands.
+        if info.context is STORED:
+            return self
+        self.ip_address = _ip_address(self.ip_address)
+        for name in ("file_mtime", "file_atime", "file_ctime"):
+            if not MIN_UNIX_TIME <= getattr(self, name) <= MAX_UNIX_TIME:
+                raise ValueError(f"{name} must be between {MIN_UNIX_TIME:.0f} and "
+                                 f"{MAX_UNIX_TIME:.0f} (years 1 to 9999)")  # fmt: skip
+        if self.link_target is not None and "\x00" in self.link_target:
+            raise ValueError("link_target must not contain NUL characters")
+        return self
 
 
 class FileRecord(FileMetadata):
@@ -166,8 +211,29 @@ class Scope(StrEnum):
         return order.index(self) >= order.index(needed)
 
 
+#: Hostname patterns a key may be bound to: shell-style (``web-*``, ``db-0?``), matched
+#: without regard to case, as DNS names are.
+HostPattern = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-*"]),
+    AfterValidator(no_nul),
+]
+MAX_KEY_HOSTS: Final = 100
+
+
+class KeyStatus(StrEnum):
+    active = "active"
+    revoked = "revoked"
+    expired = "expired"
+
+
 class ApiKeyRecord(BaseModel):
-    """A stored key. The key itself is never stored, only its SHA-256."""
+    """A stored key. The key itself is never stored, only its SHA-256.
+
+    ``hosts``: the hostname patterns whose records the key may write (empty: any host).
+    ``expires_at``: when it stops working (None: never). ``replaced_by``: the key a
+    rotation made in its place. ``last_used_ip``: the client address of that last use.
+    """
 
     id: str
     key_hash: str
@@ -176,13 +242,53 @@ class ApiKeyRecord(BaseModel):
     scope: Scope
     created_at: datetime
     last_used_at: datetime | None = None
+    last_used_ip: str | None = None
     is_active: bool = True
+    hosts: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+    replaced_by: str | None = None
+
+    def status(self, now: datetime) -> KeyStatus:
+        if not self.is_active:
+            return KeyStatus.revoked
+        if self.expires_at is not None and now >= self.expires_at:
+            return KeyStatus.expired
+        return KeyStatus.active
 
 
 class ApiKeyCreate(BaseModel):
-    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-fleet"])]
-    description: Annotated[str | None, Field(max_length=1000)] = None
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-fleet"]),
+        AfterValidator(no_nul),
+    ]
+    description: Annotated[str, Field(max_length=1000), AfterValidator(no_nul)] | None = None
     scope: Scope = Field(Scope.write, description="read, write or admin.")
+    hosts: list[HostPattern] = Field(
+        default_factory=list,
+        max_length=MAX_KEY_HOSTS,
+        description="Bind the key to these hostnames: it may then write records only for "
+        "hosts matching one of them (`*`, `?` and `[...]` as in the shell; case does not "
+        "matter). Empty: any host.",
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="When the key stops working (UTC when no offset is given)."
+    )
+
+
+class ApiKeyRotate(BaseModel):
+    overlap_seconds: int = Field(
+        default=86400,
+        strict=True,
+        ge=0,
+        le=365 * 86400,
+        description="How long the old key keeps working beside the new one (default a day).",
+    )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When the new key stops working; default: when the old key had an "
+        "expiry, the same lifetime from now, else never.",
+    )
 
 
 class ApiKeyInfo(BaseModel):
@@ -194,13 +300,19 @@ class ApiKeyInfo(BaseModel):
     name: str
     description: str | None
     scope: Scope
+    hosts: list[str]
     created_at: datetime
+    expires_at: datetime | None
     last_used_at: datetime | None
+    last_used_ip: str | None
     is_active: bool
+    status: KeyStatus
+    replaced_by: str | None
 
     @classmethod
-    def from_record(cls, record: ApiKeyRecord) -> ApiKeyInfo:
-        return cls.model_validate(record.model_dump(exclude={"key_hash"}))
+    def from_record(cls, record: ApiKeyRecord, now: datetime) -> ApiKeyInfo:
+        data = record.model_dump(exclude={"key_hash"})
+        return cls.model_validate({**data, "status": record.status(now)})
 
 
 class ApiKeyCreated(ApiKeyInfo):

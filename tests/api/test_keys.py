@@ -3,58 +3,160 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from putplace.auth import generate_key, hash_key, utcnow
+from putplace.config import Settings
+from putplace.models import Scope
 from putplace.service.stores import open_metadata
 from tests.conftest import Keys, make_settings, seed_keys
-from tests.support.payloads import metadata, store
+from tests.support.payloads import bundle, metadata, put, store
 from tests.support.servers import running_server
 
-ZERO = "0" * 64
+CONTENT = b"matrix content"
+SHA = hashlib.sha256(CONTENT).hexdigest()
+HOST = "db-01"  # the bound key may write web-* only
 
-# (method, path, needed scope) for every authenticated endpoint.
-ENDPOINTS = [
-    ("POST", "/put_file", "write"),
-    ("POST", "/put_files", "write"),
-    ("PUT", f"/blobs/{ZERO}", "write"),
-    ("POST", f"/upload_file/{ZERO}?hostname=h&filepath=/f", "write"),
-    ("GET", f"/get_file/{ZERO}", "read"),
-    ("GET", f"/download/{ZERO}", "read"),
-    ("GET", "/files", "read"),
-    ("GET", "/api_keys", "admin"),
-    ("POST", "/api_keys", "admin"),
-    ("PUT", "/api_keys/1/revoke", "admin"),
-    ("DELETE", "/api_keys/1", "admin"),
-]
+
+@dataclass(frozen=True)
+class Call:
+    """One endpoint, called with a valid request, so that any refusal is the key's."""
+
+    method: str
+    path: str
+    needed: str  # scope
+    names_host: bool = False  # writes records of HOST
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def calls(scan_id: str, key_id: str) -> list[Call]:
+    record = metadata(CONTENT, hostname=HOST, filepath="/m")
+    scan = f"/scans/{scan_id}"
+    return [
+        Call("POST", "/put_file", "write", True, {"json": record}),
+        Call("POST", "/put_files", "write", True, {"json": {"files": [record]}}),
+        Call("POST", f"/upload_file/{SHA}?hostname={HOST}&filepath=/m", "write", True,
+             {"files": {"file": CONTENT}}),
+        Call("POST", "/scans", "write", True, {"json": {"hostname": HOST, "root": "/"}}),
+        Call("GET", scan, "write", True),
+        Call("POST", f"{scan}/seen", "write", True, {"json": {"filepaths": ["/m"]}}),
+        Call("POST", f"{scan}/abandon", "write", True),
+        Call("POST", f"{scan}/complete", "write", True),
+        Call("PUT", f"/blobs/{SHA}", "write", False, {"content": CONTENT}),
+        Call("POST", "/bundles", "write", False,
+             {"content": bundle([(SHA, CONTENT)]),
+              "headers": {"Content-Type": "application/vnd.putplace.bundle"}}),
+        Call("GET", f"/get_file/{SHA}", "read"),
+        Call("GET", f"/download/{SHA}", "read"),
+        Call("GET", "/files", "read"),
+        Call("GET", f"/history?hostname={HOST}&filepath=/m", "read"),
+        Call("GET", f"/content/{SHA}/locations", "read"),
+        Call("GET", "/stats", "read"),
+        Call("GET", "/api_keys", "admin"),
+        Call("POST", "/api_keys", "admin", False, {"json": {"name": "made"}}),
+        Call("POST", f"/api_keys/{key_id}/rotate", "admin"),
+        Call("PUT", f"/api_keys/{key_id}/revoke", "admin"),
+        Call("DELETE", f"/api_keys/{key_id}", "admin"),
+    ]  # fmt: skip
+
+
 RANK = {"read": 0, "write": 1, "admin": 2}
 
 
-@pytest.mark.parametrize(("method", "path", "needed"), ENDPOINTS)
-async def test_every_endpoint_enforces_keys_and_scopes(
-    server_url: str, keys: Keys, method: str, path: str, needed: str
+async def _more_keys(settings: Settings) -> dict[str, str]:
+    """Keys of the kinds the fixture does not make: expired, rotated out (the overlap
+    over), and bound to web-* hosts."""
+    made: dict[str, str] = {}
+    async with open_metadata(settings) as store:
+        past = utcnow() - timedelta(seconds=1)
+        for name, hosts, expires_at in (
+            ("expired", [], past), ("rotated", [], None), ("bound", ["web-*"], None),
+            ("successor", [], None),
+        ):  # fmt: skip
+            key = generate_key()
+            record = await store.add_api_key(
+                key_hash=hash_key(key), name=name, description=None, scope=Scope.admin,
+                created_at=utcnow(), hosts=hosts, expires_at=expires_at,
+            )  # fmt: skip
+            made[name] = key
+            made[f"{name}_id"] = record.id
+        await store.expire_api_key(made["rotated_id"], past, replaced_by=made["successor_id"])
+    return made
+
+
+def expected(kind: str, call: Call) -> int | None:
+    """The refusal *kind* of key gets for *call*, or None when it is allowed."""
+    if kind in ("none", "empty", "malformed", "unknown", "revoked", "expired", "rotated"):
+        return 401
+    scope = "admin" if kind == "bound" else kind
+    if RANK[scope] < RANK[call.needed] or (kind == "bound" and call.names_host):
+        return 403
+    return None
+
+
+async def _state(client: httpx.AsyncClient, admin: str) -> Any:
+    headers = {"X-API-Key": admin}
+    files = (await client.get("/files", params={"state": "all"}, headers=headers)).json()
+    api_keys = (await client.get("/api_keys", headers=headers)).json()
+    for key in api_keys:
+        key.pop("last_used_at")
+        key.pop("last_used_ip")
+    stats = (await client.get("/stats", headers=headers)).json()
+    return files, api_keys, stats
+
+
+async def test_permission_matrix_every_endpoint_every_kind_of_key(
+    server_url: str, keys: Keys, settings: Settings
 ) -> None:
-    async with httpx.AsyncClient(base_url=server_url) as client:
+    more = await _more_keys(settings)
+    presented = {
+        "none": None, "empty": "", "malformed": "not-a-key", "unknown": "f" * 64,
+        "revoked": keys.revoked, "expired": more["expired"], "rotated": more["rotated"],
+        "read": keys.read, "write": keys.write, "admin": keys.admin, "bound": more["bound"],
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=server_url, timeout=60) as client:
+        opened = await client.post("/scans", json={"hostname": HOST, "root": "/"},
+                                   headers={"X-API-Key": keys.write})  # fmt: skip
+        victim = more["successor_id"]  # the key the admin endpoints act on
+        matrix = calls(opened.json()["scan_id"], victim)
+        assert {(c.method, c.path.split("?")[0]) for c in matrix} >= {
+            (m.upper(), p.replace("{sha256}", SHA).replace("{scan_id}", opened.json()["scan_id"])
+             .replace("{key_id}", victim))
+            for p, methods in (await client.get("/openapi.json")).json()["paths"].items()
+            for m in methods if p not in ("/", "/health")
+        }, "an endpoint is missing from the matrix"  # fmt: skip
 
-        async def status(key: str | None) -> int:
-            headers = {"X-API-Key": key} if key is not None else {}
-            response = await client.request(method, path, headers=headers)
-            return response.status_code
+        async def send(kind: str, call: Call) -> int:
+            key = presented[kind]
+            headers = dict(call.kwargs.get("headers", {}))
+            if key is not None:
+                headers["X-API-Key"] = key
+            kwargs = {**call.kwargs, "headers": headers}
+            return (await client.request(call.method, call.path, **kwargs)).status_code
 
-        assert await status(None) == 401
-        assert await status("") == 401
-        assert await status("not-a-key") == 401
-        assert await status("f" * 64) == 401
-        assert await status(keys.revoked) == 401
-        for scope in ("read", "write", "admin"):
-            code = await status(getattr(keys, scope))
-            if RANK[scope] < RANK[needed]:
-                assert code == 403, (scope, code)
-            else:
-                assert code not in (401, 403), (scope, code)
+        before = await _state(client, keys.admin)
+        wrong = []
+        for call in matrix:
+            for kind in presented:
+                refusal = expected(kind, call)
+                if refusal is not None and (got := await send(kind, call)) != refusal:
+                    wrong.append((call.method, call.path, kind, got, refusal))
+        assert wrong == []
+        assert await _state(client, keys.admin) == before, "a refused request changed state"
+
+        # And each kind of key that may call an endpoint is let through.
+        for call in matrix:
+            for kind in ("read", "write", "admin", "bound"):
+                if expected(kind, call) is None:
+                    assert await send(kind, call) not in (401, 403), (call.path, kind)
 
 
 async def test_revoked_key_message(api: httpx.AsyncClient, keys: Keys) -> None:
@@ -143,3 +245,88 @@ async def test_key_cache_honours_revocation_within_its_ttl(
             )
             assert revoke.status_code == 200
             assert (await client.get("/files", headers=reader)).status_code == 401
+
+
+async def test_host_bound_key_writes_only_its_hosts(api: httpx.AsyncClient, keys: Keys) -> None:
+    admin = {"X-API-Key": keys.admin}
+    made = await api.post("/api_keys", headers=admin,
+                          json={"name": "web", "hosts": ["web-*", "Mail"]})  # fmt: skip
+    assert made.status_code == 201
+    assert made.json()["hosts"] == ["mail", "web-*"]
+    bound = {"X-API-Key": made.json()["api_key"]}
+    for host in ("web-01", "WEB-02", "mail"):
+        assert (await put(api, metadata(b"ok", hostname=host), headers=bound)).status_code == 201
+    refused = await put(api, metadata(b"no", hostname="db-01"), headers=bound)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == (
+        "This API key may write records only for hosts matching mail, web-*; not for 'db-01'"
+    )
+    # A batch with one foreign record is refused whole: nothing of it is stored.
+    batch = [metadata(b"a", hostname="web-03"), metadata(b"b", hostname="db-01")]
+    assert (await api.post("/put_files", json={"files": batch}, headers=bound)).status_code == 403
+    hosts = {f["hostname"] for f in (await api.get("/files", headers=admin)).json()}
+    assert hosts == {"web-01", "WEB-02", "mail"}
+    # Reading is not bound: the key reads what its scope allows.
+    assert (await api.get("/files", params={"hostname": "web-01"}, headers=bound)).json()
+
+
+async def test_expiry_and_rotation(api: httpx.AsyncClient, keys: Keys) -> None:
+    admin = {"X-API-Key": keys.admin}
+    soon = datetime.now(UTC) + timedelta(seconds=1.5)
+    past = (await api.post("/api_keys", headers=admin,
+                           json={"name": "p", "expires_at": "2000-01-01T00:00:00Z"}))  # fmt: skip
+    assert past.status_code == 400
+    made = (await api.post("/api_keys", headers=admin,
+                           json={"name": "ci", "scope": "read", "hosts": ["ci-*"],
+                                 "expires_at": soon.isoformat()})).json()  # fmt: skip
+    old = {"X-API-Key": made["api_key"]}
+    assert (await api.get("/files", headers=old)).status_code == 200
+    lapsing_body = {"name": "l", "expires_at": soon.isoformat()}
+    lapsing = (await api.post("/api_keys", headers=admin, json=lapsing_body)).json()
+
+    # Rotation with an overlap: both keys work; the new one has the same grants and, as the
+    # old one had an expiry, the same lifetime from now.
+    rotated = await api.post(f"/api_keys/{made['_id']}/rotate", headers=admin,
+                             json={"overlap_seconds": 3600})  # fmt: skip
+    assert rotated.status_code == 201
+    new = rotated.json()
+    assert (new["name"], new["scope"], new["hosts"]) == ("ci", "read", ["ci-*"])
+    assert new["api_key"] != made["api_key"]
+    assert new["expires_at"] is not None
+    assert (await api.get("/files", headers=old)).status_code == 200
+    assert (await api.get("/files", headers={"X-API-Key": new["api_key"]})).status_code == 200
+    listed = {k["_id"]: k for k in (await api.get("/api_keys", headers=admin)).json()}
+    assert listed[made["_id"]]["replaced_by"] == new["_id"]
+    assert listed[made["_id"]]["last_used_ip"] == "127.0.0.1"
+    # The overlap never outlives the old key's own expiry.
+    assert listed[made["_id"]]["expires_at"] == made["expires_at"]
+
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+    expired = await api.get("/files", headers=old)
+    assert expired.status_code == 401
+    assert expired.json()["detail"].startswith(
+        f"API key was rotated: use its replacement (key {new['_id']})"
+    )
+    plain = await api.get("/files", headers={"X-API-Key": lapsing["api_key"]})
+    assert plain.status_code == 401
+    assert plain.json()["detail"].startswith("API key expired at ")
+
+    listed = {k["_id"]: k for k in (await api.get("/api_keys", headers=admin)).json()}
+    assert listed[made["_id"]]["status"] == "expired"
+    conflict = await api.post(f"/api_keys/{made['_id']}/rotate", headers=admin)
+    assert conflict.status_code == 409
+
+    # Without an overlap the old key stops at once.
+    now_key = (await api.post("/api_keys", headers=admin, json={"name": "n"})).json()
+    swapped = await api.post(f"/api_keys/{now_key['_id']}/rotate", headers=admin,
+                             json={"overlap_seconds": 0})  # fmt: skip
+    assert swapped.json()["expires_at"] is None
+    gone = await api.get("/files", headers={"X-API-Key": now_key["api_key"]})
+    assert gone.status_code == 401
+    assert gone.json()["detail"].startswith(
+        f"API key was rotated: use its replacement (key {swapped.json()['_id']})"
+    )
+    for bad in ({"overlap_seconds": -1}, {"overlap_seconds": "1"}, {"overlap_seconds": 1e9}):
+        answer = await api.post(f"/api_keys/{swapped.json()['_id']}/rotate", headers=admin,
+                                json=bad)  # fmt: skip
+        assert answer.status_code == 422

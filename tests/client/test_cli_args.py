@@ -122,3 +122,11 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
                  "--dry-run", "--verbose", "--ca-bundle", "--timeout", "--retries",
                  "--bundle-threshold", "--bundle-bytes", "--bundle-files"):  # fmt: skip
         assert flag in out
+
+
+def test_ip_must_be_an_address(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--dry-run", "x", "--ip", "2001:DB8::1"]).ip == "2001:db8::1"
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--dry-run", "x", "--ip", "web-01"])
+    assert exited.value.code == 2
+    assert "not an IP address: 'web-01'" in capsys.readouterr().err

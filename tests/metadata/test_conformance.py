@@ -76,6 +76,17 @@ async def add_key(store: MetadataStore, name: str, seconds: int = 0, scope: Scop
 # --- files: put, get ------------------------------------------------------------------
 
 
+async def test_records_written_before_a_stricter_input_rule_stay_readable(
+    store: MetadataStore,
+) -> None:
+    # Earlier releases accepted any string as ip_address; such records must still be read
+    # (and searched, and shown in history), never turned into a 500.
+    old = meta(filepath="/old").model_copy(update={"ip_address": "not an address"})
+    record = await put_file(store, old, at(0))
+    assert record.ip_address == "not an address"
+    assert [v.ip_address for v in await store.history("web-01", "/old")] == ["not an address"]
+
+
 async def test_put_file_stores_every_reported_field(store: MetadataStore) -> None:
     sent = meta(is_symlink=True, link_target="/etc/hosts.real", file_size=0)
     record = await put_file(store, sent, at(0))
@@ -339,6 +350,28 @@ async def test_api_key_without_description(store: MetadataStore) -> None:
     assert (await store.get_api_key_by_id(record.id)).description is None  # type: ignore[union-attr]
 
 
+async def test_api_key_hosts_expiry_and_rotation_are_kept(store: MetadataStore) -> None:
+    plain = await add_key(store, "plain")
+    assert (plain.hosts, plain.expires_at, plain.replaced_by, plain.last_used_ip) == (
+        [], None, None, None
+    )  # fmt: skip
+    bound = await store.add_api_key(
+        key_hash=sha("bound"), name="bound", description=None, scope=Scope.write,
+        created_at=at(0), hosts=["web-*", "db-01"], expires_at=at(3600),
+    )  # fmt: skip
+    assert (bound.hosts, bound.expires_at) == (["web-*", "db-01"], at(3600))
+    assert await store.get_api_key(sha("bound")) == bound
+    assert await store.expire_api_key(bound.id, at(60), replaced_by=plain.id) is True
+    expired = await store.get_api_key_by_id(bound.id)
+    assert expired is not None
+    assert (expired.expires_at, expired.replaced_by, expired.hosts) == (
+        at(60), plain.id, ["web-*", "db-01"]
+    )  # fmt: skip
+    assert (await store.get_api_key_by_id(plain.id)) == plain  # only the one key changed
+    await store.delete_api_key(bound.id)
+    assert await store.expire_api_key(bound.id, at(60), replaced_by=plain.id) is False
+
+
 async def test_list_api_keys_oldest_first(store: MetadataStore) -> None:
     assert await store.list_api_keys() == []
     made = [await add_key(store, name, seconds) for seconds, name in enumerate("cab")]
@@ -349,8 +382,10 @@ async def test_list_api_keys_oldest_first(store: MetadataStore) -> None:
 async def test_touch_deactivate_delete_api_key(store: MetadataStore) -> None:
     key = await add_key(store, "k")
     other = await add_key(store, "other")
-    await store.touch_api_key(key.id, at(60))
-    assert (await store.get_api_key_by_id(key.id)).last_used_at == at(60)  # type: ignore[union-attr]
+    await store.touch_api_key(key.id, at(60), "2001:db8::7")
+    touched = await store.get_api_key_by_id(key.id)
+    assert touched is not None
+    assert (touched.last_used_at, touched.last_used_ip) == (at(60), "2001:db8::7")
     assert await store.deactivate_api_key(key.id) is True
     assert await store.deactivate_api_key(key.id) is True  # revoking twice is fine
     revoked = await store.get_api_key(key.key_hash)
@@ -374,7 +409,8 @@ async def test_unknown_api_key_ids(store: MetadataStore, key_id: str) -> None:
     assert await store.get_api_key_by_id(key_id) is None
     assert await store.deactivate_api_key(key_id) is False
     assert await store.delete_api_key(key_id) is False
-    await store.touch_api_key(key_id, at(5))  # no error, no effect
+    await store.touch_api_key(key_id, at(5), None)  # no error, no effect
+    assert await store.expire_api_key(key_id, at(5), replaced_by=key.id) is False
     assert await store.list_api_keys() == [key]
 
 

@@ -3,6 +3,7 @@ checks, and the TLS verification they ask for."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import ssl
@@ -24,6 +25,14 @@ def byte_size(text: str) -> int:
     if not math.isfinite(size) or size < 0:
         raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
     return int(size)
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address (the server refuses records with anything else)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise configargparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 def check_connection(parser: Any, args: Any) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import configargparse
 
-from putplace.client.args import byte_size, check_connection, tls_verify
+from putplace.client.args import byte_size, check_connection, ip_address, tls_verify
 from putplace.client.cache import ClientCache, default_cache_path
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
@@ -67,7 +67,9 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="gitignore-style pattern, relative to each root (repeatable)")  # fmt: skip
     p.add_argument("--hostname", default=socket.gethostname(), help="hostname to record")
-    p.add_argument("--ip", metavar="ADDRESS", help="IP address to record (default: detected)")
+    p.add_argument(
+        "--ip", metavar="ADDRESS", type=ip_address, help="IP address to record (default: detected)"
+    )
     p.add_argument("--dry-run", action="store_true", help="scan and hash, send nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="name skipped files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -24,7 +24,7 @@ from typing import Any
 from putplace.client.cancel import Cancelled, check
 from putplace.client.inventory import options as opt
 from putplace.client.inventory.download import Sink, fetch
-from putplace.client.inventory.output import print_json, safe
+from putplace.client.inventory.output import print_json
 from putplace.client.inventory.plan import Item, RefusedError, normal_prefix, plan
 from putplace.client.inventory.reader import ReadClient
 from putplace.client.inventory.restorefs import (
@@ -41,6 +41,7 @@ from putplace.client.inventory.restorefs import (
 from putplace.client.names import wire_path
 from putplace.client.progress import TransferBars
 from putplace.client.uploader import ApiError, AuthError
+from putplace.display import safe
 
 DEFAULT_WORKERS = 4
 EPILOG = """\

@@ -241,6 +241,8 @@ class MetadataStore(ABC):
         description: str | None,
         scope: Scope,
         created_at: datetime,
+        hosts: Sequence[str] = (),
+        expires_at: datetime | None = None,
     ) -> ApiKeyRecord:
         """Store a key; :class:`DuplicateError` when *key_hash* is already recorded."""
 
@@ -255,7 +257,13 @@ class MetadataStore(ABC):
         """Every key, oldest first."""
 
     @abstractmethod
-    async def touch_api_key(self, key_id: str, when: datetime) -> None: ...
+    async def touch_api_key(self, key_id: str, when: datetime, ip: str | None) -> None:
+        """Note the key's last use, and the client address it came from."""
+
+    @abstractmethod
+    async def expire_api_key(self, key_id: str, when: datetime, *, replaced_by: str) -> bool:
+        """Make the key stop working at *when* (a rotation: *replaced_by* is the new key).
+        True if the key exists."""
 
     @abstractmethod
     async def deactivate_api_key(self, key_id: str) -> bool:

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from putplace.models import FileMetadata, FileRecord
+from putplace.models import STORED, FileMetadata, FileRecord, FileVersion
 
 #: Fields whose change makes a new version. Access time changes whenever a file is read
 #: (a backup reads every file), and the IP address is the reporting host's, not the
@@ -58,6 +58,15 @@ def is_new_version(old: FileRecord, new: FileMetadata) -> bool:
         return True
     before, after = old.__dict__, new.__dict__
     return any(before[name] != after[name] for name in VERSIONED_FIELDS)
+
+
+def current_version(record: FileRecord) -> FileVersion:
+    """The current state of a location as the first item of its history."""
+    return FileVersion.model_validate(
+        {**record.model_dump(), "valid_from": record.recorded_at,
+         "deleted": record.deleted_at is not None},
+        context=STORED,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

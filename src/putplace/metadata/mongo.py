@@ -78,12 +78,14 @@ from putplace.metadata.inventory import (
     Totals,
     WritePlan,
     by_directory,
+    current_version,
     plan_deletes,
     plan_puts,
     prefix_range,
     tie_rule,
 )
 from putplace.models import (
+    STORED,
     ApiKeyRecord,
     BlobRecord,
     BlobState,
@@ -142,13 +144,13 @@ def _file(doc: Mapping[str, Any]) -> FileRecord:
         id=str(doc["_id"]), created_at=doc["created_at"], updated_at=doc["updated_at"],
         recorded_at=doc.get("recorded_at", doc["updated_at"]), deleted_at=doc.get("deleted_at"),
     )  # fmt: skip
-    return FileRecord.model_validate(data)
+    return FileRecord.model_validate(data, context=STORED)
 
 
 def _version(doc: Mapping[str, Any]) -> FileVersion:
     data = {name: doc.get(name) for name in FILE_FIELDS}
     data.update(valid_from=doc["valid_from"], valid_to=doc["valid_to"], deleted=doc["deleted"])
-    return FileVersion.model_validate(data)
+    return FileVersion.model_validate(data, context=STORED)
 
 
 def _history_doc(version: PastVersion) -> Document:
@@ -720,11 +722,7 @@ class MongoMetadataStore(MetadataStore):
                 .sort([("valid_from", -1), ("_id", -1)])
             )
             past = [_version(d) async for d in cursor]
-        now = FileVersion.model_validate(
-            {**current.model_dump(), "valid_from": current.recorded_at,
-             "deleted": current.deleted_at is not None}
-        )  # fmt: skip
-        return [now, *past]
+        return [current_version(current), *past]
 
     async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
         query: Document = (
@@ -885,11 +883,13 @@ class MongoMetadataStore(MetadataStore):
         description: str | None,
         scope: Scope,
         created_at: datetime,
+        hosts: Sequence[str] = (),
+        expires_at: datetime | None = None,
     ) -> ApiKeyRecord:
         doc: Document = {
             "key_hash": key_hash, "name": name, "description": description,
             "scope": scope.value, "created_at": created_at, "last_used_at": None,
-            "is_active": True,
+            "is_active": True, "hosts": list(hosts), "expires_at": expires_at,
         }  # fmt: skip
         with self._guard("add_api_key"):
             try:
@@ -921,11 +921,23 @@ class MongoMetadataStore(MetadataStore):
             cursor = self._keys.find().sort([("created_at", ASCENDING), ("_id", ASCENDING)])
             return [_key(doc) async for doc in cursor]
 
-    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+    async def touch_api_key(self, key_id: str, when: datetime, ip: str | None) -> None:
         oid = _object_id(key_id)
         if oid is not None:
             with self._guard("touch_api_key"):
-                await self._keys.update_one({"_id": oid}, {"$set": {"last_used_at": when}})
+                await self._keys.update_one(
+                    {"_id": oid}, {"$set": {"last_used_at": when, "last_used_ip": ip}}
+                )
+
+    async def expire_api_key(self, key_id: str, when: datetime, *, replaced_by: str) -> bool:
+        oid = _object_id(key_id)
+        if oid is None:
+            return False
+        with self._guard("expire_api_key"):
+            result = await self._keys.update_one(
+                {"_id": oid}, {"$set": {"expires_at": when, "replaced_by": replaced_by}}
+            )
+        return result.matched_count > 0
 
     async def deactivate_api_key(self, key_id: str) -> bool:
         oid = _object_id(key_id)

@@ -44,12 +44,14 @@ from putplace.metadata.inventory import (
     Totals,
     WritePlan,
     by_directory,
+    current_version,
     plan_deletes,
     plan_puts,
     prefix_range,
     tie_rule,
 )
 from putplace.models import (
+    STORED,
     ApiKeyRecord,
     BlobRecord,
     BlobState,
@@ -194,6 +196,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
         "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
     ],
+    [  # 2: key lifecycle: host binding, expiry, rotation, last client address
+        "ALTER TABLE api_keys ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE api_keys ADD COLUMN expires_at TEXT",
+        "ALTER TABLE api_keys ADD COLUMN replaced_by INTEGER",
+        "ALTER TABLE api_keys ADD COLUMN last_used_ip TEXT",
+    ],
 ]
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
@@ -224,10 +232,11 @@ _UPSERT_BLOB = (
 )
 _RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at"
 _SELECT_FILE = f"SELECT {_RECORD_COLUMNS} FROM files"
-_SELECT_KEY = (
-    "SELECT id, key_hash, name, description, scope, created_at, last_used_at, is_active "
-    "FROM api_keys"
+_KEY_COLUMNS = (
+    "id, key_hash, name, description, scope, created_at, last_used_at, is_active, hosts, "
+    "expires_at, replaced_by, last_used_ip"
 )
+_SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys"
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 
@@ -236,13 +245,16 @@ def _file_from_row(row: sqlite3.Row | dict[str, Any]) -> FileRecord:
     data = dict(row)
     data["id"] = str(data["id"])
     data["is_symlink"] = bool(data["is_symlink"])
-    return FileRecord.model_validate(data)
+    return FileRecord.model_validate(data, context=STORED)
 
 
 def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
     data = dict(row)
     data["id"] = str(data["id"])
     data["is_active"] = bool(data["is_active"])
+    data["hosts"] = json.loads(data["hosts"])
+    if data["replaced_by"] is not None:
+        data["replaced_by"] = str(data["replaced_by"])
     return ApiKeyRecord.model_validate(data)
 
 
@@ -354,7 +366,7 @@ def _version_from_row(row: sqlite3.Row) -> FileVersion:
     data = dict(row)
     data["is_symlink"] = bool(data["is_symlink"])
     data["deleted"] = bool(data["deleted"])
-    return FileVersion.model_validate(data)
+    return FileVersion.model_validate(data, context=STORED)
 
 
 #: What a search selects from each source, as the same columns: ``row_id`` and ``source``
@@ -826,12 +838,7 @@ class SQLiteMetadataStore(MetadataStore):
             if row is None:
                 return []
             current = _file_from_row(row)
-            versions = [
-                FileVersion.model_validate(
-                    {**current.model_dump(), "valid_from": current.recorded_at,
-                     "deleted": current.deleted_at is not None}
-                )
-            ]  # fmt: skip
+            versions = [current_version(current)]
             past = conn.execute(
                 f"SELECT {_FILE_COLUMNS}, valid_from, valid_to, deleted FROM file_history "
                 "WHERE hostname = ? AND filepath = ? ORDER BY valid_from DESC, id DESC",
@@ -959,15 +966,17 @@ class SQLiteMetadataStore(MetadataStore):
         description: str | None,
         scope: Scope,
         created_at: datetime,
+        hosts: Sequence[str] = (),
+        expires_at: datetime | None = None,
     ) -> ApiKeyRecord:
         def insert(conn: sqlite3.Connection) -> ApiKeyRecord:
             row = conn.execute(
-                "INSERT INTO api_keys (key_hash, name, description, scope, created_at, is_active) "
-                "VALUES (?, ?, ?, ?, ?, 1) "
-                "RETURNING id, key_hash, name, description, scope, created_at, last_used_at, "
-                "is_active",
-                (key_hash, name, description, scope.value, created_at.isoformat()),
-            ).fetchone()
+                "INSERT INTO api_keys (key_hash, name, description, scope, created_at, "
+                f"is_active, hosts, expires_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+                f"RETURNING {_KEY_COLUMNS}",
+                (key_hash, name, description, scope.value, created_at.isoformat(),
+                 json.dumps(list(hosts)), None if expires_at is None else expires_at.isoformat()),
+            ).fetchone()  # fmt: skip
             return _key_from_row(row)
 
         return await self._write(insert)
@@ -995,14 +1004,29 @@ class SQLiteMetadataStore(MetadataStore):
             lambda c: [_key_from_row(r) for r in c.execute(f"{_SELECT_KEY} ORDER BY id")]
         )
 
-    async def touch_api_key(self, key_id: str, when: datetime) -> None:
+    async def touch_api_key(self, key_id: str, when: datetime, ip: str | None) -> None:
         row_id = _int_id(key_id)
         if row_id is not None:
             await self._write(
                 lambda c: c.execute(
-                    "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when.isoformat(), row_id)
+                    "UPDATE api_keys SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+                    (when.isoformat(), ip, row_id),
                 )
             )
+
+    async def expire_api_key(self, key_id: str, when: datetime, *, replaced_by: str) -> bool:
+        row_id, new_id = _int_id(key_id), _int_id(replaced_by)
+        if row_id is None or new_id is None:
+            return False
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "UPDATE api_keys SET expires_at = ?, replaced_by = ? WHERE id = ?",
+                    (when.isoformat(), new_id, row_id),
+                ).rowcount
+                > 0
+            )
+        )
 
     async def deactivate_api_key(self, key_id: str) -> bool:
         row_id = _int_id(key_id)

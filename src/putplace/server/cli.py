@@ -14,10 +14,8 @@ from pydantic import ValidationError
 
 from putplace.blobs import create_blob_store
 from putplace.config import Settings, SettingsError, load_settings
-from putplace.metadata import MetadataStore, StoreUnavailableError, create_metadata_store
-from putplace.models import ApiKeyCreate, Scope
-from putplace.service import keys
-from putplace.service.errors import NotFoundError
+from putplace.metadata import StoreUnavailableError, create_metadata_store
+from putplace.server import keys_cli
 from putplace.service.maintenance import GC_MIN_AGE_SECONDS
 from putplace.service.stores import open_metadata, open_stores
 
@@ -39,18 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("check", help="validate settings and check both stores answer")
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION"
-    )
-    create = keys.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--description")
-    create.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.write.value)
-    create.add_argument("--json", action="store_true", help="print one JSON object")
-    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
-    listing.add_argument("--json", action="store_true", help="print a JSON array")
-    revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id")
+    keys_cli.add_parser(commands)
 
     verify = commands.add_parser("verify", help="re-hash stored blobs; quarantine corrupt ones")
     verify.add_argument("--sample", type=_positive, help="check N random blobs, not all")
@@ -215,36 +202,4 @@ async def _check(settings: Settings) -> int:
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     async with open_metadata(settings) as store:
-        return await _key_command(store, args)
-
-
-async def _key_command(store: MetadataStore, args: argparse.Namespace) -> int:
-    if args.keys_command == "create":
-        created = await keys.create_key(
-            store,
-            ApiKeyCreate(name=args.name, description=args.description, scope=Scope(args.scope)),
-        )
-        if args.json:
-            print(created.model_dump_json())
-        else:
-            print(f"Created {created.scope} key '{created.name}' (id {created.id}).")
-            print("Store it now; it is not shown again:")
-            print(created.api_key)
-        return 0
-    if args.keys_command == "list":
-        listed = await keys.list_keys(store)
-        if args.json:
-            print(json.dumps([k.model_dump(mode="json", by_alias=False) for k in listed]))
-            return 0
-        print(f"{'ID':<26} {'NAME':<24} {'SCOPE':<6} {'ACTIVE':<6} LAST USED")
-        for k in listed:
-            last = k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "never"
-            print(f"{k.id:<26} {k.name[:24]:<24} {k.scope:<6} {k.is_active!s:<6} {last}")
-        return 0
-    try:
-        await keys.revoke_key(store, args.key_id)
-    except NotFoundError:
-        print(f"ppserver: no API key with id {args.key_id}", file=sys.stderr)
-        return 1
-    print(f"Revoked API key {args.key_id}.")
-    return 0
+        return await keys_cli.run(store, args)

@@ -70,7 +70,8 @@ def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         request: Request, key: Annotated[str | None, Security(api_key_header)]
     ) -> Caller:
         state: AppState = request.app.state.putplace
-        record = await keys.authenticate(state.stores.metadata, state.key_cache, key)
+        client_ip = request.client.host if request.client else None
+        record = await keys.authenticate(state.stores.metadata, state.key_cache, key, client_ip)
         request.state.api_key_id = record.id  # for the access log; never the key itself
         wait = state.rate_limiter.retry_after(record.id)
         if wait:

@@ -15,7 +15,8 @@ from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
 from putplace.config import Settings
 from putplace.metadata import MetadataStore
-from putplace.models import BlobRecord, BlobState, FileRecord
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileRecord
+from putplace.service import keys
 from putplace.service.errors import NotFoundError, TooLargeError
 from putplace.service.files import checked_sha256
 from putplace.service.ingest import store_verified, with_idle_timeout
@@ -44,11 +45,12 @@ async def needs_content(metadata: MetadataStore, sha256: str) -> bool:
 
 
 async def registered_location(
-    metadata: MetadataStore, sha256: str, hostname: str, filepath: str
+    metadata: MetadataStore, sha256: str, hostname: str, filepath: str, writer: ApiKeyRecord
 ) -> FileRecord:
     """The record at *hostname*:*filepath* if it holds *sha256* (the wire protocol's
-    ``/upload_file``), else :class:`NotFoundError`."""
+    ``/upload_file``), else :class:`NotFoundError`; 403 for a host *writer* may not write."""
     checked_sha256(sha256)
+    keys.authorize_hosts(writer, [hostname])
     record = await metadata.get_file(hostname, filepath)
     if record is None or record.sha256 != sha256:
         raise NotFoundError("File metadata not found: register it with POST /put_file first")

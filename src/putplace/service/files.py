@@ -13,8 +13,8 @@ from putplace.auth import utcnow
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
 from putplace.metadata.base import dedupe_by_location
-from putplace.models import BlobRecord, BlobState, FileMetadata, FileRecord
-from putplace.service import scans
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord
+from putplace.service import keys, scans
 from putplace.service.errors import InvalidInputError, NotFoundError
 
 
@@ -67,6 +67,7 @@ def describe_brief(meta: FileMetadata, record_id: str, blob: BlobRecord | None) 
 async def register(
     store: MetadataStore,
     files: Sequence[FileMetadata],
+    writer: ApiKeyRecord,
     *,
     brief: bool = False,
     scan_id: str | None = None,
@@ -77,9 +78,12 @@ async def register(
 
     ``answers[i]`` answers ``files[i]``. A location named twice is stored once, the last
     record sent for it winning, and both records get that stored record's answer.
+
+    Nothing is stored unless *writer* may write every record's host (and the scan's).
     """
+    keys.authorize_hosts(writer, {meta.hostname for meta in files})
     if scan_id is not None:
-        await scans.open_scan_named(store, scan_id)
+        await scans.open_scan_named(store, scan_id, writer)
     unique = dedupe_by_location(files)
     stored = await store.put_files(unique, utcnow(), scan_id=scan_id)
     answer = describe_brief if brief else describe

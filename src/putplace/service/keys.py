@@ -1,33 +1,100 @@
-"""API keys: creating, listing, revoking and deleting them, and authenticating requests."""
+"""API keys: their lifecycle (create, rotate, revoke, delete, expiry), authenticating
+requests, and what a key may do (its scope, and the hosts it is bound to)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
 from putplace.metadata import MetadataStore
-from putplace.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, ApiKeyRecord, Scope
-from putplace.service.errors import ForbiddenError, NotFoundError, UnauthenticatedError
+from putplace.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyInfo,
+    ApiKeyRecord,
+    KeyStatus,
+    Scope,
+)
+from putplace.service.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    UnauthenticatedError,
+)
 
-#: ``last_used_at`` is written at most this often per key, not on every request.
+#: ``last_used_at`` (and the address) is written at most this often per key, not on every
+#: request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _created(record: ApiKeyRecord, key: str, now: datetime) -> ApiKeyCreated:
+    info = ApiKeyInfo.from_record(record, now)
+    return ApiKeyCreated(**info.model_dump(), api_key=key)
+
+
+async def _add(
+    store: MetadataStore,
+    template: ApiKeyCreate | ApiKeyRecord,
+    expires_at: datetime | None,
+    now: datetime,
+) -> ApiKeyCreated:
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInputError("expires_at must be in the future")
+    key = generate_key()
+    record = await store.add_api_key(
+        key_hash=hash_key(key),
+        name=template.name,
+        description=template.description,
+        scope=template.scope,
+        created_at=now,
+        # Stored lower-case: hosts are matched without regard to case.
+        hosts=sorted({pattern.lower() for pattern in template.hosts}),
+        expires_at=expires_at,
+    )
+    return _created(record, key, now)
 
 
 async def create_key(store: MetadataStore, request: ApiKeyCreate) -> ApiKeyCreated:
     """Make a key, store its hash, and return the key itself (the only time it is shown)."""
-    key = generate_key()
-    record = await store.add_api_key(
-        key_hash=hash_key(key),
-        name=request.name,
-        description=request.description,
-        scope=request.scope,
-        created_at=utcnow(),
-    )
-    return ApiKeyCreated(**ApiKeyInfo.from_record(record).model_dump(), api_key=key)
+    return await _add(store, request, _utc(request.expires_at), utcnow())
+
+
+async def rotate_key(
+    store: MetadataStore,
+    key_id: str,
+    overlap: timedelta,
+    cache: KeyCache | None = None,
+    expires_at: datetime | None = None,
+) -> ApiKeyCreated:
+    """A new key with the same name, scope and hosts; the old one keeps working for
+    *overlap* more (never longer than it would have), so clients can switch without an
+    outage. The new key expires at *expires_at*, or, when the old one had an expiry, after
+    the same lifetime from now."""
+    old = await _existing(store, cache, key_id)
+    now = utcnow()
+    if (status := old.status(now)) is not KeyStatus.active:
+        raise ConflictError(f"the key is {status.value}; only an active key can be rotated")
+    if expires_at is None and old.expires_at is not None:
+        expires_at = now + (old.expires_at - old.created_at)
+    created = await _add(store, old, _utc(expires_at), now)
+    # Written after the new key exists: a failure in between leaves the old key as it was.
+    ends = now + overlap
+    if old.expires_at is not None:
+        ends = min(ends, old.expires_at)
+    await store.expire_api_key(old.id, ends, replaced_by=created.id)
+    return created
 
 
 async def list_keys(store: MetadataStore) -> list[ApiKeyInfo]:
-    return [ApiKeyInfo.from_record(r) for r in await store.list_api_keys()]
+    now = utcnow()
+    return [ApiKeyInfo.from_record(r, now) for r in await store.list_api_keys()]
 
 
 async def _existing(store: MetadataStore, cache: KeyCache | None, key_id: str) -> ApiKeyRecord:
@@ -47,8 +114,11 @@ async def delete_key(store: MetadataStore, key_id: str, cache: KeyCache | None =
     await store.delete_api_key((await _existing(store, cache, key_id)).id)
 
 
-async def authenticate(store: MetadataStore, cache: KeyCache, key: str | None) -> ApiKeyRecord:
-    """The active key record for *key*, else :class:`UnauthenticatedError`."""
+async def authenticate(
+    store: MetadataStore, cache: KeyCache, key: str | None, client_ip: str | None = None
+) -> ApiKeyRecord:
+    """The active, unexpired key record for *key*, else :class:`UnauthenticatedError`.
+    Notes when (and from which address) the key was last used."""
     if not key:
         raise UnauthenticatedError("Missing API key. Send it in the X-API-Key header.")
     if not looks_like_key(key):
@@ -61,13 +131,23 @@ async def authenticate(store: MetadataStore, cache: KeyCache, key: str | None) -
             raise UnauthenticatedError("Invalid API key")
         if record.is_active:
             cache.put(record)
-    if not record.is_active:
-        raise UnauthenticatedError("API key has been revoked")
     now = utcnow()
+    status = record.status(now)
+    if status is KeyStatus.revoked:
+        raise UnauthenticatedError("API key has been revoked")
+    if status is KeyStatus.expired:
+        assert record.expires_at is not None
+        ended = record.expires_at.isoformat(timespec="seconds")
+        if record.replaced_by is not None:
+            raise UnauthenticatedError(
+                f"API key was rotated: use its replacement (key {record.replaced_by}); "
+                f"the old key stopped working at {ended}"
+            )
+        raise UnauthenticatedError(f"API key expired at {ended}")
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
         # Awaited (once a minute per key at most) so the time is stored when we answer.
-        await store.touch_api_key(record.id, now)
-        record = record.model_copy(update={"last_used_at": now})
+        await store.touch_api_key(record.id, now, client_ip)
+        record = record.model_copy(update={"last_used_at": now, "last_used_ip": client_ip})
         cache.put(record)
     return record
 
@@ -75,3 +155,25 @@ async def authenticate(store: MetadataStore, cache: KeyCache, key: str | None) -
 def authorize(record: ApiKeyRecord, needed: Scope) -> None:
     if not record.scope.allows(needed):
         raise ForbiddenError(f"This API key has '{record.scope}' scope; '{needed}' is required.")
+
+
+def may_write_host(record: ApiKeyRecord, hostname: str) -> bool:
+    """Whether *record* may write records of *hostname* (any host when it is not bound)."""
+    if not record.hosts:
+        return True
+    name = hostname.lower()
+    return any(fnmatchcase(name, pattern) for pattern in record.hosts)
+
+
+def authorize_hosts(record: ApiKeyRecord, hostnames: Iterable[str]) -> None:
+    """:class:`ForbiddenError` unless *record* may write records of every one of
+    *hostnames*; checked before anything is written, so a refusal changes nothing."""
+    if not record.hosts:
+        return
+    denied = sorted({h for h in hostnames if not may_write_host(record, h)})
+    if denied:
+        raise ForbiddenError(
+            f"This API key may write records only for hosts matching "
+            f"{', '.join(record.hosts)}; not for {denied[0]!r}"
+            + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "")
+        )

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from putplace.auth import utcnow
 from putplace.metadata import MetadataStore
 from putplace.metadata.inventory import split_path
-from putplace.models import ScanRecord, ScanState
+from putplace.models import ApiKeyRecord, ScanRecord, ScanState
 from putplace.patterns import Excluder, excluder
+from putplace.service import keys
 from putplace.service.errors import ConflictError, InvalidInputError, NotFoundError
 
 MAX_EXCLUDES = 1000
@@ -24,8 +25,9 @@ _DELETE_PAGE = 1000
 
 
 async def open_scan(
-    store: MetadataStore, hostname: str, root: str, excludes: Sequence[str]
+    store: MetadataStore, writer: ApiKeyRecord, hostname: str, root: str, excludes: Sequence[str]
 ) -> ScanRecord:
+    keys.authorize_hosts(writer, [hostname])
     if not root.startswith("/"):
         raise InvalidInputError("root must be an absolute path")
     if len(excludes) > MAX_EXCLUDES:
@@ -33,37 +35,39 @@ async def open_scan(
     return await store.create_scan(hostname, root, excludes, utcnow())
 
 
-async def open_scan_named(store: MetadataStore, scan_id: str) -> ScanRecord:
-    """The scan, which must still be open: 404 unknown, 409 finished."""
-    scan = await store.get_scan(scan_id)
-    if scan is None:
-        raise NotFoundError("no such scan")
+async def open_scan_named(store: MetadataStore, scan_id: str, writer: ApiKeyRecord) -> ScanRecord:
+    """The scan, which must still be open: 404 unknown, 409 finished, 403 of a host the
+    key may not write."""
+    scan = await get_scan(store, scan_id, writer)
     if scan.state is not ScanState.open:
         raise ConflictError(f"the scan is {scan.state.value}, not open")
     return scan
 
 
-async def get_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
+async def get_scan(store: MetadataStore, scan_id: str, writer: ApiKeyRecord) -> ScanRecord:
     scan = await store.get_scan(scan_id)
     if scan is None:
         raise NotFoundError("no such scan")
+    keys.authorize_hosts(writer, [scan.hostname])
     return scan
 
 
-async def mark_seen(store: MetadataStore, scan_id: str, filepaths: Sequence[str]) -> int:
+async def mark_seen(
+    store: MetadataStore, writer: ApiKeyRecord, scan_id: str, filepaths: Sequence[str]
+) -> int:
     """Unchanged files the client did not send again, seen by the scan; how many of them
     the server holds live (fewer means the client should send the others in full)."""
     if len(filepaths) > MAX_SEEN_PATHS:
         raise InvalidInputError(f"at most {MAX_SEEN_PATHS} paths per request")
-    scan = await open_scan_named(store, scan_id)
+    scan = await open_scan_named(store, scan_id, writer)
     return await store.mark_seen(scan.id, scan.hostname, filepaths)
 
 
-async def complete_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
+async def complete_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str) -> ScanRecord:
     """Mark deleted what the scan did not see under its root (not what its excludes
     cover), then close it. Deletions are written a page at a time; a completion cut off
     part-way leaves the scan open and is simply repeated."""
-    scan = await open_scan_named(store, scan_id)
+    scan = await open_scan_named(store, scan_id, writer)
     excluded = excluder(scan.excludes)
     prefix = scan.root.rstrip("/") + "/"
     deleted, after = 0, ""
@@ -80,7 +84,7 @@ async def complete_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
         deleted += await store.delete_files(gone, utcnow())
     if not await store.finish_scan(scan.id, ScanState.completed, deleted, utcnow()):
         raise ConflictError("the scan was finished by another request")
-    return await get_scan(store, scan.id)
+    return await get_scan(store, scan.id, writer)
 
 
 def _covered(excluded: Excluder, filepath: str, prefix: str) -> bool:
@@ -93,8 +97,8 @@ def _covered(excluded: Excluder, filepath: str, prefix: str) -> bool:
     return any(excluded("/".join(parts[: i + 1]), i < len(parts) - 1) for i in range(len(parts)))
 
 
-async def abandon_scan(store: MetadataStore, scan_id: str) -> ScanRecord:
-    scan = await open_scan_named(store, scan_id)
+async def abandon_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str) -> ScanRecord:
+    scan = await open_scan_named(store, scan_id, writer)
     if not await store.finish_scan(scan.id, ScanState.abandoned, 0, utcnow()):
         raise ConflictError("the scan was finished by another request")
-    return await get_scan(store, scan.id)
+    return await get_scan(store, scan.id, writer)

@@ -21,11 +21,11 @@ from putplace.client.inventory.output import (
     human_size,
     mode_text,
     print_json,
-    safe,
     when,
 )
 from putplace.client.inventory.reader import MAX_PAGE, Params, ReadClient
 from putplace.client.names import wire_path
+from putplace.display import safe
 
 SORT_KEYS = ("path", "size", "mtime", "recorded", "id")
 

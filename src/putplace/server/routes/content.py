@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from putplace.models import MAX_NAME_LENGTH, MAX_PATH_LENGTH, BundleResponse, UploadResponse
+from putplace.models import BundleResponse, FilePath, HostName, UploadResponse
 from putplace.server.deps import Reader, Sha256Path, Writer
 from putplace.server.multipart import iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
@@ -48,11 +48,13 @@ async def upload_file(
     caller: Writer,
     sha256: Sha256Path,
     request: Request,
-    hostname: Annotated[str, Query(min_length=1, max_length=MAX_NAME_LENGTH)],
-    filepath: Annotated[str, Query(min_length=1, max_length=MAX_PATH_LENGTH)],
+    hostname: Annotated[HostName, Query()],
+    filepath: Annotated[FilePath, Query()],
 ) -> UploadResponse:
     stores = caller.state.stores
-    record = await content.registered_location(stores.metadata, sha256, hostname, filepath)
+    record = await content.registered_location(
+        stores.metadata, sha256, hostname, filepath, caller.key
+    )
     accepted = await content.accept(
         stores, caller.state.settings, record, iter_field(request, "file")
     )

@@ -34,7 +34,7 @@ ScanParam = Annotated[
     responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
 )
 async def put_file(meta: FileMetadata, caller: Writer, scan: ScanParam = None) -> Response:
-    (answer,) = await files.register(caller.state.stores.metadata, [meta], scan_id=scan)
+    (answer,) = await files.register(caller.state.stores.metadata, [meta], caller.key, scan_id=scan)
     return json_response(answer, status.HTTP_201_CREATED)
 
 
@@ -83,7 +83,7 @@ async def put_files(
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
     registered = await files.register(
-        caller.state.stores.metadata, valid, brief=brief, scan_id=scan
+        caller.state.stores.metadata, valid, caller.key, brief=brief, scan_id=scan
     )
     for index, answer in zip(positions, registered, strict=True):
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}

@@ -10,7 +10,15 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from putplace.metadata.inventory import CURRENT, Cursor, FileQuery, FileState, SortKey
-from putplace.models import MAX_NAME_LENGTH, MAX_PATH_LENGTH, FileResponse, FileVersion, Location
+from putplace.models import (
+    MAX_FILE_SIZE,
+    MAX_PATH_LENGTH,
+    FilePath,
+    FileResponse,
+    FileVersion,
+    HostName,
+    Location,
+)
 from putplace.server.body import json_response
 from putplace.server.deps import Reader, Sha256Path
 from putplace.service import inventory
@@ -58,8 +66,8 @@ def _utc(when: datetime | None) -> datetime | None:
 )
 async def search_files(
     caller: Reader,
-    hostname: Annotated[list[str] | None, Query(max_length=100)] = None,
-    path_prefix: Annotated[str | None, Query(min_length=1, max_length=MAX_PATH_LENGTH)] = None,
+    hostname: Annotated[list[HostName] | None, Query(max_length=100)] = None,
+    path_prefix: Annotated[FilePath | None, Query()] = None,
     path_glob: Annotated[
         str | None,
         Query(
@@ -68,8 +76,8 @@ async def search_files(
         ),
     ] = None,
     sha256: str | None = None,
-    min_size: Annotated[int | None, Query(ge=0)] = None,
-    max_size: Annotated[int | None, Query(ge=0)] = None,
+    min_size: Annotated[int | None, Query(ge=0, le=MAX_FILE_SIZE)] = None,
+    max_size: Annotated[int | None, Query(ge=0, le=MAX_FILE_SIZE)] = None,
     mtime_after: Annotated[float | None, Query(allow_inf_nan=False)] = None,
     mtime_before: Annotated[float | None, Query(allow_inf_nan=False)] = None,
     recorded_after: Time = None,
@@ -91,8 +99,6 @@ async def search_files(
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> Response:
-    if hostname and any(not 0 < len(h) <= MAX_NAME_LENGTH for h in hostname):
-        raise InvalidInputError(f"a hostname is 1 to {MAX_NAME_LENGTH} characters")
     if as_of is not None and state is not FileState.live:
         raise InvalidInputError("as_of shows the records live at that time; drop state")
     if after is not None and (cursor is not None or sort != "id"):
@@ -135,8 +141,8 @@ async def search_files(
 )
 async def history(
     caller: Reader,
-    hostname: Annotated[str, Query(min_length=1, max_length=MAX_NAME_LENGTH)],
-    filepath: Annotated[str, Query(min_length=1, max_length=MAX_PATH_LENGTH)],
+    hostname: Annotated[HostName, Query()],
+    filepath: Annotated[FilePath, Query()],
 ) -> Response:
     return json_response(
         [
@@ -203,7 +209,7 @@ class StatsResponse(BaseModel):
 )
 async def stats(
     caller: Reader,
-    hostname: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME_LENGTH)] = None,
+    hostname: Annotated[HostName | None, Query()] = None,
     bucket: inventory.Bucket = inventory.Bucket.day,
     top: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> Response:

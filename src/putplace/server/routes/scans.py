@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from putplace.models import FilePath, HostName, ScanRecord
+from putplace.models import FilePath, HostName, ScanRecord, no_nul
 from putplace.server.deps import Writer
 from putplace.service import scans
 
@@ -21,7 +21,7 @@ ScanId = Annotated[str, Path(max_length=64, description="The `scan_id` POST /sca
 class ScanCreate(BaseModel):
     hostname: HostName
     root: FilePath = Field(description="Absolute path of the directory walked.")
-    excludes: list[Annotated[str, Field(max_length=4096)]] = Field(
+    excludes: list[Annotated[str, Field(max_length=4096), AfterValidator(no_nul)]] = Field(
         default_factory=list,
         max_length=scans.MAX_EXCLUDES,
         description="The walk's gitignore-style exclude patterns, relative to the root: "
@@ -51,14 +51,14 @@ NOT_OPEN: dict[int | str, dict[str, Any]] = {
     responses={400: {"description": "The root is not absolute"}},
 )
 async def open_scan(body: ScanCreate, caller: Writer) -> ScanRecord:
-    return await scans.open_scan(caller.state.stores.metadata, body.hostname, body.root,
+    return await scans.open_scan(caller.state.stores.metadata, caller.key, body.hostname, body.root,
                                  body.excludes)  # fmt: skip
 
 
 @router.get("/{scan_id}", response_model=ScanRecord, summary="A scan's state",
             responses={404: {"description": "No such scan"}})  # fmt: skip
 async def get_scan(scan_id: ScanId, caller: Writer) -> ScanRecord:
-    return await scans.get_scan(caller.state.stores.metadata, scan_id)
+    return await scans.get_scan(caller.state.stores.metadata, scan_id, caller.key)
 
 
 @router.post(
@@ -68,7 +68,7 @@ async def get_scan(scan_id: ScanId, caller: Writer) -> ScanRecord:
     responses=NOT_OPEN,
 )
 async def seen(scan_id: ScanId, body: SeenPaths, caller: Writer) -> SeenAnswer:
-    count = await scans.mark_seen(caller.state.stores.metadata, scan_id, body.filepaths)
+    count = await scans.mark_seen(caller.state.stores.metadata, caller.key, scan_id, body.filepaths)
     return SeenAnswer(seen=count)
 
 
@@ -79,7 +79,7 @@ async def seen(scan_id: ScanId, body: SeenPaths, caller: Writer) -> SeenAnswer:
     responses=NOT_OPEN,
 )
 async def complete(scan_id: ScanId, caller: Writer) -> ScanRecord:
-    return await scans.complete_scan(caller.state.stores.metadata, scan_id)
+    return await scans.complete_scan(caller.state.stores.metadata, caller.key, scan_id)
 
 
 @router.post(
@@ -89,4 +89,4 @@ async def complete(scan_id: ScanId, caller: Writer) -> ScanRecord:
     responses=NOT_OPEN,
 )
 async def abandon(scan_id: ScanId, caller: Writer) -> ScanRecord:
-    return await scans.abandon_scan(caller.state.stores.metadata, scan_id)
+    return await scans.abandon_scan(caller.state.stores.metadata, caller.key, scan_id)
