@@ -160,6 +160,9 @@ async def test_download_ranges(api: httpx.AsyncClient) -> None:
         "bytes=100-": (100, len(content) - 1),
         "bytes=-16": (len(content) - 16, len(content) - 1),
         "bytes=10000-99999": (10000, len(content) - 1),
+        "bytes=0-" + "9" * 40: (0, len(content) - 1),  # beyond any size: to the end
+        "bytes=-" + "9" * 40: (0, len(content) - 1),
+        "bytes=" + "0" * 10_000 + "5-6": (5, 6),  # more digits than int() converts
     }
     for header, (start, end) in cases.items():
         response = await api.get(url, headers={"Range": header})
@@ -169,6 +172,8 @@ async def test_download_ranges(api: httpx.AsyncClient) -> None:
     unsatisfiable = await api.get(url, headers={"Range": f"bytes={len(content)}-"})
     assert unsatisfiable.status_code == 416
     assert unsatisfiable.headers["content-range"] == f"bytes */{len(content)}"
+    beyond = await api.get(url, headers={"Range": "bytes=" + "9" * 10_000 + "-"})
+    assert beyond.status_code == 416
     ignored = await api.get(url, headers={"Range": "bytes=0-1,5-6"})
     assert ignored.status_code == 200
     assert ignored.content == content
@@ -179,6 +184,9 @@ async def test_download_conditional_and_errors(api: httpx.AsyncClient, keys: Key
     url = f"/download/{body['sha256']}"
     cached = await api.get(url, headers={"If-None-Match": f'"{body["sha256"]}"'})
     assert cached.status_code == 304
+    for other_form in (f'W/"{body["sha256"]}"', '"x", *'):  # weak comparison; any content
+        assert (await api.get(url, headers={"If-None-Match": other_form})).status_code == 304
+    assert (await api.get(url, headers={"If-None-Match": '"x"'})).status_code == 200
     assert (await api.get(url, headers={"X-API-Key": keys.read})).content == b"cache me"
     async with httpx.AsyncClient(base_url=str(api.base_url)) as anonymous:
         assert (await anonymous.get(url)).status_code == 401

@@ -428,7 +428,7 @@ def test_server_refusal_is_shown_with_its_detail(
     err = capsys.readouterr().err
     assert err.startswith("ppclient: ")
     assert "hostname" in err
-    assert "(HTTP 400)" in err
+    assert "at most 255 characters (HTTP 422)" in err
 
 
 def test_connection_refused_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,7 +149,7 @@ async def download(
     blob = await content.stored_blob(caller.state.stores.metadata, sha256)
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+    if if_none_match is not None and _matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     try:
         byte_range = parse_range(range_header, blob.size)
@@ -170,3 +170,10 @@ async def download(
     return StreamingResponse(
         body, status_code=code, headers=headers, media_type="application/octet-stream"
     )
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match compares weakly (RFC 9110 13.1.2): ``W/"x"`` matches ``"x"``, and
+    ``*`` matches any stored content."""
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag in tags
