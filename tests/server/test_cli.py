@@ -52,6 +52,39 @@ def test_first_admin_key_from_the_command_line(tmp_path: Path) -> None:
     assert ppserver(tmp_path, "keys", "revoke", "424242").returncode == 1
 
 
+def test_key_lifecycle_from_the_command_line(tmp_path: Path) -> None:
+    made = ppserver(tmp_path, "keys", "create", "--name", "web\x1b[2Jfleet", "--host", "web-*",
+                    "--host", "Mail", "--expires-in", "90d", "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["hosts"] == ["mail", "web-*"]
+    assert key["expires_at"] is not None
+
+    listed = ppserver(tmp_path, "keys", "list")
+    assert "\x1b" not in listed.stdout  # the hostile name is shown escaped, never executed
+    assert "web\\x1b[2Jfleet" in listed.stdout
+    assert "mail,web-*" in listed.stdout
+    assert " active " in listed.stdout
+
+    rotated = ppserver(tmp_path, "keys", "rotate", key["_id"], "--overlap", "0", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert (new["hosts"], new["name"]) == (key["hosts"], key["name"])
+    after = {k["id"]: k for k in json.loads(ppserver(tmp_path, "keys", "list", "--json").stdout)}
+    assert after[key["_id"]]["status"] == "expired"
+    assert after[key["_id"]]["replaced_by"] == new["_id"]
+    again = ppserver(tmp_path, "keys", "rotate", key["_id"])
+    assert (again.returncode, again.stderr) == (
+        1, "ppserver: the key is expired; only an active key can be rotated\n"
+    )  # fmt: skip
+
+    assert ppserver(tmp_path, "keys", "delete", key["_id"]).returncode == 0
+    assert ppserver(tmp_path, "keys", "delete", key["_id"]).returncode == 1
+    bad = ppserver(tmp_path, "keys", "create", "--name", "x", "--expires-in", "soon")
+    assert bad.returncode == 2
+    assert "not a duration (like 90d, 12h, 30m): 'soon'" in bad.stderr
+
+
 def test_bad_key_name_is_one_clear_line(tmp_path: Path) -> None:
     result = ppserver(tmp_path, "keys", "create", "--name", "x" * 300)
     assert result.returncode == 2
