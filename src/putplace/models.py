@@ -215,9 +215,9 @@ class Scope(StrEnum):
 #: without regard to case, as DNS names are.
 HostPattern = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-*"]),
-    AfterValidator(no_nul),
-]
+    Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[^\x00-\x20\x7f]+$",
+          examples=["web-*"]),
+]  # fmt: skip
 MAX_KEY_HOSTS: Final = 100
 
 

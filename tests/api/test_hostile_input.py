@@ -105,6 +105,9 @@ async def test_every_kind_of_bad_input_is_a_4xx_and_changes_nothing(
         '{"name": "k", "description": "d\\u0000"}',
         '{"name": "k", "scope": "root"}',
         '{"name": NaN}',
+        '{"name": "k", "hosts": ["web 01"]}',
+        '{"name": "k", "hosts": ["web\\u001b[2J"]}',
+        '{"name": "k", "expires_at": "2000-01-01T00:00:00Z"}',
     ):
         await send(f"api_keys {body}", "POST", "/api_keys", content=body,
                    headers={**json_type, **admin})  # fmt: skip
