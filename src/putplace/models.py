@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Self
 
@@ -41,6 +41,21 @@ HostName = Annotated[
     Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["web-01"]),
     AfterValidator(no_nul),
 ]
+
+
+def _to_utc(when: datetime) -> datetime:
+    """*when* in UTC (UTC when it names no offset); ValueError when UTC has no such time
+    (``9999-12-31T23:59-01:00``): MongoDB cannot store it and the search would fail."""
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be within years 1 to 9999 in UTC") from None
+
+
+#: A time in a request: ISO 8601 or Unix seconds, UTC when no offset is given.
+UtcTime = Annotated[datetime, AfterValidator(_to_utc)]
 UnixTime = Annotated[float, Field(strict=True, allow_inf_nan=False, examples=[1732435200.0])]
 
 
@@ -271,7 +286,7 @@ class ApiKeyCreate(BaseModel):
         "hosts matching one of them (`*`, `?` and `[...]` as in the shell; case does not "
         "matter). Empty: any host.",
     )
-    expires_at: datetime | None = Field(
+    expires_at: UtcTime | None = Field(
         default=None, description="When the key stops working (UTC when no offset is given)."
     )
 
@@ -284,7 +299,7 @@ class ApiKeyRotate(BaseModel):
         le=365 * 86400,
         description="How long the old key keeps working beside the new one (default a day).",
     )
-    expires_at: datetime | None = Field(
+    expires_at: UtcTime | None = Field(
         default=None,
         description="When the new key stops working; default: when the old key had an "
         "expiry, the same lifetime from now, else never.",

@@ -108,6 +108,7 @@ async def test_every_kind_of_bad_input_is_a_4xx_and_changes_nothing(
         '{"name": "k", "hosts": ["web 01"]}',
         '{"name": "k", "hosts": ["web\\u001b[2J"]}',
         '{"name": "k", "expires_at": "2000-01-01T00:00:00Z"}',
+        '{"name": "k", "expires_at": "9999-12-31T23:59:59-01:00"}',
     ):
         await send(f"api_keys {body}", "POST", "/api_keys", content=body,
                    headers={**json_type, **admin})  # fmt: skip
@@ -126,6 +127,10 @@ async def test_every_kind_of_bad_input_is_a_4xx_and_changes_nothing(
         "mtime_before=inf",
         "recorded_after=not-a-time",
         "as_of=10000-01-01T00:00:00",
+        # In range as written, out of range in UTC (MongoDB cannot hold it).
+        "as_of=9999-12-31T23:59:59-01:00",
+        "recorded_after=0001-01-01T00:00:00%2B01:00",
+        "uploaded_before=9999-12-31T23:59:59-01:00",
         "limit=0",
         "limit=1001",
         "sort=filepath;drop",

@@ -4,7 +4,7 @@ requests, and what a key may do (its scope, and the hosts it is bound to)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
@@ -28,10 +28,6 @@ from putplace.service.errors import (
 #: ``last_used_at`` (and the address) is written at most this often per key, not on every
 #: request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-
-
-def _utc(when: datetime | None) -> datetime | None:
-    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _created(record: ApiKeyRecord, key: str, now: datetime) -> ApiKeyCreated:
@@ -63,7 +59,7 @@ async def _add(
 
 async def create_key(store: MetadataStore, request: ApiKeyCreate) -> ApiKeyCreated:
     """Make a key, store its hash, and return the key itself (the only time it is shown)."""
-    return await _add(store, request, _utc(request.expires_at), utcnow())
+    return await _add(store, request, request.expires_at, utcnow())
 
 
 async def rotate_key(
@@ -83,7 +79,7 @@ async def rotate_key(
         raise ConflictError(f"the key is {status.value}; only an active key can be rotated")
     if expires_at is None and old.expires_at is not None:
         expires_at = now + (old.expires_at - old.created_at)
-    created = await _add(store, old, _utc(expires_at), now)
+    created = await _add(store, old, expires_at, now)
     # Written after the new key exists: a failure in between leaves the old key as it was.
     ends = now + overlap
     if old.expires_at is not None:

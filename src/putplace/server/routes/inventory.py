@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -18,6 +18,7 @@ from putplace.models import (
     FileVersion,
     HostName,
     Location,
+    UtcTime,
 )
 from putplace.server.body import json_response
 from putplace.server.deps import Reader, Sha256Path
@@ -28,7 +29,7 @@ from putplace.service.files import checked_sha256
 router = APIRouter(tags=["inventory"])
 
 Time = Annotated[
-    datetime | None,
+    UtcTime | None,
     Query(description="ISO 8601 (UTC when no offset is given) or Unix seconds."),
 ]
 MAX_LIMIT = 1000
@@ -37,10 +38,6 @@ MAX_LIMIT = 1000
 class FileListItem(FileResponse):
     recorded_at: datetime
     deleted_at: datetime | None
-
-
-def _utc(when: datetime | None) -> datetime | None:
-    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @router.get(
@@ -112,13 +109,13 @@ async def search_files(
         max_size=max_size,
         mtime_after=mtime_after,
         mtime_before=mtime_before,
-        recorded_after=_utc(recorded_after),
-        recorded_before=_utc(recorded_before),
-        uploaded_after=_utc(uploaded_after),
-        uploaded_before=_utc(uploaded_before),
+        recorded_after=recorded_after,
+        recorded_before=recorded_before,
+        uploaded_after=uploaded_after,
+        uploaded_before=uploaded_before,
         has_content=has_content,
         state=state,
-        as_of=_utc(as_of),
+        as_of=as_of,
         sort=SortKey(sort.removeprefix("-")),
         descending=sort.startswith("-"),
     )
