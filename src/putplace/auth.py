@@ -74,5 +74,13 @@ class KeyCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def update(self, record: ApiKeyRecord) -> None:
+        """Replace a cached record (its last use noted) without extending its deadline:
+        a record is re-read from the store at least every ``ttl``, so a revocation or
+        rotation made by another process is seen in time."""
+        entry = self._entries.get(record.key_hash)
+        if entry is not None:
+            self._entries[record.key_hash] = (entry[0], record)
+
     def forget(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)

@@ -92,7 +92,7 @@ async def test_every_kind_of_bad_input_is_a_4xx_and_changes_nothing(
     for field, raw in BAD_RECORDS:
         body = raw_record(field, raw)
         await send(f"put_file {field}={raw}", "POST", "/put_file", content=body, headers=json_type)
-        batch = await api.post("/put_files", content=f"[{body}]", headers=json_type)
+        batch = await api.post("/put_files", content=f'{{"files": [{body}]}}', headers=json_type)
         # A batch reports bad records one by one (200) unless the JSON itself is invalid.
         if batch.status_code == 200:
             assert batch.json()["stored"] == 0, (field, raw)

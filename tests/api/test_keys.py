@@ -82,8 +82,9 @@ async def _more_keys(settings: Settings) -> dict[str, str]:
             ("successor", [], None),
         ):  # fmt: skip
             key = generate_key()
+            scope = Scope.write if hosts else Scope.admin  # an admin key cannot be bound
             record = await store.add_api_key(
-                key_hash=hash_key(key), name=name, description=None, scope=Scope.admin,
+                key_hash=hash_key(key), name=name, description=None, scope=scope,
                 created_at=utcnow(), hosts=hosts, expires_at=expires_at,
             )  # fmt: skip
             made[name] = key
@@ -96,7 +97,7 @@ def expected(kind: str, call: Call) -> int | None:
     """The refusal *kind* of key gets for *call*, or None when it is allowed."""
     if kind in ("none", "empty", "malformed", "unknown", "revoked", "expired", "rotated"):
         return 401
-    scope = "admin" if kind == "bound" else kind
+    scope = "write" if kind == "bound" else kind
     if RANK[scope] < RANK[call.needed] or (kind == "bound" and call.names_host):
         return 403
     return None

@@ -262,8 +262,8 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def expire_api_key(self, key_id: str, when: datetime, *, replaced_by: str) -> bool:
-        """Make the key stop working at *when* (a rotation: *replaced_by* is the new key).
-        True if the key exists."""
+        """Make the key stop working at *when* (a rotation: *replaced_by* is the new key),
+        if it is active and was not rotated before; True if it was."""
 
     @abstractmethod
     async def deactivate_api_key(self, key_id: str) -> bool:

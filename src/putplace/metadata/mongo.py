@@ -935,7 +935,8 @@ class MongoMetadataStore(MetadataStore):
             return False
         with self._guard("expire_api_key"):
             result = await self._keys.update_one(
-                {"_id": oid}, {"$set": {"expires_at": when, "replaced_by": replaced_by}}
+                {"_id": oid, "is_active": True, "replaced_by": None},
+                {"$set": {"expires_at": when, "replaced_by": replaced_by}},
             )
         return result.matched_count > 0
 

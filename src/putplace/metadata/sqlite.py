@@ -1021,7 +1021,8 @@ class SQLiteMetadataStore(MetadataStore):
         return await self._write(
             lambda c: (
                 c.execute(
-                    "UPDATE api_keys SET expires_at = ?, replaced_by = ? WHERE id = ?",
+                    "UPDATE api_keys SET expires_at = ?, replaced_by = ? "
+                    "WHERE id = ? AND is_active = 1 AND replaced_by IS NULL",
                     (when.isoformat(), new_id, row_id),
                 ).rowcount
                 > 0

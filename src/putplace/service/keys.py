@@ -4,7 +4,7 @@ requests, and what a key may do (its scope, and the hosts it is bound to)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
@@ -43,6 +43,9 @@ async def _add(
 ) -> ApiKeyCreated:
     if expires_at is not None and expires_at <= now:
         raise InvalidInputError("expires_at must be in the future")
+    if template.hosts and template.scope is Scope.admin:
+        # An admin key makes keys: bound, it could make itself an unbound one.
+        raise InvalidInputError("an admin key cannot be bound to hosts")
     key = generate_key()
     record = await store.add_api_key(
         key_hash=hash_key(key),
@@ -77,14 +80,24 @@ async def rotate_key(
     now = utcnow()
     if (status := old.status(now)) is not KeyStatus.active:
         raise ConflictError(f"the key is {status.value}; only an active key can be rotated")
+    if old.replaced_by is not None:
+        raise ConflictError(f"the key was rotated already: rotate key {old.replaced_by}")
     if expires_at is None and old.expires_at is not None:
-        expires_at = now + (old.expires_at - old.created_at)
+        try:
+            expires_at = now + (old.expires_at - old.created_at)
+        except OverflowError:
+            expires_at = datetime.max.replace(tzinfo=UTC)
     created = await _add(store, old, expires_at, now)
-    # Written after the new key exists: a failure in between leaves the old key as it was.
+    # Written after the new key exists, and only if the old one is still active and not
+    # rotated by a concurrent request; otherwise the new key is withdrawn.
     ends = now + overlap
     if old.expires_at is not None:
         ends = min(ends, old.expires_at)
-    await store.expire_api_key(old.id, ends, replaced_by=created.id)
+    if not await store.expire_api_key(old.id, ends, replaced_by=created.id):
+        await store.delete_api_key(created.id)
+        raise ConflictError("the key was revoked or rotated meanwhile")
+    if cache is not None:
+        cache.forget(old.key_hash)
     return created
 
 
@@ -144,7 +157,7 @@ async def authenticate(
         # Awaited (once a minute per key at most) so the time is stored when we answer.
         await store.touch_api_key(record.id, now, client_ip)
         record = record.model_copy(update={"last_used_at": now, "last_used_ip": client_ip})
-        cache.put(record)
+        cache.update(record)
     return record
 
 
