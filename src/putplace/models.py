@@ -6,7 +6,7 @@ import functools
 import ipaddress
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -32,6 +32,14 @@ Sha256Hex = Annotated[
         examples=["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],
     ),
 ]
+#: The namespace of data written before namespaces existed, and of clients that name none.
+DEFAULT_NAMESPACE: Final = "default"
+#: A namespace: a separate inventory (records, scans, history) that keys are granted.
+Namespace = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", examples=["default", "team-a"],
+          description="Lowercase letters, digits, `.`, `_` and `-`; at most 63."),
+]  # fmt: skip
 FilePath = Annotated[
     str,
     Field(min_length=1, max_length=MAX_PATH_LENGTH, examples=["/etc/hosts"]),
@@ -141,6 +149,7 @@ class FileRecord(FileMetadata):
     updated_at: datetime
     recorded_at: datetime
     deleted_at: datetime | None = None
+    namespace: str = DEFAULT_NAMESPACE
 
 
 class FileVersion(FileMetadata):
@@ -156,6 +165,7 @@ class FileVersion(FileMetadata):
 class Location(BaseModel):
     """Where a content lives (or lived): ``GET /content/{sha256}/locations``."""
 
+    namespace: str = DEFAULT_NAMESPACE
     hostname: str
     filepath: str
     recorded_at: datetime = Field(description="When this location began holding the content.")
@@ -178,6 +188,7 @@ class ScanRecord(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
     id: str = Field(alias="scan_id")
+    namespace: str = DEFAULT_NAMESPACE
     hostname: str
     root: str
     excludes: list[str]
@@ -269,6 +280,7 @@ class ApiKeyRecord(BaseModel):
     hosts: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
     replaced_by: str | None = None
+    grants: dict[str, Scope] = Field(default_factory=dict)
 
     def status(self, now: datetime) -> KeyStatus:
         if not self.is_active:
@@ -295,6 +307,12 @@ class ApiKeyCreate(BaseModel):
     )
     expires_at: UtcTime | None = Field(
         default=None, description="When the key stops working (UTC when no offset is given)."
+    )
+    grants: dict[Namespace | Literal["*"], Scope] = Field(
+        default_factory=dict,
+        max_length=MAX_KEY_HOSTS,
+        description="The namespaces the key may use and its scope in each (`*`: every "
+        "namespace). Empty: `scope` in the `default` namespace. Admin keys use all.",
     )
 
 
@@ -323,6 +341,7 @@ class ApiKeyInfo(BaseModel):
     description: str | None
     scope: Scope
     hosts: list[str]
+    grants: dict[str, Scope]
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None

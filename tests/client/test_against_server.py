@@ -8,6 +8,7 @@ client is tested without a server (test_protocol, test_run, test_retries, ...).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -204,3 +205,26 @@ def test_a_clean_rescan_marks_what_is_gone_deleted_and_an_incomplete_one_does_no
     assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 1
     assert counts(capsys.readouterr().out)["Gone since last run (marked deleted)"] == 0
     assert str(tree / "d/two") in records(server_url, keys.read, "h1")
+
+
+def test_namespace_flag_writes_and_reads_one_namespace(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert run(server_url, keys.admin, tmp_path, str(tree), "--hostname", "h1",
+               "--namespace", "lab") == 0  # fmt: skip
+    first = counts(capsys.readouterr().out)
+    assert first["Files seen"] == 3
+    # The same tree into another namespace is sent again in full: its own inventory (the
+    # local cache knows the namespaces apart).
+    assert run(server_url, keys.admin, tmp_path, str(tree), "--hostname", "h1") == 0
+    again = counts(capsys.readouterr().out)
+    assert again.get("Unchanged since last run (not re-sent)", 0) == 0
+    assert again["New metadata sent"] == 3
+    lab = httpx.get(f"{server_url}/files", params={"namespace": "lab"},
+                    headers={"X-API-Key": keys.admin}).json()  # fmt: skip
+    assert {r["namespace"] for r in lab} == {"lab"}
+    assert len(lab) == 3
+    assert main(["find", "--url", server_url, "--api-key", keys.admin, "--namespace", "lab",
+                 "--json"]) == 0  # fmt: skip
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert run(server_url, keys.admin, tmp_path, str(tree), "--namespace", "Not Valid") == 2

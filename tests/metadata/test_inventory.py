@@ -89,17 +89,23 @@ async def test_a_scan_keeps_what_it_saw_by_directory(store: MetadataStore) -> No
     for host, path in [("h", "/srv"), ("h", "/srv/a"), ("h", "/srv/b"), ("h", "/srv/d/c"),
                        ("h", "/srvx/a"), ("h", "/other"), ("g", "/srv/a")]:  # fmt: skip
         await put_file(store, meta(host, path), at(0))
+    await store.put_files([meta("h", "/srv/e")], at(0), namespace="team-b")  # another inventory
     scan = await store.create_scan("h", "/srv", [], at(1))
     other = await store.create_scan("h", "/srv", [], at(1))
     await store.put_files([meta("h", "/srv/a")], at(2), scan_id=scan.id)  # sent again
-    # Unchanged files named only; how many of them are live records.
-    assert await store.mark_seen(scan.id, "h", ["/srv/d/c", "/srv/gone"]) == 1
+    # Unchanged files named only; how many of them are live records (of its namespace).
+    assert await store.mark_seen(scan, ["/srv/d/c", "/srv/gone", "/srv/e"]) == 1
     seen = await store.seen_names(scan.id, ["/srv", "/srv/d", "/", "/srvx"])
-    assert seen == {"/srv": {"a", "gone"}, "/srv/d": {"c"}}
+    assert seen == {"/srv": {"a", "e", "gone"}, "/srv/d": {"c"}}
     assert await store.seen_names(other.id, ["/srv"]) == {}  # per scan
-    under = await store.files_under("h", "/srv", "", 100)
-    assert paths(under) == ["/srv", "/srv/a", "/srv/b", "/srv/d/c"]  # not /srvx, not g
-    assert paths(await store.files_under("h", "/srv/", "/srv/a", 2)) == ["/srv/b", "/srv/d/c"]
+    under = await store.files_under(scan, "", 100)
+    # Not /srvx, not host g, not the other namespace's /srv/e.
+    assert paths(under) == ["/srv", "/srv/a", "/srv/b", "/srv/d/c"]
+    slashed = scan.model_copy(update={"root": "/srv/"})
+    assert paths(await store.files_under(slashed, "/srv/a", 2)) == ["/srv/b", "/srv/d/c"]
+    theirs = await store.create_scan("h", "/srv", [], at(1), namespace="team-b")
+    assert theirs.namespace == "team-b"
+    assert paths(await store.files_under(theirs, "", 100)) == ["/srv/e"]
     await store.finish_scan(scan.id, ScanState.completed, 0, at(3))
     assert await store.seen_names(scan.id, ["/srv"]) == {}  # dropped with the scan
 
@@ -326,9 +332,9 @@ async def test_totals_follow_every_write(store: MetadataStore) -> None:
     await store.put_blobs([blob("x", size=10)])  # already there: counted once
     totals = await store.totals(None)
     assert sorted(totals.growth) == [
-        (day0, "g", 1, 7, 0, 0),
-        (day0, "h", 3, 30, 0, 0),
-        (day1, "h", 0, 0, 1, 16),
+        (day0, "default", "g", 1, 7, 0, 0),
+        (day0, "default", "h", 3, 30, 0, 0),
+        (day1, "default", "h", 0, 0, 1, 16),
     ]
     assert (totals.blob_count, totals.blob_bytes) == (2, 17)
     assert [
@@ -348,7 +354,18 @@ async def test_totals_follow_every_write(store: MetadataStore) -> None:
         assert record is not None
         await store.delete_files([record], later)
     assert await store.duplicate_groups(None, 10) == []  # /c alone holds x again
-    assert {g[1] for g in (await store.totals("g")).growth} == {"g"}
+    assert {g[2] for g in (await store.totals("g")).growth} == {"g"}
+    # Another namespace: counted and grouped apart, and only when asked for.
+    twin = meta("g", "/c", file_size=10, sha256=sha("x"))
+    await store.put_files([twin, twin.model_copy(update={"filepath": "/d"})], later,
+                          namespace="team-b")  # fmt: skip
+    assert [(d.count, d.wasted_bytes) for d in await store.duplicate_groups(None, 10)] == [(3, 20)]
+    assert [
+        (d.count, d.wasted_bytes)
+        for d in await store.duplicate_groups(None, 10, namespaces=["team-b"])
+    ] == [(2, 10)]
+    assert await store.duplicate_groups(None, 10, namespaces=["default"]) == []
+    assert (await store.totals(None, ["team-b"])).growth == [(day1, "team-b", "g", 2, 20, 0, 0)]
     await store.delete_blob(sha("y"))
     after = await store.totals(None)
     assert (after.blob_count, after.blob_bytes) == (1, 10)
@@ -399,4 +416,4 @@ async def test_concurrent_changes_of_one_location_keep_every_version_once(
     assert set(ends) <= starts
     assert len(starts - set(ends)) == 1  # the first version alone follows none
     totals = await stores[1].totals(None)
-    assert sum(row[2] - row[4] for row in totals.growth) == 1  # one live file, counted once
+    assert sum(row[3] - row[5] for row in totals.growth) == 1  # one live file, counted once

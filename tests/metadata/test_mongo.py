@@ -173,3 +173,47 @@ async def test_other_write_errors_are_not_swallowed(
     monkeypatch.setattr(AsyncCollection, "bulk_write", failing)
     with pytest.raises(BulkWriteError):
         await mongo_store.put_files([meta("h", "/a")], NOW)
+
+
+async def test_a_database_of_the_previous_release_is_migrated(mongo_uri: str) -> None:
+    """Schema 1 (before namespaces): records, history, scans and counters without a
+    namespace, and the old unique location index. Opening moves them to ``default``."""
+    from pymongo import ASCENDING, AsyncMongoClient
+
+    from tests.support.mongo import drop_database
+
+    name = f"pp_{uuid.uuid4().hex[:16]}"
+    async with AsyncMongoClient(mongo_uri, tz_aware=True) as client:
+        db = client[name]
+        await db["files"].create_index(
+            [("hostname", ASCENDING), ("filepath", ASCENDING)], name="location", unique=True
+        )
+        fields = meta("h", "/a").model_dump()
+        await db["files"].insert_one(
+            {**fields, "created_at": NOW, "updated_at": NOW, "recorded_at": NOW,
+             "deleted_at": None}
+        )  # fmt: skip
+        await db["growth"].insert_one(
+            {"_id": {"day": "2025-03-01", "hostname": "h"}, "files_added": 1,
+             "bytes_added": 42, "files_deleted": 0, "bytes_deleted": 0}
+        )  # fmt: skip
+        await db["meta"].insert_one({"_id": "schema", "version": 1})
+    store = MongoMetadataStore(mongo_uri, database=name)
+    try:
+        await store.open()
+        old = await store.get_file("h", "/a")
+        assert old is not None
+        assert old.namespace == "default"
+        (totals,) = (await store.totals(None)).growth
+        assert totals == ("2025-03-01", "default", "h", 1, 42, 0, 0)
+        # The same location in another namespace is another record.
+        await store.put_files([meta("h", "/a", file_size=7)], NOW, namespace="team-b")
+        theirs = await store.get_file("h", "/a", "team-b")
+        assert theirs is not None
+        assert (theirs.file_size, theirs.id != old.id) == (7, True)
+        await store.close()
+        await store.open()  # a second open migrates nothing twice
+        assert len((await store.totals(None)).growth) == 2
+    finally:
+        await store.close()
+        drop_database(mongo_uri, name)

@@ -40,7 +40,7 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert record is not None
         assert (record.recorded_at, record.deleted_at) == (at(0), None)
         totals = await store.totals(None)
-        assert totals.growth == [(at(0).date().isoformat(), "h", 2, 30, 0, 0)]
+        assert totals.growth == [(at(0).date().isoformat(), "default", "h", 2, 30, 0, 0)]
         assert (totals.blob_count, totals.blob_bytes) == (1, 10)
         await put_file(store, meta("h", "/a", file_size=11, sha256=sha("new")), at(5))
         assert [v.file_size for v in await store.history("h", "/a")] == [11, 10]
@@ -52,6 +52,12 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
     await reopened.open()
     try:
         day = at(0).date().isoformat()  # counted once, plus the 1-byte growth of /a
-        assert (await reopened.totals(None)).growth == [(day, "h", 2, 31, 0, 0)]
+        assert (await reopened.totals(None)).growth == [(day, "default", "h", 2, 31, 0, 0)]
+        # A location is now unique per namespace, and ids go on from where they were.
+        ((other_id, _),) = await reopened.put_files([meta("h", "/a")], at(6), namespace="x")
+        assert int(other_id) > 2
+        again = await reopened.get_file("h", "/a")
+        assert again is not None
+        assert (again.namespace, again.file_size) == ("default", 11)
     finally:
         await reopened.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import ssl
 from typing import Any
 
@@ -33,6 +34,18 @@ def ip_address(text: str) -> str:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise configargparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def namespace_name(text: str) -> str:
+    """A namespace name, as the server accepts it."""
+    if _NAMESPACE.fullmatch(text) is None:
+        raise configargparse.ArgumentTypeError(
+            f"not a namespace name (lowercase letters, digits, '.', '_', '-'): {text!r}"
+        )
+    return text
 
 
 def check_connection(parser: Any, args: Any) -> None:

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import configargparse
 
-from putplace.client.args import byte_size, check_connection, ip_address, tls_verify
+from putplace.client.args import (
+    byte_size,
+    check_connection,
+    ip_address,
+    namespace_name,
+    tls_verify,
+)
 from putplace.client.cache import ClientCache, default_cache_path
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
@@ -67,6 +73,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="gitignore-style pattern, relative to each root (repeatable)")  # fmt: skip
     p.add_argument("--hostname", default=socket.gethostname(), help="hostname to record")
+    p.add_argument("--namespace", type=namespace_name, metavar="NAME",
+                   help="record into this namespace (default: the key's own)")  # fmt: skip
     p.add_argument(
         "--ip", metavar="ADDRESS", type=ip_address, help="IP address to record (default: detected)"
     )
@@ -158,6 +166,7 @@ def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | N
         verify=tls_verify(args),
         pool_size=args.upload_workers + 2,
         stop=stop,
+        namespace=args.namespace,
     )
 
 

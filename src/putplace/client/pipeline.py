@@ -540,7 +540,7 @@ class Run:
         """Register *items* (seen by *scan*); queue the content the server lacks (ids
         into *handed_on*)."""
         assert self.api is not None
-        server, host = self.api.url, self.options.hostname
+        server, host = self.api.cache_key, self.options.hostname
         if not self.options.resend:
             known = self.cache.sent_fingerprints(
                 server, host, (i.record["filepath"] for i in items)
@@ -630,7 +630,7 @@ class Run:
             assert self.api is not None
             self.summary.add(already_on_server=1)
             self.cache.mark_sent(
-                self.api.url, self.options.hostname, item.record["filepath"], item.fingerprint
+                self.api.cache_key, self.options.hostname, item.record["filepath"], item.fingerprint
             )
             return False
         self.reporter.upload_queued(item.size)
@@ -799,7 +799,7 @@ class Run:
             while len(self._sent) > RECENTLY_SENT:
                 self._sent.popitem(last=False)
         self.cache.mark_all_sent(
-            self.api.url,
+            self.api.cache_key,
             self.options.hostname,
             ((d.record["filepath"], d.fingerprint) for d in done),
         )

@@ -203,14 +203,20 @@ class Session:
         pool_size: int = 16,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.url = base_url(url)
+        #: What the local cache knows the server by: each namespace is its own inventory.
+        self.cache_key = self.url if namespace is None else f"{self.url}?namespace={namespace}"
         self.retries = retries
         self._stop = stop
         self._sleep = sleep or self._wait
         self._http = httpx.Client(
             base_url=self.url,
             headers={"X-API-Key": api_key, "User-Agent": "ppclient"},
+            # Every request acts on (or reads) this namespace; endpoints without
+            # namespaces ignore the parameter.
+            params={} if namespace is None else {"namespace": namespace},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             verify=verify,
             limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),

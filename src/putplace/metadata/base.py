@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -18,6 +18,7 @@ from putplace.metadata.inventory import (
     Totals,
 )
 from putplace.models import (
+    DEFAULT_NAMESPACE,
     ApiKeyRecord,
     BlobRecord,
     BlobState,
@@ -97,9 +98,15 @@ class MetadataStore(ABC):
     # -- files -----------------------------------------------------------------------
     @abstractmethod
     async def put_files(
-        self, files: Sequence[FileMetadata], now: datetime, *, scan_id: str | None = None
+        self,
+        files: Sequence[FileMetadata],
+        now: datetime,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        scan_id: str | None = None,
     ) -> list[StoredFile]:
-        """Insert or update each ``(hostname, filepath)`` in one transaction / bulk write.
+        """Insert or update each ``(hostname, filepath)`` of *namespace* in one
+        transaction / bulk write.
 
         A record whose content or metadata changed (``inventory.plan_puts``) ends its
         previous version, which is kept in the history; a deleted record comes back live.
@@ -112,7 +119,9 @@ class MetadataStore(ABC):
         """
 
     @abstractmethod
-    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None: ...
+    async def get_file(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> FileRecord | None: ...
 
     @abstractmethod
     async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
@@ -125,13 +134,14 @@ class MetadataStore(ABC):
         sha256: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        namespaces: Sequence[str] = (),
     ) -> list[FileRecord]:
-        """Records, live or deleted, matching every filter given, in insertion order,
-        after the record whose id is *after*. ValueError for an id this backend never
-        issued."""
+        """Records, live or deleted, matching every filter given (in any of *namespaces*;
+        empty: any), in insertion order, after the record whose id is *after*. ValueError
+        for an id this backend never issued."""
         query = FileQuery(
-            hostnames=() if hostname is None else (hostname,), sha256=sha256,
-            state=FileState.all,
+            namespaces=tuple(namespaces), hostnames=() if hostname is None else (hostname,),
+            sha256=sha256, state=FileState.all,
         )  # fmt: skip
         cursor = None if after is None else Cursor(None, CURRENT, after)
         return [found.record for found in await self.search_files(query, cursor, limit)]
@@ -146,7 +156,12 @@ class MetadataStore(ABC):
     # -- scans, deletions and history -------------------------------------------------
     @abstractmethod
     async def create_scan(
-        self, hostname: str, root: str, excludes: Sequence[str], now: datetime
+        self,
+        hostname: str,
+        root: str,
+        excludes: Sequence[str],
+        now: datetime,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord: ...
 
     @abstractmethod
@@ -159,14 +174,14 @@ class MetadataStore(ABC):
         """Close an open scan; False when it is not open (finished by someone else)."""
 
     @abstractmethod
-    async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
+    async def mark_seen(self, scan: ScanRecord, filepaths: Sequence[str]) -> int:
         """Keep these paths as seen by the scan (``put_files`` with the scan does the same
-        for the records it stores); how many are live records of *hostname*."""
+        for the records it stores); how many are live records of its host."""
 
     @abstractmethod
-    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
-        """Live records of *hostname* at or under *root*, in path order, with paths after
-        *after*."""
+    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
+        """Live records of the scan's namespace and host at or under its root, in path
+        order, with paths after *after*."""
 
     @abstractmethod
     async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
@@ -178,23 +193,30 @@ class MetadataStore(ABC):
         are still live and as listed (same ``updated_at``); how many were."""
 
     @abstractmethod
-    async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
+    async def history(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> list[FileVersion]:
         """Every version of a location, newest first (the current state first); empty
         when it was never recorded."""
 
     @abstractmethod
-    async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
-        """Where the content lives now (and, with *include_past*, lived before), in
-        (hostname, filepath) order."""
+    async def locations(
+        self, sha256: str, *, include_past: bool, namespaces: Sequence[str] = ()
+    ) -> list[Location]:
+        """Where the content lives now (and, with *include_past*, lived before), in any of
+        *namespaces* (empty: any), in (namespace, hostname, filepath) order."""
 
     @abstractmethod
-    async def totals(self, hostname: str | None) -> Totals:
+    async def totals(self, hostname: str | None, namespaces: Sequence[str] = ()) -> Totals:
         """Counters for ``GET /stats``: growth per day and host and blob totals, kept at
         each write (not counted)."""
 
     @abstractmethod
-    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
-        """The *top* contents held by more than one live record (of *hostname*), most
+    async def duplicate_groups(
+        self, hostname: str | None, top: int, namespaces: Sequence[str] = ()
+    ) -> list[DuplicateGroup]:
+        """The *top* contents held by more than one live record (of *hostname*, in any of
+        *namespaces*; empty: any), most
         bytes held more than once first. Grouped from the records: callers cache it."""
 
     @abstractmethod
@@ -227,9 +249,11 @@ class MetadataStore(ABC):
         """Blob records ordered by hash, after *after*."""
 
     @abstractmethod
-    async def is_referenced(self, sha256: str, *, by_history: bool = True) -> bool:
-        """True when a live file record has this content, or (with *by_history*) a
-        deleted record or a past version does."""
+    async def is_referenced(
+        self, sha256: str, *, by_history: bool = True, namespaces: Sequence[str] = ()
+    ) -> bool:
+        """True when a live file record (in *namespaces*; empty: any) has this content,
+        or (with *by_history*) a deleted record or a past version does."""
 
     # -- API keys --------------------------------------------------------------------
     @abstractmethod
@@ -243,6 +267,7 @@ class MetadataStore(ABC):
         created_at: datetime,
         hosts: Sequence[str] = (),
         expires_at: datetime | None = None,
+        grants: Mapping[str, Scope] | None = None,
     ) -> ApiKeyRecord:
         """Store a key; :class:`DuplicateError` when *key_hash* is already recorded."""
 

@@ -90,34 +90,39 @@ def ended(record: FileRecord, now: datetime) -> PastVersion:
     )
 
 
+#: A counter row: (day, namespace, hostname, files_added, bytes_added, files_deleted,
+#: bytes_deleted).
+GrowthRow = tuple[str, str, str, int, int, int, int]
+
+
 @dataclass(slots=True)
 class Growth:
-    """Counter changes, per (UTC day, hostname): ``[files_added, bytes_added,
+    """Counter changes, per (UTC day, namespace, hostname): ``[files_added, bytes_added,
     files_deleted, bytes_deleted]``. Live files of a host are the sum of added minus
     deleted over all days, so one table answers both totals and growth."""
 
-    by_day_host: defaultdict[tuple[str, str], list[int]] = field(
+    by_day_host: defaultdict[tuple[str, str, str], list[int]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0])
     )
 
-    def add(self, day: str, host: str, files: int, size: int) -> None:
-        row = self.by_day_host[day, host]
+    def add(self, day: str, namespace: str, host: str, files: int, size: int) -> None:
+        row = self.by_day_host[day, namespace, host]
         row[0] += files
         row[1] += size
 
-    def remove(self, day: str, host: str, files: int, size: int) -> None:
-        row = self.by_day_host[day, host]
+    def remove(self, day: str, namespace: str, host: str, files: int, size: int) -> None:
+        row = self.by_day_host[day, namespace, host]
         row[2] += files
         row[3] += size
 
-    def resize(self, day: str, host: str, old: int, new: int) -> None:
+    def resize(self, day: str, namespace: str, host: str, old: int, new: int) -> None:
         if new >= old:
-            self.add(day, host, 0, new - old)
+            self.add(day, namespace, host, 0, new - old)
         else:
-            self.remove(day, host, 0, old - new)
+            self.remove(day, namespace, host, 0, old - new)
 
-    def rows(self) -> list[tuple[str, str, int, int, int, int]]:
-        return [(d, h, *v) for (d, h), v in self.by_day_host.items() if any(v)]  # type: ignore[misc]
+    def rows(self) -> list[GrowthRow]:
+        return [(d, n, h, *v) for (d, n, h), v in self.by_day_host.items() if any(v)]  # type: ignore[misc]
 
 
 class WritePlan(NamedTuple):
@@ -130,9 +135,13 @@ class WritePlan(NamedTuple):
 
 
 def plan_puts(
-    files: Sequence[FileMetadata], current: Mapping[Location, FileRecord], now: datetime
+    files: Sequence[FileMetadata],
+    current: Mapping[Location, FileRecord],
+    now: datetime,
+    namespace: str,
 ) -> WritePlan:
-    """*files* (one per location) against the records *current* holds for them."""
+    """*files* (one per location of *namespace*) against the records *current* holds for
+    them."""
     records: list[tuple[FileMetadata, datetime]] = []
     history: list[PastVersion] = []
     growth = Growth()
@@ -140,14 +149,14 @@ def plan_puts(
     for meta in files:
         old = current.get((meta.hostname, meta.filepath))
         if old is None:
-            growth.add(day, meta.hostname, 1, meta.file_size)
+            growth.add(day, namespace, meta.hostname, 1, meta.file_size)
             records.append((meta, now))
         elif is_new_version(old, meta):
             history.append(ended(old, now))
             if old.deleted_at is not None:
-                growth.add(day, meta.hostname, 1, meta.file_size)
+                growth.add(day, namespace, meta.hostname, 1, meta.file_size)
             else:
-                growth.resize(day, meta.hostname, old.file_size, meta.file_size)
+                growth.resize(day, namespace, meta.hostname, old.file_size, meta.file_size)
             records.append((meta, now))
         else:
             records.append((meta, old.recorded_at))
@@ -162,7 +171,7 @@ def plan_deletes(records: Iterable[FileRecord], now: datetime) -> WritePlan:
     for record in records:
         if record.deleted_at is None:
             history.append(ended(record, now))
-            growth.remove(day, record.hostname, 1, record.file_size)
+            growth.remove(day, record.namespace, record.hostname, 1, record.file_size)
     return WritePlan([], history, growth)
 
 
@@ -200,8 +209,10 @@ CURRENT, HISTORY = 0, 1
 
 @dataclass(frozen=True, slots=True)
 class FileQuery:
-    """Filters of ``GET /files``; every one given must hold."""
+    """Filters of ``GET /files``; every one given must hold. ``namespaces``: those the
+    records may be in (empty: any)."""
 
+    namespaces: tuple[str, ...] = ()
     hostnames: tuple[str, ...] = ()
     path_prefix: str | None = None
     path_glob: str | None = None
@@ -344,7 +355,6 @@ class DuplicateGroup:
 class Totals:
     """What ``GET /stats`` is computed from, as a backend reads it."""
 
-    growth: list[tuple[str, str, int, int, int, int]]
-    """(day, hostname, files_added, bytes_added, files_deleted, bytes_deleted)"""
+    growth: list[GrowthRow]
     blob_count: int
     blob_bytes: int

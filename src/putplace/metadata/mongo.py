@@ -85,6 +85,7 @@ from putplace.metadata.inventory import (
     tie_rule,
 )
 from putplace.models import (
+    DEFAULT_NAMESPACE,
     STORED,
     ApiKeyRecord,
     BlobRecord,
@@ -110,7 +111,11 @@ _TRANSIENT = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 _UPDATED_FIELDS = tuple(f for f in FILE_FIELDS if f not in ("hostname", "filepath"))
 
 FILE_INDEXES = [
-    IndexModel([("hostname", ASCENDING), ("filepath", ASCENDING)], name="location", unique=True),
+    IndexModel(
+        [("namespace", ASCENDING), ("hostname", ASCENDING), ("filepath", ASCENDING)],
+        name="ns_location",
+        unique=True,
+    ),
     IndexModel([("sha256", ASCENDING), ("_id", ASCENDING)], name="sha256"),
     IndexModel([("hostname", ASCENDING), ("_id", ASCENDING)], name="hostname_id"),
     IndexModel([("file_size", ASCENDING), ("_id", ASCENDING)], name="size"),
@@ -119,14 +124,19 @@ FILE_INDEXES = [
 SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan_dir")]
 HISTORY_INDEXES = [
     IndexModel(
-        [("hostname", ASCENDING), ("filepath", ASCENDING), ("valid_from", ASCENDING)],
-        name="location",
+        [
+            ("namespace", ASCENDING),
+            ("hostname", ASCENDING),
+            ("filepath", ASCENDING),
+            ("valid_from", ASCENDING),
+        ],
+        name="ns_location",
     ),
     IndexModel([("sha256", ASCENDING)], name="sha256"),
     IndexModel([("valid_to", ASCENDING)], name="valid_to"),
 ]
 #: Schema changes applied at open, counted in the ``meta`` collection's ``schema`` document.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SEARCH_FIELDS = {CURRENT: {}, HISTORY: {"recorded_at": "valid_from"}}
 API_KEY_INDEXES = [
     IndexModel([("key_hash", ASCENDING)], name="key_hash", unique=True),
@@ -143,6 +153,7 @@ def _file(doc: Mapping[str, Any]) -> FileRecord:
     data.update(
         id=str(doc["_id"]), created_at=doc["created_at"], updated_at=doc["updated_at"],
         recorded_at=doc.get("recorded_at", doc["updated_at"]), deleted_at=doc.get("deleted_at"),
+        namespace=doc.get("namespace", DEFAULT_NAMESPACE),
     )  # fmt: skip
     return FileRecord.model_validate(data, context=STORED)
 
@@ -158,16 +169,16 @@ def _history_doc(version: PastVersion) -> Document:
     return {
         "file_id": ObjectId(version.file_id), **{name: fields[name] for name in FILE_FIELDS},
         "valid_from": version.valid_from, "valid_to": version.valid_to,
-        "deleted": version.deleted,
+        "deleted": version.deleted, "namespace": version.record.namespace,
     }  # fmt: skip
 
 
 def _growth_ops(growth: Growth) -> list[UpdateOne]:
     names = ("files_added", "bytes_added", "files_deleted", "bytes_deleted")
     return [
-        UpdateOne({"_id": {"day": d, "hostname": h}}, {"$inc": dict(zip(names, v, strict=True))},
-                  upsert=True)
-        for d, h, *v in growth.rows()
+        UpdateOne({"_id": {"day": d, "namespace": n, "hostname": h}},
+                  {"$inc": dict(zip(names, v, strict=True))}, upsert=True)
+        for d, n, h, *v in growth.rows()
     ]  # fmt: skip
 
 
@@ -189,6 +200,7 @@ def _blob(doc: Mapping[str, Any]) -> BlobRecord:
 
 def _key(doc: Mapping[str, Any]) -> ApiKeyRecord:
     data = {k: v for k, v in doc.items() if k != "_id"}
+    data["grants"] = dict(data.get("grants", []))
     return ApiKeyRecord.model_validate({**data, "id": str(doc["_id"])})
 
 
@@ -229,6 +241,8 @@ def _filters(query: FileQuery, source: int, renamed: Mapping[str, str]) -> list[
         clauses.append({"deleted_at": None})
     elif query.state is FileState.deleted:
         clauses.append({"deleted_at": {"$ne": None}})
+    if query.namespaces:
+        clauses.append({"namespace": {"$in": list(query.namespaces)}})
     if query.hostnames:
         clauses.append({"hostname": {"$in": list(query.hostnames)}})
     if query.path_prefix is not None:
@@ -325,11 +339,11 @@ class MongoMetadataStore(MetadataStore):
         db = client[self._database_name]
         try:
             with self._guard("create indexes"):
+                await self._migrate(db)  # first: it drops indexes the new ones replace
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
                 await db["scan_seen"].create_indexes(SEEN_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
-                await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
         except BaseException:
             await client.close()
@@ -348,9 +362,30 @@ class MongoMetadataStore(MetadataStore):
         fresh = meta is None and await db["files"].find_one({}, projection={"_id": 1}) is None
         if version < 1 and not fresh:
             await MongoMetadataStore._migrate_inventory(db)
+        if version < 2 and not fresh:
+            await MongoMetadataStore._migrate_namespaces(db)
         await db["meta"].update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
+
+    @staticmethod
+    async def _migrate_namespaces(db: AsyncDatabase[Document]) -> None:
+        """Everything written before namespaces is in the default one; a location is
+        unique within its namespace (the old unique index goes first)."""
+        for name in ("files", "file_history"):
+            if "location" in await db[name].index_information():
+                await db[name].drop_index("location")
+        for name in ("files", "file_history", "scans"):
+            await db[name].update_many(
+                {"namespace": {"$exists": False}}, {"$set": {"namespace": DEFAULT_NAMESPACE}}
+            )
+        growth = db["growth"]
+        async for row in growth.find({"_id.namespace": {"$exists": False}}):
+            key = {"day": row["_id"]["day"], "namespace": DEFAULT_NAMESPACE,
+                   "hostname": row["_id"]["hostname"]}  # fmt: skip
+            counts = {k: v for k, v in row.items() if k != "_id"}
+            await growth.update_one({"_id": key}, {"$set": counts}, upsert=True)
+            await growth.delete_one({"_id": row["_id"]})
 
     @staticmethod
     async def _migrate_inventory(db: AsyncDatabase[Document]) -> None:
@@ -434,7 +469,12 @@ class MongoMetadataStore(MetadataStore):
 
     # -- files -----------------------------------------------------------------------
     async def put_files(
-        self, files: Sequence[FileMetadata], now: datetime, *, scan_id: str | None = None
+        self,
+        files: Sequence[FileMetadata],
+        now: datetime,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        scan_id: str | None = None,
     ) -> list[StoredFile]:
         unique = dedupe_by_location(files)
         if not unique:
@@ -451,15 +491,19 @@ class MongoMetadataStore(MetadataStore):
             for attempt in range(_VERSION_RETRIES):
                 if attempt:  # spread the contenders out
                     await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-                current = await self._current([(m.hostname, m.filepath) for m in pending])
-                plan = plan_puts(pending, current, now)
+                current = await self._current(
+                    namespace, [(m.hostname, m.filepath) for m in pending]
+                )
+                plan = plan_puts(pending, current, now, namespace)
                 ops = [
-                    self._put_op(meta, recorded, current.get((meta.hostname, meta.filepath)), now)
+                    self._put_op(
+                        namespace, meta, recorded, current.get((meta.hostname, meta.filepath)), now
+                    )
                     for meta, recorded in plan.records
                 ]
                 lost = await self._write_lost(ops)
                 done = [m for i, m in enumerate(pending) if i not in lost]
-                plan = plan_puts(done, current, now) if lost else plan
+                plan = plan_puts(done, current, now, namespace) if lost else plan
                 await self._record_history(plan)
                 ids.update((loc, rec.id) for loc, rec in current.items())
                 pending = [pending[i] for i in sorted(lost)]
@@ -471,7 +515,7 @@ class MongoMetadataStore(MetadataStore):
                 await self._add_seen(scan, [m.filepath for m in unique])
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             found, blobs = await asyncio.gather(
-                self._ids_of(new), self.get_blobs({m.sha256 for m in unique})
+                self._ids_of(namespace, new), self.get_blobs({m.sha256 for m in unique})
             )
         ids.update(found)
         missing = [
@@ -483,6 +527,7 @@ class MongoMetadataStore(MetadataStore):
 
     @staticmethod
     def _put_op(
+        namespace: str,
         meta: FileMetadata,
         recorded: datetime,
         old: FileRecord | None,
@@ -493,7 +538,9 @@ class MongoMetadataStore(MetadataStore):
             **{name: fields[name] for name in _UPDATED_FIELDS},
             "updated_at": now, "recorded_at": recorded, "deleted_at": None,
         }  # fmt: skip
-        where: Document = {"hostname": meta.hostname, "filepath": meta.filepath}
+        where: Document = {
+            "namespace": namespace, "hostname": meta.hostname, "filepath": meta.filepath
+        }  # fmt: skip
         # No match means another request wrote it first: the upsert then collides with
         # the unique location index (E11000) and the record is compared again.
         where["updated_at"] = {"$exists": False} if old is None else old.updated_at
@@ -517,35 +564,49 @@ class MongoMetadataStore(MetadataStore):
             await self._coll("growth").bulk_write(ops, ordered=False)
 
     async def _at(
-        self, locations: Sequence[tuple[str, str]], projection: Document | None = None
+        self,
+        namespace: str,
+        locations: Sequence[tuple[str, str]],
+        projection: Document | None = None,
     ) -> AsyncIterator[Document]:
-        """The records at *locations*, read from the primary (our own writes), a host and
-        a bounded ``$in`` at a time."""
+        """The records at *locations* of *namespace*, read from the primary (our own
+        writes), a host and a bounded ``$in`` at a time."""
         files = self._files.with_options(read_preference=ReadPreference.PRIMARY)
         by_host: defaultdict[str, list[str]] = defaultdict(list)
         for hostname, filepath in dict.fromkeys(locations):
             by_host[hostname].append(filepath)
         for hostname, paths in by_host.items():
             for chunk in chunked(paths, _IN_CHUNK):
-                query = {"hostname": hostname, "filepath": {"$in": list(chunk)}}
+                query = {
+                    "namespace": namespace, "hostname": hostname,
+                    "filepath": {"$in": list(chunk)},
+                }  # fmt: skip
                 async for doc in files.find(query, projection=projection):
                     yield doc
 
     async def _current(
-        self, locations: Sequence[tuple[str, str]]
+        self, namespace: str, locations: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], FileRecord]:
-        return {(d["hostname"], d["filepath"]): _file(d) async for d in self._at(locations)}
+        return {
+            (d["hostname"], d["filepath"]): _file(d) async for d in self._at(namespace, locations)
+        }
 
-    async def _ids_of(self, locations: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    async def _ids_of(
+        self, namespace: str, locations: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
         projection = {"_id": 1, "hostname": 1, "filepath": 1}
         return {
             (d["hostname"], d["filepath"]): str(d["_id"])
-            async for d in self._at(locations, projection)
+            async for d in self._at(namespace, locations, projection)
         }
 
-    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:
+    async def get_file(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> FileRecord | None:
         with self._guard("get_file"):
-            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+            doc = await self._files.find_one(
+                {"namespace": namespace, "hostname": hostname, "filepath": filepath}
+            )
         return None if doc is None else _file(doc)
 
     async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
@@ -602,11 +663,17 @@ class MongoMetadataStore(MetadataStore):
 
     # -- scans, deletions and history -------------------------------------------------
     async def create_scan(
-        self, hostname: str, root: str, excludes: Sequence[str], now: datetime
+        self,
+        hostname: str,
+        root: str,
+        excludes: Sequence[str],
+        now: datetime,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord:
         doc: Document = {
-            "hostname": hostname, "root": root, "excludes": list(excludes), "started_at": now,
-            "finished_at": None, "state": ScanState.open.value, "deleted": 0,
+            "namespace": namespace, "hostname": hostname, "root": root,
+            "excludes": list(excludes), "started_at": now, "finished_at": None,
+            "state": ScanState.open.value, "deleted": 0,
         }  # fmt: skip
         with self._guard("create_scan"):
             result = await self._coll("scans").insert_one(doc)
@@ -634,17 +701,22 @@ class MongoMetadataStore(MetadataStore):
             )
         return result.matched_count > 0
 
-    async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
-        oid = _object_id(scan_id)
+    async def mark_seen(self, scan: ScanRecord, filepaths: Sequence[str]) -> int:
+        oid = _object_id(scan.id)
         if oid is None:
-            raise ValueError(f"unknown scan: {scan_id!r}")
+            raise ValueError(f"unknown scan: {scan.id!r}")
         paths = list(dict.fromkeys(filepaths))
         live = 0
         with self._guard("mark_seen"):
             await self._add_seen(oid, paths)
             for chunk in chunked(paths, _IN_CHUNK):
                 live += await self._files.count_documents(
-                    {"hostname": hostname, "filepath": {"$in": list(chunk)}, "deleted_at": None}
+                    {
+                        "namespace": scan.namespace,
+                        "hostname": scan.hostname,
+                        "filepath": {"$in": list(chunk)},
+                        "deleted_at": None,
+                    }
                 )
         return live
 
@@ -654,10 +726,10 @@ class MongoMetadataStore(MetadataStore):
         if rows:
             await self._coll("scan_seen").insert_many(rows, ordered=False)
 
-    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
+    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
         query = {
-            "$and": [{"hostname": hostname}, _prefix(root), {"filepath": {"$gt": after}},
-                     {"deleted_at": None}]
+            "$and": [{"namespace": scan.namespace, "hostname": scan.hostname},
+                     _prefix(scan.root), {"filepath": {"$gt": after}}, {"deleted_at": None}]
         }  # fmt: skip
         with self._guard("files_under"):
             cursor = self._files.find(
@@ -710,47 +782,58 @@ class MongoMetadataStore(MetadataStore):
         async for doc in self._files.find(query):
             yield _file(doc)
 
-    async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
+    async def history(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> list[FileVersion]:
+        where = {"namespace": namespace, "hostname": hostname, "filepath": filepath}
         with self._guard("history"):
-            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+            doc = await self._files.find_one(where)
             if doc is None:
                 return []
             current = _file(doc)
-            cursor = (
-                self._coll("file_history")
-                .find({"hostname": hostname, "filepath": filepath})
-                .sort([("valid_from", -1), ("_id", -1)])
-            )
+            cursor = self._coll("file_history").find(where).sort([("valid_from", -1), ("_id", -1)])
             past = [_version(d) async for d in cursor]
         return [current_version(current), *past]
 
-    async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
-        query: Document = (
-            {"sha256": sha256} if include_past else {"sha256": sha256, "deleted_at": None}
-        )
+    async def locations(
+        self, sha256: str, *, include_past: bool, namespaces: Sequence[str] = ()
+    ) -> list[Location]:
+        within: Document = {"namespace": {"$in": list(namespaces)}} if namespaces else {}
+        query: Document = {"sha256": sha256, **within}
+        if not include_past:
+            query["deleted_at"] = None
         with self._guard("locations"):
             found = [
-                Location(hostname=d["hostname"], filepath=d["filepath"],
+                Location(namespace=d["namespace"], hostname=d["hostname"],
+                         filepath=d["filepath"],
                          recorded_at=d["recorded_at"],
                          deleted_at=d.get("deleted_at"))
                 async for d in self._files.find(query)
             ]  # fmt: skip
             if include_past:
                 found += [
-                    Location(hostname=d["hostname"], filepath=d["filepath"],
-                             recorded_at=d["valid_from"], valid_to=d["valid_to"])
+                    Location(namespace=d["namespace"], hostname=d["hostname"],
+                             filepath=d["filepath"], recorded_at=d["valid_from"],
+                             valid_to=d["valid_to"])
                     async for d in self._coll("file_history").find(
-                        {"sha256": sha256, "deleted": False}
+                        {"sha256": sha256, "deleted": False, **within}
                     )
                 ]  # fmt: skip
-        return sorted(found, key=lambda x: (x.hostname, x.filepath, x.recorded_at))
+        return sorted(found, key=lambda x: (x.namespace, x.hostname, x.filepath, x.recorded_at))
 
-    async def totals(self, hostname: str | None) -> Totals:
+    async def totals(self, hostname: str | None, namespaces: Sequence[str] = ()) -> Totals:
         names = ("files_added", "bytes_added", "files_deleted", "bytes_deleted")
-        growth_filter = {} if hostname is None else {"_id.hostname": hostname}
+        growth_filter: Document = {} if hostname is None else {"_id.hostname": hostname}
+        if namespaces:
+            growth_filter["_id.namespace"] = {"$in": list(namespaces)}
         with self._guard("totals"):
             growth = [
-                (d["_id"]["day"], d["_id"]["hostname"], *(int(d.get(n, 0)) for n in names))
+                (
+                    d["_id"]["day"],
+                    d["_id"]["namespace"],
+                    d["_id"]["hostname"],
+                    *(int(d.get(n, 0)) for n in names),
+                )
                 async for d in self._coll("growth").find(growth_filter)
             ]
             counters = await self._coll("counters").find_one({"_id": "blobs"}) or {}
@@ -760,8 +843,12 @@ class MongoMetadataStore(MetadataStore):
             blob_bytes=int(counters.get("bytes", 0)),
         )
 
-    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
+    async def duplicate_groups(
+        self, hostname: str | None, top: int, namespaces: Sequence[str] = ()
+    ) -> list[DuplicateGroup]:
         host: Document = {} if hostname is None else {"hostname": hostname}
+        if namespaces:
+            host["namespace"] = {"$in": list(namespaces)}
         groups: list[Document] = [
             {"$match": {"deleted_at": None, **host}},
             {"$group": {"_id": "$sha256", "n": {"$sum": 1}, "size": {"$max": "$file_size"}}},
@@ -787,7 +874,7 @@ class MongoMetadataStore(MetadataStore):
             if keep_versions > 0:
                 beyond: list[Document] = [
                     {"$setWindowFields": {
-                        "partitionBy": {"h": "$hostname", "f": "$filepath"},
+                        "partitionBy": {"n": "$namespace", "h": "$hostname", "f": "$filepath"},
                         "sortBy": {"valid_to": -1, "_id": -1},
                         "output": {"n": {"$documentNumber": {}}},
                     }},
@@ -865,13 +952,17 @@ class MongoMetadataStore(MetadataStore):
             )
             return [_blob(doc) async for doc in cursor]
 
-    async def is_referenced(self, sha256: str, *, by_history: bool = True) -> bool:
+    async def is_referenced(
+        self, sha256: str, *, by_history: bool = True, namespaces: Sequence[str] = ()
+    ) -> bool:
         live: Document = {} if by_history else {"deleted_at": None}
+        within: Document = {"namespace": {"$in": list(namespaces)}} if namespaces else {}
+        where = {"sha256": sha256, **within}
         with self._guard("is_referenced"):
-            if await self._files.find_one({"sha256": sha256, **live}, projection={"_id": 1}):
+            if await self._files.find_one({**where, **live}, projection={"_id": 1}):
                 return True
             return by_history and bool(
-                await self._coll("file_history").find_one({"sha256": sha256}, projection={"_id": 1})
+                await self._coll("file_history").find_one(where, projection={"_id": 1})
             )
 
     # -- API keys --------------------------------------------------------------------
@@ -885,11 +976,14 @@ class MongoMetadataStore(MetadataStore):
         created_at: datetime,
         hosts: Sequence[str] = (),
         expires_at: datetime | None = None,
+        grants: Mapping[str, Scope] | None = None,
     ) -> ApiKeyRecord:
         doc: Document = {
             "key_hash": key_hash, "name": name, "description": description,
             "scope": scope.value, "created_at": created_at, "last_used_at": None,
             "is_active": True, "hosts": list(hosts), "expires_at": expires_at,
+            # Pairs, not a document: a namespace may hold a "." (a path in a field name).
+            "grants": [[k, v.value] for k, v in (grants or {}).items()],
         }  # fmt: skip
         with self._guard("add_api_key"):
             try:

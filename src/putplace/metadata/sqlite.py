@@ -16,7 +16,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from putplace.metadata.inventory import (
     tie_rule,
 )
 from putplace.models import (
+    DEFAULT_NAMESPACE,
     STORED,
     ApiKeyRecord,
     BlobRecord,
@@ -112,6 +113,22 @@ CREATE INDEX IF NOT EXISTS api_keys_is_active ON api_keys (is_active);
 """
 
 _HISTORY_COLUMNS = ", ".join(FILE_FIELDS)
+#: The reported fields' column types, in FILE_FIELDS order.
+_FILE_COLUMN_TYPES = (
+    ("filepath", "TEXT NOT NULL"),
+    ("hostname", "TEXT NOT NULL"),
+    ("ip_address", "TEXT NOT NULL"),
+    ("sha256", "TEXT NOT NULL"),
+    ("file_size", "INTEGER NOT NULL"),
+    ("file_mode", "INTEGER NOT NULL"),
+    ("file_uid", "INTEGER NOT NULL"),
+    ("file_gid", "INTEGER NOT NULL"),
+    ("file_mtime", "REAL NOT NULL"),
+    ("file_atime", "REAL NOT NULL"),
+    ("file_ctime", "REAL NOT NULL"),
+    ("is_symlink", "INTEGER NOT NULL"),
+    ("link_target", "TEXT"),
+)
 #: Schema changes in order; ``PRAGMA user_version`` counts those applied. Each runs in
 #: one transaction, so a database is never half-migrated, and new databases take the
 #: same path as old ones.
@@ -126,26 +143,7 @@ MIGRATIONS: list[list[str]] = [
         f"""CREATE TABLE file_history (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             file_id INTEGER NOT NULL,
-            {
-            ", ".join(
-                f"{name} {kind}"
-                for name, kind in (
-                    ("filepath", "TEXT NOT NULL"),
-                    ("hostname", "TEXT NOT NULL"),
-                    ("ip_address", "TEXT NOT NULL"),
-                    ("sha256", "TEXT NOT NULL"),
-                    ("file_size", "INTEGER NOT NULL"),
-                    ("file_mode", "INTEGER NOT NULL"),
-                    ("file_uid", "INTEGER NOT NULL"),
-                    ("file_gid", "INTEGER NOT NULL"),
-                    ("file_mtime", "REAL NOT NULL"),
-                    ("file_atime", "REAL NOT NULL"),
-                    ("file_ctime", "REAL NOT NULL"),
-                    ("is_symlink", "INTEGER NOT NULL"),
-                    ("link_target", "TEXT"),
-                )
-            )
-        },
+            {", ".join(f"{name} {kind}" for name, kind in _FILE_COLUMN_TYPES)},
             valid_from TEXT NOT NULL,
             valid_to TEXT NOT NULL,
             deleted INTEGER NOT NULL
@@ -202,23 +200,67 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE api_keys ADD COLUMN replaced_by INTEGER",
         "ALTER TABLE api_keys ADD COLUMN last_used_ip TEXT",
     ],
+    [  # 3: namespaces: a location is unique within its namespace
+        f"""CREATE TABLE files_v3 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace TEXT NOT NULL,
+            {", ".join(f"{name} {kind}" for name, kind in _FILE_COLUMN_TYPES)},
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            recorded_at TEXT,
+            deleted_at TEXT,
+            UNIQUE (namespace, hostname, filepath)
+        )""",
+        f"INSERT INTO files_v3 (id, namespace, {_HISTORY_COLUMNS}, created_at, updated_at, "
+        f"recorded_at, deleted_at) SELECT id, 'default', {_HISTORY_COLUMNS}, created_at, "
+        "updated_at, recorded_at, deleted_at FROM files",
+        # Ids keep growing from where they were (pages resume by id).
+        "DELETE FROM sqlite_sequence WHERE name = 'files_v3'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'files_v3', seq FROM sqlite_sequence "
+        "WHERE name = 'files'",
+        "DROP TABLE files",
+        "ALTER TABLE files_v3 RENAME TO files",
+        "CREATE INDEX files_sha256 ON files (sha256)",
+        "CREATE INDEX files_size ON files (file_size)",
+        "CREATE INDEX files_recorded ON files (recorded_at)",
+        "ALTER TABLE file_history ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
+        "DROP INDEX history_location",
+        "CREATE INDEX history_location ON file_history (namespace, hostname, filepath, valid_from)",
+        "ALTER TABLE scans ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE api_keys ADD COLUMN grants TEXT NOT NULL DEFAULT '{}'",
+        """CREATE TABLE growth_v3 (
+            day TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            files_added INTEGER NOT NULL,
+            bytes_added INTEGER NOT NULL,
+            files_deleted INTEGER NOT NULL,
+            bytes_deleted INTEGER NOT NULL,
+            PRIMARY KEY (day, namespace, hostname)
+        ) WITHOUT ROWID""",
+        "INSERT INTO growth_v3 SELECT day, 'default', hostname, files_added, bytes_added, "
+        "files_deleted, bytes_deleted FROM growth",
+        "DROP TABLE growth",
+        "ALTER TABLE growth_v3 RENAME TO growth",
+    ],
 ]
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
 _UPSERT_FILE = (
-    f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at) "
-    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 3))}) "
-    "ON CONFLICT (hostname, filepath) DO UPDATE SET "
+    f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at, namespace) "
+    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))}) "
+    "ON CONFLICT (namespace, hostname, filepath) DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
     "deleted_at = NULL"
 )
 _INSERT_HISTORY = (
-    f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted) "
-    f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))})"
+    f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted, "
+    f"namespace) VALUES ({', '.join('?' * (len(FILE_FIELDS) + 5))})"
 )
 _ADD_GROWTH = (
-    "INSERT INTO growth VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, hostname) DO UPDATE SET "
+    "INSERT INTO growth VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, namespace, hostname) "
+    "DO UPDATE SET "
     "files_added = files_added + excluded.files_added, "
     "bytes_added = bytes_added + excluded.bytes_added, "
     "files_deleted = files_deleted + excluded.files_deleted, "
@@ -230,11 +272,11 @@ _UPSERT_BLOB = (
     "ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, state = excluded.state, "
     "stored_at = excluded.stored_at WHERE blobs.state != 'present'"
 )
-_RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at"
+_RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at, namespace"
 _SELECT_FILE = f"SELECT {_RECORD_COLUMNS} FROM files"
 _KEY_COLUMNS = (
     "id, key_hash, name, description, scope, created_at, last_used_at, is_active, hosts, "
-    "expires_at, replaced_by, last_used_ip"
+    "expires_at, replaced_by, last_used_ip, grants"
 )
 _SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys"
 
@@ -253,6 +295,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
     data["id"] = str(data["id"])
     data["is_active"] = bool(data["is_active"])
     data["hosts"] = json.loads(data["hosts"])
+    data["grants"] = json.loads(data["grants"])
     if data["replaced_by"] is not None:
         data["replaced_by"] = str(data["replaced_by"])
     return ApiKeyRecord.model_validate(data)
@@ -282,20 +325,26 @@ def _by_host(locations: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _select_at(
-    conn: sqlite3.Connection, columns: str, locations: Sequence[tuple[str, str]]
+    conn: sqlite3.Connection,
+    columns: str,
+    namespace: str,
+    locations: Sequence[tuple[str, str]],
 ) -> Iterator[sqlite3.Row]:
-    """Rows at these locations, through the unique location index."""
+    """Rows at these locations of *namespace*, through the unique location index."""
     for hostname, paths in _by_host(locations).items():
         for chunk in chunked(paths, _SQLITE_VARIABLE_CHUNK):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {columns} FROM files WHERE hostname = ? AND filepath IN ({marks})"
-            yield from conn.execute(sql, [hostname, *chunk])
+            sql = (
+                f"SELECT {columns} FROM files WHERE namespace = ? AND hostname = ? "
+                f"AND filepath IN ({marks})"
+            )
+            yield from conn.execute(sql, [namespace, hostname, *chunk])
 
 
 def _select_current(
-    conn: sqlite3.Connection, files: Sequence[FileMetadata]
+    conn: sqlite3.Connection, namespace: str, files: Sequence[FileMetadata]
 ) -> dict[tuple[str, str], FileRecord]:
-    rows = _select_at(conn, _RECORD_COLUMNS, [(m.hostname, m.filepath) for m in files])
+    rows = _select_at(conn, _RECORD_COLUMNS, namespace, [(m.hostname, m.filepath) for m in files])
     return {(r["hostname"], r["filepath"]): _current_from_row(r) for r in rows}
 
 
@@ -305,7 +354,7 @@ def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
         _INSERT_HISTORY,
         [
             (int(v.file_id), *[v.record.__dict__[f] for f in FILE_FIELDS],
-             _iso(v.valid_from), _iso(v.valid_to), int(v.deleted))
+             _iso(v.valid_from), _iso(v.valid_to), int(v.deleted), v.record.namespace)
             for v in plan.history
         ],
     )  # fmt: skip
@@ -317,6 +366,17 @@ def _add_seen(conn: sqlite3.Connection, scan: int, filepaths: Sequence[str]) -> 
         "INSERT INTO scan_seen VALUES (?, ?, ?)",
         [(scan, d, json.dumps(names)) for d, names in by_directory(filepaths).items()],
     )
+
+
+def _owned_by(hostname: str | None, namespaces: Sequence[str]) -> tuple[str, list[str]]:
+    """A WHERE clause for rows of *hostname* (if given) in *namespaces* (if any)."""
+    clauses, args = ["1"], list(namespaces)
+    if namespaces:
+        clauses.append(f"namespace IN ({', '.join('?' * len(namespaces))})")
+    if hostname is not None:
+        clauses.append("hostname = ?")
+        args.append(hostname)
+    return " AND ".join(clauses), args
 
 
 def _iso(when: datetime) -> str:
@@ -374,12 +434,12 @@ def _version_from_row(row: sqlite3.Row) -> FileVersion:
 _SEARCH_COLUMNS = {
     CURRENT: (
         f"id AS row_id, {CURRENT} AS source, id, {_FILE_COLUMNS}, created_at, updated_at, "
-        "recorded_at, deleted_at FROM files AS f"
+        "recorded_at, deleted_at, namespace FROM files AS f"
     ),
     HISTORY: (
         f"id AS row_id, {HISTORY} AS source, file_id AS id, {_FILE_COLUMNS}, "
         "valid_from AS created_at, valid_from AS updated_at, valid_from AS recorded_at, "
-        "NULL AS deleted_at FROM file_history AS f"
+        "NULL AS deleted_at, namespace FROM file_history AS f"
     ),
 }
 #: The column a sort field is in, per source.
@@ -432,6 +492,8 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
         add("deleted_at IS NULL")
     elif query.state is FileState.deleted:
         add("deleted_at IS NOT NULL")
+    if query.namespaces:
+        add(f"namespace IN ({', '.join('?' * len(query.namespaces))})", *query.namespaces)
     if query.hostnames:
         add(f"hostname IN ({', '.join('?' * len(query.hostnames))})", *query.hostnames)
     if (bounds := query.prefix_range) is not None:
@@ -647,7 +709,12 @@ class SQLiteMetadataStore(MetadataStore):
 
     # -- files -----------------------------------------------------------------------
     async def put_files(
-        self, files: Sequence[FileMetadata], now: datetime, *, scan_id: str | None = None
+        self,
+        files: Sequence[FileMetadata],
+        now: datetime,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        scan_id: str | None = None,
     ) -> list[StoredFile]:
         stamp = now.isoformat()
         unique = dedupe_by_location(files)
@@ -657,14 +724,20 @@ class SQLiteMetadataStore(MetadataStore):
         def upsert(conn: sqlite3.Connection) -> list[StoredFile]:
             # Read and write in one transaction of the one writer: the versions compared
             # are the ones replaced.
-            current = _select_current(conn, unique)
-            plan = plan_puts(unique, current, now)
+            current = _select_current(conn, namespace, unique)
+            plan = plan_puts(unique, current, now, namespace)
             _write_plan(conn, plan)
             # A validated model's __dict__ holds its fields in FILE_FIELDS order.
             conn.executemany(
                 _UPSERT_FILE,
                 [
-                    [*m.__dict__.values(), stamp, stamp, stamp if r is now else _iso(r)]
+                    [
+                        *m.__dict__.values(),
+                        stamp,
+                        stamp,
+                        stamp if r is now else _iso(r),
+                        namespace,
+                    ]
                     for m, r in plan.records
                 ],
             )
@@ -673,7 +746,8 @@ class SQLiteMetadataStore(MetadataStore):
             ids = {location: record.id for location, record in current.items()}
             new = [(m.hostname, m.filepath) for m in unique if (m.hostname, m.filepath) not in ids]
             ids.update(
-                ((h, p), str(i)) for i, h, p in _select_at(conn, "id, hostname, filepath", new)
+                ((h, p), str(i))
+                for i, h, p in _select_at(conn, "id, hostname, filepath", namespace, new)
             )
             # Read in the same transaction: one hop to the writer thread per request.
             blobs = _select_blobs(conn, hashes)
@@ -681,10 +755,13 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(upsert)
 
-    async def get_file(self, hostname: str, filepath: str) -> FileRecord | None:
+    async def get_file(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> FileRecord | None:
         def query(conn: sqlite3.Connection) -> FileRecord | None:
             row = conn.execute(
-                f"{_SELECT_FILE} WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+                f"{_SELECT_FILE} WHERE namespace = ? AND hostname = ? AND filepath = ?",
+                (namespace, hostname, filepath),
             ).fetchone()
             return None if row is None else _file_from_row(row)
 
@@ -727,14 +804,20 @@ class SQLiteMetadataStore(MetadataStore):
 
     # -- scans, deletions and history -------------------------------------------------
     async def create_scan(
-        self, hostname: str, root: str, excludes: Sequence[str], now: datetime
+        self,
+        hostname: str,
+        root: str,
+        excludes: Sequence[str],
+        now: datetime,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord:
         def insert(conn: sqlite3.Connection) -> ScanRecord:
             row = conn.execute(
-                "INSERT INTO scans (hostname, root, excludes, started_at, state, deleted) "
-                "VALUES (?, ?, ?, ?, ?, 0) RETURNING *",
-                (hostname, root, json.dumps(list(excludes)), _iso(now), ScanState.open.value),
-            ).fetchone()
+                "INSERT INTO scans (hostname, root, excludes, started_at, state, deleted, "
+                "namespace) VALUES (?, ?, ?, ?, ?, 0, ?) RETURNING *",
+                (hostname, root, json.dumps(list(excludes)), _iso(now), ScanState.open.value,
+                 namespace),
+            ).fetchone()  # fmt: skip
             return _scan_from_row(row)
 
         return await self._write(insert)
@@ -761,26 +844,27 @@ class SQLiteMetadataStore(MetadataStore):
 
         return number is not None and await self._write(finish)
 
-    async def mark_seen(self, scan_id: str, hostname: str, filepaths: Sequence[str]) -> int:
-        scan = _scan_number(scan_id)
-        assert scan is not None
+    async def mark_seen(self, scan: ScanRecord, filepaths: Sequence[str]) -> int:
+        number = _scan_number(scan.id)
+        assert number is not None
         paths = list(dict.fromkeys(filepaths))
 
         def mark(conn: sqlite3.Connection) -> int:
-            _add_seen(conn, scan, paths)
-            rows = _select_at(conn, "deleted_at", [(hostname, p) for p in paths])
+            _add_seen(conn, number, paths)
+            locations = [(scan.hostname, p) for p in paths]
+            rows = _select_at(conn, "deleted_at", scan.namespace, locations)
             return sum(1 for (deleted_at,) in rows if deleted_at is None)
 
         return await self._write(mark)
 
-    async def files_under(self, hostname: str, root: str, after: str, limit: int) -> list[Listed]:
-        exact, low, high = prefix_range(root)
+    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
+        exact, low, high = prefix_range(scan.root)
         sql = (
-            "SELECT id, filepath, updated_at FROM files WHERE hostname = ? AND (filepath = ? "
-            "OR (filepath >= ? AND filepath < ?)) AND filepath > ? AND deleted_at IS NULL "
-            "ORDER BY filepath LIMIT ?"
+            "SELECT id, filepath, updated_at FROM files WHERE namespace = ? AND hostname = ? "
+            "AND (filepath = ? OR (filepath >= ? AND filepath < ?)) AND filepath > ? "
+            "AND deleted_at IS NULL ORDER BY filepath LIMIT ?"
         )
-        args = (hostname, exact, low, high, after, limit)
+        args = (scan.namespace, scan.hostname, exact, low, high, after, limit)
         return await self._read(
             lambda c: [
                 Listed(str(i), path, datetime.fromisoformat(when))
@@ -830,10 +914,14 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(delete) if ids else 0
 
-    async def history(self, hostname: str, filepath: str) -> list[FileVersion]:
+    async def history(
+        self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> list[FileVersion]:
+        where = (namespace, hostname, filepath)
+
         def query(conn: sqlite3.Connection) -> list[FileVersion]:
             row = conn.execute(
-                f"{_SELECT_FILE} WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+                f"{_SELECT_FILE} WHERE namespace = ? AND hostname = ? AND filepath = ?", where
             ).fetchone()
             if row is None:
                 return []
@@ -841,53 +929,59 @@ class SQLiteMetadataStore(MetadataStore):
             versions = [current_version(current)]
             past = conn.execute(
                 f"SELECT {_FILE_COLUMNS}, valid_from, valid_to, deleted FROM file_history "
-                "WHERE hostname = ? AND filepath = ? ORDER BY valid_from DESC, id DESC",
-                (hostname, filepath),
+                "WHERE namespace = ? AND hostname = ? AND filepath = ? "
+                "ORDER BY valid_from DESC, id DESC",
+                where,
             )
             versions += [_version_from_row(r) for r in past]
             return versions
 
         return await self._read(query)
 
-    async def locations(self, sha256: str, *, include_past: bool) -> list[Location]:
+    async def locations(
+        self, sha256: str, *, include_past: bool, namespaces: Sequence[str] = ()
+    ) -> list[Location]:
         live = "" if include_past else " AND deleted_at IS NULL"
+        within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
         sql = (
-            "SELECT hostname, filepath, recorded_at, deleted_at, NULL AS valid_to FROM files "
-            f"WHERE sha256 = ?{live}"
+            "SELECT namespace, hostname, filepath, recorded_at, deleted_at, NULL AS valid_to "
+            f"FROM files WHERE sha256 = ?{live}{within}"
         )
+        args = [sha256, *namespaces]
         if include_past:
             sql += (
-                " UNION ALL SELECT hostname, filepath, valid_from, NULL, valid_to "
-                "FROM file_history WHERE sha256 = ? AND deleted = 0"
+                " UNION ALL SELECT namespace, hostname, filepath, valid_from, NULL, valid_to "
+                f"FROM file_history WHERE sha256 = ? AND deleted = 0{within}"
             )
-        sql += " ORDER BY hostname, filepath, recorded_at"
-        args = (sha256, sha256) if include_past else (sha256,)
+            args += args
+        sql += " ORDER BY namespace, hostname, filepath, recorded_at"
         return await self._read(
             lambda c: [Location.model_validate(dict(r)) for r in c.execute(sql, args)]
         )
 
-    async def totals(self, hostname: str | None) -> Totals:
-        host = "" if hostname is None else " AND hostname = ?"
-        args: tuple[str, ...] = () if hostname is None else (hostname,)
+    async def totals(self, hostname: str | None, namespaces: Sequence[str] = ()) -> Totals:
+        where, args = _owned_by(hostname, namespaces)
 
         def query(conn: sqlite3.Connection) -> Totals:
             growth = conn.execute(
-                f"SELECT * FROM growth WHERE 1{host} ORDER BY day, hostname", args
+                f"SELECT * FROM growth WHERE {where} ORDER BY day, namespace, hostname", args
             ).fetchall()
             count, size = conn.execute("SELECT count, bytes FROM blob_totals").fetchone()
             return Totals(growth=[tuple(r) for r in growth], blob_count=count, blob_bytes=size)
 
         return await self._read(query)
 
-    async def duplicate_groups(self, hostname: str | None, top: int) -> list[DuplicateGroup]:
-        host = "" if hostname is None else " AND hostname = ?"
+    async def duplicate_groups(
+        self, hostname: str | None, top: int, namespaces: Sequence[str] = ()
+    ) -> list[DuplicateGroup]:
+        where, owned = _owned_by(hostname, namespaces)
         # One pass over files_sha256 (or one host's records), grouped as it goes.
         sql = (
             "SELECT sha256, COUNT(*) AS n, MAX(file_size) AS size FROM files "
-            f"WHERE deleted_at IS NULL{host} GROUP BY sha256 HAVING n > 1 "
+            f"WHERE deleted_at IS NULL AND {where} GROUP BY sha256 HAVING n > 1 "
             "ORDER BY (n - 1) * size DESC, sha256 LIMIT ?"
         )
-        args = (top,) if hostname is None else (hostname, top)
+        args = [*owned, top]
         return await self._read(lambda c: [DuplicateGroup(*row) for row in c.execute(sql, args)])
 
     async def prune_history(self, keep_versions: int, ended_before: datetime | None) -> int:
@@ -900,7 +994,7 @@ class SQLiteMetadataStore(MetadataStore):
             if keep_versions > 0:
                 dropped += conn.execute(
                     "DELETE FROM file_history WHERE id IN (SELECT id FROM (SELECT id, "
-                    "ROW_NUMBER() OVER (PARTITION BY hostname, filepath "
+                    "ROW_NUMBER() OVER (PARTITION BY namespace, hostname, filepath "
                     "ORDER BY valid_to DESC, id DESC) AS n FROM file_history) WHERE n > ?)",
                     (keep_versions,),
                 ).rowcount
@@ -948,13 +1042,17 @@ class SQLiteMetadataStore(MetadataStore):
             ]
         )
 
-    async def is_referenced(self, sha256: str, *, by_history: bool = True) -> bool:
+    async def is_referenced(
+        self, sha256: str, *, by_history: bool = True, namespaces: Sequence[str] = ()
+    ) -> bool:
         live = "" if by_history else " AND deleted_at IS NULL"
-        queries = [f"SELECT 1 FROM files WHERE sha256 = ?{live} LIMIT 1"]
+        within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+        queries = [f"SELECT 1 FROM files WHERE sha256 = ?{live}{within} LIMIT 1"]
         if by_history:
-            queries.append("SELECT 1 FROM file_history WHERE sha256 = ? LIMIT 1")
+            queries.append(f"SELECT 1 FROM file_history WHERE sha256 = ?{within} LIMIT 1")
+        args = (sha256, *namespaces)
         return await self._read(
-            lambda c: any(c.execute(q, (sha256,)).fetchone() is not None for q in queries)
+            lambda c: any(c.execute(q, args).fetchone() is not None for q in queries)
         )
 
     # -- API keys --------------------------------------------------------------------
@@ -968,14 +1066,16 @@ class SQLiteMetadataStore(MetadataStore):
         created_at: datetime,
         hosts: Sequence[str] = (),
         expires_at: datetime | None = None,
+        grants: Mapping[str, Scope] | None = None,
     ) -> ApiKeyRecord:
         def insert(conn: sqlite3.Connection) -> ApiKeyRecord:
             row = conn.execute(
                 "INSERT INTO api_keys (key_hash, name, description, scope, created_at, "
-                f"is_active, hosts, expires_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+                f"is_active, hosts, expires_at, grants) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?) "
                 f"RETURNING {_KEY_COLUMNS}",
                 (key_hash, name, description, scope.value, created_at.isoformat(),
-                 json.dumps(list(hosts)), None if expires_at is None else expires_at.isoformat()),
+                 json.dumps(list(hosts)), None if expires_at is None else expires_at.isoformat(),
+                 json.dumps({k: v.value for k, v in (grants or {}).items()})),
             ).fetchone()  # fmt: skip
             return _key_from_row(row)
 

@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from putplace.digest import SHA256_PATTERN
-from putplace.models import ApiKeyRecord, Scope
+from putplace.models import ApiKeyRecord, Namespace, Scope
 from putplace.server.state import AppState
 from putplace.service import keys
 from putplace.service.errors import RateLimitedError
@@ -62,6 +62,15 @@ class Caller:
     state: AppState
     key: ApiKeyRecord
 
+    def namespace(self, needed: Scope, requested: str | None) -> str:
+        """The one namespace the request acts on (403 unless the key may)."""
+        return keys.home_namespace(self.key, needed, requested)
+
+    def readable(self, requested: list[str] | None) -> tuple[str, ...]:
+        """The namespaces a read may see (403 for a requested one the key may not read);
+        empty: every namespace."""
+        return keys.read_namespaces(self.key, requested or ())
+
 
 def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     """Dependency: the caller, with a key whose scope includes *scope*, else 401/403/429."""
@@ -82,6 +91,19 @@ def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     dependency.__name__ = f"require_{scope.value}"
     return dependency
 
+
+#: The namespace a request acts on; default: the key's only one, else ``default``.
+NamespaceParam = Annotated[
+    Namespace | None,
+    Query(description="The namespace to act on. Default: the key's only namespace, else "
+          "`default`."),
+]  # fmt: skip
+#: The namespaces a read may see; default: every namespace the key reads.
+NamespacesParam = Annotated[
+    list[Namespace] | None,
+    Query(max_length=100, description="Only these namespaces (repeatable). Default: every "
+          "namespace the key may read."),
+]  # fmt: skip
 
 Reader = Annotated[Caller, Depends(require(Scope.read))]
 Writer = Annotated[Caller, Depends(require(Scope.write))]

@@ -32,6 +32,14 @@ def duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def grant(text: str) -> tuple[str, Scope]:
+    """``NAMESPACE=SCOPE`` (``team-a=write``, ``*=read``)."""
+    namespace, _, scope = text.partition("=")
+    if scope not in (Scope.read.value, Scope.write.value) or not namespace:
+        raise argparse.ArgumentTypeError(f"not NAMESPACE=read|write: {text!r}")
+    return namespace, Scope(scope)
+
+
 def add_parser(commands: Any) -> None:
     """The ``keys`` command and its actions."""
     actions = commands.add_parser("keys", help="manage API keys").add_subparsers(
@@ -48,6 +56,12 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     create.add_argument("--expires-in", type=duration, metavar="DURATION",
                         help="the key stops working after this long (90d, 12h, ...)")  # fmt: skip
+    create.add_argument(
+        "--grant", dest="grants", action="append", default=[], type=grant,
+        metavar="NAMESPACE=SCOPE",
+        help="use NAMESPACE with SCOPE (read or write; * for every namespace; repeatable). "
+        "Default: --scope in the default namespace",
+    )  # fmt: skip
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = actions.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
@@ -84,7 +98,7 @@ async def _run(store: MetadataStore, args: argparse.Namespace) -> int:
     if command == "create":
         request = ApiKeyCreate(
             name=args.name, description=args.description, scope=Scope(args.scope),
-            hosts=args.hosts, expires_at=_expiry(args),
+            hosts=args.hosts, expires_at=_expiry(args), grants=dict(args.grants),
         )  # fmt: skip
         _print_created(await keys.create_key(store, request), args.json)
     elif command == "rotate":
@@ -124,12 +138,14 @@ def _print_list(listed: list[ApiKeyInfo], as_json: bool) -> None:
     if as_json:
         print(json.dumps([k.model_dump(mode="json", by_alias=False) for k in listed]))
         return
-    print(f"{'ID':<26} {'NAME':<20} {'SCOPE':<6} {'STATUS':<8} {'HOSTS':<16} "
-          f"{'EXPIRES':<26} {'LAST USED':<26} FROM")  # fmt: skip
+    print(f"{'ID':<26} {'NAME':<20} {'SCOPE':<6} {'STATUS':<8} {'NAMESPACES':<20} "
+          f"{'HOSTS':<16} {'EXPIRES':<26} {'LAST USED':<26} FROM")  # fmt: skip
     for k in listed:
         hosts = safe(",".join(k.hosts)) or "any"
+        grants = ",".join(f"{n}={s}" for n, s in k.grants.items()) or "default"
         print(
-            f"{k.id:<26} {safe(k.name)[:20]:<20} {k.scope:<6} {k.status:<8} {hosts[:16]:<16} "
+            f"{k.id:<26} {safe(k.name)[:20]:<20} {k.scope:<6} {k.status:<8} {grants[:20]:<20} "
+            f"{hosts[:16]:<16} "
             f"{_when(k.expires_at, 'never'):<26} {_when(k.last_used_at, 'never'):<26} "
             f"{safe(k.last_used_ip or '-')}"
         )

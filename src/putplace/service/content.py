@@ -8,14 +8,14 @@ limit, and is verified by :mod:`putplace.service.ingest` before it is recorded p
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
 from putplace.config import Settings
 from putplace.metadata import MetadataStore
-from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileRecord
+from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileRecord, Scope
 from putplace.service import keys
 from putplace.service.errors import NotFoundError, TooLargeError
 from putplace.service.files import checked_sha256
@@ -45,13 +45,19 @@ async def needs_content(metadata: MetadataStore, sha256: str) -> bool:
 
 
 async def registered_location(
-    metadata: MetadataStore, sha256: str, hostname: str, filepath: str, writer: ApiKeyRecord
+    metadata: MetadataStore,
+    sha256: str,
+    location: tuple[str, str, str],
+    writer: ApiKeyRecord,
 ) -> FileRecord:
-    """The record at *hostname*:*filepath* if it holds *sha256* (the wire protocol's
-    ``/upload_file``), else :class:`NotFoundError`; 403 for a host *writer* may not write."""
+    """The record at *location* (namespace, hostname, filepath) if it holds *sha256* (the
+    wire protocol's ``/upload_file``), else :class:`NotFoundError`; 403 for a namespace or
+    host *writer* may not write."""
     checked_sha256(sha256)
+    namespace, hostname, filepath = location
+    keys.authorize_namespace(writer, namespace, Scope.write)
     keys.authorize_hosts(writer, [hostname])
-    record = await metadata.get_file(hostname, filepath)
+    record = await metadata.get_file(hostname, filepath, namespace)
     if record is None or record.sha256 != sha256:
         raise NotFoundError("File metadata not found: register it with POST /put_file first")
     return record
@@ -91,8 +97,16 @@ async def accept(
     return Accepted(size, stored=True)
 
 
-async def stored_blob(metadata: MetadataStore, sha256: str) -> BlobRecord:
-    """The record of content stored and verified, else :class:`NotFoundError`."""
+async def stored_blob(
+    metadata: MetadataStore, sha256: str, namespaces: Sequence[str]
+) -> BlobRecord:
+    """The record of content stored and verified that a record or past version in
+    *namespaces* (empty: any) holds, else :class:`NotFoundError`: a reader gets only its
+    namespaces' content."""
+    if namespaces and not await metadata.is_referenced(
+        checked_sha256(sha256), namespaces=namespaces
+    ):
+        raise NotFoundError("Content not found")
     blob = await metadata.get_blob(checked_sha256(sha256))
     if blob is None or blob.state is not BlobState.present:
         raise NotFoundError("Content not found")

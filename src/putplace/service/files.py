@@ -13,7 +13,14 @@ from putplace.auth import utcnow
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
 from putplace.metadata.base import dedupe_by_location
-from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileMetadata, FileRecord
+from putplace.models import (
+    ApiKeyRecord,
+    BlobRecord,
+    BlobState,
+    FileMetadata,
+    FileRecord,
+    Scope,
+)
 from putplace.service import keys, scans
 from putplace.service.errors import InvalidInputError, NotFoundError
 
@@ -68,6 +75,7 @@ async def register(
     store: MetadataStore,
     files: Sequence[FileMetadata],
     writer: ApiKeyRecord,
+    namespace: str,
     *,
     brief: bool = False,
     scan_id: str | None = None,
@@ -79,13 +87,17 @@ async def register(
     ``answers[i]`` answers ``files[i]``. A location named twice is stored once, the last
     record sent for it winning, and both records get that stored record's answer.
 
-    Nothing is stored unless *writer* may write every record's host (and the scan's).
+    Nothing is stored unless *writer* may write *namespace* and every record's host (and
+    the scan's, which must be of *namespace*).
     """
+    keys.authorize_namespace(writer, namespace, Scope.write)
     keys.authorize_hosts(writer, {meta.hostname for meta in files})
     if scan_id is not None:
-        await scans.open_scan_named(store, scan_id, writer)
+        scan = await scans.open_scan_named(store, scan_id, writer)
+        if scan.namespace != namespace:
+            raise InvalidInputError(f"the scan is of namespace {scan.namespace!r}")
     unique = dedupe_by_location(files)
-    stored = await store.put_files(unique, utcnow(), scan_id=scan_id)
+    stored = await store.put_files(unique, utcnow(), namespace=namespace, scan_id=scan_id)
     answer = describe_brief if brief else describe
     by_location = {
         (meta.hostname, meta.filepath): answer(meta, *done)
@@ -94,9 +106,12 @@ async def register(
     return [by_location[meta.hostname, meta.filepath] for meta in files]
 
 
-async def first_with_content(store: MetadataStore, sha256: str) -> FileRecord:
-    """The oldest record holding *sha256*; :class:`NotFoundError` when none does."""
-    records = await store.list_files(sha256=checked_sha256(sha256), limit=1)
+async def first_with_content(
+    store: MetadataStore, sha256: str, namespaces: Sequence[str]
+) -> FileRecord:
+    """The oldest record holding *sha256* in *namespaces* (empty: any);
+    :class:`NotFoundError` when none does."""
+    records = await store.list_files(sha256=checked_sha256(sha256), limit=1, namespaces=namespaces)
     if not records:
         raise NotFoundError("File not found")
     return records[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
@@ -34,20 +34,27 @@ async def search(
     found = found[:limit]
     answers = await describe_all(store, [f.record for f in found])
     for answer, item in zip(answers, found, strict=True):
+        answer["namespace"] = item.record.namespace
         answer["recorded_at"] = item.record.recorded_at
         answer["deleted_at"] = item.record.deleted_at
     return answers, found[-1].cursor.encode() if more else None
 
 
-async def history(store: MetadataStore, hostname: str, filepath: str) -> list[FileVersion]:
-    versions = await store.history(hostname, filepath)
+async def history(
+    store: MetadataStore, namespace: str, hostname: str, filepath: str
+) -> list[FileVersion]:
+    versions = await store.history(hostname, filepath, namespace)
     if not versions:
         raise NotFoundError("this location was never recorded")
     return versions
 
 
-async def locations(store: MetadataStore, sha256: str, *, include_past: bool) -> list[Location]:
-    return await store.locations(checked_sha256(sha256), include_past=include_past)
+async def locations(
+    store: MetadataStore, sha256: str, namespaces: Sequence[str], *, include_past: bool
+) -> list[Location]:
+    return await store.locations(
+        checked_sha256(sha256), include_past=include_past, namespaces=namespaces
+    )
 
 
 # -- statistics -------------------------------------------------------------------------
@@ -93,20 +100,27 @@ class DuplicateGroupsCache:
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._seconds = seconds
         self._clock = clock
-        self._kept: dict[tuple[str | None, int], tuple[float, list[DuplicateGroup]]] = {}
+        self._kept: dict[
+            tuple[str | None, int, tuple[str, ...]], tuple[float, list[DuplicateGroup]]
+        ] = {}
 
     async def get(
-        self, store: MetadataStore, hostname: str | None, top: int
+        self,
+        store: MetadataStore,
+        hostname: str | None,
+        top: int,
+        namespaces: Sequence[str] = (),
     ) -> list[DuplicateGroup]:
         now = self._clock()
-        kept = self._kept.get((hostname, top))
+        key = (hostname, top, tuple(namespaces))
+        kept = self._kept.get(key)
         if kept is not None and now - kept[0] < self._seconds:
             return kept[1]
-        groups = await store.duplicate_groups(hostname, top)
+        groups = await store.duplicate_groups(hostname, top, namespaces)
         if self._seconds > 0:
             if len(self._kept) >= _CACHED_QUERIES:  # bounded: hostnames come from callers
                 self._kept.clear()
-            self._kept[hostname, top] = (now, groups)
+            self._kept[key] = (now, groups)
         return groups
 
 
@@ -116,12 +130,13 @@ async def stats(
     bucket: Bucket,
     top: int,
     duplicates: DuplicateGroupsCache,
+    namespaces: Sequence[str] = (),
 ) -> Stats:
-    totals = await store.totals(hostname)
-    groups = await duplicates.get(store, hostname, top)
+    totals = await store.totals(hostname, namespaces)
+    groups = await duplicates.get(store, hostname, top, namespaces)
     hosts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     growth: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for day, host, files_added, bytes_added, files_deleted, bytes_deleted in totals.growth:
+    for day, _, host, files_added, bytes_added, files_deleted, bytes_deleted in totals.growth:
         hosts[host][0] += files_added - files_deleted
         hosts[host][1] += bytes_added - bytes_deleted
         row = growth[bucket_of(day, bucket)]

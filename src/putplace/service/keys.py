@@ -3,13 +3,14 @@ requests, and what a key may do (its scope, and the hosts it is bound to)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
 from putplace.metadata import MetadataStore
 from putplace.models import (
+    DEFAULT_NAMESPACE,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
@@ -28,6 +29,9 @@ from putplace.service.errors import (
 #: ``last_used_at`` (and the address) is written at most this often per key, not on every
 #: request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+#: A grant on every namespace.
+EVERY_NAMESPACE = "*"
+_RANK = (Scope.read, Scope.write, Scope.admin)
 
 
 def _created(record: ApiKeyRecord, key: str, now: datetime) -> ApiKeyCreated:
@@ -46,16 +50,23 @@ async def _add(
     if template.hosts and template.scope is Scope.admin:
         # An admin key makes keys: bound, it could make itself an unbound one.
         raise InvalidInputError("an admin key cannot be bound to hosts")
+    grants = dict(template.grants)
+    if Scope.admin in grants.values():
+        raise InvalidInputError("a grant is read or write; admin is a scope of the whole key")
+    scope = template.scope
+    if grants and scope is not Scope.admin:  # the widest grant: what the routes check first
+        scope = max(grants.values(), key=_RANK.index)
     key = generate_key()
     record = await store.add_api_key(
         key_hash=hash_key(key),
         name=template.name,
         description=template.description,
-        scope=template.scope,
+        scope=scope,
         created_at=now,
         # Stored lower-case: hosts are matched without regard to case.
         hosts=sorted({pattern.lower() for pattern in template.hosts}),
         expires_at=expires_at,
+        grants=grants,
     )
     return _created(record, key, now)
 
@@ -186,3 +197,53 @@ def authorize_hosts(record: ApiKeyRecord, hostnames: Iterable[str]) -> None:
             f"{', '.join(record.hosts)}; not for {denied[0]!r}"
             + (f" (and {len(denied) - 1} more)" if len(denied) > 1 else "")
         )
+
+
+# -- namespaces ---------------------------------------------------------------------------
+
+
+def _grants(record: ApiKeyRecord) -> dict[str, Scope]:
+    """What the key may do where: its grants, or (a key made before namespaces, or
+    without grants) its scope in the default namespace."""
+    return record.grants or {DEFAULT_NAMESPACE: record.scope}
+
+
+def scope_in(record: ApiKeyRecord, namespace: str) -> Scope | None:
+    if record.scope is Scope.admin:
+        return Scope.admin
+    grants = _grants(record)
+    return grants.get(namespace, grants.get(EVERY_NAMESPACE))
+
+
+def authorize_namespace(record: ApiKeyRecord, namespace: str, needed: Scope) -> None:
+    scope = scope_in(record, namespace)
+    if scope is None or not scope.allows(needed):
+        raise ForbiddenError(f"This API key may not {_VERBS[needed]} namespace {namespace!r}")
+
+
+_VERBS = {Scope.read: "read", Scope.write: "write to", Scope.admin: "manage"}
+
+
+def home_namespace(record: ApiKeyRecord, needed: Scope, requested: str | None) -> str:
+    """The one namespace a request acts on: *requested*, else the key's only namespace
+    with *needed*, else ``default``; :class:`ForbiddenError` unless the key may."""
+    if requested is None:
+        usable = [
+            n for n, s in _grants(record).items() if n != EVERY_NAMESPACE and s.allows(needed)
+        ]
+        only = len(usable) == 1 and record.scope is not Scope.admin
+        requested = usable[0] if only else DEFAULT_NAMESPACE
+    authorize_namespace(record, requested, needed)
+    return requested
+
+
+def read_namespaces(record: ApiKeyRecord, requested: Sequence[str]) -> tuple[str, ...]:
+    """The namespaces a read may see: *requested* (each of which the key must read), or
+    all the key reads. Empty means every namespace (an admin key, or a ``*`` grant)."""
+    if requested:
+        for namespace in requested:
+            authorize_namespace(record, namespace, Scope.read)
+        return tuple(dict.fromkeys(requested))
+    if scope_in(record, "\x00") is not None:  # a name no namespace has: only "*" or admin
+        return ()
+    return tuple(n for n, s in _grants(record).items() if s.allows(Scope.read))

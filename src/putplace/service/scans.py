@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from putplace.auth import utcnow
 from putplace.metadata import MetadataStore
 from putplace.metadata.inventory import split_path
-from putplace.models import ApiKeyRecord, ScanRecord, ScanState
+from putplace.models import ApiKeyRecord, ScanRecord, ScanState, Scope
 from putplace.patterns import Excluder, excluder
 from putplace.service import keys
 from putplace.service.errors import ConflictError, InvalidInputError, NotFoundError
@@ -25,14 +25,20 @@ _DELETE_PAGE = 1000
 
 
 async def open_scan(
-    store: MetadataStore, writer: ApiKeyRecord, hostname: str, root: str, excludes: Sequence[str]
+    store: MetadataStore,
+    writer: ApiKeyRecord,
+    namespace: str,
+    hostname: str,
+    root: str,
+    excludes: Sequence[str],
 ) -> ScanRecord:
+    keys.authorize_namespace(writer, namespace, Scope.write)
     keys.authorize_hosts(writer, [hostname])
     if not root.startswith("/"):
         raise InvalidInputError("root must be an absolute path")
     if len(excludes) > MAX_EXCLUDES:
         raise InvalidInputError(f"at most {MAX_EXCLUDES} exclude patterns")
-    return await store.create_scan(hostname, root, excludes, utcnow())
+    return await store.create_scan(hostname, root, excludes, utcnow(), namespace)
 
 
 async def open_scan_named(store: MetadataStore, scan_id: str, writer: ApiKeyRecord) -> ScanRecord:
@@ -48,6 +54,7 @@ async def get_scan(store: MetadataStore, scan_id: str, writer: ApiKeyRecord) -> 
     scan = await store.get_scan(scan_id)
     if scan is None:
         raise NotFoundError("no such scan")
+    keys.authorize_namespace(writer, scan.namespace, Scope.write)
     keys.authorize_hosts(writer, [scan.hostname])
     return scan
 
@@ -60,7 +67,7 @@ async def mark_seen(
     if len(filepaths) > MAX_SEEN_PATHS:
         raise InvalidInputError(f"at most {MAX_SEEN_PATHS} paths per request")
     scan = await open_scan_named(store, scan_id, writer)
-    return await store.mark_seen(scan.id, scan.hostname, filepaths)
+    return await store.mark_seen(scan, filepaths)
 
 
 async def complete_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str) -> ScanRecord:
@@ -71,7 +78,7 @@ async def complete_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str
     excluded = excluder(scan.excludes)
     prefix = scan.root.rstrip("/") + "/"
     deleted, after = 0, ""
-    while page := await store.files_under(scan.hostname, scan.root, after, _DELETE_PAGE):
+    while page := await store.files_under(scan, after, _DELETE_PAGE):
         after = page[-1].filepath
         places = [split_path(r.filepath) for r in page]
         seen = await store.seen_names(scan.id, {directory for directory, _ in places})

@@ -20,7 +20,7 @@ from typing import Any
 
 import configargparse
 
-from putplace.client.args import check_connection, tls_verify
+from putplace.client.args import check_connection, namespace_name, tls_verify
 from putplace.client.inventory.reader import ConnectFailedError, ReadClient
 from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiError, AuthError
 from putplace.digest import is_sha256_hex
@@ -69,6 +69,9 @@ def base_parser(command: str, description: str, epilog: str | None = None) -> An
                         help="PEM CA bundle to verify the server with")  # fmt: skip
     shared.add_argument("--insecure", action="store_true", env_var="PUTPLACE_INSECURE",
                         help="do not verify TLS (testing only)")  # fmt: skip
+    shared.add_argument("--namespace", type=namespace_name, metavar="NAME",
+                        env_var="PUTPLACE_NAMESPACE",
+                        help="read only this namespace (default: all the key reads)")  # fmt: skip
     shared.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         env_var="PUTPLACE_TIMEOUT", help="per-request timeout")  # fmt: skip
     shared.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
@@ -92,7 +95,7 @@ def make_client(
     return ReadClient(
         args.url, args.api_key, timeout=args.timeout, retries=args.retries,
         verify=tls_verify(args),
-        pool_size=pool_size, stop=stop,
+        pool_size=pool_size, stop=stop, namespace=args.namespace,
     )  # fmt: skip
 
 

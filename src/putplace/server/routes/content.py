@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from putplace.models import BundleResponse, FilePath, HostName, UploadResponse
-from putplace.server.deps import Reader, Sha256Path, Writer
+from putplace.models import BundleResponse, FilePath, HostName, Scope, UploadResponse
+from putplace.server.deps import NamespaceParam, NamespacesParam, Reader, Sha256Path, Writer
 from putplace.server.multipart import iter_field
 from putplace.server.ranges import RangeNotSatisfiableError, parse_range
 from putplace.service import bundles, content
@@ -50,11 +50,11 @@ async def upload_file(
     request: Request,
     hostname: Annotated[HostName, Query()],
     filepath: Annotated[FilePath, Query()],
+    namespace: NamespaceParam = None,
 ) -> UploadResponse:
     stores = caller.state.stores
-    record = await content.registered_location(
-        stores.metadata, sha256, hostname, filepath, caller.key
-    )
+    location = (caller.namespace(Scope.write, namespace), hostname, filepath)
+    record = await content.registered_location(stores.metadata, sha256, location, caller.key)
     accepted = await content.accept(
         stores, caller.state.settings, record, iter_field(request, "file")
     )
@@ -145,8 +145,11 @@ async def download(
     sha256: Sha256Path,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    namespace: NamespacesParam = None,
 ) -> Response:
-    blob = await content.stored_blob(caller.state.stores.metadata, sha256)
+    blob = await content.stored_blob(
+        caller.state.stores.metadata, sha256, caller.readable(namespace)
+    )
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}
     if if_none_match is not None and _matches(if_none_match, etag):

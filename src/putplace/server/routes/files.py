@@ -12,9 +12,10 @@ from putplace.models import (
     BatchResponse,
     FileMetadata,
     FileResponse,
+    Scope,
 )
 from putplace.server.body import json_response, read_json
-from putplace.server.deps import Reader, Sha256Path, Writer
+from putplace.server.deps import NamespaceParam, NamespacesParam, Reader, Sha256Path, Writer
 from putplace.service import files
 from putplace.service.errors import TooLargeError
 
@@ -33,8 +34,13 @@ ScanParam = Annotated[
     summary="Record where a file lives; learn whether its content must be uploaded",
     responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
 )
-async def put_file(meta: FileMetadata, caller: Writer, scan: ScanParam = None) -> Response:
-    (answer,) = await files.register(caller.state.stores.metadata, [meta], caller.key, scan_id=scan)
+async def put_file(
+    meta: FileMetadata, caller: Writer, scan: ScanParam = None, namespace: NamespaceParam = None
+) -> Response:
+    (answer,) = await files.register(
+        caller.state.stores.metadata, [meta], caller.key,
+        caller.namespace(Scope.write, namespace), scan_id=scan,
+    )  # fmt: skip
     return json_response(answer, status.HTTP_201_CREATED)
 
 
@@ -79,11 +85,13 @@ async def put_files(
         ),
     ] = False,
     scan: ScanParam = None,
+    namespace: NamespaceParam = None,
 ) -> Response:
+    target = caller.namespace(Scope.write, namespace)
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
     registered = await files.register(
-        caller.state.stores.metadata, valid, caller.key, brief=brief, scan_id=scan
+        caller.state.stores.metadata, valid, caller.key, target, brief=brief, scan_id=scan
     )
     for index, answer in zip(positions, registered, strict=True):
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}
@@ -137,7 +145,9 @@ def _batch_items(payload: Any, limit: int) -> list[Any]:
     summary="Metadata of the first file recorded with this content",
     responses={400: {"description": "Not a SHA-256"}, 404: {"description": "Unknown content"}},
 )
-async def get_file(caller: Reader, sha256: Sha256Path) -> Response:
+async def get_file(
+    caller: Reader, sha256: Sha256Path, namespace: NamespacesParam = None
+) -> Response:
     metadata = caller.state.stores.metadata
-    record = await files.first_with_content(metadata, sha256)
+    record = await files.first_with_content(metadata, sha256, caller.readable(namespace))
     return json_response(files.describe(record, record.id, await metadata.get_blob(sha256)))

@@ -18,10 +18,11 @@ from putplace.models import (
     FileVersion,
     HostName,
     Location,
+    Scope,
     UtcTime,
 )
 from putplace.server.body import json_response
-from putplace.server.deps import Reader, Sha256Path
+from putplace.server.deps import NamespaceParam, NamespacesParam, Reader, Sha256Path
 from putplace.service import inventory
 from putplace.service.errors import InvalidInputError
 from putplace.service.files import checked_sha256
@@ -36,6 +37,7 @@ MAX_LIMIT = 1000
 
 
 class FileListItem(FileResponse):
+    namespace: str
     recorded_at: datetime
     deleted_at: datetime | None
 
@@ -63,6 +65,7 @@ class FileListItem(FileResponse):
 )
 async def search_files(
     caller: Reader,
+    namespace: NamespacesParam = None,
     hostname: Annotated[list[HostName] | None, Query(max_length=100)] = None,
     path_prefix: Annotated[FilePath | None, Query()] = None,
     path_glob: Annotated[
@@ -101,6 +104,7 @@ async def search_files(
     if after is not None and (cursor is not None or sort != "id"):
         raise InvalidInputError("after pages the default order only; use cursor")
     query = FileQuery(
+        namespaces=caller.readable(namespace),
         hostnames=tuple(hostname or ()),
         path_prefix=path_prefix,
         path_glob=path_glob,
@@ -140,13 +144,11 @@ async def history(
     caller: Reader,
     hostname: Annotated[HostName, Query()],
     filepath: Annotated[FilePath, Query()],
+    namespace: NamespaceParam = None,
 ) -> Response:
-    return json_response(
-        [
-            v.model_dump()
-            for v in await inventory.history(caller.state.stores.metadata, hostname, filepath)
-        ]
-    )
+    where = caller.namespace(Scope.read, namespace)
+    found = await inventory.history(caller.state.stores.metadata, where, hostname, filepath)
+    return json_response([v.model_dump() for v in found])
 
 
 @router.get(
@@ -155,10 +157,16 @@ async def history(
     summary="Every host and path holding this content (and, optionally, that held it)",
     responses={400: {"description": "Not a SHA-256"}},
 )
-async def locations(caller: Reader, sha256: Sha256Path, include_past: bool = False) -> Response:
+async def locations(
+    caller: Reader,
+    sha256: Sha256Path,
+    include_past: bool = False,
+    namespace: NamespacesParam = None,
+) -> Response:
     found = await inventory.locations(
-        caller.state.stores.metadata, sha256, include_past=include_past
-    )
+        caller.state.stores.metadata, sha256, caller.readable(namespace),
+        include_past=include_past,
+    )  # fmt: skip
     return json_response([x.model_dump() for x in found])
 
 
@@ -209,9 +217,11 @@ async def stats(
     hostname: Annotated[HostName | None, Query()] = None,
     bucket: inventory.Bucket = inventory.Bucket.day,
     top: Annotated[int, Query(ge=1, le=1000)] = 10,
+    namespace: NamespacesParam = None,
 ) -> Response:
     state = caller.state
     result = await inventory.stats(
-        state.stores.metadata, hostname, bucket, top, state.duplicate_groups
-    )
+        state.stores.metadata, hostname, bucket, top, state.duplicate_groups,
+        caller.readable(namespace),
+    )  # fmt: skip
     return json_response(result)

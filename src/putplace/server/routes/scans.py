@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, status
 from pydantic import AfterValidator, BaseModel, Field
 
-from putplace.models import FilePath, HostName, ScanRecord, no_nul
-from putplace.server.deps import Writer
+from putplace.models import FilePath, HostName, ScanRecord, Scope, no_nul
+from putplace.server.deps import NamespaceParam, Writer
 from putplace.service import scans
 
 router = APIRouter(prefix="/scans", tags=["scans"])
@@ -50,9 +50,12 @@ NOT_OPEN: dict[int | str, dict[str, Any]] = {
     summary="Open a scan of one root of one host",
     responses={400: {"description": "The root is not absolute"}},
 )
-async def open_scan(body: ScanCreate, caller: Writer) -> ScanRecord:
-    return await scans.open_scan(caller.state.stores.metadata, caller.key, body.hostname, body.root,
-                                 body.excludes)  # fmt: skip
+async def open_scan(
+    body: ScanCreate, caller: Writer, namespace: NamespaceParam = None
+) -> ScanRecord:
+    namespace = caller.namespace(Scope.write, namespace)
+    return await scans.open_scan(caller.state.stores.metadata, caller.key, namespace,
+                                 body.hostname, body.root, body.excludes)  # fmt: skip
 
 
 @router.get("/{scan_id}", response_model=ScanRecord, summary="A scan's state",
