@@ -77,15 +77,16 @@ async def _more_keys(settings: Settings) -> dict[str, str]:
     made: dict[str, str] = {}
     async with open_metadata(settings) as store:
         past = utcnow() - timedelta(seconds=1)
-        for name, hosts, expires_at in (
-            ("expired", [], past), ("rotated", [], None), ("bound", ["web-*"], None),
-            ("successor", [], None),
+        for name, hosts, expires_at, grants in (
+            ("expired", [], past, {}), ("rotated", [], None, {}),
+            ("bound", ["web-*"], None, {}), ("successor", [], None, {}),
+            ("elsewhere", [], None, {"team-x": Scope.write, "team-y": Scope.read}),
         ):  # fmt: skip
             key = generate_key()
-            scope = Scope.write if hosts else Scope.admin  # an admin key cannot be bound
+            scope = Scope.write if hosts or grants else Scope.admin  # admin: never bound
             record = await store.add_api_key(
                 key_hash=hash_key(key), name=name, description=None, scope=scope,
-                created_at=utcnow(), hosts=hosts, expires_at=expires_at,
+                created_at=utcnow(), hosts=hosts, expires_at=expires_at, grants=grants,
             )  # fmt: skip
             made[name] = key
             made[f"{name}_id"] = record.id
@@ -93,10 +94,17 @@ async def _more_keys(settings: Settings) -> dict[str, str]:
     return made
 
 
+#: Endpoints that act on no namespace: content, which is addressed by its hash alone.
+NO_NAMESPACE = ("/blobs/", "/bundles")
+
+
 def expected(kind: str, call: Call) -> int | None:
-    """The refusal *kind* of key gets for *call*, or None when it is allowed."""
+    """The refusal *kind* of key gets for *call*, or None when it is allowed. The
+    "elsewhere" key is granted other namespaces than the default one every call acts on."""
     if kind in ("none", "empty", "malformed", "unknown", "revoked", "expired", "rotated"):
         return 401
+    if kind == "elsewhere":
+        return None if call.path.startswith(NO_NAMESPACE) else 403
     scope = "write" if kind == "bound" else kind
     if RANK[scope] < RANK[call.needed] or (kind == "bound" and call.names_host):
         return 403
@@ -122,6 +130,7 @@ async def test_permission_matrix_every_endpoint_every_kind_of_key(
         "none": None, "empty": "", "malformed": "not-a-key", "unknown": "f" * 64,
         "revoked": keys.revoked, "expired": more["expired"], "rotated": more["rotated"],
         "read": keys.read, "write": keys.write, "admin": keys.admin, "bound": more["bound"],
+        "elsewhere": more["elsewhere"],
     }  # fmt: skip
     async with httpx.AsyncClient(base_url=server_url, timeout=60) as client:
         opened = await client.post("/scans", json={"hostname": HOST, "root": "/"},
@@ -140,8 +149,11 @@ async def test_permission_matrix_every_endpoint_every_kind_of_key(
             headers = dict(call.kwargs.get("headers", {}))
             if key is not None:
                 headers["X-API-Key"] = key
+            # Every call acts on the default namespace, named (else the "elsewhere" key
+            # would act on its own).
+            url = call.path + ("&" if "?" in call.path else "?") + "namespace=default"
             kwargs = {**call.kwargs, "headers": headers}
-            return (await client.request(call.method, call.path, **kwargs)).status_code
+            return (await client.request(call.method, url, **kwargs)).status_code
 
         before = await _state(client, keys.admin)
         wrong = []
@@ -155,7 +167,7 @@ async def test_permission_matrix_every_endpoint_every_kind_of_key(
 
         # And each kind of key that may call an endpoint is let through.
         for call in matrix:
-            for kind in ("read", "write", "admin", "bound"):
+            for kind in ("read", "write", "admin", "bound", "elsewhere"):
                 if expected(kind, call) is None:
                     assert await send(kind, call) not in (401, 403), (call.path, kind)
 
