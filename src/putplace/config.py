@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from putplace.digest import NAMESPACE_RE
+
 DEFAULT_CONFIG_FILE = "ppserver.toml"
 
 
@@ -107,6 +109,13 @@ class Settings(BaseSettings):
         "every record (about a second per million records on SQLite), per process. 0: "
         "group them on every request.",
     )
+    trust_domains: str = Field(
+        "",
+        description='Namespaces that share "you need not upload this" answers and '
+        "downloads of each other's content: groups separated by `;`, namespaces in a group "
+        "by `,` (`team-a,team-b;lab,lab-archive`). Every other namespace is its own domain: "
+        "it must send content it has not sent before, even when the server holds it.",
+    )
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "
@@ -172,6 +181,23 @@ class Settings(BaseSettings):
         if parts.scheme == "file" and not (parts.netloc + parts.path):
             raise ValueError("file URL needs a directory, e.g. file:///var/lib/putplace/blobs")
         return value
+
+    @field_validator("trust_domains")
+    @classmethod
+    def _check_trust_domains(cls, value: str) -> str:
+        for group in value.split(";"):
+            for name in filter(None, (n.strip() for n in group.split(","))):
+                if NAMESPACE_RE.fullmatch(name) is None:
+                    raise ValueError(f"not a namespace name: {name!r}")
+        return value
+
+    def trust_domain(self, namespace: str) -> tuple[str, ...]:
+        """The namespaces whose proven content *namespace* may count as its own."""
+        for group in self.trust_domains.split(";"):
+            names = tuple(n.strip() for n in group.split(",") if n.strip())
+            if namespace in names:
+                return names
+        return (namespace,)
 
     @field_validator("log_level")
     @classmethod

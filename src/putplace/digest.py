@@ -1,4 +1,4 @@
-"""SHA-256 helpers shared by client and server (standard library only)."""
+"""SHA-256 helpers and the names client and server both check (standard library only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from typing import Final
 SHA256_HEX_LENGTH: Final = 64
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _SHA256_RE: Final = re.compile(SHA256_PATTERN)
+
+#: A namespace name: lowercase letters, digits, ".", "_" and "-", at most 63.
+NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 
 #: What every refusal of a malformed content hash says.
 INVALID_SHA256: Final = "Invalid SHA256 hash format: expected 64 lowercase hex characters"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from putplace.digest import SHA256_PATTERN
+from putplace.digest import NAMESPACE_PATTERN, SHA256_PATTERN
 
 MAX_PATH_LENGTH = 4096
 MAX_NAME_LENGTH = 255
@@ -37,7 +37,7 @@ DEFAULT_NAMESPACE: Final = "default"
 #: A namespace: a separate inventory (records, scans, history) that keys are granted.
 Namespace = Annotated[
     str,
-    Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", examples=["default", "team-a"],
+    Field(pattern=NAMESPACE_PATTERN, examples=["default", "team-a"],
           description="Lowercase letters, digits, `.`, `_` and `-`; at most 63."),
 ]  # fmt: skip
 FilePath = Annotated[

@@ -94,17 +94,13 @@ async def _more_keys(settings: Settings) -> dict[str, str]:
     return made
 
 
-#: Endpoints that act on no namespace: content, which is addressed by its hash alone.
-NO_NAMESPACE = ("/blobs/", "/bundles")
-
-
 def expected(kind: str, call: Call) -> int | None:
     """The refusal *kind* of key gets for *call*, or None when it is allowed. The
     "elsewhere" key is granted other namespaces than the default one every call acts on."""
     if kind in ("none", "empty", "malformed", "unknown", "revoked", "expired", "rotated"):
         return 401
     if kind == "elsewhere":
-        return None if call.path.startswith(NO_NAMESPACE) else 403
+        return 403  # content too: a namespace sends it, and learns only its own
     scope = "write" if kind == "bound" else kind
     if RANK[scope] < RANK[call.needed] or (kind == "bound" and call.names_host):
         return 403

@@ -239,12 +239,25 @@ async def test_search_sorts_and_pages_every_record_once(
 
 
 async def test_search_by_content_presence_and_upload_time(fleet: MetadataStore) -> None:
-    await fleet.put_blobs([blob(100, size=100, seconds=50)])  # sha(100) is stored
+    await fleet.put_blobs([blob(100, size=100, seconds=50)])  # sha(100) is stored...
+    assert await search(fleet, has_content=True) == []  # ...but no namespace sent it yet
+    await fleet.add_possession("default", [sha(100)])
     stored = sorted(paths(await search(fleet, has_content=True)))
     assert stored == ["/srv/app/lib/util.py", "/srv/data.bin", "/srvx/readme"]
     assert len(await search(fleet, has_content=False)) == 3
     assert len(await search(fleet, uploaded_after=at(50))) == 3
     assert await search(fleet, uploaded_before=at(50)) == []
+    # A record in another namespace naming the same content has it only once that
+    # namespace sends it.
+    claim = meta("web", "/claimed", file_size=100, sha256=sha(100))
+    await fleet.put_files([claim], at(60), namespace="other")
+    assert paths(await search(fleet, has_content=False, namespaces=("other",))) == ["/claimed"]
+    assert await fleet.possessed(["other"], [sha(100)]) == set()
+    await fleet.add_possession("other", [sha(100), sha(100)])
+    assert paths(await search(fleet, has_content=True, namespaces=("other",))) == ["/claimed"]
+    assert await fleet.possessed(["x", "other"], [sha(100), sha(7)]) == {sha(100)}
+    await fleet.delete_blob(sha(100))  # its proofs go with it
+    assert await fleet.possessed(["default", "other"], [sha(100)]) == set()
 
 
 async def test_search_live_deleted_and_as_of(fleet: MetadataStore) -> None:

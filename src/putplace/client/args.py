@@ -6,11 +6,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import re
 import ssl
 from typing import Any
 
 import configargparse
+
+from putplace.digest import NAMESPACE_RE
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -36,12 +37,9 @@ def ip_address(text: str) -> str:
         raise configargparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
-_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-
-
 def namespace_name(text: str) -> str:
     """A namespace name, as the server accepts it."""
-    if _NAMESPACE.fullmatch(text) is None:
+    if NAMESPACE_RE.fullmatch(text) is None:
         raise configargparse.ArgumentTypeError(
             f"not a namespace name (lowercase letters, digits, '.', '_', '-'): {text!r}"
         )

@@ -124,8 +124,20 @@ class MetadataStore(ABC):
     ) -> FileRecord | None: ...
 
     @abstractmethod
-    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
-        """For each hash some file record holds, the size its oldest such record gives."""
+    async def registered_sizes(
+        self, sha256s: Collection[str], namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, int]:
+        """For each hash some file record of *namespace* holds, the size its oldest such
+        record gives."""
+
+    # -- possession: which namespaces have proven they hold a content -------------------
+    @abstractmethod
+    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
+        """Record that *namespace* sent these contents' bytes, verified (idempotent)."""
+
+    @abstractmethod
+    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
+        """The hashes of *sha256s* that one of *namespaces* has proven it holds."""
 
     async def list_files(
         self,

@@ -31,7 +31,7 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -121,6 +121,10 @@ FILE_INDEXES = [
     IndexModel([("file_size", ASCENDING), ("_id", ASCENDING)], name="size"),
     IndexModel([("recorded_at", ASCENDING), ("_id", ASCENDING)], name="recorded"),
 ]
+POSSESSION_INDEXES = [
+    IndexModel([("sha256", ASCENDING), ("namespace", ASCENDING)], name="sha256_namespace",
+               unique=True),
+]  # fmt: skip
 SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan_dir")]
 HISTORY_INDEXES = [
     IndexModel(
@@ -264,11 +268,20 @@ def _filters(query: FileQuery, source: int, renamed: Mapping[str, str]) -> list[
 
 
 def _blob_stages(query: FileQuery) -> list[Document]:
+    """A record "has content" when its content is stored and its own namespace sent it
+    (``possession``): what the stored blob alone says is not the namespace's to know."""
     lookup = {"$lookup": {"from": "blobs", "localField": "sha256", "foreignField": "_id",
                           "as": "_blob"}}  # fmt: skip
+    sent = {"$lookup": {
+        "from": "possession", "let": {"s": "$sha256", "n": "$namespace"},
+        "pipeline": [{"$match": {"$expr": {"$and": [{"$eq": ["$sha256", "$$s"]},
+                                                    {"$eq": ["$namespace", "$$n"]}]}}}],
+        "as": "_sent",
+    }}  # fmt: skip
+    drop = {"$project": {"_blob": 0, "_sent": 0}}
     if query.has_content is False:
-        return [lookup, {"$match": {"_blob.state": {"$ne": BlobState.present.value}}},
-                {"$project": {"_blob": 0}}]  # fmt: skip
+        absent = {"$or": [{"_blob.state": {"$ne": BlobState.present.value}}, {"_sent": []}]}
+        return [lookup, sent, {"$match": absent}, drop]
     stored: Document = {}
     if query.uploaded_after is not None:
         stored["$gte"] = query.uploaded_after
@@ -277,7 +290,8 @@ def _blob_stages(query: FileQuery) -> list[Document]:
     match: Document = {"state": BlobState.present.value}
     if stored:
         match["stored_at"] = stored
-    return [lookup, {"$match": {"_blob": {"$elemMatch": match}}}, {"$project": {"_blob": 0}}]
+    held = {"_blob": {"$elemMatch": match}, "_sent": {"$ne": []}}
+    return [lookup, sent, {"$match": held}, drop]
 
 
 def _after(query: FileQuery, cursor: Cursor, source: int, renamed: Mapping[str, str]) -> Document:
@@ -343,6 +357,7 @@ class MongoMetadataStore(MetadataStore):
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
                 await db["scan_seen"].create_indexes(SEEN_INDEXES)
+                await db["possession"].create_indexes(POSSESSION_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
         except BaseException:
@@ -379,6 +394,11 @@ class MongoMetadataStore(MetadataStore):
             await db[name].update_many(
                 {"namespace": {"$exists": False}}, {"$set": {"namespace": DEFAULT_NAMESPACE}}
             )
+        async for blob in db["blobs"].find({"state": "present"}, projection={"_id": 1}):
+            await db["possession"].update_one(
+                {"sha256": blob["_id"], "namespace": DEFAULT_NAMESPACE},
+                {"$setOnInsert": {"since": datetime.now(UTC)}}, upsert=True,
+            )  # fmt: skip
         growth = db["growth"]
         async for row in growth.find({"_id.namespace": {"$exists": False}}):
             key = {"day": row["_id"]["day"], "namespace": DEFAULT_NAMESPACE,
@@ -609,13 +629,15 @@ class MongoMetadataStore(MetadataStore):
             )
         return None if doc is None else _file(doc)
 
-    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+    async def registered_sizes(
+        self, sha256s: Collection[str], namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, int]:
         hashes = list(dict.fromkeys(sha256s))
         found: dict[str, int] = {}
         with self._guard("registered_sizes"):
             for chunk in chunked(hashes, _IN_CHUNK):
                 pipeline: list[Document] = [
-                    {"$match": {"sha256": {"$in": list(chunk)}}},
+                    {"$match": {"sha256": {"$in": list(chunk)}, "namespace": namespace}},
                     {"$sort": {"sha256": 1, "_id": 1}},  # the (sha256, _id) index
                     {"$group": {"_id": "$sha256", "size": {"$first": "$file_size"}}},
                 ]
@@ -939,10 +961,40 @@ class MongoMetadataStore(MetadataStore):
 
     async def delete_blob(self, sha256: str) -> bool:
         with self._guard("delete_blob"):
+            await self._coll("possession").delete_many({"sha256": sha256})
             doc = await self._blobs.find_one_and_delete({"_id": sha256})
             if doc is not None:
                 await self._count_blobs(-1, -int(doc["size"]))
         return doc is not None
+
+    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
+        ops = [
+            UpdateOne(
+                {"sha256": sha, "namespace": namespace},
+                {"$setOnInsert": {"since": datetime.now(UTC)}},
+                upsert=True,
+            )
+            for sha in dict.fromkeys(sha256s)
+        ]
+        if ops:
+            with self._guard("add_possession"):
+                try:
+                    await self._coll("possession").bulk_write(ops, ordered=False)
+                except BulkWriteError as exc:  # a concurrent upsert of the same pair
+                    if any(e.get("code") != DUPLICATE_KEY for e in exc.details["writeErrors"]):
+                        raise
+
+    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
+        hashes = list(dict.fromkeys(sha256s))
+        found: set[str] = set()
+        if not hashes or not namespaces:
+            return found
+        with self._guard("possessed"):
+            for chunk in chunked(hashes, _IN_CHUNK):
+                query = {"sha256": {"$in": list(chunk)}, "namespace": {"$in": list(namespaces)}}
+                async for doc in self._coll("possession").find(query, projection={"sha256": 1}):
+                    found.add(doc["sha256"])
+        return found
 
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         check_limit(limit)

@@ -228,6 +228,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX history_location ON file_history (namespace, hostname, filepath, valid_from)",
         "ALTER TABLE scans ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE api_keys ADD COLUMN grants TEXT NOT NULL DEFAULT '{}'",
+        # Which namespaces proved they hold a content (sent its bytes). All content stored
+        # so far came through the default namespace.
+        """CREATE TABLE possession (
+            sha256 TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            PRIMARY KEY (sha256, namespace)
+        ) WITHOUT ROWID""",
+        "INSERT INTO possession SELECT sha256, 'default' FROM blobs WHERE state = 'present'",
         """CREATE TABLE growth_v3 (
             day TEXT NOT NULL,
             namespace TEXT NOT NULL,
@@ -521,6 +529,12 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
             if when is not None:
                 blob.append(clause)
                 values.append(_iso(when))
+        # Held: stored, and sent by the record's own namespace (what the blob alone says
+        # is not the namespace's to know).
+        blob.append(
+            "EXISTS (SELECT 1 FROM possession AS p WHERE p.sha256 = f.sha256 "
+            "AND p.namespace = f.namespace)"
+        )
         negate = "NOT " if query.has_content is False else ""
         add(f"{negate}EXISTS (SELECT 1 FROM blobs AS b WHERE {' AND '.join(blob)})", *values)
     return clauses, args
@@ -767,7 +781,9 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._read(query)
 
-    async def registered_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+    async def registered_sizes(
+        self, sha256s: Collection[str], namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, int]:
         hashes = list(dict.fromkeys(sha256s))
 
         def query(conn: sqlite3.Connection) -> dict[str, int]:
@@ -778,9 +794,9 @@ class SQLiteMetadataStore(MetadataStore):
                 # serves the lookup.
                 sql = (
                     f"SELECT sha256, file_size, MIN(id) FROM files WHERE sha256 IN ({marks}) "
-                    "GROUP BY sha256"
+                    "AND namespace = ? GROUP BY sha256"
                 )
-                found.update((row[0], row[1]) for row in conn.execute(sql, chunk))
+                found.update((row[0], row[1]) for row in conn.execute(sql, (*chunk, namespace)))
             return found
 
         return await self._read(query)
@@ -1026,9 +1042,37 @@ class SQLiteMetadataStore(MetadataStore):
         )
 
     async def delete_blob(self, sha256: str) -> bool:
-        return await self._write(
-            lambda c: c.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)).rowcount > 0
-        )
+        def delete(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM possession WHERE sha256 = ?", (sha256,))
+            return conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)).rowcount > 0
+
+        return await self._write(delete)
+
+    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
+        rows = [(sha, namespace) for sha in dict.fromkeys(sha256s)]
+        if rows:
+            await self._write(
+                lambda c: c.executemany("INSERT OR IGNORE INTO possession VALUES (?, ?)", rows)
+            )
+
+    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
+        hashes = list(dict.fromkeys(sha256s))
+        if not hashes or not namespaces:
+            return set()
+        within = ", ".join("?" * len(namespaces))
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                sql = (
+                    f"SELECT DISTINCT sha256 FROM possession WHERE sha256 IN ({marks}) "
+                    f"AND namespace IN ({within})"
+                )
+                found.update(row[0] for row in conn.execute(sql, (*chunk, *namespaces)))
+            return found
+
+        return await self._read(query)
 
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         check_limit(limit)

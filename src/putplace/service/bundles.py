@@ -29,6 +29,7 @@ from putplace.models import (
     BundleResponse,
     BundleStatus,
 )
+from putplace.service.content import proven
 from putplace.service.errors import InvalidInputError, TooLargeError
 from putplace.service.ingest import with_idle_timeout
 from putplace.service.stores import Stores
@@ -89,11 +90,16 @@ async def read_header(reader: _Reader, settings: Settings) -> list[Entry]:
     return entries
 
 
-async def _verdicts(stores: Stores, entries: list[Entry]) -> list[BundleMemberResult | None]:
-    """Per entry, its answer when it is known before its bytes arrive; None to verify."""
+async def _verdicts(
+    stores: Stores, settings: Settings, entries: list[Entry], namespace: str
+) -> list[BundleMemberResult | None]:
+    """Per entry, its answer when it is known before its bytes arrive; None to verify.
+    Content is "present" only when the namespace (or its trust domain) has sent it: for
+    any other, its bytes are verified, so the answer tells nothing of other namespaces."""
     hashes = {entry.sha256 for entry in entries}
     blobs = await stores.metadata.get_blobs(hashes)
-    sizes = await stores.metadata.registered_sizes(hashes)
+    sizes = await stores.metadata.registered_sizes(hashes, namespace)
+    sent = await proven(stores.metadata, settings, namespace, hashes)
     seen: set[str] = set()
     verdicts: list[BundleMemberResult | None] = []
     for entry in entries:
@@ -102,7 +108,7 @@ async def _verdicts(stores: Stores, entries: list[Entry]) -> list[BundleMemberRe
         registered = sizes.get(sha256)
         if sha256 in seen:
             verdict = _refused(sha256, "appears more than once in this bundle")
-        elif blob is not None and blob.state is BlobState.present:
+        elif blob is not None and blob.state is BlobState.present and sha256 in sent:
             verdict = BundleMemberResult(sha256=sha256, status=BundleStatus.present)
         elif registered is None:
             verdict = _refused(
@@ -130,12 +136,12 @@ async def _digest(data: bytes) -> str:
 
 
 async def accept_bundle(
-    stores: Stores, settings: Settings, chunks: AsyncIterable[bytes]
+    stores: Stores, settings: Settings, chunks: AsyncIterable[bytes], namespace: str
 ) -> BundleResponse:
-    """Read, verify and store one bundle; answer per member."""
+    """Read, verify and store one bundle of *namespace*'s contents; answer per member."""
     reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
     entries = await read_header(reader, settings)
-    results = await _verdicts(stores, entries)
+    results = await _verdicts(stores, settings, entries, namespace)
     verified: list[tuple[int, bytes]] = []
     try:
         async for index, data in _members(reader, entries):
@@ -149,9 +155,9 @@ async def accept_bundle(
                     entries[index].sha256, f"content hashes to {actual}, not to this hash"
                 )
     except Exception:
-        await _store(stores, entries, verified)  # what arrived whole is kept
+        await _store(stores, entries, verified, namespace)  # what arrived whole is kept
         raise
-    await _store(stores, entries, verified)
+    await _store(stores, entries, verified, namespace)
     for index, _ in verified:
         results[index] = BundleMemberResult(
             sha256=entries[index].sha256, status=BundleStatus.stored
@@ -176,15 +182,25 @@ async def _members(reader: _Reader, entries: list[Entry]) -> AsyncIterator[tuple
         yield index, data
 
 
-async def _store(stores: Stores, entries: list[Entry], verified: list[tuple[int, bytes]]) -> None:
-    """Bytes first (durable, final names), records second: never a record without bytes."""
+async def _store(
+    stores: Stores, entries: list[Entry], verified: list[tuple[int, bytes]], namespace: str
+) -> None:
+    """Bytes first (durable, final names), records second: never a record without bytes.
+    Content stored already (sent by another namespace) is not written again; the
+    namespace is recorded as holding all of it."""
     if not verified:
         return
-    await stores.blobs.put_many([(entries[i].sha256, data) for i, data in verified])
-    now = utcnow()
-    await stores.metadata.put_blobs(
-        [
-            BlobRecord(sha256=entries[i].sha256, size=len(data), stored_at=now)
-            for i, data in verified
-        ]
-    )
+    hashes = [entries[i].sha256 for i, _ in verified]
+    held = await stores.metadata.get_blobs(hashes)
+    new = [
+        (entries[i].sha256, data)
+        for i, data in verified
+        if (blob := held.get(entries[i].sha256)) is None or blob.state is not BlobState.present
+    ]
+    if new:
+        await stores.blobs.put_many(new)
+        now = utcnow()
+        await stores.metadata.put_blobs(
+            [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new]
+        )
+    await stores.metadata.add_possession(namespace, hashes)

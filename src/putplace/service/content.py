@@ -8,7 +8,7 @@ limit, and is verified by :mod:`putplace.service.ingest` before it is recorded p
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 
 from putplace.auth import utcnow
@@ -63,9 +63,11 @@ async def registered_location(
     return record
 
 
-async def registered_content(metadata: MetadataStore, sha256: str) -> FileRecord:
-    """Some record holding *sha256*, else :class:`NotFoundError`."""
-    records = await metadata.list_files(sha256=checked_sha256(sha256), limit=1)
+async def registered_content(metadata: MetadataStore, sha256: str, namespace: str) -> FileRecord:
+    """Some record of *namespace* holding *sha256*, else :class:`NotFoundError`."""
+    records = await metadata.list_files(
+        sha256=checked_sha256(sha256), limit=1, namespaces=[namespace]
+    )
     if not records:
         raise NotFoundError(
             "No file record has this content: register it with POST /put_files first"
@@ -76,36 +78,49 @@ async def registered_content(metadata: MetadataStore, sha256: str) -> FileRecord
 async def accept(
     stores: Stores, settings: Settings, record: FileRecord, chunks: AsyncIterable[bytes]
 ) -> Accepted:
-    """Store *chunks* as the content of *record* unless it is stored already.
+    """Store *chunks* as the content of *record* unless its namespace has sent it before.
 
     The bytes are verified against the record's hash and size as they stream in; only
-    then is the blob recorded present. Already stored: the body is not read.
+    then is the blob recorded present, and the record's namespace recorded as holding it.
+    Sent before by the namespace (or its trust domain): the body is not read. Stored, but
+    never sent by this namespace: verified and dropped, and answered as stored, so the
+    answer tells nobody what other namespaces hold.
     """
     check_upload_size(record.file_size, settings)
-    if not await needs_content(stores.metadata, record.sha256):
+    sha256, namespace = record.sha256, record.namespace
+    held = not await needs_content(stores.metadata, sha256)
+    if held and await proven(stores.metadata, settings, namespace, [sha256]):
         return Accepted(record.file_size, stored=False)
     size = await store_verified(
-        stores.blobs,
-        record.sha256,
+        None if held else stores.blobs,
+        sha256,
         with_idle_timeout(chunks, settings.upload_idle_timeout_seconds),
         expected_size=record.file_size,
         max_size=settings.max_upload_bytes,
     )
-    await stores.metadata.put_blob(
-        BlobRecord(sha256=record.sha256, size=size, state=BlobState.present, stored_at=utcnow())
-    )
+    if not held:
+        await stores.metadata.put_blob(
+            BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
+        )
+    await stores.metadata.add_possession(namespace, [sha256])
     return Accepted(size, stored=True)
 
 
+async def proven(
+    metadata: MetadataStore, settings: Settings, namespace: str, sha256s: Collection[str]
+) -> set[str]:
+    """The hashes of *sha256s* that *namespace* (or its trust domain) has sent."""
+    return await metadata.possessed(settings.trust_domain(namespace), sha256s)
+
+
 async def stored_blob(
-    metadata: MetadataStore, sha256: str, namespaces: Sequence[str]
+    metadata: MetadataStore, settings: Settings, sha256: str, namespaces: Sequence[str]
 ) -> BlobRecord:
-    """The record of content stored and verified that a record or past version in
-    *namespaces* (empty: any) holds, else :class:`NotFoundError`: a reader gets only its
-    namespaces' content."""
-    if namespaces and not await metadata.is_referenced(
-        checked_sha256(sha256), namespaces=namespaces
-    ):
+    """The record of content stored and verified that one of *namespaces* (or their trust
+    domains; empty: any) has sent, else :class:`NotFoundError`. A record naming a hash is
+    not enough: anyone can name one."""
+    domains = {n for namespace in namespaces for n in settings.trust_domain(namespace)}
+    if namespaces and not await metadata.possessed(sorted(domains), [checked_sha256(sha256)]):
         raise NotFoundError("Content not found")
     blob = await metadata.get_blob(checked_sha256(sha256))
     if blob is None or blob.state is not BlobState.present:

@@ -59,8 +59,21 @@ def describe(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> Fil
 
 
 async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileAnswer]:
+    """Each record's answer; its content counts as held only when its own namespace sent
+    it."""
     blobs = await store.get_blobs({r.sha256 for r in records})
-    return [describe(r, r.id, blobs.get(r.sha256)) for r in records]
+    by_namespace: dict[str, set[str]] = {}
+    for record in records:
+        by_namespace.setdefault(record.namespace, set()).add(record.sha256)
+    sent = {
+        (namespace, sha)
+        for namespace, hashes in by_namespace.items()
+        for sha in await store.possessed([namespace], hashes & blobs.keys())
+    }
+    return [
+        describe(r, r.id, blobs.get(r.sha256) if (r.namespace, r.sha256) in sent else None)
+        for r in records
+    ]
 
 
 def describe_brief(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> FileAnswer:
@@ -77,6 +90,7 @@ async def register(
     writer: ApiKeyRecord,
     namespace: str,
     *,
+    domain: Sequence[str] = (),
     brief: bool = False,
     scan_id: str | None = None,
 ) -> list[FileAnswer]:
@@ -89,6 +103,10 @@ async def register(
 
     Nothing is stored unless *writer* may write *namespace* and every record's host (and
     the scan's, which must be of *namespace*).
+
+    Content counts as held only when a namespace of *domain* (the namespace's trust
+    domain; default: the namespace alone) has sent it: otherwise the answer asks for it,
+    exactly as if the server did not hold it, so nobody learns what others store.
     """
     keys.authorize_namespace(writer, namespace, Scope.write)
     keys.authorize_hosts(writer, {meta.hostname for meta in files})
@@ -98,10 +116,18 @@ async def register(
             raise InvalidInputError(f"the scan is of namespace {scan.namespace!r}")
     unique = dedupe_by_location(files)
     stored = await store.put_files(unique, utcnow(), namespace=namespace, scan_id=scan_id)
+    held = {s.blob.sha256 for s in stored if s.blob is not None}
+    sent = await store.possessed(domain or (namespace,), held) if held else set()
+    if len(domain) > 1 and sent:
+        # Sent by another namespace of the trust domain: this one holds it now too (what
+        # searches and downloads of this namespace go by).
+        await store.add_possession(namespace, sent)
     answer = describe_brief if brief else describe
     by_location = {
-        (meta.hostname, meta.filepath): answer(meta, *done)
-        for meta, done in zip(unique, stored, strict=True)
+        (meta.hostname, meta.filepath): answer(
+            meta, record_id, blob if blob is not None and blob.sha256 in sent else None
+        )
+        for meta, (record_id, blob) in zip(unique, stored, strict=True)
     }
     return [by_location[meta.hostname, meta.filepath] for meta in files]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
-from putplace.blobs.base import BlobStore, checked_name
+from putplace.blobs.base import BlobStore, BlobWriter, checked_name
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT
 from putplace.service.errors import (
     HashMismatchError,
@@ -35,15 +35,32 @@ async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> Asy
         yield chunk
 
 
+class _Discard(BlobWriter):
+    """Keeps nothing: for bytes the server holds already, sent as proof of possession."""
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def write_all(self, chunks: Sequence[bytes]) -> None:
+        pass
+
+    async def commit(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
 async def store_verified(
-    store: BlobStore,
+    store: BlobStore | None,
     sha256: str,
     chunks: AsyncIterable[bytes],
     *,
     expected_size: int | None = None,
     max_size: int | None = None,
 ) -> int:
-    """Stream *chunks* into *store* as blob *sha256*; return the size stored.
+    """Stream *chunks* into *store* as blob *sha256*; return the size stored. Without a
+    store, the bytes are verified the same way and dropped.
 
     Raises :class:`HashMismatchError`, :class:`SizeMismatchError` or :class:`TooLargeError`
     (and whatever the backend raises) with nothing stored.
@@ -80,7 +97,7 @@ async def store_verified(
             await in_progress
         in_progress = asyncio.create_task(consume(batch, batch_size))
 
-    writer = await store.begin(sha256, size_hint=expected_size)
+    writer = _Discard() if store is None else await store.begin(sha256, size_hint=expected_size)
     try:
         async for chunk in chunks:
             size += len(chunk)

@@ -87,9 +87,12 @@ async def upload_file(
         }
     },
 )
-async def put_blob(caller: Writer, sha256: Sha256Path, request: Request) -> Response:
+async def put_blob(
+    caller: Writer, sha256: Sha256Path, request: Request, namespace: NamespaceParam = None
+) -> Response:
     stores = caller.state.stores
-    record = await content.registered_content(stores.metadata, sha256)
+    target = caller.namespace(Scope.write, namespace)
+    record = await content.registered_content(stores.metadata, sha256, target)
     accepted = await content.accept(stores, caller.state.settings, record, request.stream())
     return JSONResponse(
         {"sha256": sha256, "file_size": accepted.size},
@@ -124,8 +127,13 @@ async def put_blob(caller: Writer, sha256: Sha256Path, request: Request) -> Resp
         }
     },
 )
-async def post_bundle(caller: Writer, request: Request) -> BundleResponse:
-    return await bundles.accept_bundle(caller.state.stores, caller.state.settings, request.stream())
+async def post_bundle(
+    caller: Writer, request: Request, namespace: NamespaceParam = None
+) -> BundleResponse:
+    target = caller.namespace(Scope.write, namespace)
+    return await bundles.accept_bundle(
+        caller.state.stores, caller.state.settings, request.stream(), target
+    )
 
 
 @router.get(
@@ -147,8 +155,9 @@ async def download(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     namespace: NamespacesParam = None,
 ) -> Response:
+    state = caller.state
     blob = await content.stored_blob(
-        caller.state.stores.metadata, sha256, caller.readable(namespace)
+        state.stores.metadata, state.settings, sha256, caller.readable(namespace)
     )
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}

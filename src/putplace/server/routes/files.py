@@ -37,9 +37,10 @@ ScanParam = Annotated[
 async def put_file(
     meta: FileMetadata, caller: Writer, scan: ScanParam = None, namespace: NamespaceParam = None
 ) -> Response:
+    target = caller.namespace(Scope.write, namespace)
     (answer,) = await files.register(
-        caller.state.stores.metadata, [meta], caller.key,
-        caller.namespace(Scope.write, namespace), scan_id=scan,
+        caller.state.stores.metadata, [meta], caller.key, target,
+        domain=caller.state.settings.trust_domain(target), scan_id=scan,
     )  # fmt: skip
     return json_response(answer, status.HTTP_201_CREATED)
 
@@ -91,7 +92,13 @@ async def put_files(
     items = _batch_items(await read_json(request), caller.state.settings.max_batch_records)
     valid, positions, results = _validate(items)
     registered = await files.register(
-        caller.state.stores.metadata, valid, caller.key, target, brief=brief, scan_id=scan
+        caller.state.stores.metadata,
+        valid,
+        caller.key,
+        target,
+        domain=caller.state.settings.trust_domain(target),
+        brief=brief,
+        scan_id=scan,
     )
     for index, answer in zip(positions, registered, strict=True):
         results[index] = {"index": index, "ok": True, "file": answer, "errors": None}
@@ -150,4 +157,5 @@ async def get_file(
 ) -> Response:
     metadata = caller.state.stores.metadata
     record = await files.first_with_content(metadata, sha256, caller.readable(namespace))
-    return json_response(files.describe(record, record.id, await metadata.get_blob(sha256)))
+    (answer,) = await files.describe_all(metadata, [record])
+    return json_response(answer)
