@@ -185,10 +185,14 @@ class Settings(BaseSettings):
     @field_validator("trust_domains")
     @classmethod
     def _check_trust_domains(cls, value: str) -> str:
+        grouped: set[str] = set()
         for group in value.split(";"):
             for name in filter(None, (n.strip() for n in group.split(","))):
                 if NAMESPACE_RE.fullmatch(name) is None:
                     raise ValueError(f"not a namespace name: {name!r}")
+                if name in grouped:  # in two groups, trust would run one way only
+                    raise ValueError(f"{name!r} is in more than one trust domain")
+                grouped.add(name)
         return value
 
     def trust_domain(self, namespace: str) -> tuple[str, ...]:

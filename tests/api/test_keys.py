@@ -100,7 +100,8 @@ def expected(kind: str, call: Call) -> int | None:
     if kind in ("none", "empty", "malformed", "unknown", "revoked", "expired", "rotated"):
         return 401
     if kind == "elsewhere":
-        return 403  # content too: a namespace sends it, and learns only its own
+        # Another namespace's scan is not found (its existence is not the key's to know).
+        return 404 if call.path.startswith("/scans/") else 403
     scope = "write" if kind == "bound" else kind
     if RANK[scope] < RANK[call.needed] or (kind == "bound" and call.names_host):
         return 403

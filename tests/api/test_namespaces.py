@@ -99,8 +99,10 @@ async def test_read_grants_and_every_namespace(api: httpx.AsyncClient, keys: Key
         answer = await put(api, metadata(namespace.encode(), filepath=f"/{namespace}"),
                            params={"namespace": namespace}, headers=writer)  # fmt: skip
         assert answer.status_code == 201
-    # Two namespaces and none named: the default namespace, which it was not granted.
-    assert (await put(api, metadata(b"?"), headers=writer)).status_code == 403
+    # Two namespaces and none named: which one is for the client to say.
+    unnamed = await put(api, metadata(b"?"), headers=writer)
+    assert unnamed.status_code == 400
+    assert unnamed.json()["detail"] == ("this API key uses 2 namespaces: name one with ?namespace=")
     assert paths(await api.get("/files", headers=reader)) == [("team-a", "/team-a")]
     assert (await put(api, metadata(b"r"), headers=reader)).status_code == 403
     assert paths(await api.get("/files", headers=everyone)) == [

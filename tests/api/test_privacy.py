@@ -69,7 +69,9 @@ async def probe(api: httpx.AsyncClient, key: dict[str, str], content: bytes) -> 
         await api.post("/bundles", content=bundle([(sha, wrong)]), headers={**key, **BUNDLE}),
         await upload(api, record, wrong, headers=key),
     ]
-    return [same_shape(a, sha) for a in answers]
+    stats = (await api.get("/stats", headers=key)).json()  # content held, by count and size
+    return [*(same_shape(a, sha) for a in answers),
+            (stats["distinct_contents"], stats["bytes_stored"])]  # fmt: skip
 
 
 async def test_no_endpoint_tells_another_namespace_what_is_stored(
@@ -83,6 +85,10 @@ async def test_no_endpoint_tells_another_namespace_what_is_stored(
     assert (await put(api, record, headers=team_a)).json()["upload_required"] is False
 
     assert await probe(api, team_b, SECRET) == await probe(api, team_b, NEVER)
+    # Another namespace's scan is not found, as a scan that never was.
+    theirs = await api.post("/scans", json={"hostname": "a-host", "root": "/"}, headers=team_a)
+    for scan_id in (theirs.json()["scan_id"], "999999"):
+        assert (await api.get(f"/scans/{scan_id}", headers=team_b)).status_code == 404
 
     # Proof of possession: B sends the bytes; they are verified (and dropped: stored once),
     # and answered as any upload is.
@@ -91,8 +97,12 @@ async def test_no_endpoint_tells_another_namespace_what_is_stored(
     assert answer.json()["upload_required"] is True
     sent = await api.put(f"/blobs/{mine['sha256']}", content=SECRET, headers=team_b)
     assert sent.status_code == 201
-    again = await put(api, mine, headers=team_b)
-    assert (again.json()["upload_required"], again.json()["has_file_content"]) == (False, True)
+    again = (await put(api, mine, headers=team_b)).json()
+    assert (again["upload_required"], again["has_file_content"]) == (False, True)
+    # Uploaded when B sent it, not when A did.
+    a_time = (await put(api, record, headers=team_a)).json()["file_uploaded_at"]
+    assert again["file_uploaded_at"] > a_time
+    assert (await api.get("/stats", headers=team_b)).json()["distinct_contents"] == 1
     downloaded = await api.get(f"/download/{mine['sha256']}", headers=team_b)
     assert downloaded.content == SECRET
     stats = (await api.get("/stats", headers={"X-API-Key": keys.admin})).json()

@@ -241,7 +241,7 @@ async def test_search_sorts_and_pages_every_record_once(
 async def test_search_by_content_presence_and_upload_time(fleet: MetadataStore) -> None:
     await fleet.put_blobs([blob(100, size=100, seconds=50)])  # sha(100) is stored...
     assert await search(fleet, has_content=True) == []  # ...but no namespace sent it yet
-    await fleet.add_possession("default", [sha(100)])
+    await fleet.add_possession("default", [sha(100)], at(50))
     stored = sorted(paths(await search(fleet, has_content=True)))
     assert stored == ["/srv/app/lib/util.py", "/srv/data.bin", "/srvx/readme"]
     assert len(await search(fleet, has_content=False)) == 3
@@ -252,12 +252,18 @@ async def test_search_by_content_presence_and_upload_time(fleet: MetadataStore) 
     claim = meta("web", "/claimed", file_size=100, sha256=sha(100))
     await fleet.put_files([claim], at(60), namespace="other")
     assert paths(await search(fleet, has_content=False, namespaces=("other",))) == ["/claimed"]
-    assert await fleet.possessed(["other"], [sha(100)]) == set()
-    await fleet.add_possession("other", [sha(100), sha(100)])
+    assert await fleet.possessed(["other"], [sha(100)]) == {}
+    await fleet.add_possession("other", [sha(100), sha(100)], at(70))
+    await fleet.add_possession("other", [sha(100)], at(80))  # its first time stands
     assert paths(await search(fleet, has_content=True, namespaces=("other",))) == ["/claimed"]
-    assert await fleet.possessed(["x", "other"], [sha(100), sha(7)]) == {sha(100)}
+    # Uploaded, for a namespace, is when it sent the content.
+    assert await search(fleet, uploaded_before=at(70), namespaces=("other",)) == []
+    assert await fleet.possessed(["x", "other"], [sha(100), sha(7)]) == {sha(100): at(70)}
+    assert await fleet.possessed(["other", "default"], [sha(100)]) == {sha(100): at(50)}
+    assert await fleet.held_totals(["other"]) == (1, 100)
+    assert await fleet.held_totals(["nobody"]) == (0, 0)
     await fleet.delete_blob(sha(100))  # its proofs go with it
-    assert await fleet.possessed(["default", "other"], [sha(100)]) == set()
+    assert await fleet.possessed(["default", "other"], [sha(100)]) == {}
 
 
 async def test_search_live_deleted_and_as_of(fleet: MetadataStore) -> None:

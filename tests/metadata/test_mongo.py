@@ -197,6 +197,9 @@ async def test_a_database_of_the_previous_release_is_migrated(mongo_uri: str) ->
             {"_id": {"day": "2025-03-01", "hostname": "h"}, "files_added": 1,
              "bytes_added": 42, "files_deleted": 0, "bytes_deleted": 0}
         )  # fmt: skip
+        await db["blobs"].insert_one(
+            {"_id": fields["sha256"], "size": 42, "state": "present", "stored_at": NOW}
+        )
         await db["meta"].insert_one({"_id": "schema", "version": 1})
     store = MongoMetadataStore(mongo_uri, database=name)
     try:
@@ -206,6 +209,8 @@ async def test_a_database_of_the_previous_release_is_migrated(mongo_uri: str) ->
         assert old.namespace == "default"
         (totals,) = (await store.totals(None)).growth
         assert totals == ("2025-03-01", "default", "h", 1, 42, 0, 0)
+        # All content stored before counts as sent by the default namespace, then.
+        assert await store.possessed(["default"], [old.sha256]) == {old.sha256: NOW}
         # The same location in another namespace is another record.
         await store.put_files([meta("h", "/a", file_size=7)], NOW, namespace="team-b")
         theirs = await store.get_file("h", "/a", "team-b")

@@ -59,5 +59,7 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
         again = await reopened.get_file("h", "/a")
         assert again is not None
         assert (again.namespace, again.file_size) == ("default", 11)
+        # Content stored before namespaces counts as sent by the default one, then.
+        assert await reopened.possessed(["default"], [sha("/a")]) == {sha("/a"): at(0)}
     finally:
         await reopened.close()

@@ -132,12 +132,20 @@ class MetadataStore(ABC):
 
     # -- possession: which namespaces have proven they hold a content -------------------
     @abstractmethod
-    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
-        """Record that *namespace* sent these contents' bytes, verified (idempotent)."""
+    async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
+        """Record that *namespace* sent these contents' bytes, verified, at *now* (a
+        content it sent before keeps its first time)."""
 
     @abstractmethod
-    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
-        """The hashes of *sha256s* that one of *namespaces* has proven it holds."""
+    async def possessed(
+        self, namespaces: Sequence[str], sha256s: Collection[str]
+    ) -> dict[str, datetime]:
+        """For the hashes of *sha256s* that one of *namespaces* has sent, when it first
+        did (the earliest of them)."""
+
+    @abstractmethod
+    async def held_totals(self, namespaces: Sequence[str]) -> tuple[int, int]:
+        """How many stored contents *namespaces* have sent, and their bytes."""
 
     async def list_files(
         self,

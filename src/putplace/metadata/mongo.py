@@ -31,7 +31,7 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -208,6 +208,20 @@ def _key(doc: Mapping[str, Any]) -> ApiKeyRecord:
     return ApiKeyRecord.model_validate({**data, "id": str(doc["_id"])})
 
 
+async def _upsert_ignoring_races(
+    collection: AsyncCollection[Document], ops: list[UpdateOne]
+) -> None:
+    """Unordered upserts where a unique index turning one away (another process wrote the
+    same document first) is success."""
+    if not ops:
+        return
+    try:
+        await collection.bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != DUPLICATE_KEY for e in exc.details["writeErrors"]):
+            raise
+
+
 def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
     """Indexes of the operations an unordered bulk write lost to the unique index; the
     error itself when anything else failed (another write error, the write concern)."""
@@ -272,25 +286,24 @@ def _blob_stages(query: FileQuery) -> list[Document]:
     (``possession``): what the stored blob alone says is not the namespace's to know."""
     lookup = {"$lookup": {"from": "blobs", "localField": "sha256", "foreignField": "_id",
                           "as": "_blob"}}  # fmt: skip
+    # Uploaded: when the record's own namespace sent it.
+    since: Document = {}
+    if query.uploaded_after is not None:
+        since["$gte"] = query.uploaded_after
+    if query.uploaded_before is not None:
+        since["$lt"] = query.uploaded_before
     sent = {"$lookup": {
         "from": "possession", "let": {"s": "$sha256", "n": "$namespace"},
         "pipeline": [{"$match": {"$expr": {"$and": [{"$eq": ["$sha256", "$$s"]},
-                                                    {"$eq": ["$namespace", "$$n"]}]}}}],
+                                                    {"$eq": ["$namespace", "$$n"]}]}}},
+                     *([{"$match": {"since": since}}] if since else [])],
         "as": "_sent",
     }}  # fmt: skip
     drop = {"$project": {"_blob": 0, "_sent": 0}}
     if query.has_content is False:
         absent = {"$or": [{"_blob.state": {"$ne": BlobState.present.value}}, {"_sent": []}]}
         return [lookup, sent, {"$match": absent}, drop]
-    stored: Document = {}
-    if query.uploaded_after is not None:
-        stored["$gte"] = query.uploaded_after
-    if query.uploaded_before is not None:
-        stored["$lt"] = query.uploaded_before
-    match: Document = {"state": BlobState.present.value}
-    if stored:
-        match["stored_at"] = stored
-    held = {"_blob": {"$elemMatch": match}, "_sent": {"$ne": []}}
+    held = {"_blob": {"$elemMatch": {"state": BlobState.present.value}}, "_sent": {"$ne": []}}
     return [lookup, sent, {"$match": held}, drop]
 
 
@@ -353,12 +366,14 @@ class MongoMetadataStore(MetadataStore):
         db = client[self._database_name]
         try:
             with self._guard("create indexes"):
-                await self._migrate(db)  # first: it drops indexes the new ones replace
                 await db["files"].create_indexes(FILE_INDEXES)
                 await db["file_history"].create_indexes(HISTORY_INDEXES)
                 await db["scan_seen"].create_indexes(SEEN_INDEXES)
                 await db["possession"].create_indexes(POSSESSION_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
+                # After the indexes: the steps' writes use them (and the unique ones keep
+                # two processes migrating at once from writing anything twice).
+                await self._migrate(db)
                 # blobs: _id is the hash; its built-in unique index is all it needs.
         except BaseException:
             await client.close()
@@ -385,8 +400,9 @@ class MongoMetadataStore(MetadataStore):
 
     @staticmethod
     async def _migrate_namespaces(db: AsyncDatabase[Document]) -> None:
-        """Everything written before namespaces is in the default one; a location is
-        unique within its namespace (the old unique index goes first)."""
+        """Everything written before namespaces is in the default one, and all content
+        stored so far counts as sent by it; a location is unique within its namespace
+        (the new unique index exists; the old one, across namespaces, goes)."""
         for name in ("files", "file_history"):
             if "location" in await db[name].index_information():
                 await db[name].drop_index("location")
@@ -394,17 +410,27 @@ class MongoMetadataStore(MetadataStore):
             await db[name].update_many(
                 {"namespace": {"$exists": False}}, {"$set": {"namespace": DEFAULT_NAMESPACE}}
             )
-        async for blob in db["blobs"].find({"state": "present"}, projection={"_id": 1}):
-            await db["possession"].update_one(
-                {"sha256": blob["_id"], "namespace": DEFAULT_NAMESPACE},
-                {"$setOnInsert": {"since": datetime.now(UTC)}}, upsert=True,
-            )  # fmt: skip
+        blobs = db["blobs"].find({"state": "present"}, projection={"stored_at": 1})
+        batch: list[UpdateOne] = []
+        async for blob in blobs:
+            batch.append(
+                UpdateOne(
+                    {"sha256": blob["_id"], "namespace": DEFAULT_NAMESPACE},
+                    {"$setOnInsert": {"since": blob["stored_at"]}},
+                    upsert=True,
+                )
+            )
+            if len(batch) == 1000:
+                await _upsert_ignoring_races(db["possession"], batch)
+                batch = []
+        await _upsert_ignoring_races(db["possession"], batch)
         growth = db["growth"]
         async for row in growth.find({"_id.namespace": {"$exists": False}}):
             key = {"day": row["_id"]["day"], "namespace": DEFAULT_NAMESPACE,
                    "hostname": row["_id"]["hostname"]}  # fmt: skip
             counts = {k: v for k, v in row.items() if k != "_id"}
-            await growth.update_one({"_id": key}, {"$set": counts}, upsert=True)
+            # $inc: a process that migrated first may have counted on this row already.
+            await growth.update_one({"_id": key}, {"$inc": counts}, upsert=True)
             await growth.delete_one({"_id": row["_id"]})
 
     @staticmethod
@@ -967,34 +993,43 @@ class MongoMetadataStore(MetadataStore):
                 await self._count_blobs(-1, -int(doc["size"]))
         return doc is not None
 
-    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
+    async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
         ops = [
-            UpdateOne(
-                {"sha256": sha, "namespace": namespace},
-                {"$setOnInsert": {"since": datetime.now(UTC)}},
-                upsert=True,
-            )
+            UpdateOne({"sha256": sha, "namespace": namespace},
+                      {"$setOnInsert": {"since": now}}, upsert=True)
             for sha in dict.fromkeys(sha256s)
-        ]
-        if ops:
-            with self._guard("add_possession"):
-                try:
-                    await self._coll("possession").bulk_write(ops, ordered=False)
-                except BulkWriteError as exc:  # a concurrent upsert of the same pair
-                    if any(e.get("code") != DUPLICATE_KEY for e in exc.details["writeErrors"]):
-                        raise
+        ]  # fmt: skip
+        with self._guard("add_possession"):
+            await _upsert_ignoring_races(self._coll("possession"), ops)
 
-    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
+    async def possessed(
+        self, namespaces: Sequence[str], sha256s: Collection[str]
+    ) -> dict[str, datetime]:
         hashes = list(dict.fromkeys(sha256s))
-        found: set[str] = set()
+        found: dict[str, datetime] = {}
         if not hashes or not namespaces:
             return found
         with self._guard("possessed"):
             for chunk in chunked(hashes, _IN_CHUNK):
                 query = {"sha256": {"$in": list(chunk)}, "namespace": {"$in": list(namespaces)}}
-                async for doc in self._coll("possession").find(query, projection={"sha256": 1}):
-                    found.add(doc["sha256"])
+                async for doc in self._coll("possession").find(query):
+                    since = found.get(doc["sha256"])
+                    found[doc["sha256"]] = (
+                        doc["since"] if since is None else min(since, doc["since"])
+                    )
         return found
+
+    async def held_totals(self, namespaces: Sequence[str]) -> tuple[int, int]:
+        hashes: set[str] = set()
+        with self._guard("held_totals"):
+            query = {"namespace": {"$in": list(namespaces)}}
+            async for doc in self._coll("possession").find(query, projection={"sha256": 1}):
+                hashes.add(doc["sha256"])
+            count, size = 0, 0
+            for blob in (await self.get_blobs(hashes)).values():
+                if blob.state is BlobState.present:
+                    count, size = count + 1, size + blob.size
+        return count, size
 
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         check_limit(limit)

@@ -233,9 +233,12 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE possession (
             sha256 TEXT NOT NULL,
             namespace TEXT NOT NULL,
+            since TEXT NOT NULL,
             PRIMARY KEY (sha256, namespace)
         ) WITHOUT ROWID""",
-        "INSERT INTO possession SELECT sha256, 'default' FROM blobs WHERE state = 'present'",
+        "INSERT INTO possession SELECT sha256, 'default', stored_at FROM blobs "
+        "WHERE state = 'present'",
+        "CREATE INDEX possession_namespace ON possession (namespace)",
         """CREATE TABLE growth_v3 (
             day TEXT NOT NULL,
             namespace TEXT NOT NULL,
@@ -520,21 +523,21 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
         if value is not None:
             add(clause, value)
     if query.needs_blob:
-        blob = ["b.sha256 = f.sha256", "b.state = 'present'"]
+        # Held: stored, and sent by the record's own namespace (what the blob alone says
+        # is not the namespace's to know); uploaded when that namespace sent it.
+        sent = ["p.sha256 = f.sha256", "p.namespace = f.namespace"]
         values: list[Any] = []
         for clause, when in (
-            ("b.stored_at >= ?", query.uploaded_after),
-            ("b.stored_at < ?", query.uploaded_before),
+            ("p.since >= ?", query.uploaded_after),
+            ("p.since < ?", query.uploaded_before),
         ):
             if when is not None:
-                blob.append(clause)
+                sent.append(clause)
                 values.append(_iso(when))
-        # Held: stored, and sent by the record's own namespace (what the blob alone says
-        # is not the namespace's to know).
-        blob.append(
-            "EXISTS (SELECT 1 FROM possession AS p WHERE p.sha256 = f.sha256 "
-            "AND p.namespace = f.namespace)"
-        )
+        blob = [
+            "b.sha256 = f.sha256", "b.state = 'present'",
+            f"EXISTS (SELECT 1 FROM possession AS p WHERE {' AND '.join(sent)})",
+        ]  # fmt: skip
         negate = "NOT " if query.has_content is False else ""
         add(f"{negate}EXISTS (SELECT 1 FROM blobs AS b WHERE {' AND '.join(blob)})", *values)
     return clauses, args
@@ -1048,31 +1051,45 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(delete)
 
-    async def add_possession(self, namespace: str, sha256s: Collection[str]) -> None:
-        rows = [(sha, namespace) for sha in dict.fromkeys(sha256s)]
+    async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
+        rows = [(sha, namespace, _iso(now)) for sha in dict.fromkeys(sha256s)]
         if rows:
             await self._write(
-                lambda c: c.executemany("INSERT OR IGNORE INTO possession VALUES (?, ?)", rows)
+                lambda c: c.executemany("INSERT OR IGNORE INTO possession VALUES (?, ?, ?)", rows)
             )
 
-    async def possessed(self, namespaces: Sequence[str], sha256s: Collection[str]) -> set[str]:
+    async def possessed(
+        self, namespaces: Sequence[str], sha256s: Collection[str]
+    ) -> dict[str, datetime]:
         hashes = list(dict.fromkeys(sha256s))
         if not hashes or not namespaces:
-            return set()
+            return {}
         within = ", ".join("?" * len(namespaces))
 
-        def query(conn: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
+        def query(conn: sqlite3.Connection) -> dict[str, datetime]:
+            found: dict[str, datetime] = {}
             for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
                 marks = ", ".join("?" * len(chunk))
                 sql = (
-                    f"SELECT DISTINCT sha256 FROM possession WHERE sha256 IN ({marks}) "
-                    f"AND namespace IN ({within})"
+                    f"SELECT sha256, MIN(since) FROM possession WHERE sha256 IN ({marks}) "
+                    f"AND namespace IN ({within}) GROUP BY sha256"
                 )
-                found.update(row[0] for row in conn.execute(sql, (*chunk, *namespaces)))
+                found.update(
+                    (sha, datetime.fromisoformat(since))
+                    for sha, since in conn.execute(sql, (*chunk, *namespaces))
+                )
             return found
 
         return await self._read(query)
+
+    async def held_totals(self, namespaces: Sequence[str]) -> tuple[int, int]:
+        within = ", ".join("?" * len(namespaces))
+        sql = (
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE state = 'present' "
+            f"AND sha256 IN (SELECT sha256 FROM possession WHERE namespace IN ({within}))"
+        )
+        row = await self._read(lambda c: c.execute(sql, tuple(namespaces)).fetchone())
+        return int(row[0]), int(row[1])
 
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         check_limit(limit)

@@ -142,6 +142,13 @@ async def accept_bundle(
     reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
     entries = await read_header(reader, settings)
     results = await _verdicts(stores, settings, entries, namespace)
+    present = [
+        e.sha256 for e, r in zip(entries, results, strict=True)
+        if r is not None and r.status is BundleStatus.present
+    ]  # fmt: skip
+    if present and len(settings.trust_domain(namespace)) > 1:
+        # Sent by another namespace of the trust domain: this one holds it now too.
+        await stores.metadata.add_possession(namespace, present, utcnow())
     verified: list[tuple[int, bytes]] = []
     try:
         async for index, data in _members(reader, entries):
@@ -203,4 +210,4 @@ async def _store(
         await stores.metadata.put_blobs(
             [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new]
         )
-    await stores.metadata.add_possession(namespace, hashes)
+    await stores.metadata.add_possession(namespace, hashes, utcnow())

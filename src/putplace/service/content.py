@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
@@ -90,6 +91,8 @@ async def accept(
     sha256, namespace = record.sha256, record.namespace
     held = not await needs_content(stores.metadata, sha256)
     if held and await proven(stores.metadata, settings, namespace, [sha256]):
+        # Sent by this namespace, or another of its trust domain: then it holds it too.
+        await stores.metadata.add_possession(namespace, [sha256], utcnow())
         return Accepted(record.file_size, stored=False)
     size = await store_verified(
         None if held else stores.blobs,
@@ -102,14 +105,14 @@ async def accept(
         await stores.metadata.put_blob(
             BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
         )
-    await stores.metadata.add_possession(namespace, [sha256])
+    await stores.metadata.add_possession(namespace, [sha256], utcnow())
     return Accepted(size, stored=True)
 
 
 async def proven(
     metadata: MetadataStore, settings: Settings, namespace: str, sha256s: Collection[str]
-) -> set[str]:
-    """The hashes of *sha256s* that *namespace* (or its trust domain) has sent."""
+) -> dict[str, datetime]:
+    """The hashes of *sha256s* that *namespace* (or its trust domain) has sent, and when."""
     return await metadata.possessed(settings.trust_domain(namespace), sha256s)
 
 

@@ -6,7 +6,8 @@ record means the same thing whichever endpoint stored it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from putplace.auth import utcnow
@@ -58,6 +59,14 @@ def describe(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> Fil
     return answer
 
 
+def as_sent(blob: BlobRecord | None, sent: Mapping[str, datetime]) -> BlobRecord | None:
+    """The blob as a namespace may know it: not at all unless it sent the content, and
+    uploaded when it sent it (not when another namespace did)."""
+    if blob is None or blob.sha256 not in sent:
+        return None
+    return blob.model_copy(update={"stored_at": sent[blob.sha256]})
+
+
 async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileAnswer]:
     """Each record's answer; its content counts as held only when its own namespace sent
     it."""
@@ -66,14 +75,10 @@ async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> l
     for record in records:
         by_namespace.setdefault(record.namespace, set()).add(record.sha256)
     sent = {
-        (namespace, sha)
+        namespace: await store.possessed([namespace], hashes & blobs.keys())
         for namespace, hashes in by_namespace.items()
-        for sha in await store.possessed([namespace], hashes & blobs.keys())
     }
-    return [
-        describe(r, r.id, blobs.get(r.sha256) if (r.namespace, r.sha256) in sent else None)
-        for r in records
-    ]
+    return [describe(r, r.id, as_sent(blobs.get(r.sha256), sent[r.namespace])) for r in records]
 
 
 def describe_brief(meta: FileMetadata, record_id: str, blob: BlobRecord | None) -> FileAnswer:
@@ -117,16 +122,14 @@ async def register(
     unique = dedupe_by_location(files)
     stored = await store.put_files(unique, utcnow(), namespace=namespace, scan_id=scan_id)
     held = {s.blob.sha256 for s in stored if s.blob is not None}
-    sent = await store.possessed(domain or (namespace,), held) if held else set()
+    sent = await store.possessed(domain or (namespace,), held) if held else {}
     if len(domain) > 1 and sent:
         # Sent by another namespace of the trust domain: this one holds it now too (what
-        # searches and downloads of this namespace go by).
-        await store.add_possession(namespace, sent)
+        # its searches and downloads go by). Its own first time stands.
+        await store.add_possession(namespace, sent, utcnow())
     answer = describe_brief if brief else describe
     by_location = {
-        (meta.hostname, meta.filepath): answer(
-            meta, record_id, blob if blob is not None and blob.sha256 in sent else None
-        )
+        (meta.hostname, meta.filepath): answer(meta, record_id, as_sent(blob, sent))
         for meta, (record_id, blob) in zip(unique, stored, strict=True)
     }
     return [by_location[meta.hostname, meta.filepath] for meta in files]

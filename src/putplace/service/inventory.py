@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from putplace.metadata import MetadataStore
-from putplace.metadata.inventory import Cursor, DuplicateGroup, FileQuery
+from putplace.metadata.inventory import Cursor, DuplicateGroup, FileQuery, Totals
 from putplace.models import FileVersion, Location
 from putplace.service.errors import InvalidInputError, NotFoundError
 from putplace.service.files import FileAnswer, checked_sha256, describe_all
@@ -133,6 +133,9 @@ async def stats(
     namespaces: Sequence[str] = (),
 ) -> Stats:
     totals = await store.totals(hostname, namespaces)
+    if namespaces:  # only what these namespaces sent: the global totals tell what others hold
+        count, size = await store.held_totals(namespaces)
+        totals = Totals(growth=totals.growth, blob_count=count, blob_bytes=size)
     groups = await duplicates.get(store, hostname, top, namespaces)
     hosts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     growth: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])

@@ -215,9 +215,13 @@ def scope_in(record: ApiKeyRecord, namespace: str) -> Scope | None:
     return grants.get(namespace, grants.get(EVERY_NAMESPACE))
 
 
-def authorize_namespace(record: ApiKeyRecord, namespace: str, needed: Scope) -> None:
+def may_use(record: ApiKeyRecord, namespace: str, needed: Scope) -> bool:
     scope = scope_in(record, namespace)
-    if scope is None or not scope.allows(needed):
+    return scope is not None and scope.allows(needed)
+
+
+def authorize_namespace(record: ApiKeyRecord, namespace: str, needed: Scope) -> None:
+    if not may_use(record, namespace, needed):
         raise ForbiddenError(f"This API key may not {_VERBS[needed]} namespace {namespace!r}")
 
 
@@ -232,6 +236,10 @@ def home_namespace(record: ApiKeyRecord, needed: Scope, requested: str | None) -
             n for n, s in _grants(record).items() if n != EVERY_NAMESPACE and s.allows(needed)
         ]
         only = len(usable) == 1 and record.scope is not Scope.admin
+        if len(usable) > 1 and not may_use(record, DEFAULT_NAMESPACE, needed):
+            raise InvalidInputError(
+                f"this API key uses {len(usable)} namespaces: name one with ?namespace="
+            )
         requested = usable[0] if only else DEFAULT_NAMESPACE
     authorize_namespace(record, requested, needed)
     return requested

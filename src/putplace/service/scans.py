@@ -54,7 +54,8 @@ async def get_scan(store: MetadataStore, scan_id: str, writer: ApiKeyRecord) -> 
     scan = await store.get_scan(scan_id)
     if scan is None:
         raise NotFoundError("no such scan")
-    keys.authorize_namespace(writer, scan.namespace, Scope.write)
+    if not keys.may_use(writer, scan.namespace, Scope.write):
+        raise NotFoundError("no such scan")  # another namespace's scan: not ours to know of
     keys.authorize_hosts(writer, [scan.hostname])
     return scan
 
