@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from putplace.config import Settings
 from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import bundle, metadata, put, upload
 from tests.support.servers import running_server
@@ -90,6 +91,9 @@ async def test_no_endpoint_tells_another_namespace_what_is_stored(
     for scan_id in (theirs.json()["scan_id"], "999999"):
         assert (await api.get(f"/scans/{scan_id}", headers=team_b)).status_code == 404
 
+    # /stats counts what B's namespaces sent: not A's content.
+    assert (await api.get("/stats", headers=team_b)).json()["distinct_contents"] == 0
+
     # Proof of possession: B sends the bytes; they are verified (and dropped: stored once),
     # and answered as any upload is.
     mine = metadata(SECRET, hostname="b-host", filepath="/my-memo")
@@ -133,3 +137,10 @@ async def test_one_trust_domain_shares_answers_and_content(shared: tuple[str, Ke
         assert [f["filepath"] for f in found.json()] == ["/b-copy"]
         other = await put(api, metadata(SECRET, filepath="/lab-copy"), headers=outsider)
         assert other.json()["upload_required"] is True  # another domain must send it
+
+
+def test_a_namespace_is_in_one_trust_domain_at_most() -> None:
+    # In two groups, trust would run one way: c could learn what a sent, through b.
+    with pytest.raises(ValueError, match="'b' is in more than one trust domain"):
+        Settings(trust_domains="a,b;b,c")
+    assert Settings(trust_domains="a, b; c").trust_domain("b") == ("a", "b")
