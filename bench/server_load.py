@@ -50,7 +50,7 @@ from putplace.metadata.sqlite import (
     WRITER_CACHE_KIB,
     SQLiteMetadataStore,
 )
-from putplace.models import FileMetadata
+from putplace.models import DEFAULT_NAMESPACE, FileMetadata
 
 LUA = Path(__file__).with_name("put_file.lua")
 BATCH = 1000
@@ -200,6 +200,7 @@ def bare_sqlite(path: Path, rows: int) -> float:
                 stamp,
                 stamp,
                 stamp,
+                DEFAULT_NAMESPACE,
             ]
             for n in range(start, min(rows, start + BATCH))
         ]
