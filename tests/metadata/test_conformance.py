@@ -521,3 +521,15 @@ async def test_registered_sizes_from_the_oldest_record(store: MetadataStore) -> 
     many = [sha(i) for i in range(600)]  # more than one lookup chunk
     assert await store.registered_sizes([a, b, sha("none"), a, *many]) == {a: 10, b: 7}
     assert await store.registered_sizes([]) == {}
+
+
+async def test_put_blobs_records_who_sent_them_in_the_same_write(store: MetadataStore) -> None:
+    first, second = blob("sent-1", seconds=5), blob("sent-2", seconds=6)
+    assert await store.put_blobs([first, second], sent_by="lab") == [True, True]
+    assert await store.possessed(["lab"], [first.sha256, second.sha256]) == {
+        first.sha256: at(5), second.sha256: at(6)
+    }  # fmt: skip
+    # Already stored: the record stands, and the namespace is recorded as a sender too.
+    assert await store.put_blobs([first], sent_by="archive") == [False]
+    assert set(await store.possessed(["archive"], [first.sha256])) == {first.sha256}
+    assert await store.possessed(["other"], [first.sha256]) == {}

@@ -250,8 +250,12 @@ class MetadataStore(ABC):
         """Blob records for the hashes that have one."""
 
     @abstractmethod
-    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
-        """Record verified content as stored, in one write; one answer per blob.
+    async def put_blobs(
+        self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
+    ) -> list[bool]:
+        """Record verified content as stored, in one write; one answer per blob. With
+        *sent_by*, that namespace is recorded as having sent each of them (as
+        :meth:`add_possession` does, at each blob's ``stored_at``), in the same write.
 
         True when the record was written: the hash was new, or recorded in another state
         (a quarantined blob stored again). False when it was already recorded present;

@@ -112,7 +112,8 @@ _UPDATED_FIELDS = tuple(f for f in FILE_FIELDS if f not in ("hostname", "filepat
 
 FILE_INDEXES = [
     IndexModel(
-        [("namespace", ASCENDING), ("hostname", ASCENDING), ("filepath", ASCENDING)],
+        # Host and path first: searches by host and path prefix in every namespace use it.
+        [("hostname", ASCENDING), ("filepath", ASCENDING), ("namespace", ASCENDING)],
         name="ns_location",
         unique=True,
     ),
@@ -129,9 +130,9 @@ SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan
 HISTORY_INDEXES = [
     IndexModel(
         [
-            ("namespace", ASCENDING),
             ("hostname", ASCENDING),
             ("filepath", ASCENDING),
+            ("namespace", ASCENDING),
             ("valid_from", ASCENDING),
         ],
         name="ns_location",
@@ -945,7 +946,9 @@ class MongoMetadataStore(MetadataStore):
                     found[doc["_id"]] = _blob(doc)
         return found
 
-    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
+    async def put_blobs(
+        self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
+    ) -> list[bool]:
         """One unordered bulk write of conditional upserts.
 
         The filter matches only a record that is not present, so a quarantined record is
@@ -973,6 +976,13 @@ class MongoMetadataStore(MetadataStore):
                 inserted = {int(u["index"]) for u in exc.details.get("upserted", [])}
             if inserted:
                 await self._count_blobs(len(inserted), sum(blobs[i].size for i in inserted))
+            if sent_by is not None:
+                sent = [
+                    UpdateOne({"sha256": b.sha256, "namespace": sent_by},
+                              {"$setOnInsert": {"since": b.stored_at}}, upsert=True)
+                    for b in blobs
+                ]  # fmt: skip
+                await _upsert_ignoring_races(self._coll("possession"), sent)
         return [i not in refused for i in range(len(blobs))]
 
     async def _count_blobs(self, count: int, size: int) -> None:

@@ -209,7 +209,7 @@ MIGRATIONS: list[list[str]] = [
             updated_at TEXT NOT NULL,
             recorded_at TEXT,
             deleted_at TEXT,
-            UNIQUE (namespace, hostname, filepath)
+            UNIQUE (hostname, filepath, namespace)
         )""",
         f"INSERT INTO files_v3 (id, namespace, {_HISTORY_COLUMNS}, created_at, updated_at, "
         f"recorded_at, deleted_at) SELECT id, 'default', {_HISTORY_COLUMNS}, created_at, "
@@ -224,8 +224,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX files_size ON files (file_size)",
         "CREATE INDEX files_recorded ON files (recorded_at)",
         "ALTER TABLE file_history ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
+        # Host and path first: searches by host and path prefix in every namespace use
+        # these indexes; a location is in few namespaces.
         "DROP INDEX history_location",
-        "CREATE INDEX history_location ON file_history (namespace, hostname, filepath, valid_from)",
+        "CREATE INDEX history_location ON file_history (hostname, filepath, namespace, valid_from)",
         "ALTER TABLE scans ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE api_keys ADD COLUMN grants TEXT NOT NULL DEFAULT '{}'",
         # Which namespaces proved they hold a content (sent its bytes). All content stored
@@ -260,7 +262,7 @@ _FILE_COLUMNS = ", ".join(FILE_FIELDS)
 _UPSERT_FILE = (
     f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at, namespace) "
     f"VALUES ({', '.join('?' * (len(FILE_FIELDS) + 4))}) "
-    "ON CONFLICT (namespace, hostname, filepath) DO UPDATE SET "
+    "ON CONFLICT (hostname, filepath, namespace) DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
     "deleted_at = NULL"
@@ -1026,10 +1028,17 @@ class SQLiteMetadataStore(MetadataStore):
         hashes = list(dict.fromkeys(sha256s))
         return await self._read(lambda conn: _select_blobs(conn, hashes))
 
-    async def put_blobs(self, blobs: Sequence[BlobRecord]) -> list[bool]:
+    async def put_blobs(
+        self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
+    ) -> list[bool]:
         rows = [(b.sha256, b.size, b.state.value, b.stored_at.isoformat()) for b in blobs]
 
         def upsert(conn: sqlite3.Connection) -> list[bool]:
+            if sent_by is not None:  # one transaction, so one commit: not one more fsync
+                conn.executemany(
+                    "INSERT OR IGNORE INTO possession VALUES (?, ?, ?)",
+                    [(sha, sent_by, stored_at) for sha, _, _, stored_at in rows],
+                )
             return [conn.execute(_UPSERT_BLOB, row).rowcount > 0 for row in rows]
 
         return await self._write(upsert) if rows else []

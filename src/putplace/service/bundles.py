@@ -92,10 +92,11 @@ async def read_header(reader: _Reader, settings: Settings) -> list[Entry]:
 
 async def _verdicts(
     stores: Stores, settings: Settings, entries: list[Entry], namespace: str
-) -> list[BundleMemberResult | None]:
+) -> tuple[list[BundleMemberResult | None], set[str]]:
     """Per entry, its answer when it is known before its bytes arrive; None to verify.
     Content is "present" only when the namespace (or its trust domain) has sent it: for
-    any other, its bytes are verified, so the answer tells nothing of other namespaces."""
+    any other, its bytes are verified, so the answer tells nothing of other namespaces.
+    Also the hashes the server holds already (their bytes need not be written again)."""
     hashes = {entry.sha256 for entry in entries}
     blobs = await stores.metadata.get_blobs(hashes)
     sizes = await stores.metadata.registered_sizes(hashes, namespace)
@@ -122,7 +123,8 @@ async def _verdicts(
             verdict = None
         seen.add(sha256)
         verdicts.append(verdict)
-    return verdicts
+    held = {sha for sha, blob in blobs.items() if blob.state is BlobState.present}
+    return verdicts, held
 
 
 def _refused(sha256: str, detail: str) -> BundleMemberResult:
@@ -141,7 +143,7 @@ async def accept_bundle(
     """Read, verify and store one bundle of *namespace*'s contents; answer per member."""
     reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
     entries = await read_header(reader, settings)
-    results = await _verdicts(stores, settings, entries, namespace)
+    results, held = await _verdicts(stores, settings, entries, namespace)
     present = [
         e.sha256 for e, r in zip(entries, results, strict=True)
         if r is not None and r.status is BundleStatus.present
@@ -162,9 +164,9 @@ async def accept_bundle(
                     entries[index].sha256, f"content hashes to {actual}, not to this hash"
                 )
     except Exception:
-        await _store(stores, entries, verified, namespace)  # what arrived whole is kept
+        await _store(stores, entries, verified, namespace, held)  # what arrived whole is kept
         raise
-    await _store(stores, entries, verified, namespace)
+    await _store(stores, entries, verified, namespace, held)
     for index, _ in verified:
         results[index] = BundleMemberResult(
             sha256=entries[index].sha256, status=BundleStatus.stored
@@ -190,24 +192,24 @@ async def _members(reader: _Reader, entries: list[Entry]) -> AsyncIterator[tuple
 
 
 async def _store(
-    stores: Stores, entries: list[Entry], verified: list[tuple[int, bytes]], namespace: str
+    stores: Stores,
+    entries: list[Entry],
+    verified: list[tuple[int, bytes]],
+    namespace: str,
+    held: set[str],
 ) -> None:
     """Bytes first (durable, final names), records second: never a record without bytes.
-    Content stored already (sent by another namespace) is not written again; the
-    namespace is recorded as holding all of it."""
-    if not verified:
-        return
-    hashes = [entries[i].sha256 for i, _ in verified]
-    held = await stores.metadata.get_blobs(hashes)
-    new = [
-        (entries[i].sha256, data)
-        for i, data in verified
-        if (blob := held.get(entries[i].sha256)) is None or blob.state is not BlobState.present
-    ]
+    Content the server held already (sent by another namespace) is not written again;
+    the namespace is recorded as having sent all of it, in the same write as the new
+    blob records."""
+    new = [(entries[i].sha256, data) for i, data in verified if entries[i].sha256 not in held]
+    known = [entries[i].sha256 for i, _ in verified if entries[i].sha256 in held]
     if new:
         await stores.blobs.put_many(new)
         now = utcnow()
         await stores.metadata.put_blobs(
-            [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new]
+            [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new],
+            sent_by=namespace,
         )
-    await stores.metadata.add_possession(namespace, hashes, utcnow())
+    if known:
+        await stores.metadata.add_possession(namespace, known, utcnow())

@@ -101,11 +101,11 @@ async def accept(
         expected_size=record.file_size,
         max_size=settings.max_upload_bytes,
     )
-    if not held:
-        await stores.metadata.put_blob(
-            BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
-        )
-    await stores.metadata.add_possession(namespace, [sha256], utcnow())
+    if held:
+        await stores.metadata.add_possession(namespace, [sha256], utcnow())
+    else:
+        blob = BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
+        await stores.metadata.put_blobs([blob], sent_by=namespace)
     return Accepted(size, stored=True)
 
 
