@@ -8,6 +8,8 @@ then the defaults below.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +31,40 @@ DEFAULT_CONFIG_FILE = "ppserver.toml"
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A namespace's limits: live file records, and bytes of content it sent."""
+
+    files: int | None = None
+    bytes: int | None = None
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_QUOTA_ITEM = re.compile(r"(files|bytes)=(\d+)([kmgt]?)", re.IGNORECASE)
+
+
+def _parse_quotas(value: str) -> dict[str, Quota]:
+    quotas: dict[str, Quota] = {}
+    for entry in filter(None, (e.strip() for e in value.split(";"))):
+        namespace, _, limits = entry.partition(":")
+        namespace = namespace.strip()
+        if NAMESPACE_RE.fullmatch(namespace) is None:
+            raise ValueError(f"not a namespace name: {namespace!r}")
+        found: dict[str, int] = {}
+        for item in (i.strip() for i in limits.split(",")):
+            match = _QUOTA_ITEM.fullmatch(item)
+            if match is None:
+                raise ValueError(f"not files=N or bytes=SIZE: {item!r} (for {namespace!r})")
+            kind, number, unit = match[1].lower(), match[2], match[3].upper()
+            if kind == "files" and unit:
+                raise ValueError(f"files=N takes a plain count: {item!r}")
+            found[kind] = int(number) * _UNITS[unit]
+        if namespace in quotas:
+            raise ValueError(f"{namespace!r} has two quota entries")
+        quotas[namespace] = Quota(**found)
+    return quotas
 
 
 class Settings(BaseSettings):
@@ -116,6 +152,13 @@ class Settings(BaseSettings):
         "by `,` (`team-a,team-b;lab,lab-archive`). Every other namespace is its own domain: "
         "it must send content it has not sent before, even when the server holds it.",
     )
+    quotas: str = Field(
+        "",
+        description="Limits per namespace: `NAMESPACE:files=N,bytes=SIZE` separated by `;` "
+        "(`lab:files=1000000,bytes=500G;archive:bytes=2T`; SIZE in bytes or with K, M, G, "
+        "T: binary units). `files`: live file records; `bytes`: content the namespace sent. "
+        "A namespace not named has no limit.",
+    )
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "
@@ -194,6 +237,19 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name!r} is in more than one trust domain")
                 grouped.add(name)
         return value
+
+    @field_validator("quotas")
+    @classmethod
+    def _check_quotas(cls, value: str) -> str:
+        _parse_quotas(value)
+        return value
+
+    def quota(self, namespace: str) -> Quota:
+        """The limits of *namespace* (none when it is not named)."""
+        return self.all_quotas().get(namespace, Quota())
+
+    def all_quotas(self) -> dict[str, Quota]:
+        return _parse_quotas(self.quotas)
 
     def trust_domain(self, namespace: str) -> tuple[str, ...]:
         """The namespaces whose proven content *namespace* may count as its own."""

@@ -130,6 +130,11 @@ class MetadataStore(ABC):
         """For each hash some file record of *namespace* holds, the size its oldest such
         record gives."""
 
+    @abstractmethod
+    async def count_live(self, namespace: str, locations: Collection[tuple[str, str]]) -> int:
+        """How many of these (hostname, filepath) locations hold a live record in
+        *namespace*."""
+
     # -- possession: which namespaces have proven they hold a content -------------------
     @abstractmethod
     async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:

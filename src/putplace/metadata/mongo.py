@@ -1003,6 +1003,14 @@ class MongoMetadataStore(MetadataStore):
                 await self._count_blobs(-1, -int(doc["size"]))
         return doc is not None
 
+    async def count_live(self, namespace: str, locations: Collection[tuple[str, str]]) -> int:
+        projection = {"deleted_at": 1}
+        with self._guard("count_live"):
+            return sum(
+                [d.get("deleted_at") is None async for d in
+                 self._at(namespace, list(dict.fromkeys(locations)), projection)]
+            )  # fmt: skip
+
     async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
         ops = [
             UpdateOne({"sha256": sha, "namespace": namespace},

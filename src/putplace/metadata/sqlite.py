@@ -1060,6 +1060,15 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(delete)
 
+    async def count_live(self, namespace: str, locations: Collection[tuple[str, str]]) -> int:
+        wanted = list(dict.fromkeys(locations))
+        return await self._read(
+            lambda c: sum(
+                1 for (deleted_at,) in _select_at(c, "deleted_at", namespace, wanted)
+                if deleted_at is None
+            )
+        )  # fmt: skip
+
     async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
         rows = [(sha, namespace, _iso(now)) for sha in dict.fromkeys(sha256s)]
         if rows:

@@ -29,6 +29,7 @@ from putplace.models import (
     BundleResponse,
     BundleStatus,
 )
+from putplace.service import quotas
 from putplace.service.content import proven
 from putplace.service.errors import InvalidInputError, TooLargeError
 from putplace.service.ingest import with_idle_timeout
@@ -144,6 +145,8 @@ async def accept_bundle(
     reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
     entries = await read_header(reader, settings)
     results, held = await _verdicts(stores, settings, entries, namespace)
+    arriving = sum(e.length for e, r in zip(entries, results, strict=True) if r is None)
+    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, arriving)
     present = [
         e.sha256 for e, r in zip(entries, results, strict=True)
         if r is not None and r.status is BundleStatus.present

@@ -17,7 +17,7 @@ from putplace.blobs.base import BlobNotFoundError
 from putplace.config import Settings
 from putplace.metadata import MetadataStore
 from putplace.models import ApiKeyRecord, BlobRecord, BlobState, FileRecord, Scope
-from putplace.service import keys
+from putplace.service import keys, quotas
 from putplace.service.errors import NotFoundError, TooLargeError
 from putplace.service.files import checked_sha256
 from putplace.service.ingest import store_verified, with_idle_timeout
@@ -94,6 +94,9 @@ async def accept(
         # Sent by this namespace, or another of its trust domain: then it holds it too.
         await stores.metadata.add_possession(namespace, [sha256], utcnow())
         return Accepted(record.file_size, stored=False)
+    await quotas.check_bytes(
+        stores.metadata, settings.quota(namespace), namespace, record.file_size
+    )
     size = await store_verified(
         None if held else stores.blobs,
         sha256,

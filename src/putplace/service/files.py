@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from putplace.auth import utcnow
+from putplace.config import Quota
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
 from putplace.metadata.base import dedupe_by_location
@@ -22,8 +23,10 @@ from putplace.models import (
     FileRecord,
     Scope,
 )
-from putplace.service import keys, scans
+from putplace.service import keys, quotas, scans
 from putplace.service.errors import InvalidInputError, NotFoundError
+
+NO_QUOTA = Quota()
 
 
 def checked_sha256(sha256: str) -> str:
@@ -96,6 +99,7 @@ async def register(
     namespace: str,
     *,
     domain: Sequence[str] = (),
+    quota: Quota = NO_QUOTA,
     brief: bool = False,
     scan_id: str | None = None,
 ) -> list[FileAnswer]:
@@ -120,6 +124,7 @@ async def register(
         if scan.namespace != namespace:
             raise InvalidInputError(f"the scan is of namespace {scan.namespace!r}")
     unique = dedupe_by_location(files)
+    await quotas.check_files(store, quota, namespace, [(m.hostname, m.filepath) for m in unique])
     stored = await store.put_files(unique, utcnow(), namespace=namespace, scan_id=scan_id)
     held = {s.blob.sha256 for s in stored if s.blob is not None}
     sent = await store.possessed(domain or (namespace,), held) if held else {}

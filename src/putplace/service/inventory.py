@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
 from typing import Any
 
+from putplace.config import Quota
 from putplace.metadata import MetadataStore
 from putplace.metadata.inventory import Cursor, DuplicateGroup, FileQuery, Totals
 from putplace.models import FileVersion, Location
+from putplace.service import quotas
 from putplace.service.errors import InvalidInputError, NotFoundError
 from putplace.service.files import FileAnswer, checked_sha256, describe_all
 
@@ -90,6 +92,7 @@ class Stats:
     hosts: list[dict[str, Any]]
     duplicate_groups: list[dict[str, Any]]
     growth: list[dict[str, Any]]
+    quotas: list[dict[str, Any]]
 
 
 class DuplicateGroupsCache:
@@ -131,7 +134,9 @@ async def stats(
     top: int,
     duplicates: DuplicateGroupsCache,
     namespaces: Sequence[str] = (),
+    limits: Mapping[str, Quota] | None = None,
 ) -> Stats:
+    """*limits*: the quotas of the namespaces to show usage of."""
     totals = await store.totals(hostname, namespaces)
     if namespaces:  # only what these namespaces sent: the global totals tell what others hold
         count, size = await store.held_totals(namespaces)
@@ -147,6 +152,11 @@ async def stats(
             row[i] += value
     files = sum(h[0] for h in hosts.values())
     referenced = sum(h[1] for h in hosts.values())
+    usage = []
+    for namespace, quota in sorted((limits or {}).items()):
+        used_files, used_bytes = await quotas.usage(store, namespace)
+        usage.append({"namespace": namespace, "files": used_files, "files_limit": quota.files,
+                      "bytes": used_bytes, "bytes_limit": quota.bytes})  # fmt: skip
     return Stats(
         files=files,
         bytes_referenced=referenced,
@@ -168,4 +178,5 @@ async def stats(
             }
             for b, v in sorted(growth.items())
         ],
+        quotas=usage,
     )

@@ -40,7 +40,8 @@ async def put_file(
     target = caller.namespace(Scope.write, namespace)
     (answer,) = await files.register(
         caller.state.stores.metadata, [meta], caller.key, target,
-        domain=caller.state.settings.trust_domain(target), scan_id=scan,
+        domain=caller.state.settings.trust_domain(target),
+        quota=caller.state.settings.quota(target), scan_id=scan,
     )  # fmt: skip
     return json_response(answer, status.HTTP_201_CREATED)
 
@@ -97,6 +98,7 @@ async def put_files(
         caller.key,
         target,
         domain=caller.state.settings.trust_domain(target),
+        quota=caller.state.settings.quota(target),
         brief=brief,
         scan_id=scan,
     )

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from putplace.metadata.inventory import CURRENT, Cursor, FileQuery, FileState, SortKey
 from putplace.models import (
@@ -191,6 +191,14 @@ class GrowthBucket(BaseModel):
     bytes_deleted: int
 
 
+class QuotaUsage(BaseModel):
+    namespace: str
+    files: int = Field(description="Live file records.")
+    files_limit: int | None
+    bytes: int = Field(description="Bytes of the stored content the namespace sent.")
+    bytes_limit: int | None
+
+
 class StatsResponse(BaseModel):
     files: int
     bytes_referenced: int
@@ -200,6 +208,9 @@ class StatsResponse(BaseModel):
     hosts: list[HostStats]
     duplicate_groups: list[DuplicateGroupOut]
     growth: list[GrowthBucket]
+    quotas: list[QuotaUsage] = Field(
+        description="Usage of the quotas (PUTPLACE_QUOTAS) of the namespaces shown."
+    )
 
 
 @router.get(
@@ -220,8 +231,12 @@ async def stats(
     namespace: NamespacesParam = None,
 ) -> Response:
     state = caller.state
+    readable = caller.readable(namespace)
+    limits = {
+        name: quota for name, quota in state.settings.all_quotas().items()
+        if not readable or name in readable
+    }  # fmt: skip
     result = await inventory.stats(
-        state.stores.metadata, hostname, bucket, top, state.duplicate_groups,
-        caller.readable(namespace),
-    )  # fmt: skip
+        state.stores.metadata, hostname, bucket, top, state.duplicate_groups, readable, limits
+    )
     return json_response(result)
