@@ -38,7 +38,9 @@ CHECKS = ",".join([
 def test_api_never_fails_and_matches_its_schema(
     request: pytest.FixtureRequest, stack: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(request, stack, tmp_path, fsync=True)
+    # Quotas and trust domains set, so their checks run under the fuzzer too.
+    settings = make_settings(request, stack, tmp_path, fsync=True, trust_domains="default,lab",
+                             quotas="default:files=1000000,bytes=1G")  # fmt: skip
     created = run_ppserver(
         settings, "keys", "create", "--name", "fuzz", "--scope", "admin", "--json", cwd=tmp_path
     )
