@@ -35,11 +35,7 @@ async def check_files(
     if new <= 0:
         return
     used, _ = await usage(store, namespace)
-    if used + new > quota.files:
-        raise QuotaExceededError(
-            f"namespace {namespace!r} is over its files quota: {used:,} live records of "
-            f"{quota.files:,} allowed, and this request adds {new:,}"
-        )
+    _check(namespace, "files", "live records", used, quota.files, new)
 
 
 async def check_bytes(store: MetadataStore, quota: Quota, namespace: str, size: int) -> None:
@@ -48,8 +44,12 @@ async def check_bytes(store: MetadataStore, quota: Quota, namespace: str, size: 
     if quota.bytes is None or size == 0:
         return
     _, used = await usage(store, namespace)
-    if used + size > quota.bytes:
+    _check(namespace, "bytes", "bytes", used, quota.bytes, size)
+
+
+def _check(namespace: str, quota: str, unit: str, used: int, limit: int, adding: int) -> None:
+    if used + adding > limit:
         raise QuotaExceededError(
-            f"namespace {namespace!r} is over its bytes quota: {used:,} bytes of "
-            f"{quota.bytes:,} allowed, and this request adds {size:,}"
+            f"namespace {namespace!r} is over its {quota} quota: {used:,} {unit} of "
+            f"{limit:,} allowed, and this request adds {adding:,}"
         )
