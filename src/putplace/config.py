@@ -180,6 +180,16 @@ class Settings(BaseSettings):
         description="An upload that sends no bytes for this long is aborted (408); nothing "
         "is stored.",
     )
+    upload_expiry_seconds: Annotated[float, Field(gt=0)] = Field(
+        86400.0,
+        description="A resumable (tus) upload that receives no bytes for this long expires "
+        "(404 after); `ppserver gc` and each start of the server reclaim its space.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins a browser may call the API from (tus-js-client "
+        "and the like), or `*`; empty sends no CORS headers.",
+    )
     keepalive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
         5, description="Idle keep-alive connections are closed after this many seconds."
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from putplace.blobs.staging import UploadStaging
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 
 #: Where blobs whose bytes no longer match their name are moved (a directory or key prefix
@@ -143,6 +144,10 @@ class BlobStore(ABC):
     @abstractmethod
     async def quarantine(self, sha256: str) -> bool:
         """Move a blob whose bytes no longer match its name out of the way for inspection."""
+
+    @abstractmethod
+    def staging(self) -> UploadStaging:
+        """Where this store's resumable uploads wait until they are whole."""
 
     def describe(self) -> dict[str, Any]:
         """Safe-to-show description (no credentials)."""

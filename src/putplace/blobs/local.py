@@ -34,6 +34,7 @@ from putplace.blobs.base import (
     checked_name,
 )
 from putplace.blobs.fsio import fsync_dir, writev_all
+from putplace.blobs.local_staging import LocalUploadStaging
 from putplace.blobs.packs import Packs
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
 
@@ -150,6 +151,10 @@ class LocalBlobStore(BlobStore):
         # Groups are written by one thread per process, one after another: the pack index
         # takes one writer at a time anyway.
         self._group_writer: ThreadPoolExecutor | None = None
+        self._staging = LocalUploadStaging(self.root, self.path_for, fsync=fsync)
+
+    def staging(self) -> LocalUploadStaging:
+        return self._staging
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": str(self.root)}

@@ -56,6 +56,7 @@ from putplace.blobs.base import (
     StoredBlob,
     checked_name,
 )
+from putplace.blobs.s3_staging import S3UploadStaging
 from putplace.digest import CHUNK_SIZE, is_sha256_hex
 
 if TYPE_CHECKING:
@@ -256,6 +257,8 @@ class S3BlobStore(BlobStore):
             credential_provider=credentials,
         )  # fmt: skip
         self._writers: set[_S3Writer] = set()
+        self._sse, self._sse_kms_key_id = sse, sse_kms_key_id
+        self._staging = S3UploadStaging(self, self._boto3_client)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3BlobStore:
@@ -283,6 +286,28 @@ class S3BlobStore(BlobStore):
     def key_for(self, sha256: str) -> str:
         checked_name(sha256)
         return f"{self.prefix}{sha256[:2]}/{sha256}"
+
+    def encryption_args(self) -> dict[str, str]:
+        """Server-side encryption as boto3's arguments, for objects it writes."""
+        args = {"ServerSideEncryption": self._sse} if self._sse else {}
+        if self._sse_kms_key_id:
+            args["SSEKMSKeyId"] = self._sse_kms_key_id
+        return args
+
+    def staging(self) -> S3UploadStaging:
+        return self._staging
+
+    def _boto3_client(self) -> Any:
+        """A boto3 S3 client configured like the obstore one (endpoint, region, the AWS
+        credential chain), for the multipart calls obstore does not expose."""
+        boto3 = importlib.import_module("boto3")
+        from botocore.config import Config
+
+        config = Config(retries={"max_attempts": 5, "mode": "standard"},
+                        s3={"addressing_style": "path"} if self.endpoint_url else {})  # fmt: skip
+        return boto3.Session(profile_name=os.environ.get("AWS_PROFILE") or None).client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+        )
 
     def forget(self, writer: _S3Writer) -> None:
         self._writers.discard(writer)

@@ -17,6 +17,7 @@ from putplace.metadata.inventory import (
     Listed,
     Totals,
 )
+from putplace.metadata.uploads import Upload
 from putplace.models import (
     DEFAULT_NAMESPACE,
     ApiKeyRecord,
@@ -328,6 +329,36 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def count_api_keys(self) -> int: ...
+
+    # -- resumable uploads (tus) -------------------------------------------------------
+    @abstractmethod
+    async def create_upload(self, upload: Upload) -> None: ...
+
+    @abstractmethod
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+
+    @abstractmethod
+    async def advance_upload(
+        self,
+        upload_id: str,
+        from_offset: int,
+        upload: Upload,
+    ) -> bool:
+        """Store *upload* (its offset, expiry, staging state, completion) if the stored
+        offset is still *from_offset* and it is not complete; False when another request
+        moved it first. Offsets only move forward this way, whoever else writes."""
+
+    @abstractmethod
+    async def delete_uploads(self, upload_ids: Collection[str]) -> int:
+        """Forget these uploads; how many there were."""
+
+    @abstractmethod
+    async def expired_uploads(self, now: datetime, limit: int = 1000) -> list[Upload]:
+        """Uploads whose expiry is at or before *now*, oldest first."""
+
+    @abstractmethod
+    async def count_uploads(self) -> int:
+        """Uploads not yet complete."""
 
     # -- shared conveniences ---------------------------------------------------------
     async def get_blob(self, sha256: str) -> BlobRecord | None:

@@ -31,7 +31,7 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -84,6 +84,7 @@ from putplace.metadata.inventory import (
     prefix_range,
     tie_rule,
 )
+from putplace.metadata.uploads import PROGRESS_FIELDS, Upload, upload_from_row, upload_to_row
 from putplace.models import (
     DEFAULT_NAMESPACE,
     STORED,
@@ -126,6 +127,7 @@ POSSESSION_INDEXES = [
     IndexModel([("sha256", ASCENDING), ("namespace", ASCENDING)], name="sha256_namespace",
                unique=True),
 ]  # fmt: skip
+UPLOAD_INDEXES = [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
 SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan_dir")]
 HISTORY_INDEXES = [
     IndexModel(
@@ -372,6 +374,7 @@ class MongoMetadataStore(MetadataStore):
                 await db["scan_seen"].create_indexes(SEEN_INDEXES)
                 await db["possession"].create_indexes(POSSESSION_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
+                await db["uploads"].create_indexes(UPLOAD_INDEXES)
                 # After the indexes: the steps' writes use them (and the unique ones keep
                 # two processes migrating at once from writing anything twice).
                 await self._migrate(db)
@@ -1158,3 +1161,51 @@ class MongoMetadataStore(MetadataStore):
     async def count_api_keys(self) -> int:
         with self._guard("count_api_keys"):
             return await self._keys.count_documents({})
+
+    # -- resumable uploads -------------------------------------------------------------
+    async def create_upload(self, upload: Upload) -> None:
+        doc = _upload_doc(upload)
+        with self._guard("create_upload"):
+            await self._coll("uploads").insert_one(doc)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        with self._guard("get_upload"):
+            doc = await self._coll("uploads").find_one({"_id": upload_id})
+        return None if doc is None else _upload(doc)
+
+    async def advance_upload(self, upload_id: str, from_offset: int, upload: Upload) -> bool:
+        doc = _upload_doc(upload)
+        changes = {name: doc[name] for name in PROGRESS_FIELDS}
+        selector = {"_id": upload_id, "offset": from_offset, "completed_at": None}
+        with self._guard("advance_upload"):
+            result = await self._coll("uploads").update_one(selector, {"$set": changes})
+        return result.modified_count > 0 or result.matched_count > 0
+
+    async def delete_uploads(self, upload_ids: Collection[str]) -> int:
+        if not upload_ids:
+            return 0
+        with self._guard("delete_uploads"):
+            result = await self._coll("uploads").delete_many({"_id": {"$in": list(upload_ids)}})
+        return result.deleted_count
+
+    async def expired_uploads(self, now: datetime, limit: int = 1000) -> list[Upload]:
+        query = {"expires_at": {"$lte": now}}
+        with self._guard("expired_uploads"):
+            cursor = self._coll("uploads").find(query).sort("expires_at", ASCENDING)
+            docs = await cursor.limit(check_limit(limit)).to_list()
+        return [_upload(doc) for doc in docs]
+
+    async def count_uploads(self) -> int:
+        with self._guard("count_uploads"):
+            return await self._coll("uploads").count_documents({"completed_at": None})
+
+
+def _upload_doc(upload: Upload) -> Document:
+    doc: Document = upload_to_row(upload)
+    doc["_id"] = doc.pop("id")
+    return doc
+
+
+def _upload(doc: Document) -> Upload:
+    values = {name: value for name, value in doc.items() if name != "_id"}
+    return upload_from_row({**values, "id": doc["_id"]}, lambda when: when.astimezone(UTC))

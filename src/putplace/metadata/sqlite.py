@@ -50,6 +50,7 @@ from putplace.metadata.inventory import (
     prefix_range,
     tie_rule,
 )
+from putplace.metadata.uploads import PROGRESS_FIELDS, Upload, upload_from_row, upload_to_row
 from putplace.models import (
     DEFAULT_NAMESPACE,
     STORED,
@@ -256,6 +257,23 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE growth",
         "ALTER TABLE growth_v3 RENAME TO growth",
     ],
+    [  # 4: resumable (tus) uploads
+        """CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            offset INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            sha256 TEXT,
+            partial INTEGER NOT NULL,
+            parts TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            staging TEXT NOT NULL,
+            completed_at TEXT
+        )""",
+        "CREATE INDEX uploads_expiry ON uploads (expires_at)",
+    ],
 ]
 
 _FILE_COLUMNS = ", ".join(FILE_FIELDS)
@@ -394,6 +412,14 @@ def _owned_by(hostname: str | None, namespaces: Sequence[str]) -> tuple[str, lis
 
 def _iso(when: datetime) -> str:
     return when.isoformat()
+
+
+def _upload_row(upload: Upload) -> dict[str, Any]:
+    row = upload_to_row(upload)
+    for name in ("created_at", "expires_at", "completed_at"):
+        if row[name] is not None:
+            row[name] = _iso(row[name])
+    return row
 
 
 def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, BlobRecord]:
@@ -1230,3 +1256,51 @@ class SQLiteMetadataStore(MetadataStore):
         return await self._read(
             lambda c: int(c.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
         )
+
+    # -- resumable uploads -------------------------------------------------------------
+    async def create_upload(self, upload: Upload) -> None:
+        row = _upload_row(upload)
+        sql = f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        await self._write(lambda c: c.execute(sql, tuple(row.values())))
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        )
+        return None if row is None else upload_from_row(dict(row), datetime.fromisoformat)
+
+    async def advance_upload(self, upload_id: str, from_offset: int, upload: Upload) -> bool:
+        row = _upload_row(upload)
+        sql = (
+            f"UPDATE uploads SET {', '.join(f'{name} = ?' for name in PROGRESS_FIELDS)} "
+            "WHERE id = ? AND offset = ? AND completed_at IS NULL"
+        )
+        args = (*(row[name] for name in PROGRESS_FIELDS), upload_id, from_offset)
+        return bool(await self._write(lambda c: c.execute(sql, args).rowcount > 0))
+
+    async def delete_uploads(self, upload_ids: Collection[str]) -> int:
+        ids = list(upload_ids)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for chunk in chunked(ids, _SQLITE_VARIABLE_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                removed += conn.execute(
+                    f"DELETE FROM uploads WHERE id IN ({marks})", chunk
+                ).rowcount
+            return removed
+
+        return await self._write(delete) if ids else 0
+
+    async def expired_uploads(self, now: datetime, limit: int = 1000) -> list[Upload]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM uploads WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+                (_iso(now), check_limit(limit)),
+            ).fetchall()
+        )
+        return [upload_from_row(dict(row), datetime.fromisoformat) for row in rows]
+
+    async def count_uploads(self) -> int:
+        sql = "SELECT COUNT(*) FROM uploads WHERE completed_at IS NULL"
+        return await self._read(lambda c: int(c.execute(sql).fetchone()[0]))

@@ -11,13 +11,15 @@ from fastapi import FastAPI
 from putplace import __version__
 from putplace.auth import KeyCache
 from putplace.config import Settings, load_settings
+from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
-from putplace.server.routes import content, files, inventory, keys, root, scans
+from putplace.server.routes import content, files, inventory, keys, root, scans, tus
 from putplace.server.state import AppState
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
+from putplace.service.resumable import reclaim_expired
 from putplace.service.stores import open_stores
 
 _ERROR = {"content": {"application/json": {"schema": {"type": "object"}}}}
@@ -49,6 +51,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with open_stores(settings) as stores:
         await sweep_temporary(stores.blobs)
+        await reclaim_expired(stores)
         app.state.putplace = AppState(
             settings=settings,
             stores=stores,
@@ -75,8 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_seconds=settings.upload_idle_timeout_seconds,
     )
     app.add_middleware(AccessLogMiddleware)
+    if settings.cors_origins.strip():
+        add_cors(app, settings.cors_origins)
     install_error_handlers(app)
     app.include_router(root.router)
-    for module in (files, inventory, scans, content, keys):
+    for module in (files, inventory, scans, content, tus, keys):
         app.include_router(module.router, responses=COMMON_ERRORS)
     return app

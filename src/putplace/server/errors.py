@@ -29,9 +29,11 @@ from putplace.digest import INVALID_SHA256
 from putplace.metadata import DuplicateError, StoreUnavailableError
 from putplace.server.multipart import MissingFieldError, MultipartError
 from putplace.service.errors import (
+    ChecksumMismatchError,
     ConflictError,
     ContentMismatchError,
     ForbiddenError,
+    GoneError,
     InvalidInputError,
     NotFoundError,
     RateLimitedError,
@@ -64,8 +66,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class PreconditionFailedError(InvalidInputError):
+    """A request for another version of a protocol (a tus client of another version)."""
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A body of a type the endpoint does not take."""
+
+
 #: Status code per refusal, the message being the exception's own. Subclasses inherit.
 STATUS: dict[type[Exception], int] = {
+    PreconditionFailedError: status.HTTP_412_PRECONDITION_FAILED,
+    UnsupportedMediaTypeError: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    ChecksumMismatchError: 460,  # tus's "Checksum Mismatch"; before its base class
+    GoneError: status.HTTP_410_GONE,
     InvalidInputError: status.HTTP_400_BAD_REQUEST,
     ContentMismatchError: status.HTTP_400_BAD_REQUEST,
     MultipartError: status.HTTP_400_BAD_REQUEST,
@@ -87,6 +101,8 @@ def _headers(exc: Exception) -> dict[str, str] | None:
         return {"WWW-Authenticate": "X-API-Key"}
     if isinstance(exc, RateLimitedError):
         return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, PreconditionFailedError):
+        return {"Tus-Version": "1.0.0"}
     return None
 
 

@@ -16,11 +16,13 @@ _DRAIN_LIMIT = 16 * 1024 * 1024
 
 #: Requests whose bodies are content, streamed to the blob store under their own limits
 #: (``max_upload_bytes``, the registered size, the idle timeout) rather than held here.
-STREAMED_UPLOADS = re.compile(r"^/((upload_file|blobs)/[^/]*|bundles)$")
+STREAMED_UPLOADS = re.compile(r"^/((upload_file|blobs|tus)/[^/]*|bundles|tus)$")
 
 
 def is_streamed_upload(scope: Scope) -> bool:
-    return scope["method"] in ("POST", "PUT") and bool(STREAMED_UPLOADS.match(scope["path"]))
+    return scope["method"] in ("POST", "PUT", "PATCH") and bool(
+        STREAMED_UPLOADS.match(scope["path"])
+    )
 
 
 class BodyLimitMiddleware:

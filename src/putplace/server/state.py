@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from putplace.auth import KeyCache
 from putplace.config import Settings
 from putplace.server.limits import RateLimiter
 from putplace.service.inventory import DuplicateGroupsCache
+from putplace.service.resumable import RunningHashes
 from putplace.service.stores import Stores
 
 
@@ -18,3 +19,4 @@ class AppState:
     key_cache: KeyCache
     rate_limiter: RateLimiter
     duplicate_groups: DuplicateGroupsCache
+    running_hashes: RunningHashes = field(default_factory=RunningHashes)

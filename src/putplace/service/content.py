@@ -104,12 +104,20 @@ async def accept(
         expected_size=record.file_size,
         max_size=settings.max_upload_bytes,
     )
-    if held:
-        await stores.metadata.add_possession(namespace, [sha256], utcnow())
-    else:
-        blob = BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
-        await stores.metadata.put_blobs([blob], sent_by=namespace)
+    await record_sent(stores.metadata, namespace, sha256, size, stored=not held)
     return Accepted(size, stored=True)
+
+
+async def record_sent(
+    metadata: MetadataStore, namespace: str, sha256: str, size: int, *, stored: bool
+) -> None:
+    """Record that *namespace* sent this content, verified: a new blob (*stored*), or
+    proof that it holds content already stored."""
+    if stored:
+        blob = BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
+        await metadata.put_blobs([blob], sent_by=namespace)
+    else:
+        await metadata.add_possession(namespace, [sha256], utcnow())
 
 
 async def proven(

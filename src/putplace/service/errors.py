@@ -40,6 +40,15 @@ class SizeMismatchError(ContentMismatchError):
     pass
 
 
+class ChecksumMismatchError(ContentMismatchError):
+    """A resumable upload's request body does not match its ``Upload-Checksum``: its
+    bytes are not acknowledged (tus answers 460)."""
+
+
+class GoneError(NotFoundError):
+    """What the request names existed, but has expired."""
+
+
 class UnauthenticatedError(ServiceError):
     """No key, a key that does not exist, or a revoked key."""
 

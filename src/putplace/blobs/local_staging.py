@@ -1,0 +1,156 @@
+"""Resumable uploads on local disk: one file per upload in ``root/.uploads``, written in
+place at the offsets the requests name, fsynced before an offset is acknowledged, and
+renamed into the blob tree when whole (no copy)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
+from putplace.blobs.fsio import fsync_dir
+from putplace.blobs.staging import StagingState, UploadStaging
+from putplace.digest import CHUNK_SIZE
+
+UPLOADS_DIR = ".uploads"
+#: Upload ids are made by the server (``secrets.token_hex(16)``); anything else is never
+#: used as a file name.
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+#: Bytes gathered before one ``pwritev``: fewer system calls, bounded memory.
+WRITE_BATCH = 8 * CHUNK_SIZE
+
+T = TypeVar("T")
+
+
+def checked_upload_id(upload_id: str) -> str:
+    if not UPLOAD_ID.fullmatch(upload_id):
+        raise BlobNotFoundError("no such upload")
+    return upload_id
+
+
+async def _io(fn: Callable[[], T]) -> T:
+    """Blocking file work on a thread; disk errors as the blob store's errors."""
+    try:
+        return await asyncio.to_thread(fn)
+    except FileNotFoundError:
+        raise BlobNotFoundError("upload not staged") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError("no space left in the blob store") from exc
+        raise StorageUnavailableError(f"upload staging I/O error: {exc.strerror or exc}") from exc
+
+
+def _pwritev_all(fd: int, chunks: Sequence[bytes], offset: int) -> int:
+    views = [memoryview(c) for c in chunks if c]
+    written = 0
+    while views:
+        done = os.pwritev(fd, views[:1024], offset + written)
+        written += done
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if done:
+            views[0] = views[0][done:]
+    return written
+
+
+class LocalUploadStaging(UploadStaging):
+    def __init__(self, root: Path, blob_path: Callable[[str], Path], *, fsync: bool) -> None:
+        self.dir = root / UPLOADS_DIR
+        self._blob_path = blob_path
+        self._fsync = fsync
+
+    def path_for(self, upload_id: str) -> Path:
+        return self.dir / checked_upload_id(upload_id)
+
+    async def create(self, upload_id: str, length: int) -> StagingState:
+        path = self.path_for(upload_id)
+
+        def make() -> None:
+            self.dir.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.close(fd)
+            if self._fsync:
+                fsync_dir(self.dir)
+
+        await _io(make)
+        return {}
+
+    async def append(
+        self,
+        upload_id: str,
+        state: StagingState,
+        offset: int,
+        length: int,
+        chunks: AsyncIterable[bytes],
+    ) -> int:
+        path = self.path_for(upload_id)
+        # O_CREAT: a crash may have lost the empty file of an upload still at offset 0.
+        fd = await _io(lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        position = offset
+        try:
+            batch: list[bytes] = []
+            size = 0
+            async for chunk in chunks:
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= WRITE_BATCH:
+                    position += await _io(functools.partial(_pwritev_all, fd, batch, position))
+                    batch, size = [], 0
+            if batch:
+                position += await _io(functools.partial(_pwritev_all, fd, batch, position))
+            if self._fsync:
+                await _io(lambda: os.fsync(fd))
+        finally:
+            os.close(fd)
+        return position
+
+    async def read(self, upload_id: str, state: StagingState, length: int) -> AsyncIterator[bytes]:
+        path = self.path_for(upload_id)
+        handle = await _io(lambda: open(path, "rb"))  # noqa: SIM115 - closed below
+        try:
+            remaining = length
+            while remaining > 0:
+                data = await _io(functools.partial(handle.read, min(CHUNK_SIZE, remaining)))
+                if not data:
+                    raise StorageUnavailableError("staged upload is shorter than acknowledged")
+                remaining -= len(data)
+                yield data
+        finally:
+            handle.close()
+
+    async def promote(self, upload_id: str, state: StagingState, sha256: str) -> None:
+        source, target = self.path_for(upload_id), self._blob_path(sha256)
+
+        def move() -> None:
+            target.parent.mkdir(exist_ok=True)
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                if not target.exists():  # promoted before (a retry): nothing to do
+                    raise
+            if self._fsync:
+                fsync_dir(target.parent)
+                fsync_dir(self.dir)
+
+        await _io(move)
+
+    async def discard(self, upload_id: str, state: StagingState) -> None:
+        path = self.path_for(upload_id)
+        await _io(lambda: path.unlink(missing_ok=True))
+
+    async def list_ids(self) -> AsyncIterator[str]:
+        def names() -> list[str]:
+            try:
+                return [e.name for e in os.scandir(self.dir) if UPLOAD_ID.fullmatch(e.name)]
+            except FileNotFoundError:
+                return []
+
+        for name in await _io(names):
+            yield name

@@ -1,0 +1,392 @@
+"""Resumable uploads (the tus 1.0 protocol's rules, whatever carries them).
+
+An upload declares the content it will deliver (its SHA-256, registered by a file record
+like any upload) and its length. Bytes arrive over any number of requests, to any API
+process, each continuing at the acknowledged offset; an offset is acknowledged only once
+the bytes before it are durable in the staging area (:mod:`putplace.blobs.staging`).
+When the last byte arrives the whole content is verified against the declared hash and
+only then becomes a blob; a mismatch discards it. Partial uploads sent in parallel are
+joined by a final upload, which is verified the same way.
+
+The hash of the bytes so far is kept in this process while requests arrive in order, so a
+single stream is verified without reading anything back. An upload continued by another
+process (or after a restart) is verified by reading the staged bytes back instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from putplace.auth import utcnow
+from putplace.blobs.base import BlobNotFoundError
+from putplace.blobs.local_staging import UPLOAD_ID
+from putplace.config import Settings
+from putplace.metadata.uploads import Upload
+from putplace.models import ApiKeyRecord, Scope
+from putplace.service import keys, quotas
+from putplace.service.content import (
+    check_upload_size,
+    needs_content,
+    proven,
+    record_sent,
+    registered_content,
+    registered_location,
+)
+from putplace.service.errors import (
+    ChecksumMismatchError,
+    ConflictError,
+    ContentMismatchError,
+    ForbiddenError,
+    GoneError,
+    HashMismatchError,
+    InvalidInputError,
+    NotFoundError,
+    SizeMismatchError,
+    TooLargeError,
+)
+from putplace.service.files import checked_sha256
+from putplace.service.ingest import store_verified
+from putplace.service.stores import Stores
+
+#: ``Upload-Checksum`` algorithms accepted (tus names are hashlib's).
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
+#: Parts one final upload may join.
+MAX_PARTS = 10_000
+#: Running hashes kept per process: one per upload in flight here.
+_MAX_RUNNING = 4096
+
+
+class Body(Protocol):
+    """A request body that ends, rather than fails, when the client goes away:
+    ``cut_short`` then says so, and what arrived is kept."""
+
+    cut_short: bool
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class _Running:
+    """The hash of an upload's first ``offset`` bytes."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.hasher = hashlib.sha256()
+
+
+class RunningHashes:
+    """Per API process: the hash of each upload in flight here, so far. Losing one (a
+    restart, a request served by another process) costs a read-back when it completes."""
+
+    def __init__(self, limit: int = _MAX_RUNNING) -> None:
+        self._limit = limit
+        self._hashes: OrderedDict[str, _Running] = OrderedDict()  # least recent first
+
+    def take(self, upload: Upload) -> _Running | None:
+        """The running hash of *upload* if it covers exactly its acknowledged bytes."""
+        found = self._hashes.pop(upload.id, None)
+        if upload.partial:
+            return None
+        if upload.offset == 0:
+            return _Running()
+        return found if found is not None and found.offset == upload.offset else None
+
+    def keep(self, upload_id: str, running: _Running) -> None:
+        self._hashes[upload_id] = running
+        while len(self._hashes) > self._limit:
+            self._hashes.popitem(last=False)
+
+
+def _expiry(settings: Settings, now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.upload_expiry_seconds)
+
+
+def checksum_hasher(algorithm: str) -> hashlib._Hash:
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise InvalidInputError(
+            f"unsupported checksum algorithm {algorithm!r}: use one of "
+            + ", ".join(CHECKSUM_ALGORITHMS)
+        )
+    return hashlib.new(algorithm, usedforsecurity=False)
+
+
+async def create(
+    stores: Stores,
+    settings: Settings,
+    key: ApiKeyRecord,
+    namespace: str,
+    length: int,
+    metadata: Mapping[str, str],
+) -> Upload:
+    """A new upload of the content *metadata* names (``sha256``, optionally ``hostname``
+    and ``filepath`` of its file record). Content the namespace has sent before is
+    answered at once, complete, with nothing to send."""
+    keys.authorize_namespace(key, namespace, Scope.write)
+    sha256 = _declared_sha256(metadata)
+    if "hostname" in metadata or "filepath" in metadata:
+        location = (namespace, metadata.get("hostname", ""), metadata.get("filepath", ""))
+        record = await registered_location(stores.metadata, sha256, location, key)
+    else:
+        record = await registered_content(stores.metadata, sha256, namespace)
+    if record.file_size != length:
+        raise SizeMismatchError(
+            f"Upload-Length is {length}, but the registered size is {record.file_size}"
+        )
+    check_upload_size(length, settings)
+    now = utcnow()
+    upload = Upload(
+        id=secrets.token_hex(16), namespace=namespace, length=length, offset=0,
+        created_at=now, expires_at=_expiry(settings, now), sha256=sha256,
+        metadata=dict(metadata),
+    )  # fmt: skip
+    held = not await needs_content(stores.metadata, sha256)
+    if held and await proven(stores.metadata, settings, namespace, [sha256]):
+        await record_sent(stores.metadata, namespace, sha256, length, stored=False)
+        done = replace(upload, offset=length, completed_at=now)
+        await stores.metadata.create_upload(done)
+        return done
+    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
+    upload = await _stage(stores, upload)
+    if length == 0:  # nothing will ever be sent: verify and store it now
+        return await append(stores, settings, RunningHashes(), upload, 0, _Empty(), None)
+    return upload
+
+
+async def create_partial(
+    stores: Stores, settings: Settings, key: ApiKeyRecord, namespace: str, length: int,
+    metadata: Mapping[str, str],
+) -> Upload:  # fmt: skip
+    """A part of a concatenation: bytes only, verified when a final upload joins them."""
+    keys.authorize_namespace(key, namespace, Scope.write)
+    check_upload_size(length, settings)
+    now = utcnow()
+    upload = Upload(
+        id=secrets.token_hex(16), namespace=namespace, length=length, offset=0,
+        created_at=now, expires_at=_expiry(settings, now), partial=True,
+        metadata=dict(metadata),
+    )  # fmt: skip
+    upload = await _stage(stores, upload)
+    if length == 0:
+        return await append(stores, settings, RunningHashes(), upload, 0, _Empty(), None)
+    return upload
+
+
+async def _stage(stores: Stores, upload: Upload) -> Upload:
+    """Record *upload*, then prepare its staging space. In this order a crash leaves at
+    worst a record without space (it expires) and never space no record knows of."""
+    await stores.metadata.create_upload(upload)
+    staging = await stores.blobs.staging().create(upload.id, upload.length)
+    staged = replace(upload, staging=staging)
+    if staging and not await stores.metadata.advance_upload(upload.id, 0, staged):
+        raise ConflictError("the upload changed while it was being created")
+    return staged
+
+
+async def concatenate(
+    stores: Stores,
+    settings: Settings,
+    key: ApiKeyRecord,
+    namespace: str,
+    part_ids: Sequence[str],
+    metadata: Mapping[str, str],
+) -> Upload:
+    """The final upload joining *part_ids* (complete partial uploads), in order: the
+    whole is verified against the declared hash and stored, and the parts freed."""
+    keys.authorize_namespace(key, namespace, Scope.write)
+    if not 1 <= len(part_ids) <= MAX_PARTS:
+        raise InvalidInputError(f"a final upload joins 1 to {MAX_PARTS} partial uploads")
+    if len(set(part_ids)) != len(part_ids):
+        raise InvalidInputError("a final upload names a partial upload twice")
+    parts = [await find(stores, key, part_id) for part_id in part_ids]
+    for part in parts:
+        if not part.partial or part.namespace != namespace:
+            raise InvalidInputError(f"upload {part.id} is not a partial upload of {namespace!r}")
+        if not part.complete:
+            raise ConflictError(f"partial upload {part.id} is not complete")
+    length = sum(part.length for part in parts)
+    sha256 = _declared_sha256(metadata)
+    if "hostname" in metadata or "filepath" in metadata:
+        location = (namespace, metadata.get("hostname", ""), metadata.get("filepath", ""))
+        record = await registered_location(stores.metadata, sha256, location, key)
+    else:
+        record = await registered_content(stores.metadata, sha256, namespace)
+    if record.file_size != length:
+        raise SizeMismatchError(
+            f"the parts hold {length} bytes, but the registered size is {record.file_size}"
+        )
+    check_upload_size(length, settings)
+    staging = stores.blobs.staging()
+    held = not await needs_content(stores.metadata, sha256)
+    if not (held and await proven(stores.metadata, settings, namespace, [sha256])):
+        await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
+
+        async def joined() -> AsyncIterator[bytes]:
+            for part in parts:
+                async for chunk in staging.read(part.id, part.staging, part.length):
+                    yield chunk
+
+        await store_verified(None if held else stores.blobs, sha256, joined(), expected_size=length)
+    await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
+    now = utcnow()
+    final = Upload(
+        id=secrets.token_hex(16), namespace=namespace, length=length, offset=length,
+        created_at=now, expires_at=_expiry(settings, now), sha256=sha256,
+        parts=tuple(part_ids), metadata=dict(metadata), completed_at=now,
+    )  # fmt: skip
+    await stores.metadata.create_upload(final)
+    for part in parts:
+        await _forget(stores, part)
+    return final
+
+
+def _declared_sha256(metadata: Mapping[str, str]) -> str:
+    if "sha256" not in metadata:
+        raise InvalidInputError("Upload-Metadata must name the content: sha256 <base64 of hex>")
+    return checked_sha256(metadata["sha256"])
+
+
+async def find(stores: Stores, key: ApiKeyRecord, upload_id: str) -> Upload:
+    """The upload *upload_id* if *key* may write to it; 404 otherwise (whether it exists
+    in a namespace the key cannot see is not told), 410 once it has expired."""
+    upload = await stores.metadata.get_upload(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
+    if upload is None or not keys.may_use(key, upload.namespace, Scope.write):
+        raise NotFoundError("no such upload")
+    if upload.expires_at <= utcnow():
+        raise GoneError("the upload has expired")
+    return upload
+
+
+async def append(
+    stores: Stores,
+    settings: Settings,
+    hashes: RunningHashes,
+    upload: Upload,
+    offset: int,
+    body: Body,
+    checksum: tuple[str, bytes] | None,
+) -> Upload:
+    """Write *body* at *offset* (which must be the upload's); the upload as it now is.
+
+    With *checksum* (algorithm, digest), the body's bytes are acknowledged only if they
+    match it (else 460). A body cut short keeps what arrived, unless a checksum was
+    given (it cannot be checked). The last byte makes the content verified and stored."""
+    if upload.parts:
+        raise ForbiddenError("a final upload cannot be patched")
+    if offset != upload.offset:
+        raise ConflictError(f"Upload-Offset is {offset}, but the upload is at {upload.offset}")
+    check = checksum_hasher(checksum[0]) if checksum else None
+    running = hashes.take(upload)
+    room = upload.length - offset
+
+    async def counted() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in body:
+            received += len(chunk)
+            if received > room:
+                raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
+            if check is not None:
+                check.update(chunk)
+            if running is not None:
+                running.hasher.update(chunk)
+            yield chunk
+
+    if upload.complete:
+        async for _ in counted():  # nothing more may be sent
+            pass
+        return upload
+    staging = stores.blobs.staging()
+    try:
+        position = await staging.append(upload.id, upload.staging, offset, upload.length,
+                                        counted())  # fmt: skip
+    except BlobNotFoundError:
+        await _forget(stores, upload)
+        raise GoneError("the upload's staged bytes are gone: start it again") from None
+    if checksum is not None and check is not None:
+        if body.cut_short:
+            raise ChecksumMismatchError("the body was cut short: its checksum cannot be checked")
+        if check.digest() != checksum[1]:
+            raise ChecksumMismatchError(f"the body does not match its {checksum[0]} checksum")
+    now = utcnow()
+    advanced = upload.advanced(position, _expiry(settings, now))
+    if position == upload.length:
+        if not upload.partial:
+            await _finish(stores, upload, running)
+        advanced = replace(advanced, completed_at=now)
+    if not await stores.metadata.advance_upload(upload.id, offset, advanced):
+        raise ConflictError("another request moved the upload on first")
+    if running is not None and not advanced.complete:
+        running.offset = position
+        hashes.keep(upload.id, running)
+    return advanced
+
+
+async def _finish(stores: Stores, upload: Upload, running: _Running | None) -> None:
+    """Verify the whole content of *upload* and make it a blob (or proof the namespace
+    holds it); a mismatch discards the upload."""
+    assert upload.sha256 is not None
+    sha256, namespace = upload.sha256, upload.namespace
+    staging = stores.blobs.staging()
+    held = not await needs_content(stores.metadata, sha256)
+    try:
+        if running is not None:  # hashed as it arrived: nothing to read back
+            actual = running.hasher.hexdigest()
+            if actual != sha256:
+                raise HashMismatchError(f"content hashes to {actual}, not {sha256}")
+            if held:
+                await staging.discard(upload.id, upload.staging)
+            else:
+                await staging.promote(upload.id, upload.staging, sha256)
+        else:  # continued here after another process or a restart: read it back
+            chunks = staging.read(upload.id, upload.staging, upload.length)
+            await store_verified(
+                None if held else stores.blobs, sha256, chunks, expected_size=upload.length
+            )
+            await staging.discard(upload.id, upload.staging)
+    except ContentMismatchError:
+        await _forget(stores, upload)
+        raise
+    await record_sent(stores.metadata, namespace, sha256, upload.length, stored=not held)
+
+
+async def terminate(stores: Stores, upload: Upload) -> None:
+    """Stop an upload and free its space (tus ``termination``)."""
+    await _forget(stores, upload)
+
+
+async def _forget(stores: Stores, upload: Upload) -> None:
+    if not upload.complete or upload.partial:
+        await stores.blobs.staging().discard(upload.id, upload.staging)
+    await stores.metadata.delete_uploads([upload.id])
+
+
+async def reclaim_expired(stores: Stores, now: datetime | None = None) -> int:
+    """Forget uploads that have expired and free their space; how many."""
+    removed = 0
+    while expired := await stores.metadata.expired_uploads(now or utcnow()):
+        for upload in expired:
+            await _forget(stores, upload)
+        removed += len(expired)
+    return removed
+
+
+async def orphaned_staging(stores: Stores) -> list[str]:
+    """Staged uploads no record knows (left by a crash, or by records deleted by hand)."""
+    orphans = []
+    async for upload_id in stores.blobs.staging().list_ids():
+        if await stores.metadata.get_upload(upload_id) is None:
+            orphans.append(upload_id)
+    return orphans
+
+
+class _Empty:
+    cut_short = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        nothing: tuple[bytes, ...] = ()
+        for chunk in nothing:  # an async generator that yields nothing
+            yield chunk
