@@ -170,7 +170,8 @@ async def test_bad_requests_are_refused(api: httpx.AsyncClient) -> None:
         "negative": (await tus.create(api, None, sha256=sha, headers={"Upload-Length": "-1"}), 400),
         "metadata": (await api.post("/tus/", headers={**tus.TUS, "Upload-Length": "1000",
                                                        "Upload-Metadata": "sha256 !!!"}), 400),
-        "defer": (await tus.create(api, None, sha256=sha, headers={"Upload-Defer-Length": "1"}), 400),
+        "defer": (await tus.create(api, None, sha256=sha,
+                                   headers={"Upload-Defer-Length": "1"}), 400),
         "concat": (await tus.create(api, None, concat="final;/tus/nothing"), 400),
     }  # fmt: skip
     for name, (response, expected) in cases.items():
@@ -224,7 +225,7 @@ async def test_parallel_parts_joined_out_of_order(
     content = os.urandom(11 * MIB + 7)
     record = await registered(api, content)
     cuts = [0, 5 * MIB, 5 * MIB + 1, 11 * MIB + 7]  # a 1-byte part between two large ones
-    pieces = [content[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    pieces = [content[a:b] for a, b in itertools.pairwise(cuts)]
     urls = []
     for piece in pieces:
         response = await tus.create(api, len(piece), concat="partial")

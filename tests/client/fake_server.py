@@ -12,9 +12,10 @@ never asks for a symlink's content, refuses content whose hash or size is wrong,
 
 ``legacy=True`` plays an older server without ``/put_files``, ``/blobs`` and ``/bundles``
 (the real application's answer to an unknown path is passed back for those);
-``bundles=False`` one without ``/bundles`` only. ``script`` maps a path prefix to the
-answers to give first, in order: an HTTP status, or ``CUT`` (pass the first half of the
-body on, as if the connection broke there, and close the connection without answering).
+``bundles=False`` one without ``/bundles`` only, ``tus=False`` one without ``/tus``.
+``script`` maps a path prefix (or ``METHOD /prefix``) to the answers to give first, in
+order: an HTTP status, or ``CUT`` (pass the first half of the body on, as if the
+connection broke there, and close the connection without answering).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class FakeServer:
     """The real server's own URL (requests made there are not recorded)."""
     legacy: bool = False
     bundles: bool = True
+    tus: bool = True
     api_key: str = KEY
     requests: list[Request] = field(default_factory=list)
     script: dict[str, list[int | str]] = field(default_factory=dict)
@@ -180,6 +182,12 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+def _scripted(method: str, path: str, key: str) -> bool:
+    """Whether a script entry (``/prefix`` or ``METHOD /prefix``) is for this request."""
+    wanted, _, prefix = key.rpartition(" ")
+    return (not wanted or wanted == method) and _under(path, prefix)
+
+
 def _read_chunked(rfile: Any) -> bytes:
     body = bytearray()
     while True:
@@ -220,7 +228,8 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                     self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _handle(self) -> None:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -233,8 +242,9 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
             with lock:
                 state.requests.append(request)
                 scripted = next(
-                    (s for p, s in state.script.items() if _under(split.path, p) and s), None
-                )
+                    (s for p, s in state.script.items() if _scripted(self.command, split.path, p)
+                     and s), None
+                )  # fmt: skip
                 action = scripted.pop(0) if scripted else None
             if action == CUT:
                 self._forward(request, body[: len(body) // 2])
@@ -252,8 +262,10 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
 
         def _forward(self, request: Request, body: bytes) -> httpx.Response:
             path = request.path
-            missing = (state.legacy and not any(_under(path, p) for p in LEGACY_ONLY)) or (
-                not state.bundles and _under(path, "/bundles")
+            missing = (
+                (state.legacy and not any(_under(path, p) for p in LEGACY_ONLY))
+                or (not state.bundles and _under(path, "/bundles"))
+                or (not state.tus and _under(path, "/tus"))
             )
             if missing:
                 path = "/an-older-server-has-no" + path  # the real answer to an unknown path
@@ -262,7 +274,7 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                 request.method, path, params=request.query, headers=headers, content=body
             )
 
-        do_POST = do_PUT = do_GET = _handle
+        do_POST = do_PUT = do_GET = do_PATCH = do_HEAD = do_OPTIONS = do_DELETE = _handle
 
     return Handler
 

@@ -8,6 +8,7 @@ content the server holds, so an unchanged file is not sent again.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -28,6 +29,10 @@ CREATE TABLE IF NOT EXISTS sent (
     server TEXT NOT NULL, hostname TEXT NOT NULL, path TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     PRIMARY KEY (server, hostname, path)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    server TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, urls TEXT NOT NULL,
+    PRIMARY KEY (server, sha256)
 );
 """
 
@@ -114,6 +119,33 @@ class ClientCache:
         rows = [(server, hostname, path, fingerprint) for path, fingerprint in sent]
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)", rows)
+
+    def unfinished_upload(self, server: str, sha256: str, size: int) -> list[str] | None:
+        """The upload URLs of content this client began sending to *server* and did not
+        finish (one, or one per part), if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT urls FROM uploads WHERE server = ? AND sha256 = ? AND size = ?",
+                (server, sha256, size),
+            ).fetchone()
+        return None if row is None else list(json.loads(row[0]))
+
+    def remember_upload(self, server: str, sha256: str, size: int, urls: list[str]) -> None:
+        """Keep an upload's URLs, committed at once: a run killed a moment later still
+        continues it next time."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
+                (server, sha256, size, json.dumps(urls)),
+            )
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+
+    def forget_upload(self, server: str, sha256: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM uploads WHERE server = ? AND sha256 = ?", (server, sha256)
+            )
 
     def commit(self) -> None:
         with self._lock:

@@ -101,6 +101,12 @@ def build_parser() -> configargparse.ArgumentParser:
                    help="most content bytes per bundle")  # fmt: skip
     p.add_argument("--bundle-files", type=int, default=Options.bundle_files, metavar="N",
                    help="most contents per bundle")  # fmt: skip
+    p.add_argument("--tus-threshold", type=byte_size, default=Options.tus_threshold,
+                   metavar="SIZE",
+                   help="contents of SIZE or more go over tus: resumable after a dropped "
+                        "connection, a server restart or a new run; 0: never")  # fmt: skip
+    p.add_argument("--tus-parts", type=int, default=Options.tus_parts, metavar="N",
+                   help="parallel parts for contents over tus (each at least 64 MiB)")  # fmt: skip
     p.add_argument("--cache-file", default=str(default_cache_path()), metavar="FILE",
                    help="local hash cache (SQLite)")  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="use no local cache at all")
@@ -130,7 +136,8 @@ def parse_args(argv: Sequence[str] | None) -> configargparse.Namespace:
         parser.error("give at least one PATH (or --path PATH)")
     if not args.dry_run and not args.api_key:
         parser.error("an API key is needed: --api-key or PUTPLACE_API_KEY (or use --dry-run)")
-    for name in ("batch_size", "hash_workers", "upload_workers", "bundle_files", "bundle_bytes"):
+    for name in ("batch_size", "hash_workers", "upload_workers", "bundle_files", "bundle_bytes",
+                 "tus_parts"):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     check_connection(parser, args)
@@ -149,6 +156,8 @@ def _options(args: configargparse.Namespace) -> Options:
         bundle_threshold=min(args.bundle_threshold, args.bundle_bytes),
         bundle_bytes=args.bundle_bytes,
         bundle_files=args.bundle_files,
+        tus_threshold=args.tus_threshold,
+        tus_parts=args.tus_parts,
         dry_run=args.dry_run,
         rehash=args.rehash,
         resend=args.resend,
@@ -164,7 +173,7 @@ def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | N
         timeout=args.timeout,
         retries=args.retries,
         verify=tls_verify(args),
-        pool_size=args.upload_workers + 2,
+        pool_size=args.upload_workers * args.tus_parts + 2,
         stop=stop,
         namespace=args.namespace,
     )

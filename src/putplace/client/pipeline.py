@@ -12,7 +12,8 @@
 - Content the server asks for goes to the upload pool (``upload_workers`` requests at
   once): small contents are gathered into bundles (``POST /bundles``, up to
   ``bundle_bytes`` and ``bundle_files`` each), larger ones are streamed from disk with
-  one ``PUT /blobs/{sha256}`` each.
+  one ``PUT /blobs/{sha256}`` each; the largest (``tus_threshold``) over tus, resumable
+  and in parallel parts (:mod:`putplace.client.tus`).
 
 Every hand-over is bounded (queue sizes, in-flight limits, the kept-bytes budget), so
 memory does not grow with the size of the tree. A stage that is ahead waits for the one
@@ -50,6 +51,7 @@ from putplace.client.hashing import (
 from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
 from putplace.client.scanner import FileEntry, walk
+from putplace.client.tus import ResumableUpload, tus_supported
 from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
 
 MiB: Final = 1024 * 1024
@@ -93,6 +95,10 @@ class Options:
     """Contents of at most this many bytes go in bundles; 0: no bundles."""
     bundle_bytes: int = 8 * MiB
     bundle_files: int = 1000
+    tus_threshold: int = 64 * MiB
+    """Contents of at least this many bytes go over tus (resumable); 0: never."""
+    tus_parts: int = 4
+    """Parallel parts of the largest (at least 64 MiB each)."""
 
 
 @dataclass
@@ -278,6 +284,8 @@ class Run:
         self._bundle_lock = threading.Lock()
         self._single_mode = False  # the server has no /put_files (nor /blobs)
         self._no_bundles = options.bundle_threshold <= 0  # or the server has no /bundles
+        self._tus: bool | None = None if options.tus_threshold > 0 else False  # None: ask
+        self._tus_lock = threading.Lock()
         self._uploaders: ThreadPoolExecutor | None = None
 
     # -- the run -----------------------------------------------------------------------
@@ -765,7 +773,13 @@ class Run:
                 opener = lambda: io.BytesIO(target)  # noqa: E731
             else:
                 opener = lambda: open_scanned(entry)  # noqa: E731
-            if self._single_mode:
+            if data is None and not entry.is_symlink and self._resumable(item):
+                ResumableUpload(
+                    self.api, self.cache, item.sha256, item.size, opener,
+                    parts=self.options.tus_parts, progress=self.reporter.upload_progress,
+                    stop=self.stop,
+                ).run()  # fmt: skip
+            elif self._single_mode:
                 self.api.upload_file(
                     item.sha256, opener, hostname=record["hostname"],
                     filepath=record["filepath"], progress=self.reporter.upload_progress,
@@ -782,6 +796,16 @@ class Run:
             self._upload_failed(item, exc.strerror or str(exc))
         else:
             self._uploaded([item])
+
+    def _resumable(self, item: _Item) -> bool:
+        """Send *item* over tus: large enough, and the server speaks it (asked once)."""
+        if self._single_mode or not 0 < self.options.tus_threshold <= item.size:
+            return False
+        with self._tus_lock:
+            if self._tus is None:
+                assert self.api is not None
+                self._tus = tus_supported(self.api)
+            return self._tus
 
     def _uploaded(self, items: list[_Item], *, already: bool = False) -> None:
         """The server holds the content of *items*: they and every file sharing it are

@@ -231,6 +231,15 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def http(self) -> httpx.Client:
+        """The connection pool, for protocols that handle their own answers (tus)."""
+        return self._http
+
+    def wait_to_retry(self, seconds: float) -> None:
+        """Wait before a retry (ends early when the run is stopped)."""
+        self._sleep(seconds)
+
     def _wait(self, seconds: float) -> None:
         if self._stop is None:
             time.sleep(seconds)

@@ -154,7 +154,9 @@ def _headers(upload: Upload) -> dict[str, str]:
 
 
 def _location(request: Request, upload: Upload) -> str:
-    return str(request.url_for("tus_head", upload_id=upload.id))
+    """The upload's URL as a path: clients resolve it against the URL they posted to
+    (RFC 9110 allows it, tus clients do), so it stays right behind any proxy."""
+    return f"{request.scope.get('root_path', '')}/tus/{upload.id}"
 
 
 @router.options(

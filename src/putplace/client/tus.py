@@ -1,0 +1,252 @@
+"""Resumable uploads of large files over tus 1.0 (the server's ``/tus/``).
+
+A file is sent as one upload, or as ``parts`` partial uploads in parallel joined by a
+final one. Each upload goes in PATCH requests of :data:`CHUNK` bytes, each with an
+``Upload-Checksum``, so the server acknowledges only bytes that arrived intact. When a
+request fails (the connection drops, the server restarts), the client waits, asks the
+server how far the upload got (``HEAD``) and continues from there: at most one chunk is
+sent twice. The upload URLs are kept in the local cache as soon as they exist, so the
+next run continues an upload this one could not finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Final
+
+import httpx
+
+from putplace.client.cache import ClientCache
+from putplace.client.cancel import check
+from putplace.client.uploader import (
+    ApiClient,
+    ApiError,
+    AuthError,
+    Progress,
+    backoff,
+    error_detail,
+    is_transient,
+    retry_after,
+)
+
+MiB: Final = 1024 * 1024
+CHUNK: Final = 16 * MiB
+"""Bytes per PATCH: what a dropped connection can cost, and what one part holds in memory."""
+MIN_PART: Final = 64 * MiB
+"""A file is split into parallel parts only this large or larger."""
+FEED: Final = 1 * MiB
+"""Pieces a chunk is handed to the connection in."""
+TUS_HEADERS: Final = {"Tus-Resumable": "1.0.0"}
+OFFSET_TYPE: Final = "application/offset+octet-stream"
+
+#: Opens the file to send (afresh for each part and each attempt).
+Opener = Callable[[], IO[bytes]]
+
+
+class UploadGoneError(ApiError):
+    """The server no longer knows the upload (expired, or discarded): start again."""
+
+
+def tus_supported(api: ApiClient) -> bool:
+    """True when the server speaks tus 1.0 (``OPTIONS /tus/``); False for older servers."""
+    try:
+        response = api.http.options("/tus/")
+    except httpx.TransportError:
+        return False
+    return response.status_code == 204 and "1.0.0" in response.headers.get("Tus-Version", "")
+
+
+def split(size: int, parts: int, min_part: int = MIN_PART) -> list[tuple[int, int]]:
+    """``(start, length)`` of up to *parts* ranges covering *size* bytes, none smaller
+    than *min_part* (the last takes the remainder)."""
+    count = max(1, min(parts, size // max(1, min_part)))
+    step = size // count
+    return [(i * step, step if i < count - 1 else size - i * step) for i in range(count)]
+
+
+def _metadata(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+class ResumableUpload:
+    """One file's upload over tus, resumable across failures and runs."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        cache: ClientCache,
+        sha256: str,
+        size: int,
+        opener: Opener,
+        *,
+        parts: int = 1,
+        progress: Progress = lambda _: None,
+        stop: threading.Event | None = None,
+        chunk: int = CHUNK,
+        min_part: int = MIN_PART,
+    ) -> None:
+        self.api = api
+        self.cache = cache
+        self.sha256 = sha256
+        self.size = size
+        self.opener = opener
+        self.ranges = split(size, parts, min_part)
+        self.chunk = chunk
+        self.progress = progress
+        self.stop = stop
+        #: Bytes handed to the connection, re-sent ones included.
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Upload the file; the server then holds the content, verified."""
+        try:
+            self._attempt()
+        except UploadGoneError:
+            # Expired or discarded meanwhile, or joined by a final request whose answer
+            # was lost. Once more as one upload: its creation answers "complete" at once
+            # if the content arrived after all.
+            self.cache.forget_upload(self.api.cache_key, self.sha256)
+            self.ranges = [(0, self.size)]
+            self._attempt()
+        self.cache.forget_upload(self.api.cache_key, self.sha256)
+
+    def _attempt(self) -> None:
+        urls = self.cache.unfinished_upload(self.api.cache_key, self.sha256, self.size)
+        if urls is None or len(urls) not in (1, len(self.ranges)):
+            urls = self._create()
+        ranges = self.ranges if len(urls) == len(self.ranges) else [(0, self.size)]
+        if len(urls) == 1:
+            self._send(urls[0], *ranges[0])
+            return
+        with ThreadPoolExecutor(len(urls), thread_name_prefix="tus-part") as pool:
+            futures = [
+                pool.submit(self._send, url, *r) for url, r in zip(urls, ranges, strict=True)
+            ]
+            for future in futures:
+                future.result()
+        final = self._retrying(
+            lambda: self.api.http.post(
+                "/tus/",
+                headers={
+                    **TUS_HEADERS,
+                    "Upload-Concat": "final;" + " ".join(urls),
+                    "Upload-Metadata": _metadata(sha256=self.sha256),
+                },
+            )
+        )
+        if final.status_code in (404, 410):
+            raise UploadGoneError(final.status_code, error_detail(final))
+        if final.status_code != 201:
+            raise ApiError(final.status_code, error_detail(final))
+
+    def _create(self) -> list[str]:
+        """New uploads for this file (one, or a partial per range), remembered at once."""
+        if len(self.ranges) == 1:
+            headers = {**TUS_HEADERS, "Upload-Length": str(self.size),
+                       "Upload-Metadata": _metadata(sha256=self.sha256)}  # fmt: skip
+            urls = [self._created(headers)]
+        else:
+            urls = [
+                self._created(
+                    {**TUS_HEADERS, "Upload-Length": str(length), "Upload-Concat": "partial"}
+                )
+                for _, length in self.ranges
+            ]
+        self.cache.remember_upload(self.api.cache_key, self.sha256, self.size, urls)
+        return urls
+
+    def _created(self, headers: dict[str, str]) -> str:
+        response = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
+        if response.status_code != 201 or "Location" not in response.headers:
+            raise ApiError(response.status_code, error_detail(response))
+        return str(response.headers["Location"])
+
+    def _send(self, url: str, start: int, length: int) -> None:
+        """Send bytes ``[start, start + length)`` of the file as the upload at *url*."""
+        offset = self._offset(url)
+        if offset:
+            self.progress(offset)  # acknowledged before (an earlier attempt or run)
+        failures = 0
+        with self.opener() as source:
+            while offset < length:
+                check(self.stop)
+                source.seek(start + offset)
+                data = source.read(min(self.chunk, length - offset))
+                if not data:
+                    raise ApiError(None, "the file is shorter than when it was hashed")
+                digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+                headers = {
+                    **TUS_HEADERS,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": OFFSET_TYPE,
+                    "Upload-Checksum": f"sha256 {digest}",
+                }
+                headers["Content-Length"] = str(len(data))
+                try:
+                    response = self.api.http.patch(url, headers=headers, content=self._feed(data))
+                except httpx.TransportError as exc:
+                    failures = self._failed(failures, None, str(exc) or type(exc).__name__)
+                    offset = self._offset(url)
+                    continue
+                if response.status_code == 204:
+                    offset = int(response.headers["Upload-Offset"])
+                    failures = 0
+                elif response.status_code in (404, 410):
+                    raise UploadGoneError(response.status_code, error_detail(response))
+                elif response.status_code in (401, 403):
+                    raise AuthError(response.status_code, error_detail(response))
+                elif response.status_code in (409, 460) or is_transient(response.status_code):
+                    failures = self._failed(failures, response, error_detail(response))
+                    offset = self._offset(url)
+                else:
+                    raise ApiError(response.status_code, error_detail(response))
+
+    def _offset(self, url: str) -> int:
+        response = self._retrying(lambda: self.api.http.head(url, headers=TUS_HEADERS))
+        if response.status_code in (404, 410):
+            raise UploadGoneError(response.status_code, "the server no longer has the upload")
+        if response.status_code != 200:
+            raise ApiError(response.status_code, error_detail(response))
+        return int(response.headers["Upload-Offset"])
+
+    def _retrying(self, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """*send*, again after transient failures (the server restarting, 5xx, 429)."""
+        failures = 0
+        while True:
+            check(self.stop)
+            try:
+                response = send()
+            except httpx.TransportError as exc:
+                failures = self._failed(failures, None, str(exc) or type(exc).__name__)
+                continue
+            if response.status_code in (401, 403):
+                raise AuthError(response.status_code, error_detail(response))
+            if not is_transient(response.status_code):
+                return response
+            failures = self._failed(failures, response, error_detail(response))
+
+    def _failed(self, failures: int, response: httpx.Response | None, detail: str) -> int:
+        """Wait before the next try; give up after the session's retries in a row."""
+        if failures >= self.api.retries:
+            raise ApiError(None, f"{detail} (gave up after {failures + 1} tries)")
+        delay = retry_after(response)
+        self.api.wait_to_retry(backoff(failures) if delay is None else delay)
+        check(self.stop)
+        return failures + 1
+
+    def _feed(self, data: bytes) -> Iterator[bytes]:
+        """*data* in pieces, counted as the connection takes them: what a cut request
+        really cost, and a progress bar that moves during each chunk."""
+        view = memoryview(data)
+        for start in range(0, len(data), FEED):
+            check(self.stop)
+            piece = view[start : start + FEED]
+            with self._lock:
+                self.bytes_sent += len(piece)
+            self.progress(len(piece))
+            yield bytes(piece)

@@ -1,0 +1,163 @@
+"""The client's resumable uploads (tus): large files over ``/tus/``, in parallel parts,
+continued after a dropped connection, a server error or a new run; older servers get the
+single upload."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from putplace.client.cache import ClientCache
+from putplace.client.cancel import Cancelled
+from putplace.client.tus import ResumableUpload, split
+from putplace.client.uploader import ApiClient
+from tests.client.fake_server import CUT, KEY, fake_server
+from tests.client.helpers import counts, ppclient
+
+MIB = 1024 * 1024
+
+
+def register(server_url: str, content: bytes) -> str:
+    sha = hashlib.sha256(content).hexdigest()
+    record = {
+        "filepath": f"/big/{sha[:8]}", "hostname": "h", "ip_address": "127.0.0.1",
+        "sha256": sha, "file_size": len(content), "file_mode": 0o100644, "file_uid": 0,
+        "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0, "file_ctime": 1.0,
+    }  # fmt: skip
+    answer = httpx.post(f"{server_url}/put_file", json=record, headers={"X-API-Key": KEY})
+    assert answer.status_code == 201
+    return sha
+
+
+def source(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "big.bin"
+    path.write_bytes(content)
+    return path
+
+
+def test_split_keeps_parts_large_enough() -> None:
+    assert split(100, 4, min_part=30) == [(0, 33), (33, 33), (66, 34)]
+    assert split(10, 4, min_part=30) == [(0, 10)]
+    assert split(0, 4, min_part=30) == [(0, 0)]
+    parts = split(10**10 + 7, 4, min_part=64 * MIB)
+    assert sum(length for _, length in parts) == 10**10 + 7
+    assert len(parts) == 4
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_upload_in_chunks_and_parts(tmp_path: Path, parts: int) -> None:
+    content = os.urandom(5 * MIB + 123)
+    path = source(tmp_path, content)
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        sha = register(server.backend, content)
+        cache = ClientCache(None)
+        upload = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"),
+                                 parts=parts, chunk=MIB, min_part=MIB)  # fmt: skip
+        upload.run()
+        assert upload.bytes_sent == len(content)  # nothing twice
+        assert server.content(sha) == content
+        partials = [r for r in server.requests if r.headers.get("Upload-Concat") == "partial"]
+        assert len(partials) == (parts if parts > 1 else 0)
+        patches = [r for r in server.requests if r.method == "PATCH"]
+        assert all(len(r.body) <= MIB for r in patches)
+        assert all(r.headers["Upload-Checksum"].startswith("sha256 ") for r in patches)
+        assert cache.unfinished_upload(api.cache_key, sha, len(content)) is None
+
+
+def test_dropped_connections_and_server_errors_resume_where_acknowledged(tmp_path: Path) -> None:
+    content = os.urandom(6 * MIB)
+    path = source(tmp_path, content)
+    with fake_server(script={"PATCH /tus": [CUT, 503, CUT], "HEAD /tus": [CUT]}) as server:
+        with ApiClient(server.url, KEY, retries=5, sleep=lambda _: None) as api:
+            sha = register(server.backend, content)
+            upload = ResumableUpload(api, ClientCache(None), sha, len(content),
+                                     lambda: path.open("rb"), chunk=MIB)  # fmt: skip
+            upload.run()
+        assert server.content(sha) == content
+        patches = [r.status for r in server.requests if r.method == "PATCH"]
+        assert patches[:3] == [None, 503, None]  # cut, refused, cut
+        # Each failure costs at most the chunk in flight.
+        assert len(content) < upload.bytes_sent <= len(content) + 3 * MIB
+
+
+def test_a_new_run_continues_an_unfinished_upload(tmp_path: Path) -> None:
+    content = os.urandom(8 * MIB)
+    path = source(tmp_path, content)
+    cache = ClientCache(tmp_path / "cache.db")
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        sha = register(server.backend, content)
+        stop = threading.Event()
+
+        def stop_after_3_mib(_: int) -> None:
+            if first.bytes_sent >= 3 * MIB:
+                stop.set()
+
+        first = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"),
+                                chunk=MIB, progress=stop_after_3_mib, stop=stop)  # fmt: skip
+        with pytest.raises(Cancelled):
+            first.run()
+        assert server.content(sha) is None
+        cache.close()
+        cache = ClientCache(tmp_path / "cache.db")  # the next run
+        (url,) = cache.unfinished_upload(api.cache_key, sha, len(content)) or []
+        acknowledged = int(api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers[
+            "Upload-Offset"
+        ])  # fmt: skip
+        assert acknowledged >= 3 * MIB
+        second = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"),
+                                 chunk=MIB)  # fmt: skip
+        second.run()
+        assert second.bytes_sent == len(content) - acknowledged
+        assert server.content(sha) == content
+        assert cache.unfinished_upload(api.cache_key, sha, len(content)) is None
+
+
+def test_an_expired_upload_starts_again(tmp_path: Path) -> None:
+    content = os.urandom(3 * MIB)
+    path = source(tmp_path, content)
+    cache = ClientCache(None)
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        sha = register(server.backend, content)
+        cache.remember_upload(api.cache_key, sha, len(content), ["/tus/" + "ab" * 16])
+        upload = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"))
+        upload.run()
+        assert server.content(sha) == content
+
+
+def test_ppclient_sends_large_files_over_tus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big, small = os.urandom(3 * MIB), os.urandom(1000)
+    (tree / "big").write_bytes(big)
+    (tree / "small").write_bytes(small)
+    with fake_server() as server:
+        code = ppclient(server.url, "--tus-threshold", "2M", str(tree))
+        assert code == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 2
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        via_tus = [r for r in server.requests if r.path.startswith("/tus")]
+        assert {r.method for r in via_tus} >= {"OPTIONS", "POST", "PATCH"}
+        assert server.count("/blobs") == 0
+        assert server.count("/bundles") == 1  # the small one
+
+
+def test_servers_without_tus_get_the_single_upload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "big").write_bytes(big)
+    with fake_server(tus=False) as server:
+        code = ppclient(server.url, "--tus-threshold", "2M", str(tree))
+        assert code == 0
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        assert server.count("/blobs") == 1
+        assert [r.method for r in server.requests if r.path.startswith("/tus")] == ["OPTIONS"]
