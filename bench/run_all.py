@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import inventory, large_file, server_load, small_files
+from bench import inventory, large_file, server_load, small_files, tus_upload
 from bench.common import RESULTS, show, show_ratio
 
 MARKDOWN = RESULTS.with_name("results.md")
@@ -31,17 +31,21 @@ class Figure:
     ours: str
     theirs: str | None
     unit: str
-    target: float
+    target: float | None  # None: shown for information
     aim: float | None = None
 
     def cells(self, results: dict[str, Any]) -> list[str]:
         ours = _get(results, self.ours)
         if self.theirs is None:
+            assert self.target is not None
             met = None if ours is None else ours < self.target
             target = f"< {self.target:,.0f} {self.unit}"
             return [self.name, show(ours, self.unit), "", "", target, _yes(met)]
         theirs = _get(results, self.theirs)
         ratio = None if ours is None or not theirs else ours / theirs
+        if self.target is None:
+            return [self.name, show(ours, self.unit), show(theirs, self.unit),
+                    show_ratio(ratio), "", ""]  # fmt: skip
         target = f">= {self.target}" + (f" (aim {self.aim})" if self.aim else "")
         met = None if ratio is None else ratio >= self.target
         return [self.name, show(ours, self.unit), show(theirs, self.unit),
@@ -64,6 +68,22 @@ FIGURES = [
            "large_file.restic_mib_per_s", "MiB/s", 1.5),
     Figure("large file, server peak RSS", "large_file.server_peak_rss_mib", None, "MiB", 150),
     Figure("large file, client peak RSS", "large_file.client_peak_rss_mib", None, "MiB", 150),
+    Figure("very large file, tus 4 parts / tus 1 stream (loopback)",
+           "tus_upload.tus_4_parts.mib_per_s", "tus_upload.tus_1_stream.mib_per_s", "MiB/s",
+           None),
+    Figure("very large file, tus 4 parts / cp + sync", "tus_upload.tus_4_parts.mib_per_s",
+           "tus_upload.cp_sync_mib_per_s", "MiB/s", None),
+    Figure("very large file, tus 1 stream / cp + sync", "tus_upload.tus_1_stream.mib_per_s",
+           "tus_upload.cp_sync_mib_per_s", "MiB/s", None),
+    Figure("very large file, tus 1 stream / PUT /blobs", "tus_upload.tus_1_stream.mib_per_s",
+           "tus_upload.put_blobs.mib_per_s", "MiB/s", None),
+    Figure("tus 4 parts / 1 stream, 20 MiB/s per connection",
+           "tus_upload.slow_link.tus_4_parts.mib_per_s",
+           "tus_upload.slow_link.tus_1_stream.mib_per_s", "MiB/s", 2.0),
+    Figure("tus 4 parts, server peak RSS", "tus_upload.tus_4_parts.server_peak_rss_mib", None,
+           "MiB", 200),
+    Figure("tus 4 parts, client peak RSS", "tus_upload.tus_4_parts.client_peak_rss_mib", None,
+           "MiB", 200),
     Figure("/put_files x1000 / bare SQLite upsert loop",
            "server_load.batched.records_per_s",
            "server_load.batched.bare_sqlite_records_per_s", "records/s", 0.6),
@@ -111,4 +131,5 @@ if __name__ == "__main__":
         large_file.main()
         server_load.main()
         inventory.main()
+        tus_upload.main()
     summary()

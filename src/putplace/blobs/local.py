@@ -9,8 +9,6 @@ one per group (:mod:`.packs`).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -33,7 +31,7 @@ from putplace.blobs.base import (
     StoredBlob,
     checked_name,
 )
-from putplace.blobs.fsio import fsync_dir, writev_all
+from putplace.blobs.fsio import WRITEBACK_STEP, fsync_dir, start_writeback, writev_all
 from putplace.blobs.local_staging import LocalUploadStaging
 from putplace.blobs.packs import Packs
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
@@ -47,32 +45,6 @@ def _translate(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError("no space left in the blob store")
     return StorageUnavailableError(f"blob store I/O error: {exc.strerror or exc}")
-
-
-def _libc(name: str, *argtypes: type[ctypes._SimpleCData[Any]]) -> Callable[..., int] | None:
-    """A Linux system call wrapper from the C library, or None where there is none."""
-    try:
-        function = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
-    except (OSError, AttributeError):  # not Linux
-        return None
-    function.argtypes = list(argtypes)
-    typed: Callable[..., int] = function
-    return typed
-
-
-#: ``sync_file_range(2)``: start writeback of a range of a file without waiting.
-_SYNC_FILE_RANGE = _libc(
-    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
-)
-_SYNC_FILE_RANGE_WRITE = 2
-#: With fsync on, writeback is started after each this many bytes of one blob.
-WRITEBACK_STEP = 8 * 1024 * 1024
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """A hint only: durability still comes from fsync at commit, so failure is harmless."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class _LocalWriter(BlobWriter):
@@ -106,7 +78,7 @@ class _LocalWriter(BlobWriter):
     def _write_sync(self, fd: int, chunks: Sequence[bytes]) -> None:
         self._written += writev_all(fd, chunks)
         if self._store.fsync and self._written - self._flushed >= WRITEBACK_STEP:
-            _start_writeback(fd, self._flushed, self._written - self._flushed)
+            start_writeback(fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
     def _commit_sync(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
-from putplace.blobs.fsio import fsync_dir
+from putplace.blobs.fsio import WRITEBACK_STEP, fsync_dir, start_writeback
 from putplace.blobs.staging import StagingState, UploadStaging
 from putplace.digest import CHUNK_SIZE
 
@@ -23,7 +23,7 @@ UPLOADS_DIR = ".uploads"
 #: used as a file name.
 UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 #: Bytes gathered before one ``pwritev``: fewer system calls, bounded memory.
-WRITE_BATCH = 8 * CHUNK_SIZE
+WRITE_BATCH = 2 * CHUNK_SIZE
 
 T = TypeVar("T")
 
@@ -66,6 +66,12 @@ class LocalUploadStaging(UploadStaging):
         self._blob_path = blob_path
         self._fsync = fsync
 
+    def _write(self, fd: int, chunks: Sequence[bytes], offset: int) -> int:
+        written = _pwritev_all(fd, chunks, offset)
+        if self._fsync:  # the disk starts now; the fsync that acknowledges finds less to do
+            start_writeback(fd, offset, written)
+        return written
+
     def path_for(self, upload_id: str) -> Path:
         return self.dir / checked_upload_id(upload_id)
 
@@ -93,7 +99,10 @@ class LocalUploadStaging(UploadStaging):
         path = self.path_for(upload_id)
         # O_CREAT: a crash may have lost the empty file of an upload still at offset 0.
         fd = await _io(lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        # One batch is written on a worker thread while the next is received (double
+        # buffering); each write waits for the one before, so bytes land in order.
         position = offset
+        writing: asyncio.Future[int] | None = None
         try:
             batch: list[bytes] = []
             size = 0
@@ -101,13 +110,22 @@ class LocalUploadStaging(UploadStaging):
                 batch.append(chunk)
                 size += len(chunk)
                 if size >= WRITE_BATCH:
-                    position += await _io(functools.partial(_pwritev_all, fd, batch, position))
+                    if writing is not None:
+                        await writing
+                    write = functools.partial(self._write, fd, batch, position)
+                    writing = asyncio.ensure_future(_io(write))
+                    position += size
                     batch, size = [], 0
+            if writing is not None:
+                await writing
             if batch:
-                position += await _io(functools.partial(_pwritev_all, fd, batch, position))
+                await _io(functools.partial(self._write, fd, batch, position))
+                position += size
             if self._fsync:
                 await _io(lambda: os.fsync(fd))
         finally:
+            if writing is not None and not writing.done():
+                await asyncio.gather(writing, return_exceptions=True)
             os.close(fd)
         return position
 

@@ -97,7 +97,7 @@ class Options:
     bundle_files: int = 1000
     tus_threshold: int = 64 * MiB
     """Contents of at least this many bytes go over tus (resumable); 0: never."""
-    tus_parts: int = 4
+    tus_parts: int = 1
     """Parallel parts of the largest (at least 64 MiB each)."""
 
 

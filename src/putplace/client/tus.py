@@ -15,7 +15,7 @@ import base64
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Final
 
 import httpx
@@ -34,8 +34,8 @@ from putplace.client.uploader import (
 )
 
 MiB: Final = 1024 * 1024
-CHUNK: Final = 16 * MiB
-"""Bytes per PATCH: what a dropped connection can cost, and what one part holds in memory."""
+CHUNK: Final = 32 * MiB
+"""Bytes per PATCH: the most a dropped connection or a server restart costs."""
 MIN_PART: Final = 64 * MiB
 """A file is split into parallel parts only this large or larger."""
 FEED: Final = 1 * MiB
@@ -172,23 +172,39 @@ class ResumableUpload:
         if offset:
             self.progress(offset)  # acknowledged before (an earlier attempt or run)
         failures = 0
-        with self.opener() as source:
+        # The checksum of the next chunk is computed (from its own file handle) while
+        # this one is sent: the connection never waits for the hashing.
+        with (
+            self.opener() as source,
+            self.opener() as ahead,
+            ThreadPoolExecutor(1, thread_name_prefix="tus-digest") as digester,
+        ):
+            digests: dict[int, Future[str]] = {}  # by offset
+
+            def prefetch(position: int) -> None:
+                if position < length and position not in digests:
+                    size = min(self.chunk, length - position)
+                    digests[position] = digester.submit(self._digest, ahead, start + position,
+                                                        size)  # fmt: skip
+
             while offset < length:
                 check(self.stop)
-                source.seek(start + offset)
-                data = source.read(min(self.chunk, length - offset))
-                if not data:
-                    raise ApiError(None, "the file is shorter than when it was hashed")
-                digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+                size = min(self.chunk, length - offset)
+                prefetch(offset)
+                digest = digests.pop(offset).result()
+                digests.clear()  # guesses for offsets never reached (after a failure)
+                prefetch(offset + size)
                 headers = {
                     **TUS_HEADERS,
                     "Upload-Offset": str(offset),
                     "Content-Type": OFFSET_TYPE,
+                    "Content-Length": str(size),
                     "Upload-Checksum": f"sha256 {digest}",
                 }
-                headers["Content-Length"] = str(len(data))
                 try:
-                    response = self.api.http.patch(url, headers=headers, content=self._feed(data))
+                    response = self.api.http.patch(
+                        url, headers=headers, content=self._feed(source, start + offset, size)
+                    )
                 except httpx.TransportError as exc:
                     failures = self._failed(failures, None, str(exc) or type(exc).__name__)
                     offset = self._offset(url)
@@ -239,14 +255,33 @@ class ResumableUpload:
         check(self.stop)
         return failures + 1
 
-    def _feed(self, data: bytes) -> Iterator[bytes]:
-        """*data* in pieces, counted as the connection takes them: what a cut request
-        really cost, and a progress bar that moves during each chunk."""
-        view = memoryview(data)
-        for start in range(0, len(data), FEED):
+    def _digest(self, source: IO[bytes], position: int, size: int) -> str:
+        """``Upload-Checksum``'s digest of ``size`` bytes at *position*: a first read of the
+        chunk (the second, to send it, comes from the page cache). Nothing is held."""
+        source.seek(position)
+        hasher = hashlib.sha256()
+        remaining = size
+        while remaining:
             check(self.stop)
-            piece = view[start : start + FEED]
+            piece = source.read(min(FEED, remaining))
+            if not piece:
+                raise ApiError(None, "the file is shorter than when it was hashed")
+            hasher.update(piece)
+            remaining -= len(piece)
+        return base64.b64encode(hasher.digest()).decode()
+
+    def _feed(self, source: IO[bytes], position: int, size: int) -> Iterator[bytes]:
+        """The chunk in pieces, read as the connection takes them and counted: what a cut
+        request really cost, and a progress bar that moves during each chunk."""
+        source.seek(position)
+        remaining = size
+        while remaining:
+            check(self.stop)
+            piece = source.read(min(FEED, remaining))
+            if not piece:
+                return  # shorter than declared: the server refuses it, the retry says why
+            remaining -= len(piece)
             with self._lock:
                 self.bytes_sent += len(piece)
             self.progress(len(piece))
-            yield bytes(piece)
+            yield piece

@@ -15,6 +15,7 @@ process (or after a restart) is verified by reading the staged bytes back instea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections import OrderedDict
@@ -58,6 +59,8 @@ from putplace.service.stores import Stores
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
 #: Parts one final upload may join.
 MAX_PARTS = 10_000
+#: Bytes of a request hashed at once on a worker thread.
+HASH_BATCH = 1024 * 1024
 #: Running hashes kept per process: one per upload in flight here.
 _MAX_RUNNING = 4096
 
@@ -283,17 +286,34 @@ async def append(
     running = hashes.take(upload)
     room = upload.length - offset
 
+    hashers = [h for h in (check, running.hasher if running else None) if h is not None]
+
     async def counted() -> AsyncIterator[bytes]:
+        """The body, bounded by the upload's length, hashed on a worker thread a batch
+        at a time while the staging area writes it (in order: one batch hashing at once)."""
         received = 0
-        async for chunk in body:
-            received += len(chunk)
-            if received > room:
-                raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
-            if check is not None:
-                check.update(chunk)
-            if running is not None:
-                running.hasher.update(chunk)
-            yield chunk
+        batch: list[bytes] = []
+        batch_size = 0
+        hashing: asyncio.Future[None] | None = None
+        try:
+            async for chunk in body:
+                received += len(chunk)
+                if received > room:
+                    raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
+                batch.append(chunk)
+                batch_size += len(chunk)
+                if batch_size >= HASH_BATCH:
+                    if hashing is not None:
+                        await hashing
+                    hashing = asyncio.ensure_future(asyncio.to_thread(_update, hashers, batch))
+                    batch, batch_size = [], 0
+                yield chunk
+            if hashing is not None:
+                await hashing
+            _update(hashers, batch)
+        finally:
+            if hashing is not None and not hashing.done():
+                await asyncio.gather(hashing, return_exceptions=True)
 
     if upload.complete:
         async for _ in counted():  # nothing more may be sent
@@ -381,6 +401,12 @@ async def orphaned_staging(stores: Stores) -> list[str]:
         if await stores.metadata.get_upload(upload_id) is None:
             orphans.append(upload_id)
     return orphans
+
+
+def _update(hashers: Sequence[hashlib._Hash], chunks: Sequence[bytes]) -> None:
+    for hasher in hashers:
+        for chunk in chunks:
+            hasher.update(chunk)  # releases the GIL for each chunk over 2 KiB
 
 
 class _Empty:
