@@ -7,21 +7,26 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from putplace.auth import utcnow
 from putplace.config import Settings
 from putplace.service.resumable import reclaim_expired
 from putplace.service.stores import open_stores
 from tests.conftest import Keys
 from tests.support import tus
 from tests.support.payloads import metadata, put
+from tests.support.processes import run_ppserver
 from tests.support.servers import running_server
 
 MIB = 1024 * 1024
@@ -135,6 +140,25 @@ async def test_checksum_mismatch_is_460_and_not_acknowledged(api: httpx.AsyncCli
     unknown = await tus.patch(api, url, 0, content, headers={"Upload-Checksum": "crc32 AAAA"})
     assert unknown.status_code == 400
     assert (await tus.patch(api, url, 0, content, checksum="sha256")).status_code == 204
+    assert await downloaded(api, record["sha256"]) == content
+
+
+async def test_a_refused_request_mid_part_loses_nothing_acknowledged(
+    api: httpx.AsyncClient,
+) -> None:
+    """On S3 the bytes after the last whole part wait in a tail object: a request that is
+    refused must not take it away from the next one."""
+    content = os.urandom(12 * MIB)
+    record = await registered(api, content)
+    url = await tus.create_for(api, record)
+    assert (await tus.patch(api, url, 0, content[: 3 * MIB])).status_code == 204
+    digest = base64.b64encode(hashlib.sha256(b"not these bytes").digest()).decode()
+    refused = await tus.patch(
+        api, url, 3 * MIB, content[3 * MIB : 7 * MIB],
+        headers={"Upload-Checksum": f"sha256 {digest}"},
+    )  # fmt: skip
+    assert refused.status_code == 460
+    assert (await tus.patch(api, url, 3 * MIB, content[3 * MIB :])).status_code == 204
     assert await downloaded(api, record["sha256"]) == content
 
 
@@ -352,3 +376,33 @@ async def test_expired_uploads_are_gone_and_reclaimed(
         assert await reclaim_expired(stores) == 1
     assert await staged(settings) == []
     assert (await api.head(url, headers=tus.TUS)).status_code == 404
+
+
+async def test_gc_lists_and_frees_uploads(
+    api: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    content = os.urandom(6 * MIB)
+    record = await registered(api, content)
+    old = urlsplit(await tus.create_for(api, record)).path.rsplit("/", 1)[1]
+    assert (await tus.patch(api, f"/tus/{old}", 0, content[: 5 * MIB + 1])).status_code == 204
+    fresh = urlsplit(await tus.create_for(api, record)).path.rsplit("/", 1)[1]
+    orphan = "f" * 32
+    async with open_stores(settings) as stores:
+        await stores.blobs.staging().create(orphan, 10)
+        upload = await stores.metadata.get_upload(old)
+        assert upload is not None
+        past = replace(upload, expires_at=utcnow() - timedelta(seconds=1))
+        assert await stores.metadata.advance_upload(old, upload.offset, past)
+    listed = run_ppserver(settings, "gc", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    uploads = json.loads(listed.stdout)["uploads"]
+    assert uploads["unfinished"] == [f"{fresh} default 0/{len(content)}"]
+    assert uploads["expired"] == [old]
+    assert uploads["orphaned"] == [orphan]
+    assert sorted(await staged(settings)) == sorted([old, fresh, orphan])
+    deleted = run_ppserver(settings, "gc", "--delete", cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "2 uploads freed, 1 unfinished uploads kept" in deleted.stderr
+    assert await staged(settings) == [fresh]
+    assert await tus.offset(api, f"/tus/{fresh}") == 0
+    assert (await api.head(f"/tus/{old}", headers=tus.TUS)).status_code == 404

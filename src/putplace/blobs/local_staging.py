@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
-from putplace.blobs.fsio import WRITEBACK_STEP, fsync_dir, start_writeback
+from putplace.blobs.fsio import fsync_dir, start_writeback
 from putplace.blobs.staging import StagingState, UploadStaging
 from putplace.digest import CHUNK_SIZE
 

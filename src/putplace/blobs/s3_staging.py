@@ -111,6 +111,7 @@ class S3UploadStaging(UploadStaging):
         chunks: AsyncIterable[bytes],
     ) -> int:
         part = int(state["part_size"])
+        await self._drop_stale_tails(upload_id, offset)
         whole = offset // part  # parts done
         buffer = bytearray()
         if offset % part:
@@ -137,9 +138,18 @@ class S3UploadStaging(UploadStaging):
             await send_part(bytes(buffer))  # the last part may be small
         elif buffer:
             await self._put(self._tail_key(upload_id, position), bytes(buffer))
-        if position != offset and offset % part:
-            await self._delete(self._tail_key(upload_id, offset))
         return position
+
+    async def _drop_stale_tails(self, upload_id: str, offset: int) -> None:
+        """Delete tails that end before *offset*: the acknowledged offset only moves
+        forward, so no request will read them again. (A request's own old tail is not
+        deleted by that request: it may yet be refused, and the tail still needed.)"""
+        prefix = f"{self._prefix}{checked_upload_id(upload_id)}/tail."
+        async for batch in obstore.list(self._store.object_store, prefix, chunk_size=1000):
+            for meta in batch:
+                end = meta["path"].rpartition(".")[2]
+                if end.isdigit() and int(end) < offset:
+                    await self._delete(meta["path"])
 
     async def _completed(self, upload_id: str, state: StagingState) -> str:
         """The staging key, whole: the multipart upload completed (once; again is a no-op)."""
@@ -189,6 +199,8 @@ class S3UploadStaging(UploadStaging):
         try:
             await asyncio.to_thread(copy)
         except Exception as exc:
+            if await self._store.size(sha256) is not None:  # promoted before (a retry)
+                return
             raise StorageUnavailableError(f"S3 copy of a finished upload failed: {exc}") from exc
         await self.discard(upload_id, state)
 

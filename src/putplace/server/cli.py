@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--sample", type=_positive, help="check N random blobs, not all")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    gc = commands.add_parser("gc", help="list (or --delete) blobs no file references")
+    gc = commands.add_parser(
+        "gc", help="list (or --delete) blobs no file references, and resumable uploads"
+    )
     gc.add_argument("--delete", action="store_true", help="remove them (default: list only)")
     gc.add_argument(
         "--min-age",
@@ -130,6 +132,7 @@ async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from putplace.service.maintenance import Retention, collect_garbage, verify
+    from putplace.service.resumable import sweep_uploads
 
     if args.command == "gc" and args.min_age < 0:
         print("ppserver: --min-age must be >= 0", file=sys.stderr)
@@ -145,20 +148,34 @@ async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
                 stores.metadata, stores.blobs, delete=args.delete,
                 min_age_seconds=args.min_age, retention=retention,
             )  # fmt: skip
+            uploads = await sweep_uploads(stores, delete=args.delete)
             if args.json:
-                print(json.dumps(asdict(gc_report)))
+                print(json.dumps({**asdict(gc_report), "uploads": asdict(uploads)}))
             elif args.delete:
                 for sha in gc_report.deleted:
                     print(sha)
+                for upload_id in uploads.expired + uploads.orphaned:
+                    print(f"upload {upload_id} (freed)")
+                freed = len(uploads.expired) + len(uploads.orphaned)
+                kept = len(uploads.unfinished)
                 print(f"{gc_report.history_pruned} past versions dropped, "
-                      f"{len(gc_report.deleted)} blobs deleted", file=sys.stderr)  # fmt: skip
+                      f"{len(gc_report.deleted)} blobs deleted, {freed} uploads freed, "
+                      f"{kept} unfinished uploads kept", file=sys.stderr)  # fmt: skip
             else:
                 for sha in gc_report.unreferenced:
                     print(sha)
                 for sha in gc_report.orphaned:
                     print(f"{sha} (in the blob store, never recorded)")
+                for line in uploads.unfinished:
+                    print(f"upload {line} (unfinished)")
+                for upload_id in uploads.expired:
+                    print(f"upload {upload_id} (expired)")
+                for upload_id in uploads.orphaned:
+                    print(f"upload {upload_id} (staged, never recorded)")
                 found = len(gc_report.unreferenced) + len(gc_report.orphaned)
-                print(f"{found} blobs unreferenced (run with --delete to remove)", file=sys.stderr)
+                print(f"{found} blobs unreferenced, {len(uploads.unfinished)} uploads unfinished, "
+                      f"{len(uploads.expired) + len(uploads.orphaned)} uploads to free "
+                      "(run with --delete to remove)", file=sys.stderr)  # fmt: skip
             return 0
         with Progress(transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
             task = bar.add_task("Verifying blobs", total=None)

@@ -20,14 +20,15 @@ import hashlib
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
 from putplace.blobs.local_staging import UPLOAD_ID
 from putplace.config import Settings
+from putplace.metadata.base import MAX_PAGE
 from putplace.metadata.uploads import Upload
 from putplace.models import ApiKeyRecord, Scope
 from putplace.service import keys, quotas
@@ -59,6 +60,8 @@ from putplace.service.stores import Stores
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
 #: Parts one final upload may join.
 MAX_PARTS = 10_000
+#: Later than any expiry: every upload expires by then.
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 #: Bytes of a request hashed at once on a worker thread.
 HASH_BATCH = 1024 * 1024
 #: Running hashes kept per process: one per upload in flight here.
@@ -394,8 +397,42 @@ async def reclaim_expired(stores: Stores, now: datetime | None = None) -> int:
     return removed
 
 
+@dataclass
+class UploadsReport:
+    """What ``ppserver gc`` found of resumable uploads."""
+
+    #: Uploads still being sent (not expired): ``id namespace offset/length``.
+    unfinished: list[str] = field(default_factory=list)
+    #: Expired uploads, whose space is reclaimed with ``delete``.
+    expired: list[str] = field(default_factory=list)
+    #: Staged bytes no upload record knows (records removed by other means).
+    orphaned: list[str] = field(default_factory=list)
+
+
+async def sweep_uploads(stores: Stores, *, delete: bool) -> UploadsReport:
+    """List unfinished, expired and orphaned uploads; with *delete*, free the expired
+    and orphaned ones (unfinished uploads keep going until they expire)."""
+    report = UploadsReport()
+    now = utcnow()
+    for upload in await stores.metadata.expired_uploads(LATEST, limit=MAX_PAGE):
+        if upload.expires_at <= now:
+            report.expired.append(upload.id)
+        elif not upload.complete:
+            report.unfinished.append(
+                f"{upload.id} {upload.namespace} {upload.offset}/{upload.length}"
+            )
+    report.orphaned = await orphaned_staging(stores)
+    if delete:
+        await reclaim_expired(stores, now)
+        staging = stores.blobs.staging()
+        for upload_id in report.orphaned:
+            await staging.discard(upload_id, {})
+    return report
+
+
 async def orphaned_staging(stores: Stores) -> list[str]:
-    """Staged uploads no record knows (left by a crash, or by records deleted by hand)."""
+    """Staged uploads no record knows (left by records deleted by other means: the
+    staging space of an upload is made after its record and freed before it)."""
     orphans = []
     async for upload_id in stores.blobs.staging().list_ids():
         if await stores.metadata.get_upload(upload_id) is None:
