@@ -1,5 +1,6 @@
 """Schemathesis hooks (loaded through ``SCHEMATHESIS_HOOKS``) for what it cannot generate.
 
+``PATCH /tus/{id}`` takes raw bytes (``application/offset+octet-stream``): any bytes.
 ``POST /bundles`` takes ``application/vnd.putplace.bundle``, a binary framing schemathesis
 has no serializer for. The strategy draws well-framed bundles (with members that match
 their hashes, that do not, or lengths that lie), bodies cut short and arbitrary bytes, so
@@ -36,3 +37,6 @@ schemathesis.openapi.media_type(
     "application/vnd.putplace.bundle",
     st.one_of(_framed(), st.binary(max_size=256), st.just(MAGIC + b"\xff\xff\xff\xff")),
 )
+
+# tus PATCH bodies are raw bytes: any bytes, empty or not.
+schemathesis.openapi.media_type("application/offset+octet-stream", st.binary(max_size=512))
