@@ -212,6 +212,17 @@ async def test_bad_requests_are_refused(api: httpx.AsyncClient) -> None:
     too_long = await tus.patch(api, url, 0, content + b"more")
     assert too_long.status_code == 413
     assert await tus.offset(api, url) == 0
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        yield content
+        yield b"more"
+
+    chunked = await api.patch(
+        url, headers={**tus.TUS, "Upload-Offset": "0", "Content-Type": tus.OFFSET_TYPE},
+        content=streamed(),
+    )  # fmt: skip
+    assert chunked.status_code == 413
+    assert await tus.offset(api, url) == 0
     assert (await api.head("/tus/" + "0" * 32, headers=tus.TUS)).status_code == 404
     assert (await api.head("/tus/../../etc", headers=tus.TUS)).status_code == 404
 
@@ -406,3 +417,34 @@ async def test_gc_lists_and_frees_uploads(
     assert await staged(settings) == [fresh]
     assert await tus.offset(api, f"/tus/{fresh}") == 0
     assert (await api.head(f"/tus/{old}", headers=tus.TUS)).status_code == 404
+
+
+def test_cors_for_browser_tus_clients(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from tests.conftest import make_settings
+
+    origin = "https://app.example.com"
+    preflight = {
+        "Origin": origin, "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "x-api-key,tus-resumable,upload-offset,content-type",
+    }  # fmt: skip
+    settings = make_settings(request, "sqlite-local", tmp_path, cors_origins=origin)
+    with running_server(settings) as url:
+        answer = httpx.options(f"{url}/tus/0123", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["Access-Control-Allow-Origin"] == origin
+        assert "PATCH" in answer.headers["Access-Control-Allow-Methods"]
+        allowed = answer.headers["Access-Control-Allow-Headers"].lower()
+        assert {"x-api-key", "upload-offset", "tus-resumable"} <= set(allowed.split(", "))
+        discovery = httpx.options(f"{url}/tus/", headers={"Origin": origin})
+        exposed = discovery.headers["Access-Control-Expose-Headers"].lower()
+        assert {"location", "upload-offset", "tus-version"} <= set(exposed.split(", "))
+        other = httpx.options(
+            f"{url}/tus/", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "Access-Control-Allow-Origin" not in other.headers
+    plain = make_settings(request, "sqlite-local", tmp_path / "plain")
+    with running_server(plain) as url:
+        assert (
+            "Access-Control-Allow-Origin"
+            not in httpx.options(f"{url}/tus/", headers=preflight).headers
+        )
