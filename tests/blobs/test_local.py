@@ -23,9 +23,9 @@ async def test_streamed_blob_with_fsync_and_writeback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[tuple[int, int]] = []
-    real = local._start_writeback
+    real = local.start_writeback
     monkeypatch.setattr(
-        local, "_start_writeback", lambda fd, o, n: (started.append((o, n)), real(fd, o, n))
+        local, "start_writeback", lambda fd, o, n: (started.append((o, n)), real(fd, o, n))
     )
     store = local.LocalBlobStore(tmp_path / "blobs", fsync=True)
     await store.open()
