@@ -21,6 +21,7 @@ import pytest
 
 from putplace.auth import utcnow
 from putplace.config import Settings
+from putplace.service import resumable
 from putplace.service.resumable import reclaim_expired
 from putplace.service.stores import open_stores
 from tests.conftest import Keys
@@ -448,3 +449,56 @@ def test_cors_for_browser_tus_clients(request: pytest.FixtureRequest, tmp_path: 
             "Access-Control-Allow-Origin"
             not in httpx.options(f"{url}/tus/", headers=preflight).headers
         )
+
+
+async def test_one_request_writes_an_upload_at_a_time(
+    api: httpx.AsyncClient, server_url: str, keys: Keys
+) -> None:
+    """While a PATCH streams, another PATCH or a DELETE of the same upload is told 423
+    (with Retry-After) and changes nothing; the first one's bytes are kept."""
+    content = os.urandom(4 * MIB)
+    record = await registered(api, content)
+    url = urlsplit(await tus.create_for(api, record)).path
+    host, port = urlsplit(server_url).hostname, urlsplit(server_url).port
+    with socket.create_connection((host, port)) as slow:
+        slow.sendall(
+            f"PATCH {url} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {keys.write}\r\n"
+            f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+            f"Content-Type: {tus.OFFSET_TYPE}\r\nContent-Length: {len(content)}\r\n\r\n".encode()
+        )
+        slow.sendall(content[:MIB])
+        for _ in range(100):  # until the slow request holds the upload
+            other = await tus.patch(api, url, 0, content)
+            if other.status_code == 423:
+                break
+            await asyncio.sleep(0.05)
+        assert other.status_code == 423
+        assert int(other.headers["Retry-After"]) > 0
+        assert (await api.delete(url, headers=tus.TUS)).status_code == 423
+        slow.sendall(content[MIB:])
+        answer = slow.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 204"), answer
+    assert await downloaded(api, record["sha256"]) == content
+
+
+async def test_a_finish_cut_short_is_completed_by_the_next_request(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server dies after the last byte is staged but before the content is stored:
+    the next request for the upload verifies and stores it (nothing is sent again)."""
+    content = os.urandom(3 * MIB)
+    record = await registered(api, content)
+    url = await tus.create_for(api, record)
+    real_finish = resumable._finish
+
+    async def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the server died here")
+
+    monkeypatch.setattr(resumable, "_finish", crash)
+    died = await tus.patch(api, url, 0, content, headers={"Connection": "close"})
+    assert died.status_code == 500
+    monkeypatch.setattr(resumable, "_finish", real_finish)
+    assert await downloaded(api, record["sha256"]) is None
+    assert await tus.offset(api, url) == len(content)  # HEAD finishes it
+    assert await downloaded(api, record["sha256"]) == content
+    assert (await put(api, record)).json()["upload_required"] is False

@@ -6,15 +6,20 @@ fill parts, keep tails and read them back.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from putplace.blobs.base import BlobNotFoundError, BlobStore
-from putplace.blobs.staging import StagingState
+from putplace.blobs.base import BlobNotFoundError, BlobStore, StorageUnavailableError
+from putplace.blobs.local import LocalBlobStore
+from putplace.blobs.staging import StagingBusyError, StagingState
+from tests.blobs.conftest import s3_store
 
 MIB = 1024 * 1024
 
@@ -30,15 +35,16 @@ async def staged_bytes(store: BlobStore, upload_id: str, state: StagingState, le
 
 async def append_all(
     store: BlobStore, upload_id: str, state: StagingState, content: bytes, cuts: Sequence[int]
-) -> None:
-    """Append *content* in requests ending at each of *cuts*."""
+) -> StagingState:
+    """Append *content* in requests ending at each of *cuts*; the state kept after."""
     position = 0
     for end in cuts:
-        reached = await store.staging().append(
+        reached, state = await store.staging().append(
             upload_id, state, position, len(content), chunks(content[position:end])
         )
         assert reached == end
         position = end
+    return state
 
 
 @pytest.mark.parametrize(
@@ -56,7 +62,7 @@ async def test_appends_read_back_and_promote(store: BlobStore, cuts: list[int]) 
     staging = store.staging()
     state = await staging.create(upload_id, len(content))
     assert upload_id in [u async for u in staging.list_ids()]
-    await append_all(store, upload_id, state, content, cuts)
+    state = await append_all(store, upload_id, state, content, cuts)
     assert await staged_bytes(store, upload_id, state, len(content)) == content
     await staging.promote(upload_id, state, sha)
     assert b"".join([c async for c in store.read(sha)]) == content
@@ -73,11 +79,13 @@ async def test_bytes_past_the_acknowledged_offset_are_written_over(store: BlobSt
     upload_id = secrets.token_hex(16)
     staging = store.staging()
     state = await staging.create(upload_id, len(content))
-    await append_all(store, upload_id, state, content, [4 * MIB])
-    # An unacknowledged request wrote other bytes further on...
+    state = await append_all(store, upload_id, state, content, [4 * MIB])
+    # An unacknowledged request wrote other bytes further on (its state is not kept)...
     await staging.append(upload_id, state, 4 * MIB, len(content), chunks(wrong[4 * MIB : 9 * MIB]))
     # ...and the retry from the acknowledged offset sends the real ones.
-    await staging.append(upload_id, state, 4 * MIB, len(content), chunks(content[4 * MIB :]))
+    _, state = await staging.append(
+        upload_id, state, 4 * MIB, len(content), chunks(content[4 * MIB :])
+    )
     assert await staged_bytes(store, upload_id, state, len(content)) == content
 
 
@@ -86,7 +94,7 @@ async def test_discard_frees_everything_and_is_repeatable(store: BlobStore) -> N
     upload_id = secrets.token_hex(16)
     staging = store.staging()
     state = await staging.create(upload_id, len(content))
-    await append_all(store, upload_id, state, content, [6 * MIB + 1])
+    state = await append_all(store, upload_id, state, content, [6 * MIB + 1])
     await staging.discard(upload_id, state)
     await staging.discard(upload_id, state)
     assert [u async for u in staging.list_ids()] == []
@@ -100,3 +108,50 @@ async def test_upload_ids_are_never_paths(store: BlobStore) -> None:
     for bad in ("../etc/passwd", "A" * 32, "0" * 31, "0" * 32 + "/x", ""):
         with pytest.raises(BlobNotFoundError):
             await store.staging().create(bad, 10)
+
+
+async def test_one_writer_at_a_time_on_local_disk(tmp_path: Path) -> None:
+    """A writer that lost its lease while stalled still holds the file: a second writer,
+    and the promotion of the upload, must wait for it rather than mix bytes with it."""
+    store = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    await store.open()
+    staging = store.staging()
+    upload_id = secrets.token_hex(16)
+    state = await staging.create(upload_id, 10)
+    stalled = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"12345"
+        stalled.set()
+        await release.wait()
+
+    first = asyncio.create_task(staging.append(upload_id, state, 0, 10, slow()))
+    await stalled.wait()
+    with pytest.raises(StagingBusyError):
+        await staging.append(upload_id, state, 0, 10, chunks(b"abcdefghij"))
+    with pytest.raises(StagingBusyError):
+        await staging.promote(upload_id, state, "ab" * 32)
+    release.set()
+    assert (await first)[0] == 5
+    await store.close()
+
+
+async def test_s3_refuses_to_complete_with_a_part_replaced_behind_its_back(
+    s3_config: dict[str, Any],
+) -> None:
+    """A writer that lost its lease may still upload a part after the upload moved on:
+    completing then fails (S3 checks each part's ETag) rather than store its bytes."""
+    store = s3_store(s3_config)
+    await store.open()
+    staging = store.staging()
+    content = os.urandom(9 * MIB)
+    upload_id = secrets.token_hex(16)
+    state = await staging.create(upload_id, len(content))
+    _, state = await staging.append(upload_id, state, 0, len(content), chunks(content))
+    stale = os.urandom(8 * MIB)  # part 1 again, other bytes, state not kept
+    await staging.append(upload_id, {**state, "etags": []}, 0, len(content), chunks(stale))
+    with pytest.raises(StorageUnavailableError):
+        await staging.promote(upload_id, state, hashlib.sha256(content).hexdigest())
+    await staging.discard(upload_id, state)
+    await store.close()

@@ -72,3 +72,30 @@ async def test_expiry_listing_counting_and_deletion(store: MetadataStore) -> Non
     assert await store.expired_uploads(now) == []
     assert await store.delete_uploads([]) == 0
     assert await store.get_upload(fresh.id) == fresh
+
+
+async def test_one_lease_at_a_time(open_store: OpenStore) -> None:
+    first, second = await open_store(), await open_store()
+    upload = new_upload()
+    await first.create_upload(upload)
+    now = utcnow()
+    later = now + timedelta(seconds=30)
+    claims = await asyncio.gather(
+        first.claim_upload(upload.id, "a", now, later),
+        second.claim_upload(upload.id, "b", now, later),
+    )
+    assert sorted(claims) == [False, True]
+    holder, other = ("a", "b") if claims[0] else ("b", "a")
+    assert await first.claim_upload(upload.id, holder, now, later)  # renewal
+    assert not await second.claim_upload(upload.id, other, now, later)
+    # Advancing needs the lease when a token is given.
+    assert not await first.advance_upload(upload.id, 0, replace(upload, offset=10), other)
+    assert await first.advance_upload(upload.id, 0, replace(upload, offset=10), holder)
+    await second.release_upload(upload.id, other)  # not the holder: changes nothing
+    assert not await second.claim_upload(upload.id, other, now, later)
+    await first.release_upload(upload.id, holder)
+    assert await second.claim_upload(upload.id, other, now, later)
+    # A lease not renewed lapses: a crashed holder does not block the upload forever.
+    assert await first.claim_upload(upload.id, holder, later, later + timedelta(seconds=30))
+    assert await first.get_upload(upload.id) == replace(upload, offset=10)
+    assert not await first.claim_upload("0" * 32, holder, now, later)

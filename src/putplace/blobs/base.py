@@ -6,10 +6,12 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from putplace.blobs.staging import UploadStaging
 from putplace.digest import INVALID_SHA256, is_sha256_hex
+
+if TYPE_CHECKING:
+    from putplace.blobs.staging import UploadStaging
 
 #: Where blobs whose bytes no longer match their name are moved (a directory or key prefix
 #: beside the blobs), for an operator to inspect.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import functools
 import os
 import re
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
 from putplace.blobs.fsio import fsync_dir, start_writeback
-from putplace.blobs.staging import StagingState, UploadStaging
+from putplace.blobs.staging import StagingBusyError, StagingState, UploadStaging
 from putplace.digest import CHUNK_SIZE
 
 UPLOADS_DIR = ".uploads"
@@ -44,6 +45,15 @@ async def _io(fn: Callable[[], T]) -> T:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageFullError("no space left in the blob store") from exc
         raise StorageUnavailableError(f"upload staging I/O error: {exc.strerror or exc}") from exc
+
+
+def _lock(fd: int) -> None:
+    """Hold the upload's file for this writer alone (released when *fd* is closed, or
+    its process dies): a writer that lost its lease while stalled may still be at it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StagingBusyError("another writer still has this upload open") from None
 
 
 def _pwritev_all(fd: int, chunks: Sequence[bytes], offset: int) -> int:
@@ -95,15 +105,18 @@ class LocalUploadStaging(UploadStaging):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
-    ) -> int:
+    ) -> tuple[int, StagingState]:
         path = self.path_for(upload_id)
-        # O_CREAT: a crash may have lost the empty file of an upload still at offset 0.
-        fd = await _io(lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        # Only the first request may create the file: a later one finding it gone (the
+        # upload deleted or expired meanwhile) must not bring its bytes back.
+        create = os.O_CREAT if offset == 0 else 0
+        fd = await _io(lambda: os.open(path, os.O_WRONLY | create | os.O_CLOEXEC, 0o644))
         # One batch is written on a worker thread while the next is received (double
         # buffering); each write waits for the one before, so bytes land in order.
         position = offset
         writing: asyncio.Future[int] | None = None
         try:
+            _lock(fd)
             batch: list[bytes] = []
             size = 0
             async for chunk in chunks:
@@ -126,8 +139,8 @@ class LocalUploadStaging(UploadStaging):
         finally:
             if writing is not None and not writing.done():
                 await asyncio.gather(writing, return_exceptions=True)
-            os.close(fd)
-        return position
+            os.close(fd)  # and with it the lock
+        return position, state
 
     async def read(self, upload_id: str, state: StagingState, length: int) -> AsyncIterator[bytes]:
         path = self.path_for(upload_id)
@@ -149,10 +162,16 @@ class LocalUploadStaging(UploadStaging):
         def move() -> None:
             target.parent.mkdir(exist_ok=True)
             try:
-                os.replace(source, target)
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                if not target.exists():  # promoted before (a retry): nothing to do
-                    raise
+                if target.exists():  # promoted before (a retry): nothing to do
+                    return
+                raise
+            try:
+                _lock(fd)  # no writer still has the file open for writing
+                os.replace(source, target)
+            finally:
+                os.close(fd)
             if self._fsync:
                 fsync_dir(target.parent)
                 fsync_dir(self.dir)

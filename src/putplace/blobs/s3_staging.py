@@ -109,8 +109,11 @@ class S3UploadStaging(UploadStaging):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
-    ) -> int:
+    ) -> tuple[int, StagingState]:
+        if "s3_upload" not in state:  # its creation was cut short by a crash
+            raise BlobNotFoundError("the upload's multipart upload was never recorded")
         part = int(state["part_size"])
+        etags: list[str] = list(state.get("etags", []))
         await self._drop_stale_tails(upload_id, offset)
         whole = offset // part  # parts done
         buffer = bytearray()
@@ -122,10 +125,14 @@ class S3UploadStaging(UploadStaging):
 
         async def send_part(data: bytes) -> None:
             nonlocal whole
-            await self._call(
+            answer = await self._call(
                 "upload_part", Key=self._data_key(upload_id), UploadId=state["s3_upload"],
                 PartNumber=whole + 1, Body=data,
             )  # fmt: skip
+            # Kept, and given back when completing: S3 then refuses to complete with a
+            # part that someone else (a writer that lost its lease) replaced since.
+            del etags[whole:]
+            etags.append(answer["ETag"])
             whole += 1
 
         async for chunk in chunks:
@@ -138,7 +145,7 @@ class S3UploadStaging(UploadStaging):
             await send_part(bytes(buffer))  # the last part may be small
         elif buffer:
             await self._put(self._tail_key(upload_id, position), bytes(buffer))
-        return position
+        return position, {**state, "etags": etags}
 
     async def _drop_stale_tails(self, upload_id: str, offset: int) -> None:
         """Delete tails that end before *offset*: the acknowledged offset only moves
@@ -154,28 +161,22 @@ class S3UploadStaging(UploadStaging):
     async def _completed(self, upload_id: str, state: StagingState) -> str:
         """The staging key, whole: the multipart upload completed (once; again is a no-op)."""
         key = self._data_key(upload_id)
-        parts: list[dict[str, Any]] = []
-        marker = 0
-        try:
-            while True:
-                page = await self._call(
-                    "list_parts", Key=key, UploadId=state["s3_upload"], PartNumberMarker=marker
-                )
-                parts += [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]}
-                          for p in page.get("Parts", [])]  # fmt: skip
-                if not page.get("IsTruncated"):
-                    break
-                marker = page["NextPartNumberMarker"]
-        except BlobNotFoundError:  # completed before: the object is there
-            return key
-        if not parts:  # an empty upload: S3 will not complete one without parts
-            await self._call("abort_multipart_upload", Key=key, UploadId=state["s3_upload"])
+        etags: list[str] = list(state.get("etags", []))
+        if not etags:  # an empty upload: S3 will not complete one without parts
+            with contextlib.suppress(BlobNotFoundError):
+                await self._call("abort_multipart_upload", Key=key, UploadId=state["s3_upload"])
             await self._put(key, b"")
             return key
-        await self._call(
-            "complete_multipart_upload", Key=key, UploadId=state["s3_upload"],
-            MultipartUpload={"Parts": parts},
-        )  # fmt: skip
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        try:  # still open? (Completing twice is an error on some S3 implementations.)
+            await self._call("list_parts", Key=key, UploadId=state["s3_upload"], MaxParts=1)
+        except BlobNotFoundError:  # completed before (a retry): the object is there
+            return key
+        with contextlib.suppress(BlobNotFoundError):  # completed meanwhile
+            await self._call(
+                "complete_multipart_upload", Key=key, UploadId=state["s3_upload"],
+                MultipartUpload={"Parts": parts},
+            )  # fmt: skip
         return key
 
     async def read(self, upload_id: str, state: StagingState, length: int) -> AsyncIterator[bytes]:

@@ -14,6 +14,13 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from putplace.blobs.base import BlobError
+
+
+class StagingBusyError(BlobError):
+    """Another writer (perhaps of a process that lost its lease) still writes this upload."""
+
+
 #: A backend's own state for one upload (an S3 multipart upload's id): JSON-friendly,
 #: kept in the upload's record so any API process can continue the upload.
 StagingState = dict[str, Any]
@@ -34,13 +41,15 @@ class UploadStaging(ABC):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
-    ) -> int:
-        """Write *chunks* from *offset* on; return the offset reached, durably.
+    ) -> tuple[int, StagingState]:
+        """Write *chunks* from *offset* on; return the offset reached, durably, and the
+        state to keep from now on.
 
         *length* is the upload's total size. If *chunks* or the store raises, the
         exception propagates and nothing is acknowledged: bytes written past *offset* are
         written over by the next request. (A body cut short is not an error: the caller
-        ends *chunks* there, and what arrived is kept.)"""
+        ends *chunks* there, and what arrived is kept.) :class:`StagingBusyError` when
+        another writer of this upload is still at work (callers also hold a lease)."""
 
     @abstractmethod
     def read(self, upload_id: str, state: StagingState, length: int) -> AsyncIterator[bytes]:

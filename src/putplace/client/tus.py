@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Final
+from urllib.parse import urljoin
 
 import httpx
 
@@ -164,7 +165,9 @@ class ResumableUpload:
         response = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
         if response.status_code != 201 or "Location" not in response.headers:
             raise ApiError(response.status_code, error_detail(response))
-        return str(response.headers["Location"])
+        # Resolved against the URL posted to (RFC 3986), not joined onto the base URL's
+        # path as the HTTP client would: a server under /prefix answers /prefix/tus/ID.
+        return urljoin(f"{self.api.url}/tus/", response.headers["Location"])
 
     def _send(self, url: str, start: int, length: int) -> None:
         """Send bytes ``[start, start + length)`` of the file as the upload at *url*."""
@@ -207,20 +210,45 @@ class ResumableUpload:
                     )
                 except httpx.TransportError as exc:
                     failures = self._failed(failures, None, str(exc) or type(exc).__name__)
-                    offset = self._offset(url)
+                    offset = self._ready(url)
                     continue
                 if response.status_code == 204:
                     offset = int(response.headers["Upload-Offset"])
                     failures = 0
-                elif response.status_code in (404, 410):
-                    raise UploadGoneError(response.status_code, error_detail(response))
-                elif response.status_code in (401, 403):
-                    raise AuthError(response.status_code, error_detail(response))
-                elif response.status_code in (409, 460) or is_transient(response.status_code):
-                    failures = self._failed(failures, response, error_detail(response))
-                    offset = self._offset(url)
                 else:
-                    raise ApiError(response.status_code, error_detail(response))
+                    self._refused(response)
+                    failures = self._failed(failures, response, error_detail(response))
+                    offset = self._ready(url)
+
+    def _ready(self, url: str) -> int:
+        """After a failure: the acknowledged offset, once the server would take bytes at
+        it. An empty PATCH asks first, so that no chunk is sent only to be refused (423
+        while a request of a server that died still holds the upload, 503 while the
+        server restarts)."""
+        failures = 0
+        while True:
+            offset = self._offset(url)
+            headers = {**TUS_HEADERS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE}
+            try:
+                response = self.api.http.patch(url, headers=headers, content=b"")
+            except httpx.TransportError as exc:
+                failures = self._failed(failures, None, str(exc) or type(exc).__name__)
+                continue
+            if response.status_code == 204:
+                return int(response.headers["Upload-Offset"])
+            self._refused(response)
+            failures = self._failed(failures, response, error_detail(response))
+
+    @staticmethod
+    def _refused(response: httpx.Response) -> None:
+        """Raise unless *response* is a refusal worth trying again after a wait."""
+        status = response.status_code
+        if status in (404, 410):
+            raise UploadGoneError(status, error_detail(response))
+        if status in (401, 403):
+            raise AuthError(status, error_detail(response))
+        if status not in (409, 423, 460) and not is_transient(status):
+            raise ApiError(status, error_detail(response))
 
     def _offset(self, url: str) -> int:
         response = self._retrying(lambda: self.api.http.head(url, headers=TUS_HEADERS))

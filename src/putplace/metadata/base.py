@@ -339,14 +339,24 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def advance_upload(
-        self,
-        upload_id: str,
-        from_offset: int,
-        upload: Upload,
+        self, upload_id: str, from_offset: int, upload: Upload, token: str | None = None
     ) -> bool:
         """Store *upload* (its offset, expiry, staging state, completion) if the stored
-        offset is still *from_offset* and it is not complete; False when another request
-        moved it first. Offsets only move forward this way, whoever else writes."""
+        offset is still *from_offset*, it is not complete and (given *token*) the caller
+        still holds its lease; False otherwise. Offsets only move forward this way,
+        whoever else writes."""
+
+    @abstractmethod
+    async def claim_upload(
+        self, upload_id: str, token: str, now: datetime, until: datetime
+    ) -> bool:
+        """Take (or renew) the upload's lease for *token* until *until*: only one request
+        at a time writes an upload, in any process. False while another token holds an
+        unexpired lease."""
+
+    @abstractmethod
+    async def release_upload(self, upload_id: str, token: str) -> None:
+        """Give the lease back (if *token* still holds it)."""
 
     @abstractmethod
     async def delete_uploads(self, upload_ids: Collection[str]) -> int:

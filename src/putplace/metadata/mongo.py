@@ -1173,13 +1173,32 @@ class MongoMetadataStore(MetadataStore):
             doc = await self._coll("uploads").find_one({"_id": upload_id})
         return None if doc is None else _upload(doc)
 
-    async def advance_upload(self, upload_id: str, from_offset: int, upload: Upload) -> bool:
+    async def advance_upload(
+        self, upload_id: str, from_offset: int, upload: Upload, token: str | None = None
+    ) -> bool:
         doc = _upload_doc(upload)
         changes = {name: doc[name] for name in PROGRESS_FIELDS}
-        selector = {"_id": upload_id, "offset": from_offset, "completed_at": None}
+        selector: Document = {"_id": upload_id, "offset": from_offset, "completed_at": None}
+        if token is not None:
+            selector["lease_token"] = token
         with self._guard("advance_upload"):
             result = await self._coll("uploads").update_one(selector, {"$set": changes})
-        return result.modified_count > 0 or result.matched_count > 0
+        return result.matched_count > 0
+
+    async def claim_upload(
+        self, upload_id: str, token: str, now: datetime, until: datetime
+    ) -> bool:
+        free = [{"lease_until": None}, {"lease_until": {"$lte": now}}, {"lease_token": token}]
+        selector = {"_id": upload_id, "$or": free}
+        lease = {"$set": {"lease_token": token, "lease_until": until}}
+        with self._guard("claim_upload"):
+            result = await self._coll("uploads").update_one(selector, lease)
+        return result.matched_count > 0
+
+    async def release_upload(self, upload_id: str, token: str) -> None:
+        lease = {"$set": {"lease_token": None, "lease_until": None}}
+        with self._guard("release_upload"):
+            await self._coll("uploads").update_one({"_id": upload_id, "lease_token": token}, lease)
 
     async def delete_uploads(self, upload_ids: Collection[str]) -> int:
         if not upload_ids:
@@ -1207,5 +1226,4 @@ def _upload_doc(upload: Upload) -> Document:
 
 
 def _upload(doc: Document) -> Upload:
-    values = {name: value for name, value in doc.items() if name != "_id"}
-    return upload_from_row({**values, "id": doc["_id"]}, lambda when: when.astimezone(UTC))
+    return upload_from_row({**doc, "id": doc["_id"]}, lambda when: when.astimezone(UTC))

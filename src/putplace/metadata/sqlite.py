@@ -270,7 +270,9 @@ MIGRATIONS: list[list[str]] = [
             parts TEXT NOT NULL,
             metadata TEXT NOT NULL,
             staging TEXT NOT NULL,
-            completed_at TEXT
+            completed_at TEXT,
+            lease_token TEXT,
+            lease_until TEXT
         )""",
         "CREATE INDEX uploads_expiry ON uploads (expires_at)",
     ],
@@ -1269,14 +1271,36 @@ class SQLiteMetadataStore(MetadataStore):
         )
         return None if row is None else upload_from_row(dict(row), datetime.fromisoformat)
 
-    async def advance_upload(self, upload_id: str, from_offset: int, upload: Upload) -> bool:
+    async def advance_upload(
+        self, upload_id: str, from_offset: int, upload: Upload, token: str | None = None
+    ) -> bool:
         row = _upload_row(upload)
         sql = (
             f"UPDATE uploads SET {', '.join(f'{name} = ?' for name in PROGRESS_FIELDS)} "
             "WHERE id = ? AND offset = ? AND completed_at IS NULL"
         )
-        args = (*(row[name] for name in PROGRESS_FIELDS), upload_id, from_offset)
+        args: tuple[Any, ...] = (*(row[name] for name in PROGRESS_FIELDS), upload_id, from_offset)
+        if token is not None:
+            sql += " AND lease_token = ?"
+            args = (*args, token)
         return bool(await self._write(lambda c: c.execute(sql, args).rowcount > 0))
+
+    async def claim_upload(
+        self, upload_id: str, token: str, now: datetime, until: datetime
+    ) -> bool:
+        sql = (
+            "UPDATE uploads SET lease_token = ?, lease_until = ? WHERE id = ? AND "
+            "(lease_until IS NULL OR lease_until <= ? OR lease_token = ?)"
+        )
+        args = (token, _iso(until), upload_id, _iso(now), token)
+        return bool(await self._write(lambda c: c.execute(sql, args).rowcount > 0))
+
+    async def release_upload(self, upload_id: str, token: str) -> None:
+        sql = (
+            "UPDATE uploads SET lease_token = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_token = ?"
+        )
+        await self._write(lambda c: c.execute(sql, (upload_id, token)))
 
     async def delete_uploads(self, upload_ids: Collection[str]) -> int:
         ids = list(upload_ids)

@@ -48,6 +48,8 @@ class Upload:
 #: What ``advance_upload`` changes: the rest is fixed when the upload is created.
 PROGRESS_FIELDS = ("offset", "expires_at", "staging", "completed_at")
 
+_FIELDS = tuple(Upload.__dataclass_fields__)
+
 #: Columns whose values are JSON text in a row (SQLite) and plain values in a document.
 _JSON_FIELDS = ("parts", "metadata", "staging")
 
@@ -62,8 +64,9 @@ def upload_to_row(upload: Upload) -> dict[str, Any]:
 
 
 def upload_from_row(row: dict[str, Any], parse_time: Any) -> Upload:
-    """The record from :func:`upload_to_row`'s values (times parsed by *parse_time*)."""
-    values = dict(row)
+    """The record from :func:`upload_to_row`'s values (times parsed by *parse_time*);
+    other columns (the lease) are not part of it."""
+    values = {name: row[name] for name in _FIELDS}
     for name in _JSON_FIELDS:
         if isinstance(values[name], str):
             values[name] = json.loads(values[name])

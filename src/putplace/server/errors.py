@@ -29,6 +29,7 @@ from putplace.digest import INVALID_SHA256
 from putplace.metadata import DuplicateError, StoreUnavailableError
 from putplace.server.multipart import MissingFieldError, MultipartError
 from putplace.service.errors import (
+    BusyError,
     ChecksumMismatchError,
     ConflictError,
     ContentMismatchError,
@@ -80,6 +81,7 @@ STATUS: dict[type[Exception], int] = {
     UnsupportedMediaTypeError: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     ChecksumMismatchError: 460,  # tus's "Checksum Mismatch"; before its base class
     GoneError: status.HTTP_410_GONE,
+    BusyError: status.HTTP_423_LOCKED,
     InvalidInputError: status.HTTP_400_BAD_REQUEST,
     ContentMismatchError: status.HTTP_400_BAD_REQUEST,
     MultipartError: status.HTTP_400_BAD_REQUEST,
@@ -99,7 +101,7 @@ STATUS: dict[type[Exception], int] = {
 def _headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UnauthenticatedError):
         return {"WWW-Authenticate": "X-API-Key"}
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, RateLimitedError | BusyError):
         return {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, PreconditionFailedError):
         return {"Tus-Version": "1.0.0"}

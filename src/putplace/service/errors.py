@@ -57,6 +57,15 @@ class ForbiddenError(ServiceError):
     """A valid key without the right to do this."""
 
 
+class BusyError(ServiceError):
+    """Another request holds what this one needs (an upload being written); try again
+    in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RateLimitedError(ServiceError):
     """Too many requests by one key; try again in ``retry_after`` seconds."""
 

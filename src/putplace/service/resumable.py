@@ -20,6 +20,7 @@ import hashlib
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -27,6 +28,7 @@ from typing import Protocol
 from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
 from putplace.blobs.local_staging import UPLOAD_ID
+from putplace.blobs.staging import StagingBusyError
 from putplace.config import Settings
 from putplace.metadata.base import MAX_PAGE
 from putplace.metadata.uploads import Upload
@@ -41,6 +43,7 @@ from putplace.service.content import (
     registered_location,
 )
 from putplace.service.errors import (
+    BusyError,
     ChecksumMismatchError,
     ConflictError,
     ContentMismatchError,
@@ -54,6 +57,7 @@ from putplace.service.errors import (
 )
 from putplace.service.files import checked_sha256
 from putplace.service.ingest import store_verified
+from putplace.service.quotas import QuotaExceededError
 from putplace.service.stores import Stores
 
 #: ``Upload-Checksum`` algorithms accepted (tus names are hashlib's).
@@ -62,6 +66,14 @@ CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
 MAX_PARTS = 10_000
 #: Later than any expiry: every upload expires by then.
 LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+#: How long a request's hold on an upload lasts unless renewed, and how often it is
+#: renewed while the request lives. After a crash the upload is free again this much
+#: later.
+LEASE_SECONDS = 10
+LEASE_RENEW_SECONDS = 3
+#: What a request refused because another holds the upload is told to wait.
+BUSY_RETRY_SECONDS = 2
+_BUSY = "another request is writing this upload: try again shortly"
 #: Bytes of a request hashed at once on a worker thread.
 HASH_BATCH = 1024 * 1024
 #: Running hashes kept per process: one per upload in flight here.
@@ -159,7 +171,7 @@ async def create(
     await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
     upload = await _stage(stores, upload)
     if length == 0:  # nothing will ever be sent: verify and store it now
-        return await append(stores, settings, RunningHashes(), upload, 0, _Empty(), None)
+        return await _complete_empty(stores, settings, upload)
     return upload
 
 
@@ -170,6 +182,7 @@ async def create_partial(
     """A part of a concatenation: bytes only, verified when a final upload joins them."""
     keys.authorize_namespace(key, namespace, Scope.write)
     check_upload_size(length, settings)
+    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
     now = utcnow()
     upload = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=0,
@@ -178,7 +191,7 @@ async def create_partial(
     )  # fmt: skip
     upload = await _stage(stores, upload)
     if length == 0:
-        return await append(stores, settings, RunningHashes(), upload, 0, _Empty(), None)
+        return await _complete_empty(stores, settings, upload)
     return upload
 
 
@@ -267,6 +280,21 @@ async def find(stores: Stores, key: ApiKeyRecord, upload_id: str) -> Upload:
     return upload
 
 
+async def resume(stores: Stores, settings: Settings, upload: Upload) -> Upload:
+    """*upload*, finished first if all its bytes are staged but a crash stopped it
+    before it was verified and stored (unless another request is at it now)."""
+    if upload.complete or upload.offset < upload.length or upload.parts:
+        return upload
+    try:
+        async with _lease(stores, upload) as lease:
+            current = lease.upload
+            if current.complete or current.offset < current.length:
+                return current
+            return await _complete(stores, settings, current, None, lease.token)
+    except BusyError:
+        return upload
+
+
 async def append(
     stores: Stores,
     settings: Settings,
@@ -275,87 +303,172 @@ async def append(
     offset: int,
     body: Body,
     checksum: tuple[str, bytes] | None,
+    declared: int | None = None,
 ) -> Upload:
     """Write *body* at *offset* (which must be the upload's); the upload as it now is.
 
-    With *checksum* (algorithm, digest), the body's bytes are acknowledged only if they
-    match it (else 460). A body cut short keeps what arrived, unless a checksum was
-    given (it cannot be checked). The last byte makes the content verified and stored."""
+    One request at a time writes an upload (a lease in the metadata store; 423 while
+    another holds it). With *checksum* (algorithm, digest), the body's bytes are
+    acknowledged only if they match it (else 460). A body cut short keeps what arrived,
+    unless a checksum was given (it cannot be checked). *declared* is the body's
+    Content-Length, refused at once when it runs past the upload's length. The last byte
+    makes the content verified and stored."""
     if upload.parts:
         raise ForbiddenError("a final upload cannot be patched")
-    if offset != upload.offset:
-        raise ConflictError(f"Upload-Offset is {offset}, but the upload is at {upload.offset}")
-    check = checksum_hasher(checksum[0]) if checksum else None
-    running = hashes.take(upload)
-    room = upload.length - offset
-
-    hashers = [h for h in (check, running.hasher if running else None) if h is not None]
-
-    async def counted() -> AsyncIterator[bytes]:
-        """The body, bounded by the upload's length, hashed on a worker thread a batch
-        at a time while the staging area writes it (in order: one batch hashing at once)."""
-        received = 0
-        batch: list[bytes] = []
-        batch_size = 0
-        hashing: asyncio.Future[None] | None = None
+    async with _lease(stores, upload) as lease:
+        upload, token = lease.upload, lease.token
+        if offset != upload.offset:
+            raise ConflictError(f"Upload-Offset is {offset}, but the upload is at {upload.offset}")
+        room = upload.length - offset
+        if declared is not None and declared > room:
+            raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
+        if upload.complete or room == 0:
+            return upload  # nothing more may be sent (and an empty body is all there is)
+        check = checksum_hasher(checksum[0]) if checksum else None
+        running = hashes.take(upload)
+        hashers = [h for h in (check, running.hasher if running else None) if h is not None]
+        chunks = _bounded(body, room, upload.length, hashers, lease)
+        staging = stores.blobs.staging()
         try:
-            async for chunk in body:
-                received += len(chunk)
-                if received > room:
-                    raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
-                batch.append(chunk)
-                batch_size += len(chunk)
-                if batch_size >= HASH_BATCH:
-                    if hashing is not None:
-                        await hashing
-                    hashing = asyncio.ensure_future(asyncio.to_thread(_update, hashers, batch))
-                    batch, batch_size = [], 0
-                yield chunk
-            if hashing is not None:
-                await hashing
-            _update(hashers, batch)
-        finally:
-            if hashing is not None and not hashing.done():
-                await asyncio.gather(hashing, return_exceptions=True)
+            position, state = await staging.append(
+                upload.id, upload.staging, offset, upload.length, chunks
+            )
+        except BlobNotFoundError:
+            await _forget(stores, upload)
+            raise GoneError("the upload's staged bytes are gone: start it again") from None
+        except StagingBusyError:
+            raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS) from None
+        lease.check()  # a request that lost the upload acknowledges nothing
+        if checksum is not None and check is not None:
+            if body.cut_short:
+                raise ChecksumMismatchError(
+                    "the body was cut short: its checksum cannot be checked"
+                )
+            if check.digest() != checksum[1]:
+                raise ChecksumMismatchError(f"the body does not match its {checksum[0]} checksum")
+        advanced = replace(
+            upload, offset=position, staging=state, expires_at=_expiry(settings, utcnow())
+        )
+        if not await stores.metadata.advance_upload(upload.id, offset, advanced, token):
+            raise ConflictError("another request moved the upload on first")
+        if position < upload.length:
+            if running is not None:
+                running.offset = position
+                hashes.keep(upload.id, running)
+            return advanced
+        # Every byte is staged and the offset says so (a retry finds nothing to send):
+        # now verify and store, then mark it complete. A crash in between leaves it at
+        # its full length, incomplete: the next request for it finishes it (find()).
+        return await _complete(stores, settings, advanced, running, token)
 
-    if upload.complete:
-        async for _ in counted():  # nothing more may be sent
-            pass
-        return upload
-    staging = stores.blobs.staging()
+
+async def _complete(
+    stores: Stores, settings: Settings, upload: Upload, running: _Running | None, token: str
+) -> Upload:
+    """Finish an upload all of whose bytes are staged: a partial is simply complete; a
+    whole content is verified and stored first."""
+    if not upload.partial:
+        await _finish(stores, settings, upload, running)
+    done = replace(upload, completed_at=utcnow())
+    if not await stores.metadata.advance_upload(upload.id, upload.length, done, token):
+        raise ConflictError("another request finished the upload first")
+    return done
+
+
+async def _bounded(
+    body: Body, room: int, length: int, hashers: Sequence[hashlib._Hash], lease: _Lease
+) -> AsyncIterator[bytes]:
+    """The body, bounded by the upload's length and hashed on a worker thread a batch at
+    a time while the staging area writes it (in order: one batch hashing at once). A
+    request that lost its lease stops."""
+    received = 0
+    batch: list[bytes] = []
+    batch_size = 0
+    hashing: asyncio.Future[None] | None = None
     try:
-        position = await staging.append(upload.id, upload.staging, offset, upload.length,
-                                        counted())  # fmt: skip
-    except BlobNotFoundError:
-        await _forget(stores, upload)
-        raise GoneError("the upload's staged bytes are gone: start it again") from None
-    if checksum is not None and check is not None:
-        if body.cut_short:
-            raise ChecksumMismatchError("the body was cut short: its checksum cannot be checked")
-        if check.digest() != checksum[1]:
-            raise ChecksumMismatchError(f"the body does not match its {checksum[0]} checksum")
+        async for chunk in body:
+            lease.check()
+            received += len(chunk)
+            if received > room:
+                raise TooLargeError(f"the body runs past Upload-Length ({length} bytes)")
+            batch.append(chunk)
+            batch_size += len(chunk)
+            if batch_size >= HASH_BATCH:
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(_update, hashers, batch))
+                batch, batch_size = [], 0
+            yield chunk
+        if hashing is not None:
+            await hashing
+        _update(hashers, batch)
+    finally:
+        if hashing is not None and not hashing.done():
+            await asyncio.gather(hashing, return_exceptions=True)
+
+
+@dataclass
+class _Lease:
+    """A request's hold on an upload, renewed in the background while the request lives
+    (however slowly its body arrives); ``lost`` once a renewal failed."""
+
+    token: str
+    upload: Upload
+    lost: bool = False
+
+    def check(self) -> None:
+        if self.lost:
+            raise ConflictError("the upload was taken over by another request")
+
+
+@asynccontextmanager
+async def _lease(stores: Stores, upload: Upload) -> AsyncIterator[_Lease]:
+    """Hold the upload's lease (423 while another request holds it) and yield it with
+    the upload as it is now that no one else writes it."""
+    token = secrets.token_hex(8)
+    if not await _claim(stores, upload.id, token):
+        raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS)
+    current = await stores.metadata.get_upload(upload.id)
+    if current is None:
+        await stores.metadata.release_upload(upload.id, token)
+        raise NotFoundError("no such upload")
+    lease = _Lease(token, current)
+
+    async def keep() -> None:
+        while not lease.lost:
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            lease.lost = not await _claim(stores, upload.id, token)
+
+    renewing = asyncio.create_task(keep())
+    try:
+        yield lease
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+        await stores.metadata.release_upload(upload.id, token)
+
+
+async def _claim(stores: Stores, upload_id: str, token: str) -> bool:
     now = utcnow()
-    advanced = upload.advanced(position, _expiry(settings, now))
-    if position == upload.length:
-        if not upload.partial:
-            await _finish(stores, upload, running)
-        advanced = replace(advanced, completed_at=now)
-    if not await stores.metadata.advance_upload(upload.id, offset, advanced):
-        raise ConflictError("another request moved the upload on first")
-    if running is not None and not advanced.complete:
-        running.offset = position
-        hashes.keep(upload.id, running)
-    return advanced
+    return await stores.metadata.claim_upload(
+        upload_id, token, now, now + timedelta(seconds=LEASE_SECONDS)
+    )
 
 
-async def _finish(stores: Stores, upload: Upload, running: _Running | None) -> None:
+async def _finish(
+    stores: Stores, settings: Settings, upload: Upload, running: _Running | None
+) -> None:
     """Verify the whole content of *upload* and make it a blob (or proof the namespace
-    holds it); a mismatch discards the upload."""
+    holds it); a mismatch discards the upload. Safe to run again after a crash part-way:
+    if the staged bytes were already made the blob, the blob is verified instead."""
     assert upload.sha256 is not None
     sha256, namespace = upload.sha256, upload.namespace
     staging = stores.blobs.staging()
     held = not await needs_content(stores.metadata, sha256)
     try:
+        if not held:
+            quota = settings.quota(namespace)
+            await quotas.check_bytes(stores.metadata, quota, namespace, upload.length)
         if running is not None:  # hashed as it arrived: nothing to read back
             actual = running.hasher.hexdigest()
             if actual != sha256:
@@ -363,22 +476,47 @@ async def _finish(stores: Stores, upload: Upload, running: _Running | None) -> N
             if held:
                 await staging.discard(upload.id, upload.staging)
             else:
-                await staging.promote(upload.id, upload.staging, sha256)
+                try:
+                    await staging.promote(upload.id, upload.staging, sha256)
+                except StagingBusyError:
+                    raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS) from None
         else:  # continued here after another process or a restart: read it back
-            chunks = staging.read(upload.id, upload.staging, upload.length)
-            await store_verified(
-                None if held else stores.blobs, sha256, chunks, expected_size=upload.length
-            )
+            try:
+                chunks = staging.read(upload.id, upload.staging, upload.length)
+                await store_verified(
+                    None if held else stores.blobs, sha256, chunks, expected_size=upload.length
+                )
+            except BlobNotFoundError:
+                if held:  # the bytes are gone and cannot prove anything now
+                    raise GoneError("the upload's staged bytes are gone: start it again") from None
+                await _verify_promoted(stores, sha256, upload.length)
             await staging.discard(upload.id, upload.staging)
-    except ContentMismatchError:
+    except (ContentMismatchError, GoneError, QuotaExceededError):
         await _forget(stores, upload)
         raise
     await record_sent(stores.metadata, namespace, sha256, upload.length, stored=not held)
 
 
+async def _verify_promoted(stores: Stores, sha256: str, length: int) -> None:
+    """The staged bytes were made the blob before a crash: check the blob instead."""
+    try:
+        await store_verified(None, sha256, stores.blobs.read(sha256), expected_size=length)
+    except BlobNotFoundError:
+        raise GoneError("the upload's staged bytes are gone: start it again") from None
+
+
 async def terminate(stores: Stores, upload: Upload) -> None:
-    """Stop an upload and free its space (tus ``termination``)."""
-    await _forget(stores, upload)
+    """Stop an upload and free its space (tus ``termination``); 423 while a request is
+    writing it."""
+    async with _lease(stores, upload) as lease:
+        await _forget(stores, lease.upload)
+
+
+async def discard_new(stores: Stores, upload: Upload) -> None:
+    """Free an upload whose creation failed part-way (its URL was never given out)."""
+    current = await stores.metadata.get_upload(upload.id)
+    if current is not None and not current.complete:
+        await _forget(stores, current)
 
 
 async def _forget(stores: Stores, upload: Upload) -> None:
@@ -444,6 +582,13 @@ def _update(hashers: Sequence[hashlib._Hash], chunks: Sequence[bytes]) -> None:
     for hasher in hashers:
         for chunk in chunks:
             hasher.update(chunk)  # releases the GIL for each chunk over 2 KiB
+
+
+async def _complete_empty(stores: Stores, settings: Settings, upload: Upload) -> Upload:
+    """An upload of nothing: complete (and for content, verified) at once."""
+    async with _lease(stores, upload) as lease:
+        running = None if lease.upload.partial else _Running()
+        return await _complete(stores, settings, lease.upload, running, lease.token)
 
 
 class _Empty:

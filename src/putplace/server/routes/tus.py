@@ -137,11 +137,10 @@ class _RequestBody:
             self.cut_short = True
 
 
-def _check_declared_size(request: Request, upload: Upload, offset: int) -> None:
-    """Refuse at once a body its Content-Length says is too long."""
+def _declared_length(request: Request) -> int | None:
+    """The body's Content-Length, when it has one."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > upload.length - offset:
-        raise TooLargeError(f"the body runs past Upload-Length ({upload.length} bytes)")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
 
 
 def _headers(upload: Upload) -> dict[str, str]:
@@ -154,8 +153,9 @@ def _headers(upload: Upload) -> dict[str, str]:
 
 
 def _location(request: Request, upload: Upload) -> str:
-    """The upload's URL as a path: clients resolve it against the URL they posted to
-    (RFC 9110 allows it, tus clients do), so it stays right behind any proxy."""
+    """The upload's URL as a path (with the app's root path, when it is served under
+    one): clients resolve it against the URL they posted to, as RFC 9110 allows and tus
+    clients do, so it names the host and scheme the client used."""
     return f"{request.scope.get('root_path', '')}/tus/{upload.id}"
 
 
@@ -217,15 +217,24 @@ async def tus_create(
         return _created(request, upload)
     length = _number("Upload-Length", upload_length)
     assert length is not None
+    # Every header is checked before anything is created: bad input changes nothing.
+    checksum = _parse_checksum(upload_checksum)
+    declared = _declared_length(request)
+    with_body = content_type == OFFSET_TYPE
+    if with_body and declared is not None and declared > length:
+        raise TooLargeError(f"the body runs past Upload-Length ({length} bytes)")
     create = resumable.create_partial if partial else resumable.create
     upload = await create(state.stores, state.settings, key, target, length, metadata)
-    if content_type == OFFSET_TYPE and not upload.complete:
-        _check_declared_size(request, upload, 0)
+    if with_body and not upload.complete:
         body = _RequestBody(request, state.settings)
-        checksum = _parse_checksum(upload_checksum)
-        upload = await resumable.append(
-            state.stores, state.settings, state.running_hashes, upload, 0, body, checksum
-        )
+        try:
+            upload = await resumable.append(
+                state.stores, state.settings, state.running_hashes, upload, 0, body,
+                checksum, declared,
+            )  # fmt: skip
+        except BaseException:  # the client never learns its URL: nothing may be left
+            await resumable.discard_new(state.stores, upload)
+            raise
     return _created(request, upload)
 
 
@@ -241,7 +250,9 @@ def _created(request: Request, upload: Upload) -> Response:
 )
 async def tus_head(caller: Writer, upload_id: str, tus_resumable: TusResumable = None) -> Response:
     _check_version(tus_resumable)
-    upload = await resumable.find(caller.state.stores, caller.key, upload_id)
+    state = caller.state
+    upload = await resumable.find(state.stores, caller.key, upload_id)
+    upload = await resumable.resume(state.stores, state.settings, upload)
     headers = _headers(upload)
     headers["Upload-Length"] = str(upload.length)
     if upload.metadata:
@@ -285,11 +296,11 @@ async def tus_patch(
     checksum = _parse_checksum(upload_checksum)
     state = caller.state
     upload = await resumable.find(state.stores, caller.key, upload_id)
-    _check_declared_size(request, upload, offset)
     body = _RequestBody(request, state.settings)
     upload = await resumable.append(
-        state.stores, state.settings, state.running_hashes, upload, offset, body, checksum
-    )
+        state.stores, state.settings, state.running_hashes, upload, offset, body, checksum,
+        _declared_length(request),
+    )  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=_headers(upload))
 
 
