@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +22,12 @@ from putplace.server.state import AppState
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
 from putplace.service.resumable import reclaim_expired
-from putplace.service.stores import open_stores
+from putplace.service.stores import Stores, open_stores
+
+log = logging.getLogger("putplace.server")
+
+#: Expired resumable uploads are freed this often (and at start-up) by each process.
+UPLOAD_SWEEP_SECONDS = 600.0
 
 _ERROR = {"content": {"application/json": {"schema": {"type": "object"}}}}
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -51,7 +58,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with open_stores(settings) as stores:
         await sweep_temporary(stores.blobs)
-        await reclaim_expired(stores)
+        await _reclaim_uploads(stores)
+        sweeper = asyncio.create_task(_reclaim_uploads_every(stores, UPLOAD_SWEEP_SECONDS))
         app.state.putplace = AppState(
             settings=settings,
             stores=stores,
@@ -59,7 +67,31 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
             duplicate_groups=DuplicateGroupsCache(settings.stats_cache_seconds),
         )
-        yield
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+
+async def _reclaim_uploads_every(stores: Stores, seconds: float) -> None:
+    """Free expired resumable uploads now and then: a server that runs for months still
+    gives their space back."""
+    while True:
+        await asyncio.sleep(seconds)
+        await _reclaim_uploads(stores)
+
+
+async def _reclaim_uploads(stores: Stores) -> None:
+    """Free expired resumable uploads. A failure (the store unreachable) is logged and
+    tried again next time; it never stops the server."""
+    try:
+        freed = await reclaim_expired(stores)
+    except Exception:
+        log.exception("could not free expired uploads; trying again later")
+    else:
+        if freed:
+            log.info("freed %d expired uploads", freed)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

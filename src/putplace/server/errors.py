@@ -109,10 +109,13 @@ def _headers(exc: Exception) -> dict[str, str] | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def refused(_: Request, exc: Exception) -> JSONResponse:
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
         code = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
         detail = INVALID_SHA256 if isinstance(exc, InvalidBlobNameError) else str(exc)
-        return JSONResponse({"detail": detail}, status_code=code, headers=_headers(exc))
+        headers = _headers(exc) or {}
+        if request.url.path.startswith("/tus"):  # tus answers say which protocol, always
+            headers["Tus-Resumable"] = "1.0.0"
+        return JSONResponse({"detail": detail}, status_code=code, headers=headers)
 
     async def missing_field(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, MissingFieldError)
