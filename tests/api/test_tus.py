@@ -470,11 +470,11 @@ async def test_one_request_writes_an_upload_at_a_time(
             f"Content-Type: {tus.OFFSET_TYPE}\r\nContent-Length: {len(content)}\r\n\r\n".encode()
         )
         slow.sendall(content[:MIB])
-        for _ in range(100):  # until the slow request holds the upload
-            other = await tus.patch(api, url, 0, content)
-            if other.status_code == 423:
+        for _ in range(100):  # until the slow request holds the upload (empty probes)
+            if (await tus.patch(api, url, 0, b"")).status_code == 423:
                 break
             await asyncio.sleep(0.05)
+        other = await tus.patch(api, url, 0, content)
         assert other.status_code == 423
         assert int(other.headers["Retry-After"]) > 0
         assert (await api.delete(url, headers=tus.TUS)).status_code == 423

@@ -145,17 +145,7 @@ async def create(
     and ``filepath`` of its file record). Content the namespace has sent before is
     answered at once, complete, with nothing to send."""
     keys.authorize_namespace(key, namespace, Scope.write)
-    sha256 = _declared_sha256(metadata)
-    if "hostname" in metadata or "filepath" in metadata:
-        location = (namespace, metadata.get("hostname", ""), metadata.get("filepath", ""))
-        record = await registered_location(stores.metadata, sha256, location, key)
-    else:
-        record = await registered_content(stores.metadata, sha256, namespace)
-    if record.file_size != length:
-        raise SizeMismatchError(
-            f"Upload-Length is {length}, but the registered size is {record.file_size}"
-        )
-    check_upload_size(length, settings)
+    sha256 = await _registered(stores, settings, key, namespace, metadata, length)
     now = utcnow()
     upload = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=0,
@@ -228,17 +218,7 @@ async def concatenate(
         if not part.complete:
             raise ConflictError(f"partial upload {part.id} is not complete")
     length = sum(part.length for part in parts)
-    sha256 = _declared_sha256(metadata)
-    if "hostname" in metadata or "filepath" in metadata:
-        location = (namespace, metadata.get("hostname", ""), metadata.get("filepath", ""))
-        record = await registered_location(stores.metadata, sha256, location, key)
-    else:
-        record = await registered_content(stores.metadata, sha256, namespace)
-    if record.file_size != length:
-        raise SizeMismatchError(
-            f"the parts hold {length} bytes, but the registered size is {record.file_size}"
-        )
-    check_upload_size(length, settings)
+    sha256 = await _registered(stores, settings, key, namespace, metadata, length)
     staging = stores.blobs.staging()
     held = not await needs_content(stores.metadata, sha256)
     if not (held and await proven(stores.metadata, settings, namespace, [sha256])):
@@ -263,10 +243,30 @@ async def concatenate(
     return final
 
 
-def _declared_sha256(metadata: Mapping[str, str]) -> str:
+async def _registered(
+    stores: Stores,
+    settings: Settings,
+    key: ApiKeyRecord,
+    namespace: str,
+    metadata: Mapping[str, str],
+    length: int,
+) -> str:
+    """The SHA-256 *metadata* declares, once a file record of *namespace* (at its
+    ``hostname`` and ``filepath``, when named) holds it with this *length*."""
     if "sha256" not in metadata:
         raise InvalidInputError("Upload-Metadata must name the content: sha256 <base64 of hex>")
-    return checked_sha256(metadata["sha256"])
+    sha256 = checked_sha256(metadata["sha256"])
+    if "hostname" in metadata or "filepath" in metadata:
+        location = (namespace, metadata.get("hostname", ""), metadata.get("filepath", ""))
+        record = await registered_location(stores.metadata, sha256, location, key)
+    else:
+        record = await registered_content(stores.metadata, sha256, namespace)
+    if record.file_size != length:
+        raise SizeMismatchError(
+            f"the upload is {length} bytes, but the registered size is {record.file_size}"
+        )
+    check_upload_size(length, settings)
+    return sha256
 
 
 async def find(stores: Stores, key: ApiKeyRecord, upload_id: str) -> Upload:
