@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -454,8 +454,20 @@ def test_cors_for_browser_tus_clients(request: pytest.FixtureRequest, tmp_path: 
         )
 
 
+async def until_leased(settings: Settings, upload_id: str) -> None:
+    """Wait until some request holds the upload's lease. The probe claims it only if no
+    one holds it, and then with a lease that lapsed long ago: it takes nothing away."""
+    past = datetime(2000, 1, 1, tzinfo=UTC)
+    async with open_stores(settings) as stores:
+        for _ in range(600):
+            if not await stores.metadata.claim_upload(upload_id, "probe", past, past):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("no request took the upload's lease")
+
+
 async def test_one_request_writes_an_upload_at_a_time(
-    api: httpx.AsyncClient, server_url: str, keys: Keys
+    api: httpx.AsyncClient, server_url: str, keys: Keys, settings: Settings
 ) -> None:
     """While a PATCH streams, another PATCH or a DELETE of the same upload is told 423
     (with Retry-After) and changes nothing; the first one's bytes are kept."""
@@ -470,10 +482,7 @@ async def test_one_request_writes_an_upload_at_a_time(
             f"Content-Type: {tus.OFFSET_TYPE}\r\nContent-Length: {len(content)}\r\n\r\n".encode()
         )
         slow.sendall(content[:MIB])
-        for _ in range(100):  # until the slow request holds the upload (empty probes)
-            if (await tus.patch(api, url, 0, b"")).status_code == 423:
-                break
-            await asyncio.sleep(0.05)
+        await until_leased(settings, url.rsplit("/", 1)[1])
         other = await tus.patch(api, url, 0, content)
         assert other.status_code == 423
         assert int(other.headers["Retry-After"]) > 0
