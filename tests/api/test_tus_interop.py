@@ -27,7 +27,8 @@ async def test_tuspy_uploads_and_resumes_after_a_cut(
     with cutting_proxy(server_url, cut_after=4 * MIB) as proxy:
         client = TusClient(f"{proxy.url}/tus/", headers={"X-API-Key": keys.write})
         uploader = client.uploader(
-            file_stream=io.BytesIO(content), chunk_size=2 * MIB, retries=3, retry_delay=0,
+            # A retry may find the server still closing the cut request (423): wait a bit.
+            file_stream=io.BytesIO(content), chunk_size=2 * MIB, retries=5, retry_delay=1,
             metadata={"sha256": record["sha256"], "filename": "disk.img"},
             upload_checksum=True,
         )  # fmt: skip
