@@ -67,6 +67,12 @@ def _parse_quotas(value: str) -> dict[str, Quota]:
     return quotas
 
 
+class MetricsAccess(StrEnum):
+    key = "key"
+    open = "open"
+    off = "off"
+
+
 class Settings(BaseSettings):
     """Every server setting. Names map to ``PUTPLACE_<NAME>`` environment variables."""
 
@@ -184,6 +190,11 @@ class Settings(BaseSettings):
         86400.0,
         description="A resumable (tus) upload that receives no bytes for this long expires "
         "(404 after); `ppserver gc` and each start of the server reclaim its space.",
+    )
+    metrics: MetricsAccess = Field(
+        MetricsAccess.key,
+        description="`GET /metrics` (Prometheus): `key` for any key with read scope, `open` "
+        "for anyone (a scraper on a private network), `off` to serve none.",
     )
     cors_origins: str = Field(
         "",

@@ -17,7 +17,8 @@ from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
-from putplace.server.routes import content, files, inventory, keys, root, scans, tus
+from putplace.server.metrics import MetricsMiddleware
+from putplace.server.routes import content, files, inventory, keys, metrics, root, scans, tus
 from putplace.server.state import AppState
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
@@ -110,10 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_seconds=settings.upload_idle_timeout_seconds,
     )
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(MetricsMiddleware)
     if settings.cors_origins.strip():
         add_cors(app, settings.cors_origins)
     install_error_handlers(app)
     app.include_router(root.router)
+    app.include_router(metrics.router(settings.metrics.value), responses=COMMON_ERRORS)
     for module in (files, inventory, scans, content, tus, keys):
         app.include_router(module.router, responses=COMMON_ERRORS)
     return app

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -97,9 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     import uvicorn
 
+    from putplace.server.metrics import MULTIPROCESS_DIR
+
     # Worker processes build their own settings from the environment: pass overrides on.
     for name, value in overrides.items():
         os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
+    if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
+        # Each worker writes its metrics here; /metrics sums them (set before they start).
+        os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="putplace-metrics-")
     if asyncio.run(_count_keys(settings)) == 0:
         print(
             "ppserver: no API keys yet. Create the first one with:\n"
