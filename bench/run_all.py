@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import inventory, large_file, server_load, small_files, tus_upload
+from bench import inventory, large_file, metrics_overhead, server_load, small_files, tus_upload
 from bench.common import RESULTS, show, show_ratio
 
 MARKDOWN = RESULTS.with_name("results.md")
@@ -84,6 +84,9 @@ FIGURES = [
            "MiB", 200),
     Figure("tus 4 parts, client peak RSS", "tus_upload.tus_4_parts.client_peak_rss_mib", None,
            "MiB", 200),
+    Figure("/put_file with metrics / without (wrk, median of 3)",
+           "metrics_overhead.on_records_per_s", "metrics_overhead.off_records_per_s",
+           "records/s", 0.95),
     Figure("/put_files x1000 / bare SQLite upsert loop",
            "server_load.batched.records_per_s",
            "server_load.batched.bare_sqlite_records_per_s", "records/s", 0.6),
@@ -132,4 +135,5 @@ if __name__ == "__main__":
         server_load.main()
         inventory.main()
         tus_upload.main()
+        metrics_overhead.main()
     summary()

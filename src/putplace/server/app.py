@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from putplace import __version__
 from putplace.auth import KeyCache
-from putplace.config import Settings, load_settings
+from putplace.config import MetricsAccess, Settings, load_settings
 from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware, RateLimiter
@@ -111,7 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_seconds=settings.upload_idle_timeout_seconds,
     )
     app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(MetricsMiddleware)
+    if settings.metrics is not MetricsAccess.off:
+        app.add_middleware(MetricsMiddleware)
     if settings.cors_origins.strip():
         add_cors(app, settings.cors_origins)
     install_error_handlers(app)

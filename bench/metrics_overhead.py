@@ -1,0 +1,52 @@
+"""Benchmark 6: what metrics cost. ``POST /put_file`` under ``wrk`` (one thread, 64
+connections, 2 server workers), with the metrics middleware on (``PUTPLACE_METRICS=key``)
+and off, alternated BENCH_METRICS_ROUNDS (default 3) times in one run, each on a fresh
+server for BENCH_METRICS_SECONDS (default 10) s. Reports the median of each and their
+ratio (target: on / off >= 0.95, that is under 5% overhead)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.common import create_key, have, ppserver, record, server_env, show, show_ratio, table
+from bench.server_load import wrk
+
+
+def main() -> None:
+    if not have("wrk"):
+        print("metrics overhead: skipped: wrk not installed (apt-get install wrk)")
+        record("metrics_overhead", {"skipped": "wrk not installed"})
+        return
+    rounds = int(os.environ.get("BENCH_METRICS_ROUNDS", "3"))
+    seconds = float(os.environ.get("BENCH_METRICS_SECONDS", "10"))
+    rates: dict[str, list[float]] = {"key": [], "off": []}
+    with tempfile.TemporaryDirectory(prefix="pp-bench-metrics-") as tmp:
+        for _ in range(rounds):
+            for access in rates:
+                work = Path(tmp) / access
+                work.mkdir()
+                env = server_env(work, metrics=access)
+                key = create_key(work, env)
+                with ppserver(work, env, workers=2) as server:
+                    rates[access].append(wrk(server.url, key, 64, seconds)["records_per_s"])
+                shutil.rmtree(work)
+    on, off = statistics.median(rates["key"]), statistics.median(rates["off"])
+    ratio = round(on / off, 3) if off else None
+    table(
+        "metrics overhead, POST /put_file under wrk (median of each)",
+        [
+            ("metrics on", show(on, "records/s")),
+            ("metrics off", show(off, "records/s")),
+            ("on / off", show_ratio(ratio)),
+        ],
+    )
+    record("metrics_overhead", {"on_records_per_s": on, "off_records_per_s": off,
+                                "on_to_off": ratio, "rounds": rates})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
