@@ -94,3 +94,33 @@ def test_workers_are_summed(request: pytest.FixtureRequest, tmp_path: Path) -> N
         for _ in range(5):
             seen = scrape(url, key)
             assert requests(seen, "/files", "GET", 200) - requests(base, "/files", "GET", 200) == 40
+
+
+async def test_content_counters_follow_the_uploads(server_url: str, keys: Keys) -> None:
+    """One content stored, one duplicate not sent again, one upload refused for its hash:
+    the counters say exactly that."""
+    content, wrong = b"stored once" * 100, b"not what was registered"
+    first = metadata(content, filepath="/c/1")
+    before = scrape(server_url, keys.read)
+    with httpx.Client(base_url=server_url, headers={"X-API-Key": keys.write}) as client:
+        assert client.post("/put_file", json=first).json()["upload_required"] is True
+        assert client.put(f"/blobs/{first['sha256']}", content=content).status_code == 201
+        again = client.post("/put_file", json={**first, "filepath": "/c/2"})
+        assert again.json()["upload_required"] is False
+        liar = metadata(wrong.upper(), filepath="/c/3")
+        assert client.post("/put_file", json=liar).status_code == 201
+        assert client.put(f"/blobs/{liar['sha256']}", content=wrong).status_code == 400
+    after = scrape(server_url, keys.read)
+
+    def moved(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert moved("putplace_contents_stored_total") == 1
+    assert moved("putplace_content_stored_bytes_total") == len(content)
+    assert moved("putplace_duplicates_avoided_total") == 1
+    assert moved("putplace_duplicate_bytes_avoided_total") == len(content)
+    assert moved('putplace_uploads_refused_total{reason="hash_mismatch"}') == 1
+    lookups = moved('putplace_key_cache_lookups_total{result="miss"}') + moved(
+        'putplace_key_cache_lookups_total{result="hit"}'
+    )
+    assert lookups == 5 + 1  # the workload's five requests and the second scrape

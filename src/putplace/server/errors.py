@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from putplace import telemetry
 from putplace.blobs.base import (
     BlobTooLargeError,
     InvalidBlobNameError,
@@ -35,13 +36,16 @@ from putplace.service.errors import (
     ContentMismatchError,
     ForbiddenError,
     GoneError,
+    HashMismatchError,
     InvalidInputError,
     NotFoundError,
     RateLimitedError,
+    SizeMismatchError,
     StalledError,
     TooLargeError,
     UnauthenticatedError,
 )
+from putplace.service.quotas import QuotaExceededError
 
 log = logging.getLogger("putplace.server")
 
@@ -98,6 +102,27 @@ STATUS: dict[type[Exception], int] = {
 }
 
 
+#: The reason an upload refused for its content is counted under (``telemetry``).
+REFUSAL_REASONS: dict[type[Exception], str] = {
+    ChecksumMismatchError: "checksum_mismatch",
+    HashMismatchError: "hash_mismatch",
+    SizeMismatchError: "size_mismatch",
+    TooLargeError: "too_large",
+    BlobTooLargeError: "too_large",
+    QuotaExceededError: "quota",
+    StalledError: "stalled",
+}
+
+
+def _count(exc: Exception) -> None:
+    if isinstance(exc, RateLimitedError):
+        telemetry.RATE_LIMITED.inc()
+        return
+    reason = next((r for kind, r in REFUSAL_REASONS.items() if isinstance(exc, kind)), None)
+    if reason is not None:
+        telemetry.UPLOADS_REFUSED.labels(reason).inc()
+
+
 def _headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UnauthenticatedError):
         return {"WWW-Authenticate": "X-API-Key"}
@@ -111,6 +136,7 @@ def _headers(exc: Exception) -> dict[str, str] | None:
 def install_error_handlers(app: FastAPI) -> None:
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         code = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
+        _count(exc)
         detail = INVALID_SHA256 if isinstance(exc, InvalidBlobNameError) else str(exc)
         headers = _headers(exc) or {}
         if request.url.path.startswith("/tus"):  # tus answers say which protocol, always

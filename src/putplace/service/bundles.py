@@ -19,6 +19,7 @@ import struct
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
+from putplace import telemetry
 from putplace.auth import utcnow
 from putplace.config import Settings
 from putplace.digest import INLINE_WORK_LIMIT
@@ -214,5 +215,6 @@ async def _store(
             [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new],
             sent_by=namespace,
         )
+        telemetry.stored(len(new), sum(len(data) for _, data in new))
     if known:
         await stores.metadata.add_possession(namespace, known, utcnow())

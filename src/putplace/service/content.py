@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from putplace import telemetry
 from putplace.auth import utcnow
 from putplace.blobs.base import BlobNotFoundError
 from putplace.config import Settings
@@ -116,6 +117,7 @@ async def record_sent(
     if stored:
         blob = BlobRecord(sha256=sha256, size=size, state=BlobState.present, stored_at=utcnow())
         await metadata.put_blobs([blob], sent_by=namespace)
+        telemetry.stored(1, size)
     else:
         await metadata.add_possession(namespace, [sha256], utcnow())
 

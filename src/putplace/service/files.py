@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from putplace import telemetry
 from putplace.auth import utcnow
 from putplace.config import Quota
 from putplace.digest import INVALID_SHA256, is_sha256_hex
@@ -132,6 +133,10 @@ async def register(
         # Sent by another namespace of the trust domain: this one holds it now too (what
         # its searches and downloads go by). Its own first time stands.
         await store.add_possession(namespace, sent, utcnow())
+    avoided = [m.file_size for m, (_, b) in zip(unique, stored, strict=True)
+               if b is not None and b.sha256 in sent and not m.is_symlink]  # fmt: skip
+    telemetry.DUPLICATES_AVOIDED.inc(len(avoided))
+    telemetry.DUPLICATE_BYTES_AVOIDED.inc(sum(avoided))
     answer = describe_brief if brief else describe
     by_location = {
         (meta.hostname, meta.filepath): answer(meta, record_id, as_sent(blob, sent))

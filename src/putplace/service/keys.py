@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
+from putplace import telemetry
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
 from putplace.metadata import MetadataStore
 from putplace.models import (
@@ -145,6 +146,7 @@ async def authenticate(
         raise UnauthenticatedError("Invalid API key")
     key_hash = hash_key(key)
     record = cache.get(key_hash)
+    telemetry.KEY_CACHE.labels("miss" if record is None else "hit").inc()
     if record is None:
         record = await store.get_api_key(key_hash)
         if record is None or not key_matches(key, record):

@@ -1,0 +1,36 @@
+"""What the service layer counts for operators (exported by ``GET /metrics``): content
+stored and duplicates avoided, uploads refused by reason, rate-limit refusals, the key
+cache. Labels come from small fixed sets, never from names, hashes or keys."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+CONTENTS_STORED = Counter(
+    "putplace_contents_stored", "Distinct contents verified and stored for the first time."
+)
+CONTENT_BYTES_STORED = Counter(
+    "putplace_content_stored_bytes", "Bytes of the contents stored for the first time."
+)
+DUPLICATES_AVOIDED = Counter(
+    "putplace_duplicates_avoided",
+    "File records registered whose content the namespace had sent before: nothing to upload.",
+)
+DUPLICATE_BYTES_AVOIDED = Counter(
+    "putplace_duplicate_bytes_avoided", "Bytes of those records' content, not sent again."
+)
+UPLOADS_REFUSED = Counter(
+    "putplace_uploads_refused",
+    "Requests refused for their content, by reason (hash_mismatch, size_mismatch, "
+    "checksum_mismatch, too_large, quota, stalled).",
+    ["reason"],
+)
+RATE_LIMITED = Counter("putplace_rate_limited", "Requests refused by the per-key rate limit.")
+KEY_CACHE = Counter(
+    "putplace_key_cache_lookups", "API key lookups, by result (hit, miss).", ["result"]
+)
+
+
+def stored(count: int, size: int) -> None:
+    CONTENTS_STORED.inc(count)
+    CONTENT_BYTES_STORED.inc(size)
