@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -431,3 +432,17 @@ async def test_put_many_refuses_a_bad_name_before_storing_any(
     with pytest.raises(InvalidBlobNameError):
         await store.put_many([(sha(good), good), ("../not-a-hash", b"x")])
     assert await leftovers(store) == []
+
+
+async def test_capacity_is_the_disk_or_none(store: BlobStore, tmp_path: Path) -> None:
+    """Local disk reports the filesystem's free and total bytes (an alert watches them);
+    an object store has no capacity the server can see."""
+    capacity = await store.capacity()
+    if store.kind == "s3":
+        assert capacity is None
+        return
+    assert capacity is not None
+    usage = shutil.disk_usage(tmp_path)
+    assert capacity.total == usage.total
+    assert 0 < capacity.free <= capacity.total
+    assert abs(capacity.free - usage.free) < 256 * 1024 * 1024  # others write meanwhile

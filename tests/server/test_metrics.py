@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from putplace.blobs.base import BlobNotFoundError
+from putplace.blobs.local import LocalBlobStore
+from putplace.config import Settings
+from putplace.metadata.base import StoreUnavailableError
+from putplace.metadata.sqlite import SQLiteMetadataStore
+from putplace.server.metrics import exposition
+from putplace.server.store_metrics import measured
+from putplace.service.stores import Stores
 from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import metadata
 from tests.support.processes import ppserver_process, run_ppserver
@@ -94,6 +105,25 @@ def test_workers_are_summed(request: pytest.FixtureRequest, tmp_path: Path) -> N
         for _ in range(5):
             seen = scrape(url, key)
             assert requests(seen, "/files", "GET", 200) - requests(base, "/files", "GET", 200) == 40
+        # Memory is the workers' together, not the one that answered.
+        workers = worker_processes(url)
+        assert len(workers) == 2
+        resident = sum(worker.memory_info().rss for worker in workers)
+        assert seen["process_resident_memory_bytes"] == pytest.approx(resident, rel=0.25)
+        assert seen["process_cpu_seconds_total"] > 0
+        assert seen["process_open_fds"] > 2 * 5
+
+
+def worker_processes(url: str) -> list[psutil.Process]:
+    """The uvicorn workers of the ``ppserver serve`` listening at *url*."""
+    port = url.rpartition(":")[2]
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "serve" in cmdline and port in cmdline:
+            return [
+                child for child in process.children() if "spawn_main" in " ".join(child.cmdline())
+            ]
+    raise AssertionError(f"no ppserver on port {port}")
 
 
 async def test_content_counters_follow_the_uploads(server_url: str, keys: Keys) -> None:
@@ -124,3 +154,105 @@ async def test_content_counters_follow_the_uploads(server_url: str, keys: Keys) 
         'putplace_key_cache_lookups_total{result="hit"}'
     )
     assert lookups == 5 + 1  # the workload's five requests and the second scrape
+
+
+def family(values: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of *name*'s samples whose labels include *labels*."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        value
+        for sample, value in values.items()
+        if sample.partition("{")[0] == name and all(w in sample for w in wanted)
+    )
+
+
+async def test_store_operations_and_state_are_exported(
+    server_url: str, keys: Keys, settings: Settings
+) -> None:
+    """Each store's operations are timed under its backend's name; a scrape says the
+    stores answer, how many scans are open and, on local disk, how full it is."""
+    content = b"timed" * 50
+    body = metadata(content)
+    before = scrape(server_url, keys.read)
+    with httpx.Client(base_url=server_url, headers={"X-API-Key": keys.write}) as client:
+        assert client.post("/put_file", json=body).status_code == 201
+        assert client.put(f"/blobs/{body['sha256']}", content=content).status_code == 201
+        scan = client.post("/scans", json={"hostname": "host-a", "root": "/srv"})
+        assert scan.status_code == 201
+    after = scrape(server_url, keys.read)
+    metadata_backend = "sqlite" if settings.database_url.startswith("sqlite") else "mongodb"
+    blob_backend = "local" if settings.storage_url.startswith("file") else "s3"
+    timed = "putplace_store_operation_duration_seconds_count"
+
+    def moved(store: str, backend: str, operation: str) -> float:
+        labels = {"store": store, "backend": backend, "operation": operation}
+        return family(after, timed, **labels) - family(before, timed, **labels)
+
+    assert moved("blobs", blob_backend, "writer.commit") == 1  # the one upload
+    assert moved("metadata", metadata_backend, "create_scan") == 1
+    # Every key cache miss is one lookup in the store.
+    misses = 'putplace_key_cache_lookups_total{result="miss"}'
+    assert moved("metadata", metadata_backend, "get_api_key") == after[misses] - before[misses]
+    assert after[misses] > before[misses]
+    assert family(after, "putplace_store_errors_total") == 0
+    assert after[f'putplace_store_up{{backend="{metadata_backend}",store="metadata"}}'] == 1
+    assert after[f'putplace_store_up{{backend="{blob_backend}",store="blobs"}}'] == 1
+    assert after["putplace_scans_open"] == 1
+    if blob_backend == "local":
+        free = shutil.disk_usage(settings.storage_url.removeprefix("file://")).free
+        free_bytes = after['putplace_blob_store_free_bytes{backend="local"}']
+        assert abs(free_bytes - free) < 256 * 1024 * 1024
+        assert after['putplace_blob_store_capacity_bytes{backend="local"}'] >= free_bytes
+    else:  # no sample, rather than a 0 that would look like a full disk
+        assert 'putplace_blob_store_free_bytes{backend="s3"}' not in after
+
+
+async def test_store_failures_are_counted_and_answers_are_not(tmp_path: Path) -> None:
+    """A store that fails counts an error for that operation; 'not found' does not."""
+    opened = Stores(SQLiteMetadataStore(tmp_path / "m.db"), LocalBlobStore(tmp_path / "b"))
+    await opened.metadata.open()
+    await opened.blobs.open()
+    stores = measured(opened)
+    errors = "putplace_store_errors_total"
+    before = samples(exposition()[0].decode())
+    with pytest.raises(BlobNotFoundError):
+        async for _ in stores.blobs.read("ab" * 32):
+            pass
+    assert await stores.metadata.get_api_key("00" * 32) is None
+    await opened.metadata.close()
+    with pytest.raises(StoreUnavailableError):
+        await stores.metadata.get_api_key("00" * 32)
+    await opened.blobs.close()
+    after = samples(exposition()[0].decode())
+    assert (
+        family(after, errors, operation="get_api_key")
+        - family(before, errors, operation="get_api_key")
+        == 1
+    )
+    assert family(after, errors, operation="read") == family(before, errors, operation="read")
+
+
+def test_verify_results_reach_every_server(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """`ppserver verify` finds a corrupt blob; the server exports when it ran and what it
+    found, so an alert can fire."""
+    settings = make_settings(request, "sqlite-local", tmp_path)
+    created = run_ppserver(
+        settings, "keys", "create", "--name", "m", "--scope", "write", "--json", cwd=tmp_path
+    )
+    key = json.loads(created.stdout)["api_key"]
+    content = b"will rot" * 10
+    body = metadata(content)
+    with ppserver_process(settings, tmp_path) as url:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}) as client:
+            assert client.post("/put_file", json=body).status_code == 201
+            assert client.put(f"/blobs/{body['sha256']}", content=content).status_code == 201
+        assert not any("putplace_maintenance" in sample for sample in scrape(url, key))
+        blob = tmp_path / "blobs" / body["sha256"][:2] / body["sha256"]
+        blob.write_bytes(b"rotten")
+        started = time.time()
+        run_ppserver(settings, "verify", cwd=tmp_path)
+        seen = scrape(url, key)
+    ran = seen['putplace_maintenance_last_run_timestamp_seconds{task="verify"}']
+    assert started - 1 <= ran <= time.time()
+    assert seen['putplace_maintenance_last_problems{problem="corrupt",task="verify"}'] == 1
+    assert seen['putplace_maintenance_last_problems{problem="missing",task="verify"}'] == 0

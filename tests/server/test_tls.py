@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from putplace.config import Settings
+from tests.server.test_metrics import samples
 from tests.support.processes import (
     BIN,
     run_ppserver,
@@ -101,6 +102,11 @@ def test_https_serving_and_client_verification(tmp_path: Path) -> None:
         )  # fmt: skip
         assert untrusted.returncode != 0
         assert "certificate" in (untrusted.stdout + untrusted.stderr).lower()
+        # Its expiry is exported, so an alert can warn before it lapses.
+        scraped = httpx.get(f"{url}/metrics", headers={"X-API-Key": api_key}, verify=trust)
+        expiry = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        name = 'putplace_tls_certificate_expiry_timestamp_seconds{certificate="serving"}'
+        assert samples(scraped.text)[name] == expiry.timestamp()
     finally:
         stop_process(server)
 

@@ -51,6 +51,12 @@ class StoredBlob:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class Capacity:
+    free: int
+    total: int
+
+
 def checked_name(sha256: str) -> str:
     """*sha256* itself, or :class:`InvalidBlobNameError` if it is not a valid blob name."""
     if not is_sha256_hex(sha256):
@@ -150,6 +156,11 @@ class BlobStore(ABC):
     @abstractmethod
     def staging(self) -> UploadStaging:
         """Where this store's resumable uploads wait until they are whole."""
+
+    async def capacity(self) -> Capacity | None:
+        """Free and total bytes where the store keeps content, or None where that has no
+        meaning (object stores grow without a limit the server can see)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Safe-to-show description (no credentials)."""

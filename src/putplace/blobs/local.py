@@ -26,6 +26,7 @@ from putplace.blobs.base import (
     BlobNotFoundError,
     BlobStore,
     BlobWriter,
+    Capacity,
     StorageFullError,
     StorageUnavailableError,
     StoredBlob,
@@ -130,6 +131,14 @@ class LocalBlobStore(BlobStore):
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": str(self.root)}
+
+    async def capacity(self) -> Capacity | None:
+        try:
+            stats = await asyncio.to_thread(os.statvfs, self.root)
+        except OSError:
+            return None  # not there yet, or unreadable: the ping reports that
+        # What an unprivileged writer may still use (f_bavail), as `df` shows it.
+        return Capacity(free=stats.f_bavail * stats.f_frsize, total=stats.f_blocks * stats.f_frsize)
 
     def path_for(self, sha256: str) -> Path:
         checked_name(sha256)

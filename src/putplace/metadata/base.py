@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -49,6 +50,17 @@ class StoreUnavailableError(StoreError):
 
 class DuplicateError(StoreError):
     """A unique value (an API key hash) is already recorded; nothing was written."""
+
+
+@dataclass(frozen=True)
+class MaintenanceRun:
+    """The outcome of the last run of a maintenance task (``verify``, ``gc``), kept so
+    every server can export it as a metric and an alert can fire on it."""
+
+    task: str
+    finished_at: datetime
+    #: Problems found, by kind (``corrupt``, ``missing``, ``orphaned``...): counts only.
+    problems: Mapping[str, int]
 
 
 class StoredFile(NamedTuple):
@@ -369,6 +381,19 @@ class MetadataStore(ABC):
     @abstractmethod
     async def count_uploads(self) -> int:
         """Uploads not yet complete."""
+
+    # -- operations -------------------------------------------------------------------
+    @abstractmethod
+    async def count_open_scans(self) -> int:
+        """Scans begun and neither completed nor abandoned."""
+
+    @abstractmethod
+    async def record_maintenance(self, run: MaintenanceRun) -> None:
+        """Keep *run* as the last run of its task (replacing the one before)."""
+
+    @abstractmethod
+    async def maintenance_runs(self) -> list[MaintenanceRun]:
+        """The last run of each task that has run, by task name."""
 
     # -- shared conveniences ---------------------------------------------------------
     async def get_blob(self, sha256: str) -> BlobRecord | None:

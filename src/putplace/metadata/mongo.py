@@ -57,6 +57,7 @@ from pymongo.errors import (
 from putplace.metadata.base import (
     FILE_FIELDS,
     DuplicateError,
+    MaintenanceRun,
     MetadataStore,
     StoredFile,
     StoreUnavailableError,
@@ -128,6 +129,7 @@ POSSESSION_INDEXES = [
                unique=True),
 ]  # fmt: skip
 UPLOAD_INDEXES = [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
+SCAN_INDEXES = [IndexModel([("state", ASCENDING)], name="state")]
 SEEN_INDEXES = [IndexModel([("scan", ASCENDING), ("dir", ASCENDING)], name="scan_dir")]
 HISTORY_INDEXES = [
     IndexModel(
@@ -375,6 +377,7 @@ class MongoMetadataStore(MetadataStore):
                 await db["possession"].create_indexes(POSSESSION_INDEXES)
                 await db["api_keys"].create_indexes(API_KEY_INDEXES)
                 await db["uploads"].create_indexes(UPLOAD_INDEXES)
+                await db["scans"].create_indexes(SCAN_INDEXES)
                 # After the indexes: the steps' writes use them (and the unique ones keep
                 # two processes migrating at once from writing anything twice).
                 await self._migrate(db)
@@ -1217,6 +1220,24 @@ class MongoMetadataStore(MetadataStore):
     async def count_uploads(self) -> int:
         with self._guard("count_uploads"):
             return await self._coll("uploads").count_documents({"completed_at": None})
+
+    # -- operations -------------------------------------------------------------------
+    async def count_open_scans(self) -> int:
+        with self._guard("count_open_scans"):
+            return await self._coll("scans").count_documents({"state": ScanState.open.value})
+
+    async def record_maintenance(self, run: MaintenanceRun) -> None:
+        doc = {"finished_at": run.finished_at, "problems": dict(run.problems)}
+        with self._guard("record_maintenance"):
+            await self._coll("maintenance_runs").replace_one({"_id": run.task}, doc, upsert=True)
+
+    async def maintenance_runs(self) -> list[MaintenanceRun]:
+        with self._guard("maintenance_runs"):
+            docs = await self._coll("maintenance_runs").find().sort("_id", ASCENDING).to_list()
+        return [
+            MaintenanceRun(doc["_id"], doc["finished_at"].astimezone(UTC), doc["problems"])
+            for doc in docs
+        ]
 
 
 def _upload_doc(upload: Upload) -> Document:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from putplace.metadata.base import (
     FILE_FIELDS,
     DuplicateError,
+    MaintenanceRun,
     MetadataStore,
     StoredFile,
     StoreUnavailableError,
@@ -275,6 +276,14 @@ MIGRATIONS: list[list[str]] = [
             lease_until TEXT
         )""",
         "CREATE INDEX uploads_expiry ON uploads (expires_at)",
+    ],
+    [  # 5: what operators watch: the last verify and gc, open scans counted by index
+        """CREATE TABLE maintenance_runs (
+            task TEXT PRIMARY KEY,
+            finished_at TEXT NOT NULL,
+            problems TEXT NOT NULL
+        )""",
+        "CREATE INDEX scans_state ON scans (state)",
     ],
 ]
 
@@ -1328,3 +1337,23 @@ class SQLiteMetadataStore(MetadataStore):
     async def count_uploads(self) -> int:
         sql = "SELECT COUNT(*) FROM uploads WHERE completed_at IS NULL"
         return await self._read(lambda c: int(c.execute(sql).fetchone()[0]))
+
+    # -- operations -------------------------------------------------------------------
+    async def count_open_scans(self) -> int:
+        sql = "SELECT COUNT(*) FROM scans WHERE state = ?"
+        return await self._read(
+            lambda c: int(c.execute(sql, (ScanState.open.value,)).fetchone()[0])
+        )
+
+    async def record_maintenance(self, run: MaintenanceRun) -> None:
+        sql = "INSERT OR REPLACE INTO maintenance_runs VALUES (?, ?, ?)"
+        row = (run.task, _iso(run.finished_at), json.dumps(dict(run.problems)))
+        await self._write(lambda c: c.execute(sql, row))
+
+    async def maintenance_runs(self) -> list[MaintenanceRun]:
+        sql = "SELECT task, finished_at, problems FROM maintenance_runs ORDER BY task"
+        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        return [
+            MaintenanceRun(task, datetime.fromisoformat(when), json.loads(problems))
+            for task, when, problems in rows
+        ]

@@ -17,9 +17,10 @@ from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware, RateLimiter
 from putplace.server.logs import AccessLogMiddleware, configure_logging
-from putplace.server.metrics import MetricsMiddleware
+from putplace.server.metrics import MetricsMiddleware, observe_certificate, observe_process
 from putplace.server.routes import content, files, inventory, keys, metrics, root, scans, tus
 from putplace.server.state import AppState
+from putplace.server.store_metrics import measured
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
 from putplace.service.resumable import reclaim_expired
@@ -29,6 +30,8 @@ log = logging.getLogger("putplace.server")
 
 #: Expired resumable uploads are freed this often (and at start-up) by each process.
 UPLOAD_SWEEP_SECONDS = 600.0
+#: How often each worker writes its process figures for /metrics.
+PROCESS_REPORT_SECONDS = 10.0
 
 _ERROR = {"content": {"application/json": {"schema": {"type": "object"}}}}
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -57,10 +60,14 @@ endpoint but `/` and `/health` needs an `X-API-Key` header; keys have a scope of
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    async with open_stores(settings) as stores:
+    async with open_stores(settings) as opened:
+        stores = opened if settings.metrics is MetricsAccess.off else measured(opened)
+        if settings.tls_cert_file is not None and settings.metrics is not MetricsAccess.off:
+            observe_certificate(settings.tls_cert_file)
         await sweep_temporary(stores.blobs)
         await _reclaim_uploads(stores)
         sweeper = asyncio.create_task(_reclaim_uploads_every(stores, UPLOAD_SWEEP_SECONDS))
+        reporter = asyncio.create_task(_observe_process_every(PROCESS_REPORT_SECONDS))
         app.state.putplace = AppState(
             settings=settings,
             stores=stores,
@@ -72,7 +79,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            reporter.cancel()
+            await asyncio.gather(sweeper, reporter, return_exceptions=True)
+
+
+async def _observe_process_every(seconds: float) -> None:
+    """Keep this worker's memory and CPU current in what a scrape answered by another
+    worker sums (several workers only; one process is read at the scrape itself)."""
+    while True:
+        observe_process()
+        await asyncio.sleep(seconds)
 
 
 async def _reclaim_uploads_every(stores: Stores, seconds: float) -> None:

@@ -9,7 +9,9 @@ them (prometheus-client's multiprocess mode), so one scrape sees the whole serve
 from __future__ import annotations
 
 import os
+import re
 import time
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -49,9 +52,11 @@ IN_FLIGHT = Gauge(
     "Requests being answered now.",
     multiprocess_mode="livesum",
 )
-UNFINISHED_UPLOADS = Gauge(
-    "putplace_resumable_uploads_unfinished",
-    "Resumable (tus) uploads begun and not complete, as of the last scrape.",
+CERTIFICATE_EXPIRY = Gauge(
+    "putplace_tls_certificate_expiry_timestamp_seconds",
+    "When the TLS certificate the server presents stops being valid. Served with TLS "
+    "only: without it there is no sample (not a 0 an alert would take for expired).",
+    ["certificate"],
     multiprocess_mode="mostrecent",
 )
 
@@ -106,9 +111,75 @@ class MetricsMiddleware:
                 SERVED.labels(route).inc(served)
 
 
+def observe_certificate(path: Path) -> None:
+    """Export the expiry of the certificate in *path* (the first of a chain), read once at
+    start-up: uvicorn serves the certificate it loaded until it restarts."""
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    CERTIFICATE_EXPIRY.labels("serving").set(certificate.not_valid_after_utc.timestamp())
+
+
+# Under several workers the default process collector would describe only the worker that
+# answers the scrape. These carry the same standard names, written by every worker into the
+# multiprocess directory and combined there: memory and descriptors summed over the live
+# workers, CPU seconds over all that ever ran, the start time of the oldest.
+_WORKER_RSS = Gauge(
+    "process_resident_memory_bytes", "Resident memory of the server's workers, summed.",
+    registry=None, multiprocess_mode="livesum",
+)  # fmt: skip
+_WORKER_FDS = Gauge(
+    "process_open_fds", "Open file descriptors of the server's workers, summed.",
+    registry=None, multiprocess_mode="livesum",
+)  # fmt: skip
+_WORKER_START = Gauge(
+    "process_start_time_seconds", "Start time of the oldest live worker (Unix time).",
+    registry=None, multiprocess_mode="livemin",
+)  # fmt: skip
+_WORKER_CPU = Counter(
+    "process_cpu_seconds", "CPU time (user and system) of the server's workers, summed.",
+    registry=None,
+)  # fmt: skip
+_PROCESS = ProcessCollector(registry=None)
+_cpu_counted = 0.0
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def observe_process() -> None:
+    """Write this worker's process figures for the next scrape (several workers only)."""
+    global _cpu_counted
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return  # the default registry's process collector describes the one process
+    values = {s.name: s.value for family in _PROCESS.collect() for s in family.samples}
+    if "process_resident_memory_bytes" in values:  # Linux /proc only
+        _WORKER_RSS.set(values["process_resident_memory_bytes"])
+        _WORKER_FDS.set(values["process_open_fds"])
+        _WORKER_START.set(values["process_start_time_seconds"])
+        cpu = values["process_cpu_seconds_total"]
+        _WORKER_CPU.inc(max(0.0, cpu - _cpu_counted))
+        _cpu_counted = cpu
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that exited (uvicorn restarts them without telling
+    the metrics library), so memory and in-flight sums count only workers that run."""
+    for name in os.listdir(directory):
+        if (match := _LIVE_GAUGE_FILE.match(name)) is None:
+            continue
+        pid = int(match[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, someone else's: not ours to judge
+
+
 def exposition() -> tuple[bytes, str]:
     """Every metric in the text format, summed over the server's processes."""
-    if os.environ.get(MULTIPROCESS_DIR):
+    if directory := os.environ.get(MULTIPROCESS_DIR):
+        observe_process()
+        _forget_dead_workers(directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -14,6 +14,7 @@ from putplace.auth import utcnow
 from putplace.blobs import BlobStore
 from putplace.blobs.base import BlobNotFoundError, StoredBlob
 from putplace.metadata import MetadataStore
+from putplace.metadata.base import MaintenanceRun
 from putplace.models import BlobRecord, BlobState
 
 log = logging.getLogger("putplace.service")
@@ -65,6 +66,7 @@ async def verify(
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Re-hash stored blobs (all, or a random *sample*); quarantine the corrupt ones.
+    The outcome is recorded for ``/metrics`` (the last run and what it found).
 
     A blob whose bytes no longer hash to its name is moved aside and its record marked
     ``quarantined``, so clients are asked to upload it again. A blob recorded but missing
@@ -89,6 +91,8 @@ async def verify(
         report.checked += 1
         if progress is not None:
             progress(record)
+    problems = {"corrupt": len(report.corrupt), "missing": len(report.missing)}
+    await metadata.record_maintenance(MaintenanceRun("verify", utcnow(), problems))
     return report
 
 
@@ -164,6 +168,8 @@ async def collect_garbage(
     deleted. If a client re-uploaded the same content in the instant between that check
     and the deletion, its blob record is removed again so the next registration asks for
     the content once more.
+
+    What it found is recorded for ``/metrics``.
     """
     cutoff = utcnow() - timedelta(seconds=min_age_seconds)
     report = GcReport()
@@ -197,6 +203,8 @@ async def collect_garbage(
         if delete:
             await _delete_bytes(metadata, blobs, stored.sha256)
             report.deleted.append(stored.sha256)
+    problems = {"unreferenced": len(report.unreferenced), "orphaned": len(report.orphaned)}
+    await metadata.record_maintenance(MaintenanceRun("gc", utcnow(), problems))
     return report
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from putplace.server.deps import Reader, State
-from putplace.server.metrics import UNFINISHED_UPLOADS, exposition
+from putplace.server.metrics import exposition
+from putplace.server.store_metrics import observe_state
 
 SUMMARY = "Prometheus metrics (text format)"
 
 
 async def _scrape(state: State) -> Response:
-    UNFINISHED_UPLOADS.set(await state.stores.metadata.count_uploads())
+    await observe_state(state.stores)
     body, content_type = exposition()
     return Response(body, media_type=content_type)
 

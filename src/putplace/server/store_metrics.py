@@ -1,0 +1,185 @@
+"""Store metrics: how long each metadata and blob store operation takes and how often it
+fails, per backend, measured by wrapping the stores the server opened (no backend counts
+for itself, so every backend is measured alike); and, at each scrape, whether the stores
+answer, how full local disk is, what is open, and how the last maintenance runs went.
+
+Labels are the store (``metadata``, ``blobs``), its backend (``sqlite``, ``local``...)
+and the operation: a method name of the store interface, a small fixed set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from putplace.blobs.base import BlobNotFoundError, BlobTooLargeError, BlobWriter
+from putplace.blobs.staging import StagingBusyError
+from putplace.metadata.base import DuplicateError
+from putplace.service.stores import Stores
+
+S = TypeVar("S")
+
+OPERATION_SECONDS = Histogram(
+    "putplace_store_operation_duration_seconds",
+    "Time a store operation took, by store, backend and operation (streams: not timed).",
+    ["store", "backend", "operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ERRORS = Counter(
+    "putplace_store_errors",
+    "Store operations that failed (the store unreachable, full, or erring), by store, "
+    "backend and operation. Answers such as 'not found' are not errors.",
+    ["store", "backend", "operation"],
+)
+STORE_UP = Gauge(
+    "putplace_store_up",
+    "1 when the store answered its ping at the last scrape, else 0.",
+    ["store", "backend"],
+    multiprocess_mode="mostrecent",
+)
+FREE_BYTES = Gauge(
+    "putplace_blob_store_free_bytes",
+    "Bytes still free on the filesystem holding local blobs, as of the last scrape "
+    "(local disk only: no sample at all for object stores).",
+    ["backend"],
+    multiprocess_mode="mostrecent",
+)
+CAPACITY_BYTES = Gauge(
+    "putplace_blob_store_capacity_bytes",
+    "Size of the filesystem holding local blobs.",
+    ["backend"],
+    multiprocess_mode="mostrecent",
+)
+OPEN_SCANS = Gauge(
+    "putplace_scans_open",
+    "Scans begun by clients and not yet completed or abandoned, as of the last scrape.",
+    multiprocess_mode="mostrecent",
+)
+UNFINISHED_UPLOADS = Gauge(
+    "putplace_resumable_uploads_unfinished",
+    "Resumable (tus) uploads begun and not complete, as of the last scrape.",
+    multiprocess_mode="mostrecent",
+)
+LAST_RUN = Gauge(
+    "putplace_maintenance_last_run_timestamp_seconds",
+    "When the last run of a maintenance task (ppserver verify, gc) finished, by task.",
+    ["task"],
+    multiprocess_mode="mostrecent",
+)
+LAST_PROBLEMS = Gauge(
+    "putplace_maintenance_last_problems",
+    "What the last run of a task found, by task and problem (verify: corrupt, missing; "
+    "gc: unreferenced, orphaned).",
+    ["task", "problem"],
+    multiprocess_mode="mostrecent",
+)
+
+#: Outcomes a caller expects and handles, not failures of the store.
+_ANSWERS = (
+    BlobNotFoundError, BlobTooLargeError, DuplicateError, StagingBusyError, LookupError,
+    ValueError,  # a name or cursor the caller got wrong
+)  # fmt: skip
+
+
+class _Measured:
+    """Stands in for a store (or a writer it handed out): every coroutine method is timed
+    and its failures counted; async generators (streams) have their failures counted."""
+
+    def __init__(self, target: object, store: str, backend: str, prefix: str = "") -> None:
+        self._target = target
+        self._labels = (store, backend)
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if name.startswith("_") or not callable(value):
+            return value
+        operation = self._prefix + name
+        wrapped: Callable[..., Any]
+        if inspect.iscoroutinefunction(value):
+            wrapped = self._timed(value, operation)
+        elif inspect.isasyncgenfunction(value):
+            wrapped = self._streamed(value, operation)
+        elif name == "staging":
+            wrapped = self._handing_out(value, "staging.")
+        else:
+            return value
+        setattr(self, name, wrapped)  # build each wrapper once
+        return wrapped
+
+    def _timed(self, call: Callable[..., Awaitable[Any]], operation: str) -> Callable[..., Any]:
+        timer = OPERATION_SECONDS.labels(*self._labels, operation)
+        errors = ERRORS.labels(*self._labels, operation)
+        store, backend = self._labels
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = await call(*args, **kwargs)
+            except _ANSWERS:
+                raise
+            except Exception:
+                errors.inc()
+                raise
+            finally:
+                timer.observe(time.perf_counter() - started)
+            if isinstance(result, BlobWriter):  # its writes and commit: "writer.commit"
+                return _Measured(result, store, backend, "writer.")
+            return result
+
+        return timed
+
+    def _streamed(
+        self, call: Callable[..., AsyncIterator[Any]], operation: str
+    ) -> Callable[..., Any]:
+        errors = ERRORS.labels(*self._labels, operation)
+
+        async def streamed(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in call(*args, **kwargs):
+                    yield item
+            except _ANSWERS:
+                raise
+            except Exception:
+                errors.inc()
+                raise
+
+        return streamed
+
+    def _handing_out(self, call: Callable[..., Any], prefix: str) -> Callable[..., Any]:
+        store, backend = self._labels
+        return lambda *args, **kwargs: _Measured(call(*args, **kwargs), store, backend, prefix)
+
+
+def measured(stores: Stores) -> Stores:
+    """The same stores, measured."""
+    return Stores(
+        metadata=_measure(stores.metadata, "metadata"), blobs=_measure(stores.blobs, "blobs")
+    )
+
+
+def _measure(store: S, kind: str) -> S:
+    backend = str(getattr(store, "kind", "unknown"))
+    return cast(S, _Measured(store, kind, backend))
+
+
+async def observe_state(stores: Stores) -> None:
+    """Set the gauges a scrape reads from the stores themselves."""
+    metadata, blobs = stores.metadata, stores.blobs
+    metadata_up = await metadata.ping()
+    STORE_UP.labels("metadata", metadata.kind).set(int(metadata_up))
+    STORE_UP.labels("blobs", blobs.kind).set(int(await blobs.ping()))
+    if (capacity := await blobs.capacity()) is not None:
+        FREE_BYTES.labels(blobs.kind).set(capacity.free)
+        CAPACITY_BYTES.labels(blobs.kind).set(capacity.total)
+    if metadata_up:
+        UNFINISHED_UPLOADS.set(await metadata.count_uploads())
+        OPEN_SCANS.set(await metadata.count_open_scans())
+        for run in await metadata.maintenance_runs():
+            LAST_RUN.labels(run.task).set(run.finished_at.timestamp())
+            for problem, count in run.problems.items():
+                LAST_PROBLEMS.labels(run.task, problem).set(count)
