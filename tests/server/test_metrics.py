@@ -177,8 +177,9 @@ async def test_store_operations_and_state_are_exported(
     with httpx.Client(base_url=server_url, headers={"X-API-Key": keys.write}) as client:
         assert client.post("/put_file", json=body).status_code == 201
         assert client.put(f"/blobs/{body['sha256']}", content=content).status_code == 201
-        scan = client.post("/scans", json={"hostname": "host-a", "root": "/srv"})
-        assert scan.status_code == 201
+        for root in ("/srv", "/home"):
+            scan = client.post("/scans", json={"hostname": "host-a", "root": root})
+            assert scan.status_code == 201
     after = scrape(server_url, keys.read)
     metadata_backend = "sqlite" if settings.database_url.startswith("sqlite") else "mongodb"
     blob_backend = "local" if settings.storage_url.startswith("file") else "s3"
@@ -189,7 +190,7 @@ async def test_store_operations_and_state_are_exported(
         return family(after, timed, **labels) - family(before, timed, **labels)
 
     assert moved("blobs", blob_backend, "writer.commit") == 1  # the one upload
-    assert moved("metadata", metadata_backend, "create_scan") == 1
+    assert moved("metadata", metadata_backend, "create_scan") == 2
     # Every key cache miss is one lookup in the store.
     misses = 'putplace_key_cache_lookups_total{result="miss"}'
     assert moved("metadata", metadata_backend, "get_api_key") == after[misses] - before[misses]
@@ -197,7 +198,7 @@ async def test_store_operations_and_state_are_exported(
     assert family(after, "putplace_store_errors_total") == 0
     assert after[f'putplace_store_up{{backend="{metadata_backend}",store="metadata"}}'] == 1
     assert after[f'putplace_store_up{{backend="{blob_backend}",store="blobs"}}'] == 1
-    assert after["putplace_scans_open"] == 1
+    assert after["putplace_scans_open"] == 2
     if blob_backend == "local":
         free = shutil.disk_usage(settings.storage_url.removeprefix("file://")).free
         free_bytes = after['putplace_blob_store_free_bytes{backend="local"}']
@@ -218,6 +219,8 @@ async def test_store_failures_are_counted_and_answers_are_not(tmp_path: Path) ->
     with pytest.raises(BlobNotFoundError):
         async for _ in stores.blobs.read("ab" * 32):
             pass
+    with pytest.raises(ValueError, match="SHA256"):
+        await stores.blobs.delete("../escape")  # the caller's mistake, not the store's
     assert await stores.metadata.get_api_key("00" * 32) is None
     await opened.metadata.close()
     with pytest.raises(StoreUnavailableError):
@@ -229,7 +232,10 @@ async def test_store_failures_are_counted_and_answers_are_not(tmp_path: Path) ->
         - family(before, errors, operation="get_api_key")
         == 1
     )
-    assert family(after, errors, operation="read") == family(before, errors, operation="read")
+    for answered in ("read", "delete"):
+        assert family(after, errors, operation=answered) == family(
+            before, errors, operation=answered
+        )
 
 
 def test_verify_results_reach_every_server(request: pytest.FixtureRequest, tmp_path: Path) -> None:
