@@ -23,7 +23,7 @@ from putplace.models import Scope
 from putplace.service.stores import open_metadata
 from tests.support.servers import running_server
 
-pytest_plugins = ["tests.support.mongo", "tests.support.s3"]
+pytest_plugins = ["tests.support.mongo", "tests.support.s3", "tests.support.redis"]
 
 STACKS = ["sqlite-local", "mongodb-local", "sqlite-s3"]
 

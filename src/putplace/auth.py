@@ -82,5 +82,10 @@ class KeyCache:
         if entry is not None:
             self._entries[record.key_hash] = (entry[0], record)
 
-    def forget(self, key_hash: str) -> None:
-        self._entries.pop(key_hash, None)
+    def forget(self, key_hash: str | None) -> None:
+        """Drop the key with this hash; with None, every key (announcements of revoked
+        keys may have been missed)."""
+        if key_hash is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key_hash, None)

@@ -168,15 +168,24 @@ class Settings(BaseSettings):
     key_cache_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0,
         description="How long a verified API key is cached per process. A revoked key "
-        "stops working within this many seconds. 0 disables the cache.",
+        "stops working within this many seconds (at once everywhere with `redis_url`). "
+        "0 disables the cache.",
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis shared by every server instance (`redis://host:6379/0`): the "
+        "rate limit and quota reservations hold across all instances, and a revoked key is "
+        "refused by every instance at once. Empty: each process keeps its own limits. While "
+        "Redis does not answer, processes fall back to their own limits (see `/health`).",
     )
     max_json_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024 * 1024, description="Largest JSON request body, bytes; larger gets 413."
     )
     rate_limit_per_second: Annotated[float, Field(ge=0)] = Field(
         0.0,
-        description="Requests per second allowed per API key in each server process "
-        "(token bucket); over it, 429 with Retry-After. 0 disables the limit.",
+        description="Requests per second allowed per API key (token bucket): in each "
+        "server process, or across all of them with `redis_url`; over it, 429 with "
+        "Retry-After. 0 disables the limit.",
     )
     rate_limit_burst: Annotated[int, Field(ge=1)] = Field(
         100, description="Requests a key may make at once before the rate limit applies."

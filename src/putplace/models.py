@@ -364,6 +364,12 @@ class HealthResponse(BaseModel):
     status: str = Field(examples=["healthy"])
     database: dict[str, Any]
     storage: dict[str, Any]
+    limits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Where rate limits, quota reservations and key revocations are shared: "
+        "`process` (each process alone) or `redis`. Redis not answering is reported here "
+        "(`shared: false`) but is not `degraded`: the API serves with per-process limits.",
+    )
 
 
 class BriefFileResponse(BaseModel):

@@ -86,3 +86,48 @@ def test_quota_settings_are_checked() -> None:
     for bad in ("lab", "lab:files=1K", "Lab:files=1", "lab:files=1;lab:bytes=2", "lab:size=1"):
         with pytest.raises(ValueError, match=r"quota|namespace|files=N"):
             Settings(quotas=bad)
+
+
+async def race_for_the_last_room(first_url: str, second_url: str, key: str) -> httpx.Response:
+    """Send 60 bytes to *first_url* slowly, and while they are on their way, 60 other bytes
+    to *second_url*, in namespace ``lab`` (100 bytes allowed). The second answer."""
+    lab = {"namespace": "lab"}
+    slow, quick = b"s" * 60, b"q" * 60
+    arrived_half = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slowly() -> Any:
+        yield slow[:30]
+        arrived_half.set()
+        await go_on.wait()
+        yield slow[30:]
+
+    async with (
+        httpx.AsyncClient(base_url=first_url, headers={"X-API-Key": key}) as first,
+        httpx.AsyncClient(base_url=second_url, headers={"X-API-Key": key}) as second,
+    ):
+        for n, content in enumerate((slow, quick)):
+            assert (await put(first, metadata(content, filepath=f"/r{n}"), params=lab)).is_success
+        sending = asyncio.create_task(
+            first.put(f"/blobs/{hashlib.sha256(slow).hexdigest()}", params=lab, content=slowly())
+        )
+        await arrived_half.wait()
+        await asyncio.sleep(0.3)  # the first request is being stored
+        raced = await second.put(
+            f"/blobs/{hashlib.sha256(quick).hexdigest()}", params=lab, content=quick
+        )
+        go_on.set()
+        assert (await sending).status_code == 201
+    return raced
+
+
+async def test_content_on_its_way_holds_its_room(limited: tuple[str, Keys]) -> None:
+    """Two uploads racing for the last of a quota: the one still streaming holds its room,
+    so both cannot pass (and go over) and the second is told why."""
+    url, keys = limited
+    raced = await race_for_the_last_room(url, url, keys.admin)
+    assert raced.status_code == 403
+    assert raced.json()["detail"] == (
+        "namespace 'lab' is over its bytes quota: 0 bytes (and 60 more on their way) of 100 "
+        "allowed, and this request adds 60"
+    )

@@ -195,7 +195,8 @@ async def test_store_operations_and_state_are_exported(
     misses = 'putplace_key_cache_lookups_total{result="miss"}'
     assert moved("metadata", metadata_backend, "get_api_key") == after[misses] - before[misses]
     assert after[misses] > before[misses]
-    assert family(after, "putplace_store_errors_total") == 0
+    errors = "putplace_store_errors_total"
+    assert family(after, errors) == family(before, errors)
     assert after[f'putplace_store_up{{backend="{metadata_backend}",store="metadata"}}'] == 1
     assert after[f'putplace_store_up{{backend="{blob_backend}",store="blobs"}}'] == 1
     assert after["putplace_scans_open"] == 2

@@ -46,7 +46,7 @@ async def test_a_rotation_reaches_every_process_within_the_cache_ttl(
     made = await keys.create_key(store, ApiKeyCreate(name="fleet"))
     other_process = KeyCache(ttl=120)
     await keys.authenticate(store, other_process, made.api_key)  # cached over there
-    await keys.rotate_key(store, made.id, timedelta(0), KeyCache(ttl=120))
+    await keys.rotate_key(store, made.id, timedelta(0))
     # Used every minute, the key's last use is noted each time; that must not keep the
     # cached record (from before the rotation) alive past its TTL.
     clock.advance(61)

@@ -15,7 +15,7 @@ from putplace.auth import KeyCache
 from putplace.config import MetricsAccess, Settings, load_settings
 from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
-from putplace.server.limits import BodyLimitMiddleware, RateLimiter
+from putplace.server.limits import BodyLimitMiddleware
 from putplace.server.logs import AccessLogMiddleware, configure_logging
 from putplace.server.metrics import MetricsMiddleware, observe_certificate, observe_process
 from putplace.server.routes import content, files, inventory, keys, metrics, root, scans, tus
@@ -68,11 +68,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _reclaim_uploads(stores)
         sweeper = asyncio.create_task(_reclaim_uploads_every(stores, UPLOAD_SWEEP_SECONDS))
         reporter = asyncio.create_task(_observe_process_every(PROCESS_REPORT_SECONDS))
+        key_cache = KeyCache(settings.key_cache_seconds)
+        # Keys revoked, rotated or deleted through any instance leave this one's cache.
+        stores.coordination.listen(key_cache.forget)
         app.state.putplace = AppState(
             settings=settings,
             stores=stores,
-            key_cache=KeyCache(settings.key_cache_seconds),
-            rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            key_cache=key_cache,
             duplicate_groups=DuplicateGroupsCache(settings.stats_cache_seconds),
         )
         try:

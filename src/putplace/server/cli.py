@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from putplace.blobs import create_blob_store
 from putplace.config import Settings, SettingsError, load_settings
+from putplace.coordination import create_coordinator
 from putplace.metadata import StoreUnavailableError, create_metadata_store
 from putplace.server import keys_cli
 from putplace.service.maintenance import GC_MIN_AGE_SECONDS
@@ -224,5 +225,10 @@ async def _check(settings: Settings) -> int:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_metadata(settings) as store:
-        return await keys_cli.run(store, args)
+    # With Redis, a key revoked here is refused by every running server at once.
+    coordination = create_coordinator(settings)
+    try:
+        async with open_metadata(settings) as store:
+            return await keys_cli.run(store, args, coordination.announce_key_change)
+    finally:
+        await coordination.close()

@@ -82,7 +82,10 @@ def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         client_ip = request.client.host if request.client else None
         record = await keys.authenticate(state.stores.metadata, state.key_cache, key, client_ip)
         request.state.api_key_id = record.id  # for the access log; never the key itself
-        wait = state.rate_limiter.retry_after(record.id)
+        settings = state.settings
+        wait = await state.stores.coordination.take(
+            f"key:{record.id}", settings.rate_limit_per_second, settings.rate_limit_burst
+        )
         if wait:
             raise RateLimitedError("Rate limit exceeded for this API key", wait)
         keys.authorize(record, scope)

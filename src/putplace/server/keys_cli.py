@@ -16,6 +16,7 @@ from putplace.metadata import MetadataStore
 from putplace.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, Scope
 from putplace.service import keys
 from putplace.service.errors import ConflictError, InvalidInputError, NotFoundError
+from putplace.service.keys import Announce
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)([smhdw]?)")
@@ -79,9 +80,9 @@ def add_parser(commands: Any) -> None:
         actions.add_parser(action, help=text).add_argument("key_id")
 
 
-async def run(store: MetadataStore, args: argparse.Namespace) -> int:
+async def run(store: MetadataStore, args: argparse.Namespace, announce: Announce) -> int:
     try:
-        return await _run(store, args)
+        return await _run(store, args, announce)
     except NotFoundError:
         print(f"ppserver: no API key with id {safe(args.key_id)}", file=sys.stderr)
     except (ConflictError, InvalidInputError) as exc:
@@ -93,7 +94,7 @@ def _expiry(args: argparse.Namespace) -> datetime | None:
     return None if args.expires_in is None else utcnow() + args.expires_in
 
 
-async def _run(store: MetadataStore, args: argparse.Namespace) -> int:
+async def _run(store: MetadataStore, args: argparse.Namespace, announce: Announce) -> int:
     command = args.keys_command
     if command == "create":
         request = ApiKeyCreate(
@@ -102,7 +103,9 @@ async def _run(store: MetadataStore, args: argparse.Namespace) -> int:
         )  # fmt: skip
         _print_created(await keys.create_key(store, request), args.json)
     elif command == "rotate":
-        created = await keys.rotate_key(store, args.key_id, args.overlap, expires_at=_expiry(args))
+        created = await keys.rotate_key(
+            store, args.key_id, args.overlap, announce, expires_at=_expiry(args)
+        )
         _print_created(created, args.json)
         if not args.json:
             ends = (utcnow() + args.overlap).isoformat(timespec="seconds")
@@ -110,10 +113,10 @@ async def _run(store: MetadataStore, args: argparse.Namespace) -> int:
     elif command == "list":
         _print_list(await keys.list_keys(store), args.json)
     elif command == "revoke":
-        await keys.revoke_key(store, args.key_id)
+        await keys.revoke_key(store, args.key_id, announce)
         print(f"Revoked API key {safe(args.key_id)}.")
     else:
-        await keys.delete_key(store, args.key_id)
+        await keys.delete_key(store, args.key_id, announce)
         print(f"Deleted API key {safe(args.key_id)}.")
     return 0
 

@@ -1,12 +1,10 @@
-"""Request limits: body size, per-key request rate, idle time of request bodies."""
+"""Request limits: body size and idle time of request bodies. (The per-key request rate
+is kept by :mod:`putplace.coordination`, shared by every process when Redis is set.)"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import re
-import time
-from collections import OrderedDict
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -101,30 +99,3 @@ class BodyLimitMiddleware:
 async def _answer(scope: Scope, receive: Receive, send: Send, code: int, detail: str) -> None:
     response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
     await response(scope, receive, send)
-
-
-class RateLimiter:
-    """Token buckets per API key (per process), bounded in the number of keys tracked."""
-
-    def __init__(self, per_second: float, burst: int, max_keys: int = 10_000) -> None:
-        self.per_second = per_second
-        self.burst = burst
-        self._max = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def retry_after(self, key_id: str) -> int:
-        """0 if a request by *key_id* may go ahead now, else seconds to wait."""
-        if self.per_second <= 0:
-            return 0
-        now = time.monotonic()
-        tokens, last = self._buckets.pop(key_id, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.per_second)
-        if tokens >= 1:
-            self._buckets[key_id] = (tokens - 1, now)
-            wait = 0
-        else:
-            self._buckets[key_id] = (tokens, now)
-            wait = max(1, math.ceil((1 - tokens) / self.per_second))
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
-        return wait

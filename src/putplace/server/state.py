@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from putplace.auth import KeyCache
 from putplace.config import Settings
-from putplace.server.limits import RateLimiter
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.resumable import RunningHashes
 from putplace.service.stores import Stores
@@ -17,6 +16,5 @@ class AppState:
     settings: Settings
     stores: Stores
     key_cache: KeyCache
-    rate_limiter: RateLimiter
     duplicate_groups: DuplicateGroupsCache
     running_hashes: RunningHashes = field(default_factory=RunningHashes)

@@ -158,7 +158,9 @@ class _Measured:
 def measured(stores: Stores) -> Stores:
     """The same stores, measured."""
     return Stores(
-        metadata=_measure(stores.metadata, "metadata"), blobs=_measure(stores.blobs, "blobs")
+        metadata=_measure(stores.metadata, "metadata"),
+        blobs=_measure(stores.blobs, "blobs"),
+        coordination=stores.coordination,  # measured by itself (putplace_redis_*)
     )
 
 

@@ -147,7 +147,23 @@ async def accept_bundle(
     entries = await read_header(reader, settings)
     results, held = await _verdicts(stores, settings, entries, namespace)
     arriving = sum(e.length for e, r in zip(entries, results, strict=True) if r is None)
-    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, arriving)
+    room = quotas.holding_bytes(
+        stores.metadata, stores.coordination, settings.quota(namespace), namespace, arriving
+    )
+    async with room:  # held until what arrives is recorded
+        return await _receive(stores, settings, reader, entries, results, held, namespace)
+
+
+async def _receive(
+    stores: Stores,
+    settings: Settings,
+    reader: _Reader,
+    entries: list[Entry],
+    results: list[BundleMemberResult | None],
+    held: set[str],
+    namespace: str,
+) -> BundleResponse:
+    """Read the members, verify each, store those that are whole, and answer."""
     present = [
         e.sha256 for e, r in zip(entries, results, strict=True)
         if r is not None and r.status is BundleStatus.present

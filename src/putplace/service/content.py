@@ -95,17 +95,19 @@ async def accept(
         # Sent by this namespace, or another of its trust domain: then it holds it too.
         await stores.metadata.add_possession(namespace, [sha256], utcnow())
         return Accepted(record.file_size, stored=False)
-    await quotas.check_bytes(
-        stores.metadata, settings.quota(namespace), namespace, record.file_size
-    )
-    size = await store_verified(
-        None if held else stores.blobs,
-        sha256,
-        with_idle_timeout(chunks, settings.upload_idle_timeout_seconds),
-        expected_size=record.file_size,
-        max_size=settings.max_upload_bytes,
-    )
-    await record_sent(stores.metadata, namespace, sha256, size, stored=not held)
+    room = quotas.holding_bytes(
+        stores.metadata, stores.coordination, settings.quota(namespace), namespace,
+        record.file_size,
+    )  # fmt: skip
+    async with room:
+        size = await store_verified(
+            None if held else stores.blobs,
+            sha256,
+            with_idle_timeout(chunks, settings.upload_idle_timeout_seconds),
+            expected_size=record.file_size,
+            max_size=settings.max_upload_bytes,
+        )
+        await record_sent(stores.metadata, namespace, sha256, size, stored=not held)
     return Accepted(size, stored=True)
 
 

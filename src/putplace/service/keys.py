@@ -3,7 +3,7 @@ requests, and what a key may do (its scope, and the hosts it is bound to)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
@@ -30,6 +30,9 @@ from putplace.service.errors import (
 #: ``last_used_at`` (and the address) is written at most this often per key, not on every
 #: request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+#: Tells every process caching keys that the key with this hash changed (revoked, rotated
+#: or deleted): this process at once, others at once with Redis, else within the cache TTL.
+Announce = Callable[[str], Awaitable[None]]
 #: A grant on every namespace.
 EVERY_NAMESPACE = "*"
 _RANK = (Scope.read, Scope.write, Scope.admin)
@@ -81,14 +84,14 @@ async def rotate_key(
     store: MetadataStore,
     key_id: str,
     overlap: timedelta,
-    cache: KeyCache | None = None,
+    announce: Announce | None = None,
     expires_at: datetime | None = None,
 ) -> ApiKeyCreated:
     """A new key with the same name, scope and hosts; the old one keeps working for
     *overlap* more (never longer than it would have), so clients can switch without an
     outage. The new key expires at *expires_at*, or, when the old one had an expiry, after
     the same lifetime from now."""
-    old = await _existing(store, cache, key_id)
+    old = await _existing(store, key_id)
     now = utcnow()
     if (status := old.status(now)) is not KeyStatus.active:
         raise ConflictError(f"the key is {status.value}; only an active key can be rotated")
@@ -108,8 +111,8 @@ async def rotate_key(
     if not await store.expire_api_key(old.id, ends, replaced_by=created.id):
         await store.delete_api_key(created.id)
         raise ConflictError("the key was revoked or rotated meanwhile")
-    if cache is not None:
-        cache.forget(old.key_hash)
+    if announce is not None:
+        await announce(old.key_hash)
     return created
 
 
@@ -118,21 +121,25 @@ async def list_keys(store: MetadataStore) -> list[ApiKeyInfo]:
     return [ApiKeyInfo.from_record(r, now) for r in await store.list_api_keys()]
 
 
-async def _existing(store: MetadataStore, cache: KeyCache | None, key_id: str) -> ApiKeyRecord:
+async def _existing(store: MetadataStore, key_id: str) -> ApiKeyRecord:
     record = await store.get_api_key_by_id(key_id)
     if record is None:
         raise NotFoundError("API key not found")
-    if cache is not None:  # this process stops honouring it at once; others within the TTL
-        cache.forget(record.key_hash)
     return record
 
 
-async def revoke_key(store: MetadataStore, key_id: str, cache: KeyCache | None = None) -> None:
-    await store.deactivate_api_key((await _existing(store, cache, key_id)).id)
+async def revoke_key(store: MetadataStore, key_id: str, announce: Announce | None = None) -> None:
+    record = await _existing(store, key_id)
+    await store.deactivate_api_key(record.id)
+    if announce is not None:  # after the store says so: a cache then re-reads "revoked"
+        await announce(record.key_hash)
 
 
-async def delete_key(store: MetadataStore, key_id: str, cache: KeyCache | None = None) -> None:
-    await store.delete_api_key((await _existing(store, cache, key_id)).id)
+async def delete_key(store: MetadataStore, key_id: str, announce: Announce | None = None) -> None:
+    record = await _existing(store, key_id)
+    await store.delete_api_key(record.id)
+    if announce is not None:
+        await announce(record.key_hash)
 
 
 async def authenticate(

@@ -1,13 +1,19 @@
 """Namespace quotas (``PUTPLACE_QUOTAS``): live file records, and bytes of the content a
-namespace sent. Checked before anything is written, so a refusal stores nothing. Two
-requests racing for the last of a quota may both pass: quotas are a limit on growth,
-not a lock."""
+namespace sent. Checked before anything is written, so a refusal stores nothing.
+
+What is on its way counts too: a write holds a reservation of what it adds until it is
+recorded (or fails), and each check counts the reservations others hold. Reservations
+live in the coordinator: per process, or shared by every instance through Redis, so two
+requests racing for the last of a quota through different instances cannot both pass.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 
 from putplace.config import Quota
+from putplace.coordination import Coordinator, Reservation
 from putplace.metadata import MetadataStore
 from putplace.service.errors import ForbiddenError
 
@@ -24,32 +30,68 @@ async def usage(store: MetadataStore, namespace: str) -> tuple[int, int]:
     return files, size
 
 
-async def check_files(
-    store: MetadataStore, quota: Quota, namespace: str, locations: Collection[tuple[str, str]]
-) -> None:
-    """Refuse records that would make *namespace* hold more live records than allowed
-    (updates of live records add none)."""
-    if quota.files is None:
-        return
-    new = len(locations) - await store.count_live(namespace, locations)
-    if new <= 0:
+@asynccontextmanager
+async def holding_files(
+    store: MetadataStore,
+    coordination: Coordinator,
+    quota: Quota,
+    namespace: str,
+    locations: Collection[tuple[str, str]],
+) -> AsyncIterator[None]:
+    """Room for the new live records among *locations* (updates of live records add
+    none) while the block writes them; :class:`QuotaExceededError` if there is none."""
+    new = 0
+    if quota.files is not None:
+        new = len(locations) - await store.count_live(namespace, locations)
+    if quota.files is None or new <= 0:
+        yield
         return
     used, _ = await usage(store, namespace)
-    _check(namespace, "files", "live records", used, quota.files, new)
+    async with _holding(coordination, namespace, "files", "live records", used, quota.files, new):
+        yield
 
 
-async def check_bytes(store: MetadataStore, quota: Quota, namespace: str, size: int) -> None:
-    """Refuse content of *size* bytes the namespace has not sent before, when it would
-    take the namespace over its bytes quota."""
+@asynccontextmanager
+async def holding_bytes(
+    store: MetadataStore, coordination: Coordinator, quota: Quota, namespace: str, size: int
+) -> AsyncIterator[None]:
+    """Room for *size* bytes of content the namespace has not sent before, while the
+    block stores and records it; :class:`QuotaExceededError` if there is none."""
     if quota.bytes is None or size == 0:
+        yield
         return
     _, used = await usage(store, namespace)
-    _check(namespace, "bytes", "bytes", used, quota.bytes, size)
+    async with _holding(coordination, namespace, "bytes", "bytes", used, quota.bytes, size):
+        yield
 
 
-def _check(namespace: str, quota: str, unit: str, used: int, limit: int, adding: int) -> None:
-    if used + adding > limit:
+async def check_bytes(
+    store: MetadataStore, coordination: Coordinator, quota: Quota, namespace: str, size: int
+) -> None:
+    """Refuse now what :func:`holding_bytes` would refuse (a resumable upload's creation:
+    its bytes come later, reserved when they are stored)."""
+    async with holding_bytes(store, coordination, quota, namespace, size):
+        pass
+
+
+@asynccontextmanager
+async def _holding(
+    coordination: Coordinator,
+    namespace: str,
+    quota: str,
+    unit: str,
+    used: int,
+    limit: int,
+    adding: int,
+) -> AsyncIterator[None]:
+    held = await coordination.reserve(f"quota:{namespace}:{quota}", adding, limit - used)
+    if not isinstance(held, Reservation):
+        on_the_way = f" (and {held:,} more on their way)" if held else ""
         raise QuotaExceededError(
-            f"namespace {namespace!r} is over its {quota} quota: {used:,} {unit} of "
-            f"{limit:,} allowed, and this request adds {adding:,}"
+            f"namespace {namespace!r} is over its {quota} quota: {used:,} {unit}{on_the_way} "
+            f"of {limit:,} allowed, and this request adds {adding:,}"
         )
+    try:
+        yield
+    finally:
+        await coordination.release(held)

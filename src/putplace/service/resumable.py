@@ -16,6 +16,7 @@ process (or after a restart) is verified by reading the staged bytes back instea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 from collections import OrderedDict
@@ -158,7 +159,9 @@ async def create(
         done = replace(upload, offset=length, completed_at=now)
         await stores.metadata.create_upload(done)
         return done
-    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
+    await quotas.check_bytes(
+        stores.metadata, stores.coordination, settings.quota(namespace), namespace, length
+    )
     upload = await _stage(stores, upload)
     if length == 0:  # nothing will ever be sent: verify and store it now
         return await _complete_empty(stores, settings, upload)
@@ -172,7 +175,9 @@ async def create_partial(
     """A part of a concatenation: bytes only, verified when a final upload joins them."""
     keys.authorize_namespace(key, namespace, Scope.write)
     check_upload_size(length, settings)
-    await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
+    await quotas.check_bytes(
+        stores.metadata, stores.coordination, settings.quota(namespace), namespace, length
+    )
     now = utcnow()
     upload = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=0,
@@ -222,15 +227,22 @@ async def concatenate(
     staging = stores.blobs.staging()
     held = not await needs_content(stores.metadata, sha256)
     if not (held and await proven(stores.metadata, settings, namespace, [sha256])):
-        await quotas.check_bytes(stores.metadata, settings.quota(namespace), namespace, length)
 
         async def joined() -> AsyncIterator[bytes]:
             for part in parts:
                 async for chunk in staging.read(part.id, part.staging, part.length):
                     yield chunk
 
-        await store_verified(None if held else stores.blobs, sha256, joined(), expected_size=length)
-    await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
+        quota = settings.quota(namespace)
+        async with quotas.holding_bytes(
+            stores.metadata, stores.coordination, quota, namespace, length
+        ):
+            await store_verified(
+                None if held else stores.blobs, sha256, joined(), expected_size=length
+            )
+            await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
+    else:
+        await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
     now = utcnow()
     final = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=length,
@@ -335,7 +347,7 @@ async def append(
             )
         except BlobNotFoundError:
             await _forget(stores, upload)
-            raise GoneError("the upload's staged bytes are gone: start it again") from None
+            raise GoneError(_STAGED_GONE) from None
         except StagingBusyError:
             raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS) from None
         lease.check()  # a request that lost the upload acknowledges nothing
@@ -465,36 +477,45 @@ async def _finish(
     sha256, namespace = upload.sha256, upload.namespace
     staging = stores.blobs.staging()
     held = not await needs_content(stores.metadata, sha256)
-    try:
-        if not held:
-            quota = settings.quota(namespace)
-            await quotas.check_bytes(stores.metadata, quota, namespace, upload.length)
-        if running is not None:  # hashed as it arrived: nothing to read back
-            actual = running.hasher.hexdigest()
-            if actual != sha256:
-                raise HashMismatchError(f"content hashes to {actual}, not {sha256}")
-            if held:
-                await staging.discard(upload.id, upload.staging)
-            else:
+    async with contextlib.AsyncExitStack() as reserved:
+        try:
+            if not held:  # room in the quota, held until the content is recorded
+                room = quotas.holding_bytes(
+                    stores.metadata, stores.coordination, settings.quota(namespace), namespace,
+                    upload.length,
+                )  # fmt: skip
+                await reserved.enter_async_context(room)
+            if running is not None:  # hashed as it arrived: nothing to read back
+                actual = running.hasher.hexdigest()
+                if actual != sha256:
+                    raise HashMismatchError(f"content hashes to {actual}, not {sha256}")
+                if held:
+                    await staging.discard(upload.id, upload.staging)
+                else:
+                    try:
+                        await staging.promote(upload.id, upload.staging, sha256)
+                    except StagingBusyError:
+                        raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS) from None
+            else:  # continued here after another process or a restart: read it back
                 try:
-                    await staging.promote(upload.id, upload.staging, sha256)
-                except StagingBusyError:
-                    raise BusyError(_BUSY, retry_after=BUSY_RETRY_SECONDS) from None
-        else:  # continued here after another process or a restart: read it back
-            try:
-                chunks = staging.read(upload.id, upload.staging, upload.length)
-                await store_verified(
-                    None if held else stores.blobs, sha256, chunks, expected_size=upload.length
-                )
-            except BlobNotFoundError:
-                if held:  # the bytes are gone and cannot prove anything now
-                    raise GoneError("the upload's staged bytes are gone: start it again") from None
-                await _verify_promoted(stores, sha256, upload.length)
-            await staging.discard(upload.id, upload.staging)
-    except (ContentMismatchError, GoneError, QuotaExceededError):
-        await _forget(stores, upload)
-        raise
-    await record_sent(stores.metadata, namespace, sha256, upload.length, stored=not held)
+                    chunks = staging.read(upload.id, upload.staging, upload.length)
+                    await store_verified(
+                        None if held else stores.blobs, sha256, chunks, expected_size=upload.length
+                    )
+                except BlobNotFoundError:
+                    if held:  # the bytes are gone and cannot prove anything now
+                        raise GoneError(
+                            "the upload's staged bytes are gone: start it again"
+                        ) from None
+                    await _verify_promoted(stores, sha256, upload.length)
+                await staging.discard(upload.id, upload.staging)
+        except (ContentMismatchError, GoneError, QuotaExceededError):
+            await _forget(stores, upload)
+            raise
+        await record_sent(stores.metadata, namespace, sha256, upload.length, stored=not held)
+
+
+_STAGED_GONE = "the upload's staged bytes are gone: start it again"
 
 
 async def _verify_promoted(stores: Stores, sha256: str, length: int) -> None:
@@ -502,7 +523,7 @@ async def _verify_promoted(stores: Stores, sha256: str, length: int) -> None:
     try:
         await store_verified(None, sha256, stores.blobs.read(sha256), expected_size=length)
     except BlobNotFoundError:
-        raise GoneError("the upload's staged bytes are gone: start it again") from None
+        raise GoneError(_STAGED_GONE) from None
 
 
 async def terminate(stores: Stores, upload: Upload) -> None:

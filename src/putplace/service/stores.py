@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from putplace.blobs import BlobStore, create_blob_store
 from putplace.config import Settings
+from putplace.coordination import Coordinator, LocalCoordinator, create_coordinator
 from putplace.metadata import MetadataStore, create_metadata_store
 
 
@@ -15,6 +16,8 @@ from putplace.metadata import MetadataStore, create_metadata_store
 class Stores:
     metadata: MetadataStore
     blobs: BlobStore
+    #: Limits the server's processes share (rate, quota reservations, key revocations).
+    coordination: Coordinator = field(default_factory=LocalCoordinator)
 
 
 @asynccontextmanager
@@ -34,7 +37,9 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     async with open_metadata(settings) as metadata:
         blobs = create_blob_store(settings)
         await blobs.open()
+        coordination = create_coordinator(settings)
         try:
-            yield Stores(metadata, blobs)
+            yield Stores(metadata, blobs, coordination)
         finally:
+            await coordination.close()
             await blobs.close()

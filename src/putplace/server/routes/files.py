@@ -42,6 +42,7 @@ async def put_file(
         caller.state.stores.metadata, [meta], caller.key, target,
         domain=caller.state.settings.trust_domain(target),
         quota=caller.state.settings.quota(target), scan_id=scan,
+        coordination=caller.state.stores.coordination,
     )  # fmt: skip
     return json_response(answer, status.HTTP_201_CREATED)
 
@@ -99,6 +100,7 @@ async def put_files(
         target,
         domain=caller.state.settings.trust_domain(target),
         quota=caller.state.settings.quota(target),
+        coordination=caller.state.stores.coordination,
         brief=brief,
         scan_id=scan,
     )

@@ -44,17 +44,19 @@ async def rotate(
     body = body or ApiKeyRotate()
     return await keys.rotate_key(
         caller.state.stores.metadata, key_id, timedelta(seconds=body.overlap_seconds),
-        caller.state.key_cache, body.expires_at,
+        caller.state.stores.coordination.announce_key_change, body.expires_at,
     )  # fmt: skip
 
 
 @router.put("/{key_id}/revoke", summary="Revoke a key; it stops working at once")
 async def revoke(key_id: KeyId, caller: Admin) -> dict[str, str]:
-    await keys.revoke_key(caller.state.stores.metadata, key_id, caller.state.key_cache)
+    stores = caller.state.stores
+    await keys.revoke_key(stores.metadata, key_id, stores.coordination.announce_key_change)
     return {"message": "API key revoked", "id": key_id}
 
 
 @router.delete("/{key_id}", summary="Delete a key")
 async def delete(key_id: KeyId, caller: Admin) -> dict[str, str]:
-    await keys.delete_key(caller.state.stores.metadata, key_id, caller.state.key_cache)
+    stores = caller.state.stores
+    await keys.delete_key(stores.metadata, key_id, stores.coordination.announce_key_change)
     return {"message": "API key deleted", "id": key_id}

@@ -24,9 +24,14 @@ async def root() -> dict[str, str]:
     responses={503: {"description": "A store does not answer (status `degraded`)."}},
 )
 async def health(state: State, response: Response) -> dict[str, Any]:
-    metadata, blobs = state.stores.metadata, state.stores.blobs
+    metadata, blobs, coordination = (
+        state.stores.metadata,
+        state.stores.blobs,
+        state.stores.coordination,
+    )
     database_ok = await metadata.ping()
     storage_ok = await blobs.ping()
+    await coordination.ping()  # refreshes what describe() says
     healthy = database_ok and storage_ok
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -34,6 +39,7 @@ async def health(state: State, response: Response) -> dict[str, Any]:
         "status": "healthy" if healthy else "degraded",
         "database": {**metadata.describe(), "status": _word(database_ok)},
         "storage": {**blobs.describe(), "status": _word(storage_ok)},
+        "limits": coordination.describe(),
     }
 
 

@@ -1,0 +1,69 @@
+"""What the server's processes agree on: per-key request rates, quota reservations of
+uploads in flight, and the keys revoked (so caches drop them). One process alone
+(:mod:`.local`), or every instance behind a load balancer through Redis (:mod:`.redis`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: Called with a key's hash when it was revoked, rotated or deleted anywhere; with None
+#: when announcements may have been missed (every cached key must be looked up again).
+KeyListener = Callable[[str | None], None]
+
+#: A reservation of a crashed process lapses after this long.
+RESERVATION_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Room taken in a namespace's quota while content is on its way."""
+
+    bucket: str
+    token: str
+    amount: int
+
+
+class Coordinator(ABC):
+    """Limits and announcements shared by the processes that use the same coordinator."""
+
+    kind: str
+    #: Whether other processes see what this one counts (else: this process only).
+    shared: bool
+
+    async def close(self) -> None:  # noqa: B027
+        """Stop listening and release connections."""
+
+    @abstractmethod
+    def listen(self, on_key_change: KeyListener) -> None:
+        """From now on, *on_key_change* hears every key change announced anywhere."""
+
+    async def ping(self) -> bool:
+        """True when limits are shared as configured (always, for one process)."""
+        return True
+
+    @abstractmethod
+    async def take(self, bucket: str, per_second: float, burst: int) -> int:
+        """Take one token from *bucket* (refilled at *per_second*, holding at most
+        *burst*): 0 when there was one, else the seconds until there will be."""
+
+    @abstractmethod
+    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
+        """Reserve *amount* in *bucket* if what others hold reserved plus *amount* fits in
+        *room*; else what others hold reserved (the refusal's reason)."""
+
+    @abstractmethod
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back (the content arrived and is counted, or failed)."""
+
+    @abstractmethod
+    async def announce_key_change(self, key_hash: str) -> None:
+        """Tell every process that the key with this hash was revoked, rotated or
+        deleted."""
+
+    def describe(self) -> dict[str, Any]:
+        """For ``/health``: where limits are kept and whether that works now."""
+        return {"type": self.kind, "shared": self.shared, "status": "healthy"}

@@ -1,0 +1,74 @@
+"""Limits kept in this process: each server process counts for itself."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import OrderedDict
+
+from putplace.coordination.base import (
+    RESERVATION_SECONDS,
+    Coordinator,
+    KeyListener,
+    Reservation,
+)
+
+
+class LocalCoordinator(Coordinator):
+    """Token buckets and reservations in memory (bounded), announcements to this process.
+    Also what :class:`RedisCoordinator` falls back to while Redis does not answer."""
+
+    kind = "process"
+    shared = False
+
+    def __init__(self, max_buckets: int = 10_000) -> None:
+        self._max = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._reserved: dict[str, dict[str, tuple[int, float]]] = {}
+        self._listener: KeyListener | None = None
+
+    def listen(self, on_key_change: KeyListener) -> None:
+        self._listener = on_key_change
+
+    async def take(self, bucket: str, per_second: float, burst: int) -> int:
+        return self.take_now(bucket, per_second, burst)
+
+    def take_now(self, bucket: str, per_second: float, burst: int) -> int:
+        if per_second <= 0:
+            return 0
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(bucket, (float(burst), now))
+        tokens = min(burst, tokens + (now - last) * per_second)
+        if tokens >= 1:
+            self._buckets[bucket] = (tokens - 1, now)
+            wait = 0
+        else:
+            self._buckets[bucket] = (tokens, now)
+            wait = max(1, math.ceil((1 - tokens) / per_second))
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return wait
+
+    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
+        now = time.monotonic()
+        held = self._reserved.setdefault(bucket, {})
+        for token, (_, until) in list(held.items()):
+            if until <= now:
+                del held[token]
+        others = sum(size for size, _ in held.values())
+        if others + amount > room:
+            return others
+        token = secrets.token_hex(8)
+        held[token] = (amount, now + RESERVATION_SECONDS)
+        return Reservation(bucket, token, amount)
+
+    async def release(self, reservation: Reservation) -> None:
+        held = self._reserved.get(reservation.bucket, {})
+        held.pop(reservation.token, None)
+        if not held:
+            self._reserved.pop(reservation.bucket, None)
+
+    async def announce_key_change(self, key_hash: str) -> None:
+        if self._listener is not None:
+            self._listener(key_hash)

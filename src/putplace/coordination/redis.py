@@ -1,0 +1,239 @@
+"""Limits shared by every server instance through Redis (``PUTPLACE_REDIS_URL``).
+
+Rate limits and quota reservations are Lua scripts, so each check-and-take is atomic
+across instances and timed by Redis' own clock. Key revocations are published on a
+channel every instance listens to, so a revoked key is refused everywhere at once.
+
+Redis is a helper, never a dependency of answering: when it does not answer (within
+``TIMEOUT_SECONDS``) each instance falls back to its own per-process limits for
+``RETRY_SECONDS``, counts the fallback, and reports it in ``/health`` and ``/metrics``.
+When the channel comes back, every cached key is looked up again, since revocations
+announced meanwhile were missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from putplace.coordination.base import (
+    RESERVATION_SECONDS,
+    Coordinator,
+    KeyListener,
+    Reservation,
+)
+from putplace.coordination.local import LocalCoordinator
+
+log = logging.getLogger("putplace.coordination")
+T = TypeVar("T")
+
+TIMEOUT_SECONDS = 0.5
+RETRY_SECONDS = 2.0
+PREFIX = "putplace:"
+KEY_CHANNEL = PREFIX + "keys-changed"
+
+REDIS_UP = Gauge(
+    "putplace_redis_up",
+    "1 while Redis answers and limits are shared by every instance; 0 while this process "
+    "has fallen back to its own limits.",
+    multiprocess_mode="livemin",
+)
+FALLBACKS = Counter(
+    "putplace_redis_fallbacks",
+    "Limit checks made per process because Redis did not answer, by operation.",
+    ["operation"],
+)
+
+# Token bucket: tokens and the time they were counted, refilled by Redis' clock.
+_TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.max(1, math.ceil((1 - tokens) / rate))
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return wait
+"""
+
+# Reservations: token -> "amount expiry"; lapsed ones are dropped before summing.
+_RESERVE = """
+local amount, room, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = tonumber(redis.call('TIME')[1])
+local held = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #held, 2 do
+  local size, expiry = string.match(held[i + 1], '(%d+) (%d+)')
+  if tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[1], held[i])
+  else
+    others = others + tonumber(size)
+  end
+end
+if others + amount > room then
+  return {0, others}
+end
+redis.call('HSET', KEYS[1], ARGV[1], amount .. ' ' .. (now + ttl))
+redis.call('EXPIRE', KEYS[1], ttl)
+return {1, others}
+"""
+
+
+class RedisCoordinator(Coordinator):
+    kind = "redis"
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+        )
+        self._take = self._redis.register_script(_TAKE)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._local = LocalCoordinator()
+        self._down_until = 0.0
+        self._listener: KeyListener | None = None
+        self._listening: asyncio.Task[None] | None = None
+
+    def listen(self, on_key_change: KeyListener) -> None:
+        self._listener = on_key_change
+        self._local.listen(on_key_change)
+        REDIS_UP.set(1)
+        self._listening = asyncio.create_task(self._listen())
+
+    async def ping(self) -> bool:
+        async def shared() -> bool:
+            return bool(await self._redis.ping())
+
+        return await self._shared("ping", shared, _false)
+
+    async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+        await self._redis.aclose()
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def _shared(
+        self, operation: str, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
+        """*call* against Redis; *fallback* (this process' limits) while it is down."""
+        if self.available:
+            try:
+                result = await call()
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+            else:
+                REDIS_UP.set(1)
+                return result
+        FALLBACKS.labels(operation).inc()
+        return await fallback()
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self.available:
+            log.warning(
+                "Redis does not answer (%s); limits are per process for now", exc or type(exc)
+            )
+        self._down_until = time.monotonic() + RETRY_SECONDS
+        REDIS_UP.set(0)
+
+    async def take(self, bucket: str, per_second: float, burst: int) -> int:
+        if per_second <= 0:
+            return 0
+
+        async def shared() -> int:
+            keys = [f"{PREFIX}rate:{bucket}"]
+            return int(await self._take(keys=keys, args=[per_second, burst]))
+
+        return await self._shared(
+            "rate_limit", shared, lambda: self._local.take(bucket, per_second, burst)
+        )
+
+    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
+        token = secrets.token_hex(8)
+
+        async def shared() -> Reservation | int:
+            keys = [f"{PREFIX}reserved:{bucket}"]
+            granted, others = await self._reserve(
+                keys=keys, args=[token, amount, room, RESERVATION_SECONDS]
+            )
+            return Reservation(bucket, token, amount) if granted else int(others)
+
+        return await self._shared(
+            "quota", shared, lambda: self._local.reserve(bucket, amount, room)
+        )
+
+    async def release(self, reservation: Reservation) -> None:
+        async def shared() -> None:
+            await self._redis.hdel(f"{PREFIX}reserved:{reservation.bucket}", reservation.token)
+
+        # A reservation made while Redis was down lives here; one made in Redis and not
+        # released there lapses on its own.
+        await self._local.release(reservation)
+        await self._shared("quota", shared, _nothing)
+
+    async def announce_key_change(self, key_hash: str) -> None:
+        await self._local.announce_key_change(key_hash)  # this process at once
+
+        async def shared() -> None:
+            await self._redis.publish(KEY_CHANNEL, key_hash)
+
+        await self._shared("key_change", shared, _nothing)
+
+    async def _listen(self) -> None:
+        """Hear revocations from every instance; resubscribe after an outage and forget
+        every cached key then, since announcements made meanwhile were missed."""
+        assert self._listener is not None
+        subscribed_before = False
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as channel:
+                    await channel.subscribe(KEY_CHANNEL)
+                    if subscribed_before:
+                        self._listener(None)
+                    subscribed_before = True
+                    while True:
+                        # Shorter than the socket timeout: an idle wait is not an outage.
+                        message = await channel.get_message(timeout=TIMEOUT_SECONDS / 2)
+                        if message is not None and message["type"] == "message":
+                            self._listener(message["data"].decode())
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    def describe(self) -> dict[str, Any]:
+        parts = urlsplit(self._url)
+        where = f"{parts.hostname}:{parts.port or 6379}"  # never the password
+        if self.available:
+            return {"type": self.kind, "url": where, "shared": True, "status": "healthy"}
+        return {"type": self.kind, "url": where, "shared": False, "status": "unavailable"}
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _false() -> bool:
+    return False

@@ -1,0 +1,67 @@
+"""What every coordinator does alike: token buckets, quota reservations, key-change
+announcements; and, where it says it is shared, across processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from putplace.coordination import Reservation
+from tests.coordination.conftest import MakeCoordinator
+
+
+async def test_a_bucket_allows_its_burst_then_says_how_long_to_wait(
+    make: MakeCoordinator,
+) -> None:
+    limits = make()
+    assert [await limits.take("key:a", 20, 3) for _ in range(3)] == [0, 0, 0]
+    assert await limits.take("key:a", 20, 3) == 1  # at least a second, as Retry-After says
+    assert await limits.take("key:b", 20, 3) == 0  # every key has its own bucket
+    await asyncio.sleep(0.15)  # refilled at 20 per second
+    assert await limits.take("key:a", 20, 3) == 0
+    assert all([await limits.take("key:a", 0, 1) == 0 for _ in range(5)])  # 0: no limit
+
+
+async def test_reservations_fill_the_room_until_released(make: MakeCoordinator) -> None:
+    limits = make()
+    first = await limits.reserve("quota:lab:bytes", 60, 100)
+    assert isinstance(first, Reservation)
+    assert await limits.reserve("quota:lab:bytes", 50, 100) == 60  # refused: 60 held
+    other = await limits.reserve("quota:other:bytes", 50, 100)
+    assert isinstance(other, Reservation)
+    await limits.release(first)
+    assert isinstance(await limits.reserve("quota:lab:bytes", 50, 100), Reservation)
+
+
+async def test_key_changes_are_heard(make: MakeCoordinator) -> None:
+    """The announcing process forgets the key at once; with a shared coordinator, so does
+    every other process."""
+    here, there = make(), make()
+    heard_here: list[str | None] = []
+    heard_there: list[str | None] = []
+    here.listen(heard_here.append)
+    there.listen(heard_there.append)
+    await asyncio.sleep(0.2)  # subscribed
+    await here.announce_key_change("ab" * 32)
+    assert heard_here[0] == "ab" * 32
+    if here.shared:
+        for _ in range(50):
+            if heard_there:
+                break
+            await asyncio.sleep(0.05)
+        assert heard_there == ["ab" * 32]
+    else:
+        assert heard_there == []
+
+
+async def test_shared_limits_hold_across_processes(make: MakeCoordinator) -> None:
+    first, second = make(), make()
+    taken = [await process.take("key:a", 0.01, 4) for process in (first, second) * 4]
+    allowed = taken.count(0)
+    assert allowed == (4 if first.shared else 8)
+    held = await first.reserve("quota:lab:files", 7, 10)
+    assert isinstance(held, Reservation)
+    refused = await second.reserve("quota:lab:files", 7, 10)
+    if first.shared:
+        assert refused == 7
+    else:
+        assert isinstance(refused, Reservation)

@@ -1,0 +1,76 @@
+"""Redis for tests: a private ``redis-server`` on loopback (Debian's package, installed by
+``make setup``), or the one ``PUTPLACE_TEST_REDIS_URL`` names. Each test gets its own
+database number cleared before use, so tests sharing the server do not see each other's
+limits."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import count
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.servers import free_port
+
+ENV_URL = "PUTPLACE_TEST_REDIS_URL"
+#: Redis has 16 databases by default; tests take them in turn.
+_databases = count()
+
+
+@contextmanager
+def redis_server(directory: Path, port: int | None = None) -> Iterator[str]:
+    """Start ``redis-server`` on a loopback port (no persistence); yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        where = "in CI, where Redis tests must run" if os.environ.get("CI") else "here"
+        pytest.fail(
+            f"Redis tests cannot run {where}: redis-server is not installed (`make setup` "
+            f"installs it: apt-get install redis-server) and {ENV_URL} is not set."
+        )
+    port = port or free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get(ENV_URL):
+        yield url.rstrip("/")
+        return
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> str:
+    """A URL of an empty database of the test Redis."""
+    server = re.sub(r"/\d*$", "", redis_base_url)
+    url = f"{server}/{next(_databases) % 16}"
+    redis.Redis.from_url(url).flushdb()
+    return url
