@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 # Create the virtualenv and install PutPlace with every extra and the test tools
 # (re-run only when pyproject.toml changes), and the system tools the benchmarks and
-# tests use: restic, wrk, redis-server (apt-get, only when one is missing).
+# tests use: restic, wrk, redis-server and promtool (Debian package prometheus), with
+# apt-get and only when one is missing.
 setup: $(STAMP)
 	@scripts/install-test-tools.sh
 

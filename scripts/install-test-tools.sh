@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Install the system tools the benchmarks and tests use as peers or services:
-#   restic (backup peer), wrk (HTTP load generator), redis-server.
+#   restic (backup peer), wrk (HTTP load generator), redis-server, promtool (checks and
+#   unit-tests the Prometheus alert rules in deploy/prometheus).
 # Idempotent and quick when they are present: only `command -v` checks run then.
 # When they cannot be installed (no apt-get, or not root and no sudo) it names the
 # missing packages and exits 0, except in CI (CI=true), where it exits 1 so nothing is
 # skipped silently.
 set -euo pipefail
 
-# Each command comes from the Debian package of the same name.
-TOOLS=(restic wrk redis-server)
+# command=Debian package that provides it.
+TOOLS=(restic=restic wrk=wrk redis-server=redis-server promtool=prometheus)
 
 missing=()
-for tool in "${TOOLS[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for entry in "${TOOLS[@]}"; do
+  tool=${entry%%=*} package=${entry#*=}
+  command -v "$tool" >/dev/null 2>&1 && continue
+  [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -22,7 +25,7 @@ cannot_install() {
   if [ "${CI:-}" = "true" ]; then
     exit 1
   fi
-  echo "install-test-tools: benchmarks that need them will be skipped." >&2
+  echo "install-test-tools: benchmarks and tests that need them will be skipped." >&2
   exit 0
 }
 
