@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from putplace.config import Settings
+from tests.server.test_metrics import content_workload
 from tests.server.test_tls import self_signed
-from tests.support.payloads import metadata
 from tests.support.processes import (
     BIN,
     run_ppserver,
@@ -298,19 +298,11 @@ def scrape_after_workload(tmp_path: Path, workers: int) -> str:
     )
     api_key = json.loads(created.stdout)["api_key"]
     trust = ssl.create_default_context(cafile=str(cert))
-    content, wrong = b"monitored content" * 64, b"not what was registered"
     with (
         served(settings, tmp_path, workers, trust) as url,
         httpx.Client(base_url=url, headers={"X-API-Key": api_key}, verify=trust) as client,
     ):
-        first = metadata(content, filepath="/m/1")
-        assert client.post("/put_file", json=first).json()["upload_required"] is True
-        assert client.put(f"/blobs/{first['sha256']}", content=content).status_code == 201
-        again = client.post("/put_file", json={**first, "filepath": "/m/2"})
-        assert again.json()["upload_required"] is False
-        liar = metadata(wrong.upper(), filepath="/m/3")
-        assert client.post("/put_file", json=liar).status_code == 201
-        assert client.put(f"/blobs/{liar['sha256']}", content=wrong).status_code == 400
+        content_workload(client, b"monitored content" * 64, "/m")
         answer = client.get("/metrics")
         assert answer.status_code == 200, answer.text
         return answer.text

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import free_port
+
 PPSERVER = str(Path(sys.executable).with_name("ppserver"))
 
 
@@ -150,3 +152,14 @@ def test_check_reports_a_store_that_cannot_work(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "storage: FAILED" in result.stdout
     assert "database: ok" in result.stdout
+
+
+def test_check_tries_redis_when_told_to_use_it(tmp_path: Path, redis_url: str) -> None:
+    answering = ppserver(tmp_path, "check", PUTPLACE_REDIS_URL=redis_url)
+    assert answering.returncode == 0, answering.stdout + answering.stderr
+    assert "redis: ok (127.0.0.1:" in answering.stdout
+    gone = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    failing = ppserver(tmp_path, "check", PUTPLACE_REDIS_URL=gone)
+    assert failing.returncode == 1
+    assert "redis: FAILED" in failing.stdout
+    assert "secret" not in failing.stdout + failing.stderr

@@ -126,20 +126,27 @@ def worker_processes(url: str) -> list[psutil.Process]:
     raise AssertionError(f"no ppserver on port {port}")
 
 
+def content_workload(client: httpx.Client, content: bytes, directory: str) -> None:
+    """Five requests: store *content*, register it again elsewhere (a duplicate, not sent
+    again), and have an upload refused for not matching its hash."""
+    wrong = b"not what was registered"
+    first = metadata(content, filepath=f"{directory}/1")
+    assert client.post("/put_file", json=first).json()["upload_required"] is True
+    assert client.put(f"/blobs/{first['sha256']}", content=content).status_code == 201
+    again = client.post("/put_file", json={**first, "filepath": f"{directory}/2"})
+    assert again.json()["upload_required"] is False
+    liar = metadata(wrong.upper(), filepath=f"{directory}/3")
+    assert client.post("/put_file", json=liar).status_code == 201
+    assert client.put(f"/blobs/{liar['sha256']}", content=wrong).status_code == 400
+
+
 async def test_content_counters_follow_the_uploads(server_url: str, keys: Keys) -> None:
     """One content stored, one duplicate not sent again, one upload refused for its hash:
     the counters say exactly that."""
-    content, wrong = b"stored once" * 100, b"not what was registered"
-    first = metadata(content, filepath="/c/1")
+    content = b"stored once" * 100
     before = scrape(server_url, keys.read)
     with httpx.Client(base_url=server_url, headers={"X-API-Key": keys.write}) as client:
-        assert client.post("/put_file", json=first).json()["upload_required"] is True
-        assert client.put(f"/blobs/{first['sha256']}", content=content).status_code == 201
-        again = client.post("/put_file", json={**first, "filepath": "/c/2"})
-        assert again.json()["upload_required"] is False
-        liar = metadata(wrong.upper(), filepath="/c/3")
-        assert client.post("/put_file", json=liar).status_code == 201
-        assert client.put(f"/blobs/{liar['sha256']}", content=wrong).status_code == 400
+        content_workload(client, content, "/c")
     after = scrape(server_url, keys.read)
 
     def moved(name: str) -> float:

@@ -221,6 +221,16 @@ async def _check(settings: Settings) -> int:
             await store.close()
         print(f"{name}: {'ok' if ok else 'FAILED'} ({store.describe()['type']}: {detail})")
         failures += not ok
+    if settings.redis_url:  # optional: the server runs without it, but was told to use it
+        coordination = create_coordinator(settings)
+        try:
+            ok = await coordination.ping()
+        finally:
+            await coordination.close()
+        where = coordination.describe().get("url", "")
+        print(f"redis: {'ok' if ok else 'FAILED'} ({where}: "
+              f"{'answers' if ok else 'does not answer'})")  # fmt: skip
+        failures += not ok
     return 1 if failures else 0
 
 
