@@ -112,7 +112,7 @@ async def race_for_the_last_room(first_url: str, second_url: str, key: str) -> h
             first.put(f"/blobs/{hashlib.sha256(slow).hexdigest()}", params=lab, content=slowly())
         )
         await arrived_half.wait()
-        await asyncio.sleep(0.3)  # the first request is being stored
+        await asyncio.sleep(0.5)  # the first request is being stored (its room reserved)
         raced = await second.put(
             f"/blobs/{hashlib.sha256(quick).hexdigest()}", params=lab, content=quick
         )

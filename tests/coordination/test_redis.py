@@ -4,12 +4,16 @@ outage is visible, and everything is shared again when Redis is back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
-from putplace.coordination.redis import RETRY_SECONDS, RedisCoordinator
+from putplace.coordination.redis import RETRY_SECONDS, TIMEOUT_SECONDS, RedisCoordinator
 from tests.support.redis import redis_server
 from tests.support.servers import free_port
 
@@ -50,4 +54,61 @@ async def test_an_outage_falls_back_to_the_process_and_recovers(tmp_path: Path) 
                 await asyncio.sleep(0.1)
             assert None in heard
     finally:
+        await limits.close()
+
+
+async def test_a_hanging_redis_leaves_no_quota_taken_and_delays_one_request_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Redis stops answering (but keeps its data): what was reserved in it meanwhile, or
+    released while it did not answer, is gone once it answers again; while it hangs, one
+    request at a time waits to find out, not every request."""
+    with redis_server(tmp_path) as url:
+        here, there = RedisCoordinator(url), RedisCoordinator(url)
+        try:
+            before, _ = await here.reserve("quota:lab:bytes", 7)
+            process = await _redis_process(url)
+            os.kill(process, signal.SIGSTOP)
+            try:
+                # Times out; Redis runs the script once it wakes: reserved all the same.
+                during, _ = await here.reserve("quota:lab:bytes", 5)
+                await here.release(during)
+                await here.release(before)  # while Redis does not answer
+                await asyncio.sleep(RETRY_SECONDS + 0.1)
+                waits = await asyncio.gather(*(_timed(here.take("key:a", 1, 5)) for _ in range(8)))
+                assert sum(wait > TIMEOUT_SECONDS * 0.8 for wait in waits) == 1  # the probe
+            finally:
+                os.kill(process, signal.SIGCONT)
+            await asyncio.sleep(RETRY_SECONDS + 0.1)
+            await here.take("key:a", 1, 5)  # answers again: releases what it could not
+            assert here.describe()["status"] == "healthy"
+            assert (await there.reserve("quota:lab:bytes", 1))[1] == 0
+        finally:
+            await here.close()
+            await there.close()
+
+
+async def _timed(call: Awaitable[object]) -> float:
+    started = time.monotonic()
+    await call
+    return time.monotonic() - started
+
+
+async def _redis_process(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        info = await client.info("server")
+        return int(info["process_id"])
+    finally:
+        await client.aclose()
+
+
+async def test_health_names_where_redis_is_never_its_password() -> None:
+    for url, shown in [
+        ("redis://:s3cret@127.0.0.1:6380/2", "127.0.0.1:6380"),
+        ("rediss://user:s3cret@cache.internal/0", "cache.internal:6379"),
+        ("unix:///run/redis/redis.sock?db=1", "/run/redis/redis.sock"),
+    ]:
+        limits = RedisCoordinator(url)
+        assert limits.describe()["url"] == shown
         await limits.close()

@@ -51,9 +51,10 @@ class Coordinator(ABC):
         *burst*): 0 when there was one, else the seconds until there will be."""
 
     @abstractmethod
-    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
-        """Reserve *amount* in *bucket* if what others hold reserved plus *amount* fits in
-        *room*; else what others hold reserved (the refusal's reason)."""
+    async def reserve(self, bucket: str, amount: int) -> tuple[Reservation, int]:
+        """Reserve *amount* in *bucket*; with what the others held reserved at that
+        moment. The caller checks its limit after reserving (and releases on refusal),
+        so two racing callers each see the other."""
 
     @abstractmethod
     async def release(self, reservation: Reservation) -> None:

@@ -50,24 +50,31 @@ class LocalCoordinator(Coordinator):
             self._buckets.popitem(last=False)
         return wait
 
-    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
+    async def reserve(self, bucket: str, amount: int) -> tuple[Reservation, int]:
+        reservation = Reservation(bucket, secrets.token_hex(8), amount)
+        return reservation, self.hold(reservation)
+
+    def hold(self, reservation: Reservation) -> int:
+        """Hold *reservation* (under its own token); what the others held."""
         now = time.monotonic()
-        held = self._reserved.setdefault(bucket, {})
+        held = self._reserved.setdefault(reservation.bucket, {})
         for token, (_, until) in list(held.items()):
             if until <= now:
                 del held[token]
         others = sum(size for size, _ in held.values())
-        if others + amount > room:
-            return others
-        token = secrets.token_hex(8)
-        held[token] = (amount, now + RESERVATION_SECONDS)
-        return Reservation(bucket, token, amount)
+        held[reservation.token] = (reservation.amount, now + RESERVATION_SECONDS)
+        return others
 
     async def release(self, reservation: Reservation) -> None:
+        self.drop(reservation)
+
+    def drop(self, reservation: Reservation) -> bool:
+        """Release *reservation*; whether this process held it."""
         held = self._reserved.get(reservation.bucket, {})
-        held.pop(reservation.token, None)
+        found = held.pop(reservation.token, None) is not None
         if not held:
             self._reserved.pop(reservation.bucket, None)
+        return found
 
     async def announce_key_change(self, key_hash: str) -> None:
         if self._listener is not None:

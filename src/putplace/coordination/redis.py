@@ -76,7 +76,7 @@ return wait
 
 # Reservations: token -> "amount expiry"; lapsed ones are dropped before summing.
 _RESERVE = """
-local amount, room, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local amount, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = tonumber(redis.call('TIME')[1])
 local held = redis.call('HGETALL', KEYS[1])
 local others = 0
@@ -84,16 +84,13 @@ for i = 1, #held, 2 do
   local size, expiry = string.match(held[i + 1], '(%d+) (%d+)')
   if tonumber(expiry) <= now then
     redis.call('HDEL', KEYS[1], held[i])
-  else
+  elseif held[i] ~= ARGV[1] then
     others = others + tonumber(size)
   end
 end
-if others + amount > room then
-  return {0, others}
-end
 redis.call('HSET', KEYS[1], ARGV[1], amount .. ' ' .. (now + ttl))
 redis.call('EXPIRE', KEYS[1], ttl)
-return {1, others}
+return others
 """
 
 
@@ -109,7 +106,12 @@ class RedisCoordinator(Coordinator):
         self._take = self._redis.register_script(_TAKE)
         self._reserve = self._redis.register_script(_RESERVE)
         self._local = LocalCoordinator()
+        self._down = False
         self._down_until = 0.0
+        # Reservations Redis may hold that nobody will release there: released while
+        # Redis did not answer, or asked for when the answer timed out. Deleted at the
+        # next chance, so a short outage does not leave quota taken for an hour.
+        self._orphans: set[tuple[str, str]] = set()
         self._listener: KeyListener | None = None
         self._listening: asyncio.Task[None] | None = None
 
@@ -134,30 +136,62 @@ class RedisCoordinator(Coordinator):
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return not self._down
+
+    def _may_ask(self) -> bool:
+        """Whether to ask Redis now. While it is down, one request every
+        ``RETRY_SECONDS`` probes it; the others use this process' limits instead of
+        each waiting for a timeout."""
+        if not self._down:
+            return True
+        now = time.monotonic()
+        if now < self._down_until:
+            return False
+        self._down_until = now + RETRY_SECONDS  # this caller is the probe
+        return True
 
     async def _shared(
         self, operation: str, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
     ) -> T:
         """*call* against Redis; *fallback* (this process' limits) while it is down."""
-        if self.available:
+        if self._may_ask():
             try:
                 result = await call()
             except (RedisError, OSError) as exc:
                 self._went_down(exc)
             else:
-                REDIS_UP.set(1)
+                self._came_back()
+                if self._orphans:
+                    await self._release_orphans()
                 return result
         FALLBACKS.labels(operation).inc()
         return await fallback()
 
     def _went_down(self, exc: BaseException) -> None:
-        if self.available:
+        if not self._down:
             log.warning(
                 "Redis does not answer (%s); limits are per process for now", exc or type(exc)
             )
+        self._down = True
         self._down_until = time.monotonic() + RETRY_SECONDS
         REDIS_UP.set(0)
+
+    def _came_back(self) -> None:
+        if self._down:
+            log.warning("Redis answers again; limits are shared by every instance")
+        self._down = False
+        REDIS_UP.set(1)
+
+    async def _release_orphans(self) -> None:
+        orphans, self._orphans = self._orphans, set()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for bucket, token in orphans:
+                    pipe.hdel(f"{PREFIX}reserved:{bucket}", token)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._orphans |= orphans
+            self._went_down(exc)
 
     async def take(self, bucket: str, per_second: float, burst: int) -> int:
         if per_second <= 0:
@@ -171,28 +205,35 @@ class RedisCoordinator(Coordinator):
             "rate_limit", shared, lambda: self._local.take(bucket, per_second, burst)
         )
 
-    async def reserve(self, bucket: str, amount: int, room: int) -> Reservation | int:
-        token = secrets.token_hex(8)
+    async def reserve(self, bucket: str, amount: int) -> tuple[Reservation, int]:
+        reservation = Reservation(bucket, secrets.token_hex(8), amount)
+        asked = False
 
-        async def shared() -> Reservation | int:
+        async def shared() -> int:
+            nonlocal asked
+            asked = True
             keys = [f"{PREFIX}reserved:{bucket}"]
-            granted, others = await self._reserve(
-                keys=keys, args=[token, amount, room, RESERVATION_SECONDS]
-            )
-            return Reservation(bucket, token, amount) if granted else int(others)
+            args: list[str | int] = [reservation.token, amount, RESERVATION_SECONDS]
+            return int(await self._reserve(keys=keys, args=args))
 
-        return await self._shared(
-            "quota", shared, lambda: self._local.reserve(bucket, amount, room)
-        )
+        async def here() -> int:
+            if asked:  # the call that timed out may have reserved in Redis all the same
+                self._orphans.add((bucket, reservation.token))
+            return self._local.hold(reservation)
+
+        return reservation, await self._shared("quota", shared, here)
 
     async def release(self, reservation: Reservation) -> None:
+        if self._local.drop(reservation):
+            return  # made while Redis did not answer (and in its orphans if it may be there)
+
         async def shared() -> None:
             await self._redis.hdel(f"{PREFIX}reserved:{reservation.bucket}", reservation.token)
 
-        # A reservation made while Redis was down lives here; one made in Redis and not
-        # released there lapses on its own.
-        await self._local.release(reservation)
-        await self._shared("quota", shared, _nothing)
+        async def later() -> None:
+            self._orphans.add((reservation.bucket, reservation.token))
+
+        await self._shared("quota", shared, later)
 
     async def announce_key_change(self, key_hash: str) -> None:
         await self._local.announce_key_change(key_hash)  # this process at once
@@ -213,6 +254,7 @@ class RedisCoordinator(Coordinator):
                     await channel.subscribe(KEY_CHANNEL)
                     if subscribed_before:
                         self._listener(None)
+                        self._came_back()
                     subscribed_before = True
                     while True:
                         # Shorter than the socket timeout: an idle wait is not an outage.
@@ -224,8 +266,9 @@ class RedisCoordinator(Coordinator):
                 await asyncio.sleep(RETRY_SECONDS)
 
     def describe(self) -> dict[str, Any]:
-        parts = urlsplit(self._url)
-        where = f"{parts.hostname}:{parts.port or 6379}"  # never the password
+        parts = urlsplit(self._url)  # never the password
+        socket = parts.scheme == "unix"
+        where = parts.path if socket else f"{parts.hostname}:{parts.port or 6379}"
         if self.available:
             return {"type": self.kind, "url": where, "shared": True, "status": "healthy"}
         return {"type": self.kind, "url": where, "shared": False, "status": "unavailable"}

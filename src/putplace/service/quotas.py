@@ -5,6 +5,8 @@ What is on its way counts too: a write holds a reservation of what it adds until
 recorded (or fails), and each check counts the reservations others hold. Reservations
 live in the coordinator: per process, or shared by every instance through Redis, so two
 requests racing for the last of a quota through different instances cannot both pass.
+The reservation is taken *before* usage is read: a write that finishes in between is
+then either still reserved or already recorded, never neither.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
 from putplace.config import Quota
-from putplace.coordination import Coordinator, Reservation
+from putplace.coordination import Coordinator
 from putplace.metadata import MetadataStore
 from putplace.service.errors import ForbiddenError
 
@@ -46,8 +48,7 @@ async def holding_files(
     if quota.files is None or new <= 0:
         yield
         return
-    used, _ = await usage(store, namespace)
-    async with _holding(coordination, namespace, "files", "live records", used, quota.files, new):
+    async with _holding(store, coordination, namespace, "files", quota.files, new):
         yield
 
 
@@ -60,8 +61,7 @@ async def holding_bytes(
     if quota.bytes is None or size == 0:
         yield
         return
-    _, used = await usage(store, namespace)
-    async with _holding(coordination, namespace, "bytes", "bytes", used, quota.bytes, size):
+    async with _holding(store, coordination, namespace, "bytes", quota.bytes, size):
         yield
 
 
@@ -74,24 +74,29 @@ async def check_bytes(
         pass
 
 
+_UNITS = {"files": "live records", "bytes": "bytes"}
+
+
 @asynccontextmanager
 async def _holding(
+    store: MetadataStore,
     coordination: Coordinator,
     namespace: str,
     quota: str,
-    unit: str,
-    used: int,
     limit: int,
     adding: int,
 ) -> AsyncIterator[None]:
-    held = await coordination.reserve(f"quota:{namespace}:{quota}", adding, limit - used)
-    if not isinstance(held, Reservation):
-        on_the_way = f" (and {held:,} more on their way)" if held else ""
-        raise QuotaExceededError(
-            f"namespace {namespace!r} is over its {quota} quota: {used:,} {unit}{on_the_way} "
-            f"of {limit:,} allowed, and this request adds {adding:,}"
-        )
+    held, others = await coordination.reserve(f"quota:{namespace}:{quota}", adding)
     try:
+        files, size = await usage(store, namespace)
+        used = files if quota == "files" else size
+        if used + others + adding > limit:
+            on_the_way = f" (and {others:,} more on their way)" if others else ""
+            raise QuotaExceededError(
+                f"namespace {namespace!r} is over its {quota} quota: {used:,} "
+                f"{_UNITS[quota]}{on_the_way} of {limit:,} allowed, and this request adds "
+                f"{adding:,}"
+            )
         yield
     finally:
         await coordination.release(held)
