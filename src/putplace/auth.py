@@ -55,6 +55,9 @@ class KeyCache:
         self._ttl = ttl
         self._max = max_entries
         self._entries: OrderedDict[str, tuple[float, ApiKeyRecord]] = OrderedDict()
+        #: Bumped by every :meth:`forget`: a record read from the store before a
+        #: revocation was heard must not be cached after it.
+        self.generation = 0
 
     def get(self, key_hash: str) -> ApiKeyRecord | None:
         entry = self._entries.get(key_hash)
@@ -66,8 +69,10 @@ class KeyCache:
             return None
         return record
 
-    def put(self, record: ApiKeyRecord) -> None:
-        if self._ttl <= 0:
+    def put(self, record: ApiKeyRecord, read_in_generation: int) -> None:
+        """Cache *record*, read from the store when :attr:`generation` was
+        *read_in_generation* (unless a key was forgotten since: it may be this one)."""
+        if self._ttl <= 0 or read_in_generation != self.generation:
             return
         self._entries[record.key_hash] = (time.monotonic() + self._ttl, record)
         self._entries.move_to_end(record.key_hash)
@@ -85,6 +90,7 @@ class KeyCache:
     def forget(self, key_hash: str | None) -> None:
         """Drop the key with this hash; with None, every key (announcements of revoked
         keys may have been missed)."""
+        self.generation += 1
         if key_hash is None:
             self._entries.clear()
         else:

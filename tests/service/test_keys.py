@@ -84,3 +84,28 @@ async def test_an_admin_key_cannot_be_bound_to_hosts(store: SQLiteMetadataStore)
     with pytest.raises(InvalidInputError, match="admin key cannot be bound"):
         await keys.create_key(store, ApiKeyCreate(name="a", scope=Scope.admin, hosts=["web-*"]))
     assert await keys.list_keys(store) == []
+
+
+async def test_a_revocation_heard_during_a_lookup_is_not_undone_by_it(
+    store: SQLiteMetadataStore,
+) -> None:
+    """A request reads a key from the store just before it is revoked elsewhere; the
+    revocation is heard while that read is on its way back. The old record must not then
+    be cached, or the revoked key would keep working for the cache's TTL."""
+    made = await keys.create_key(store, ApiKeyCreate(name="fleet"))
+    cache = KeyCache(ttl=120)
+    read_before_revocation = store.get_api_key
+
+    async def forget(key_hash: str) -> None:
+        cache.forget(key_hash)
+
+    async def get_api_key(key_hash: str) -> object:
+        record = await read_before_revocation(key_hash)
+        await keys.revoke_key(store, made.id, forget)  # announced meanwhile
+        return record
+
+    store.get_api_key = get_api_key  # type: ignore[method-assign]
+    await keys.authenticate(store, cache, made.api_key)  # answered from what it read
+    del store.get_api_key
+    with pytest.raises(UnauthenticatedError, match="revoked"):
+        await keys.authenticate(store, cache, made.api_key)

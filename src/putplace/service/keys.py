@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 
 from putplace import telemetry
 from putplace.auth import KeyCache, generate_key, hash_key, key_matches, looks_like_key, utcnow
+from putplace.coordination import Coordinator
 from putplace.metadata import MetadataStore
 from putplace.models import (
     DEFAULT_NAMESPACE,
@@ -24,6 +25,7 @@ from putplace.service.errors import (
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
+    RateLimitedError,
     UnauthenticatedError,
 )
 
@@ -155,11 +157,12 @@ async def authenticate(
     record = cache.get(key_hash)
     telemetry.KEY_CACHE.labels("miss" if record is None else "hit").inc()
     if record is None:
+        generation = cache.generation
         record = await store.get_api_key(key_hash)
         if record is None or not key_matches(key, record):
             raise UnauthenticatedError("Invalid API key")
         if record.is_active:
-            cache.put(record)
+            cache.put(record, generation)
     now = utcnow()
     status = record.status(now)
     if status is KeyStatus.revoked:
@@ -179,6 +182,16 @@ async def authenticate(
         record = record.model_copy(update={"last_used_at": now, "last_used_ip": client_ip})
         cache.update(record)
     return record
+
+
+async def within_rate(
+    coordination: Coordinator, record: ApiKeyRecord, per_second: float, burst: int
+) -> None:
+    """:class:`RateLimitedError` (with the seconds to wait) when *record*'s key is over
+    its rate: one bucket per key, shared by every instance that shares *coordination*."""
+    wait = await coordination.take(f"key:{record.id}", per_second, burst)
+    if wait:
+        raise RateLimitedError("Rate limit exceeded for this API key", wait)
 
 
 def authorize(record: ApiKeyRecord, needed: Scope) -> None:
