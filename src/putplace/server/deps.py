@@ -14,7 +14,6 @@ from putplace.digest import SHA256_PATTERN
 from putplace.models import ApiKeyRecord, Namespace, Scope
 from putplace.server.state import AppState
 from putplace.service import keys
-from putplace.service.errors import RateLimitedError
 from putplace.service.files import checked_sha256
 
 api_key_header = APIKeyHeader(
@@ -83,11 +82,12 @@ def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         record = await keys.authenticate(state.stores.metadata, state.key_cache, key, client_ip)
         request.state.api_key_id = record.id  # for the access log; never the key itself
         settings = state.settings
-        wait = await state.stores.coordination.take(
-            f"key:{record.id}", settings.rate_limit_per_second, settings.rate_limit_burst
+        await keys.within_rate(
+            state.stores.coordination,
+            record,
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
         )
-        if wait:
-            raise RateLimitedError("Rate limit exceeded for this API key", wait)
         keys.authorize(record, scope)
         return Caller(state, record)
 

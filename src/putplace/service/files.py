@@ -13,7 +13,7 @@ from typing import Any
 from putplace import telemetry
 from putplace.auth import utcnow
 from putplace.config import Quota
-from putplace.coordination import Coordinator, LocalCoordinator
+from putplace.coordination import Coordinator
 from putplace.digest import INVALID_SHA256, is_sha256_hex
 from putplace.metadata import MetadataStore
 from putplace.metadata.base import dedupe_by_location
@@ -100,11 +100,11 @@ async def register(
     writer: ApiKeyRecord,
     namespace: str,
     *,
+    coordination: Coordinator,
     domain: Sequence[str] = (),
     quota: Quota = NO_QUOTA,
     brief: bool = False,
     scan_id: str | None = None,
-    coordination: Coordinator | None = None,
 ) -> list[FileAnswer]:
     """Store *files* in one write and answer, per record, whether content is needed
     (:func:`describe`, or :func:`describe_brief` when *brief*). With *scan_id*, the
@@ -128,9 +128,7 @@ async def register(
             raise InvalidInputError(f"the scan is of namespace {scan.namespace!r}")
     unique = dedupe_by_location(files)
     locations = [(m.hostname, m.filepath) for m in unique]
-    room = quotas.holding_files(
-        store, coordination or LocalCoordinator(), quota, namespace, locations
-    )
+    room = quotas.holding_files(store, coordination, quota, namespace, locations)
     async with room:  # held until the records are written
         stored = await store.put_files(unique, utcnow(), namespace=namespace, scan_id=scan_id)
     held = {s.blob.sha256 for s in stored if s.blob is not None}
