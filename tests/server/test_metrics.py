@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,13 @@ from putplace.config import Settings
 from putplace.metadata.base import StoreUnavailableError
 from putplace.metadata.sqlite import SQLiteMetadataStore
 from putplace.server.metrics import exposition
-from putplace.server.store_metrics import measured
+from putplace.server.store_metrics import (
+    STORE_UP,
+    UNFINISHED_UPLOADS,
+    measured,
+    observe_state,
+)
+from putplace.service.errors import TooLargeError
 from putplace.service.stores import Stores
 from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import metadata
@@ -230,6 +237,15 @@ async def test_store_failures_are_counted_and_answers_are_not(tmp_path: Path) ->
     with pytest.raises(ValueError, match="SHA256"):
         await stores.blobs.delete("../escape")  # the caller's mistake, not the store's
     assert await stores.metadata.get_api_key("00" * 32) is None
+    staging = stores.blobs.staging()
+    state = await staging.create("ab" * 16, 10)
+
+    async def too_much() -> AsyncIterator[bytes]:
+        yield b"12345"
+        raise TooLargeError("the client sent more than it said")
+
+    with pytest.raises(TooLargeError):  # the client's fault, raised inside the store
+        await staging.append("ab" * 16, state, 0, 10, too_much())
     await opened.metadata.close()
     with pytest.raises(StoreUnavailableError):
         await stores.metadata.get_api_key("00" * 32)
@@ -240,7 +256,7 @@ async def test_store_failures_are_counted_and_answers_are_not(tmp_path: Path) ->
         - family(before, errors, operation="get_api_key")
         == 1
     )
-    for answered in ("read", "delete"):
+    for answered in ("read", "delete", "staging.append"):
         assert family(after, errors, operation=answered) == family(
             before, errors, operation=answered
         )
@@ -266,7 +282,39 @@ def test_verify_results_reach_every_server(request: pytest.FixtureRequest, tmp_p
         started = time.time()
         run_ppserver(settings, "verify", cwd=tmp_path)
         seen = scrape(url, key)
+        # A sample that finds nothing is its own task: it does not clear what the full
+        # run found.
+        run_ppserver(settings, "verify", "--sample", "5", cwd=tmp_path)
+        sampled = scrape(url, key)
     ran = seen['putplace_maintenance_last_run_timestamp_seconds{task="verify"}']
     assert started - 1 <= ran <= time.time()
     assert seen['putplace_maintenance_last_problems{problem="corrupt",task="verify"}'] == 1
     assert seen['putplace_maintenance_last_problems{problem="missing",task="verify"}'] == 0
+    corrupt = "putplace_maintenance_last_problems"
+    assert sampled[f'{corrupt}{{problem="corrupt",task="verify"}}'] == 1
+    assert sampled[f'{corrupt}{{problem="corrupt",task="verify_sample"}}'] == 0
+
+
+async def test_a_failing_state_query_costs_only_its_own_gauge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting open scans fails (a bug, a lock): the scrape still says the stores are up
+    and how many uploads are unfinished."""
+    opened = Stores(SQLiteMetadataStore(tmp_path / "m.db"), LocalBlobStore(tmp_path / "b"))
+    await opened.metadata.open()
+    await opened.blobs.open()
+    try:
+        STORE_UP.labels("metadata", "sqlite").set(0)
+        UNFINISHED_UPLOADS.set(-1)
+
+        async def fails() -> int:
+            raise RuntimeError("database is locked")
+
+        monkeypatch.setattr(opened.metadata, "count_open_scans", fails)
+        await observe_state(opened)
+        seen = samples(exposition()[0].decode())
+        assert seen['putplace_store_up{backend="sqlite",store="metadata"}'] == 1
+        assert seen["putplace_resumable_uploads_unfinished"] == 0
+    finally:
+        await opened.metadata.close()
+        await opened.blobs.close()

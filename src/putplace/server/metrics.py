@@ -8,6 +8,7 @@ them (prometheus-client's multiprocess mode), so one scrape sees the whole serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -170,7 +171,10 @@ def _forget_dead_workers(directory: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            # Two workers scraped at once may both find this one dead: the second finds
+            # its files already gone.
+            with contextlib.suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
         except PermissionError:
             pass  # alive, someone else's: not ours to judge
 

@@ -10,18 +10,19 @@ and the operation: a method name of the store interface, a small fixed set.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from putplace.blobs.base import BlobNotFoundError, BlobTooLargeError, BlobWriter
-from putplace.blobs.staging import StagingBusyError
-from putplace.metadata.base import DuplicateError
+from putplace.blobs.base import BlobWriter, StorageFullError, StorageUnavailableError
+from putplace.metadata.base import StoreUnavailableError
 from putplace.service.stores import Stores
 
 S = TypeVar("S")
+log = logging.getLogger("putplace.metrics")
 
 OPERATION_SECONDS = Histogram(
     "putplace_store_operation_duration_seconds",
@@ -78,11 +79,10 @@ LAST_PROBLEMS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
-#: Outcomes a caller expects and handles, not failures of the store.
-_ANSWERS = (
-    BlobNotFoundError, BlobTooLargeError, DuplicateError, StagingBusyError, LookupError,
-    ValueError,  # a name or cursor the caller got wrong
-)  # fmt: skip
+#: Failures of the store itself. Everything else a store operation raises is an answer
+#: ("not found", "duplicate") or comes from the caller: a request body that was too
+#: large, stalled or cut off while a store was writing it is the client's fault.
+_FAILURES = (StoreUnavailableError, StorageUnavailableError, StorageFullError, OSError)
 
 
 class _Measured:
@@ -120,9 +120,7 @@ class _Measured:
             started = time.perf_counter()
             try:
                 result = await call(*args, **kwargs)
-            except _ANSWERS:
-                raise
-            except Exception:
+            except _FAILURES:
                 errors.inc()
                 raise
             finally:
@@ -142,9 +140,7 @@ class _Measured:
             try:
                 async for item in call(*args, **kwargs):
                     yield item
-            except _ANSWERS:
-                raise
-            except Exception:
+            except _FAILURES:
                 errors.inc()
                 raise
 
@@ -170,18 +166,31 @@ def _measure(store: S, kind: str) -> S:
 
 
 async def observe_state(stores: Stores) -> None:
-    """Set the gauges a scrape reads from the stores themselves."""
+    """Set the gauges a scrape reads from the stores themselves. A query that fails
+    leaves its gauges as they were (and is logged): one failing store must not cost the
+    scrape every other metric, least of all ``putplace_store_up``."""
     metadata, blobs = stores.metadata, stores.blobs
-    metadata_up = await metadata.ping()
+    metadata_up = bool(await _asking("metadata ping", metadata.ping()))
     STORE_UP.labels("metadata", metadata.kind).set(int(metadata_up))
-    STORE_UP.labels("blobs", blobs.kind).set(int(await blobs.ping()))
-    if (capacity := await blobs.capacity()) is not None:
+    STORE_UP.labels("blobs", blobs.kind).set(int(bool(await _asking("blob ping", blobs.ping()))))
+    if (capacity := await _asking("blob store capacity", blobs.capacity())) is not None:
         FREE_BYTES.labels(blobs.kind).set(capacity.free)
         CAPACITY_BYTES.labels(blobs.kind).set(capacity.total)
-    if metadata_up:
-        UNFINISHED_UPLOADS.set(await metadata.count_uploads())
-        OPEN_SCANS.set(await metadata.count_open_scans())
-        for run in await metadata.maintenance_runs():
-            LAST_RUN.labels(run.task).set(run.finished_at.timestamp())
-            for problem, count in run.problems.items():
-                LAST_PROBLEMS.labels(run.task, problem).set(count)
+    if not metadata_up:
+        return
+    if (uploads := await _asking("unfinished uploads", metadata.count_uploads())) is not None:
+        UNFINISHED_UPLOADS.set(uploads)
+    if (scans := await _asking("open scans", metadata.count_open_scans())) is not None:
+        OPEN_SCANS.set(scans)
+    for run in await _asking("maintenance runs", metadata.maintenance_runs()) or []:
+        LAST_RUN.labels(run.task).set(run.finished_at.timestamp())
+        for problem, count in run.problems.items():
+            LAST_PROBLEMS.labels(run.task, problem).set(count)
+
+
+async def _asking(what: str, query: Awaitable[S]) -> S | None:
+    try:
+        return await query
+    except Exception:
+        log.warning("metrics: reading %s failed", what, exc_info=True)
+        return None

@@ -66,13 +66,17 @@ async def verify(
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Re-hash stored blobs (all, or a random *sample*); quarantine the corrupt ones.
-    The outcome is recorded for ``/metrics`` (the last run and what it found).
+    The outcome is recorded for ``/metrics`` (the last run and what it found), as task
+    ``verify``, or ``verify_sample`` for a sample.
 
     A blob whose bytes no longer hash to its name is moved aside and its record marked
     ``quarantined``, so clients are asked to upload it again. A blob recorded but missing
     from the store is reported (its record is left for an operator to decide).
     """
     records = [r async for r in blob_records(metadata) if r.state is BlobState.present]
+    # A sample is recorded apart: it must not stand for a full check (nor clear what a
+    # full one found).
+    task = "verify" if sample is None else "verify_sample"
     if sample is not None and sample < len(records):
         records = random.sample(records, sample)
     report = VerifyReport()
@@ -92,7 +96,7 @@ async def verify(
         if progress is not None:
             progress(record)
     problems = {"corrupt": len(report.corrupt), "missing": len(report.missing)}
-    await metadata.record_maintenance(MaintenanceRun("verify", utcnow(), problems))
+    await metadata.record_maintenance(MaintenanceRun(task, utcnow(), problems))
     return report
 
 
