@@ -1,8 +1,9 @@
 """Benchmark 6: what metrics cost. ``POST /put_file`` under ``wrk`` (one thread, 64
 connections, 2 server workers), with metrics on (``PUTPLACE_METRICS=key``: the request
-middleware and the timing of every store operation) and off, alternated BENCH_METRICS_ROUNDS (default 3) times in one run, each on a fresh
-server for BENCH_METRICS_SECONDS (default 10) s. Reports the median of each and their
-ratio (target: on / off >= 0.95, that is under 5% overhead)."""
+middleware and the timing of every store operation) and off, alternated
+BENCH_METRICS_ROUNDS (default 3) times in one run, each on a fresh server for
+BENCH_METRICS_SECONDS (default 10) s. Reports the median of each and their ratio
+(target: on / off >= 0.95, that is under 5% overhead)."""
 
 from __future__ import annotations
 
