@@ -67,6 +67,18 @@ class Server:
                 continue
         return peak / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server and its live workers have used so far."""
+        proc = psutil.Process(self.process.pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                times = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
 
 @contextmanager
 def serve(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Server]:

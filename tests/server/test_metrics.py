@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -19,7 +20,7 @@ from putplace.blobs.local import LocalBlobStore
 from putplace.config import Settings
 from putplace.metadata.base import StoreUnavailableError
 from putplace.metadata.sqlite import SQLiteMetadataStore
-from putplace.server.metrics import exposition
+from putplace.server.metrics import MetricsMiddleware, exposition
 from putplace.server.store_metrics import (
     STORE_UP,
     UNFINISHED_UPLOADS,
@@ -318,3 +319,27 @@ async def test_a_failing_state_query_costs_only_its_own_gauge(
     finally:
         await opened.metadata.close()
         await opened.blobs.close()
+
+
+async def test_a_method_of_the_clients_own_gets_one_label() -> None:
+    """HTTP allows any token as a method (uvicorn's h11 parser passes them on): each must
+    not become a series of its own."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    other = 'putplace_http_requests_total{method="other",route="unmatched",status="405"}'
+    before = samples(exposition()[0].decode()).get(other, 0)
+    for method in ("BREW", "WHEN"):
+        scope = {"type": "http", "method": method, "path": "/x", "headers": []}
+        await MetricsMiddleware(app)(scope, receive, send)
+    after = samples(exposition()[0].decode())
+    assert after[other] - before == 2
+    assert not any("BREW" in name or "WHEN" in name for name in after)

@@ -9,6 +9,7 @@ them (prometheus-client's multiprocess mode), so one scrape sees the whole serve
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -62,6 +63,10 @@ CERTIFICATE_EXPIRY = Gauge(
 )
 
 
+#: Methods counted by name; any other (a client may send any token) is "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def route_of(scope: Scope) -> str:
     """The route template that answered (``/tus/{upload_id}``), never the path itself."""
     route = scope.get("route")
@@ -103,13 +108,28 @@ class MetricsMiddleware:
             await self.app(scope, counting_receive, counting_send)
         finally:
             IN_FLIGHT.dec()
-            route, method = route_of(scope), scope["method"]
-            REQUESTS.labels(route, method, str(status)).inc()
-            DURATION.labels(route, method).observe(time.perf_counter() - started)
+            method = scope["method"]
+            requests, duration, received_bytes, served_bytes = _children(
+                route_of(scope), method if method in _METHODS else "other", status
+            )
+            requests.inc()
+            duration.observe(time.perf_counter() - started)
             if received:
-                RECEIVED.labels(route).inc(received)
+                received_bytes.inc(received)
             if served:
-                SERVED.labels(route).inc(served)
+                served_bytes.inc(served)
+
+
+@functools.cache
+def _children(route: str, method: str, status: int) -> tuple[Counter, Histogram, Counter, Counter]:
+    """The labelled series of one kind of answer, looked up once (``labels()`` costs as much
+    as the increment itself). Bounded: routes, methods and status codes are fixed sets."""
+    return (
+        REQUESTS.labels(route, method, str(status)),
+        DURATION.labels(route, method),
+        RECEIVED.labels(route),
+        SERVED.labels(route),
+    )
 
 
 def observe_certificate(path: Path) -> None:
