@@ -26,10 +26,17 @@ class QuotaExceededError(ForbiddenError):
 
 async def usage(store: MetadataStore, namespace: str) -> tuple[int, int]:
     """Live file records of *namespace*, and bytes of the stored content it sent."""
+    return await live_files(store, namespace), await sent_bytes(store, namespace)
+
+
+async def live_files(store: MetadataStore, namespace: str) -> int:
     totals = await store.totals(None, [namespace])
-    files = sum(row[3] - row[5] for row in totals.growth)
+    return sum(row[3] - row[5] for row in totals.growth)
+
+
+async def sent_bytes(store: MetadataStore, namespace: str) -> int:
     _, size = await store.held_totals([namespace])
-    return files, size
+    return size
 
 
 @asynccontextmanager
@@ -74,7 +81,8 @@ async def check_bytes(
         pass
 
 
-_UNITS = {"files": "live records", "bytes": "bytes"}
+#: Per quota: what its use is counted in, and how it is read (only that one is read).
+_QUOTAS = {"files": ("live records", live_files), "bytes": ("bytes", sent_bytes)}
 
 
 @asynccontextmanager
@@ -88,13 +96,13 @@ async def _holding(
 ) -> AsyncIterator[None]:
     held, others = await coordination.reserve(f"quota:{namespace}:{quota}", adding)
     try:
-        files, size = await usage(store, namespace)
-        used = files if quota == "files" else size
+        unit, read_use = _QUOTAS[quota]
+        used = await read_use(store, namespace)
         if used + others + adding > limit:
             on_the_way = f" (and {others:,} more on their way)" if others else ""
             raise QuotaExceededError(
                 f"namespace {namespace!r} is over its {quota} quota: {used:,} "
-                f"{_UNITS[quota]}{on_the_way} of {limit:,} allowed, and this request adds "
+                f"{unit}{on_the_way} of {limit:,} allowed, and this request adds "
                 f"{adding:,}"
             )
         yield
