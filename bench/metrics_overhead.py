@@ -61,6 +61,8 @@ def main() -> None:
     record("metrics_overhead", {"on_records_per_s": on, "off_records_per_s": off,
                                 "on_to_off": ratio, "rounds": rates,
                                 "server_cpu_us_per_record": cpu_us,
+                                "on_cpu_us_per_record": cpu_on,
+                                "off_cpu_us_per_record": cpu_off,
                                 "cpu_off_to_on": cpu_ratio})  # fmt: skip
 
 
