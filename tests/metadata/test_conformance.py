@@ -460,6 +460,26 @@ async def test_concurrent_put_blob_of_one_hash(open_store: OpenStore) -> None:
     assert stored[0].size == outcomes.index(True)  # the winner's record, untouched
 
 
+async def test_a_failing_write_among_concurrent_writes_fails_alone(store: MetadataStore) -> None:
+    original = await add_key(store, "first")
+    duplicate = store.add_api_key(
+        key_hash=original.key_hash, name="again", description=None, scope=Scope.read,
+        created_at=at(1),
+    )  # fmt: skip
+    outcomes = await asyncio.gather(
+        store.put_files([meta("h", f"/before/{i}") for i in range(300)], at(2)),
+        duplicate,
+        store.put_blobs([blob(i) for i in range(300)]),
+        add_key(store, "second", seconds=3),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], DuplicateError)
+    assert not any(isinstance(o, BaseException) for i, o in enumerate(outcomes) if i != 1)
+    assert [k.name for k in await store.list_api_keys()] == ["first", "second"]
+    assert await count_files(store) == 300
+    assert len(await store.get_blobs([sha(i) for i in range(300)])) == 300
+
+
 async def test_many_concurrent_distinct_puts(store: MetadataStore) -> None:
     records = await asyncio.gather(
         *(put_file(store, meta(f"h{i % 7}", f"/p/{i}"), at(0)) for i in range(100))

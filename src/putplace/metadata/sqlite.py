@@ -349,6 +349,18 @@ _SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys"
 WriteOp = Callable[[sqlite3.Connection], Any]
 
 
+def _isolated(conn: sqlite3.Connection, op: WriteOp) -> Any:
+    """Run *op* in its own savepoint: its failure (returned, not raised) undoes only it."""
+    conn.execute("SAVEPOINT op")
+    try:
+        return op(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        return exc
+    finally:
+        conn.execute("RELEASE op")
+
+
 def _file_from_row(row: sqlite3.Row | dict[str, Any]) -> FileRecord:
     data = dict(row)
     data["id"] = str(data["id"])
@@ -763,17 +775,27 @@ class SQLiteMetadataStore(MetadataStore):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _apply_group_locked(self, conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
-        outcomes: list[Any] = []
+        """Run *ops* in one transaction; an op that fails is rolled back alone.
+
+        The group runs first without a savepoint per op: SQLite keeps an open savepoint's
+        sub-journal in memory (``temp_store = MEMORY``) and walks it from the start at the
+        end of every statement inside it, so a savepoint around a 250-row upsert made the
+        op quadratic (measured: 17% of the server's CPU on a first ingest of 100,000
+        files). Ops only touch the database, so when one fails the transaction is rolled
+        back and the group runs again with each op in its own savepoint.
+        """
+        try:
+            return self._in_transaction(conn, lambda: [op(conn) for op in ops])
+        except Exception as exc:
+            if len(ops) == 1:
+                return [exc]
+        return self._in_transaction(conn, lambda: [_isolated(conn, op) for op in ops])
+
+    @staticmethod
+    def _in_transaction(conn: sqlite3.Connection, run: Callable[[], list[Any]]) -> list[Any]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append(op(conn))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append(exc)
-                conn.execute("RELEASE op")
+            outcomes = run()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
