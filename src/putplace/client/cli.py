@@ -23,6 +23,7 @@ from pathlib import Path
 
 import configargparse
 
+from putplace import gctune
 from putplace.client.args import (
     byte_size,
     check_connection,
@@ -199,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter = Reporter(summary, enabled=not args.no_progress, verbose=args.verbose)
     stop = threading.Event()
     api = _api(args, stop)
+    gctune.settle()
     try:
         with reporter:
             Run(_options(args), api, cache, reporter, stop).execute()

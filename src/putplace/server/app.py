@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from putplace import __version__
+from putplace import __version__, gctune
 from putplace.auth import KeyCache
 from putplace.config import MetricsAccess, Settings, load_settings
 from putplace.server.cors import add_cors
@@ -77,6 +77,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             key_cache=key_cache,
             duplicate_groups=DuplicateGroupsCache(settings.stats_cache_seconds),
         )
+        gctune.settle()
         try:
             yield
         finally:
