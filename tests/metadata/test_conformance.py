@@ -147,8 +147,12 @@ async def test_put_files_answers_each_contents_blob_record(store: MetadataStore)
     ]
 
 
-async def test_put_files_large_batch(store: MetadataStore) -> None:
-    n = 260  # more than one lookup chunk in each backend (kept small: mongoeco is slow)
+async def test_put_files_large_batch(store: MetadataStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # More than one statement or lookup chunk in each backend (SQLite's are made smaller
+    # here: mongoeco is slow, so the batch stays small).
+    monkeypatch.setattr("putplace.metadata.sqlite._UPSERT_FILE_ROWS", 100)
+    monkeypatch.setattr("putplace.metadata.sqlite._SQLITE_VARIABLE_CHUNK", 100)
+    n = 260
     batch = [meta("bulk", f"/data/{i:05d}", file_size=i) for i in range(n)]
     ids = [done.id for done in await store.put_files(batch, at(0))]
     assert len(set(ids)) == n
