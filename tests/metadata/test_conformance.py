@@ -263,6 +263,22 @@ async def test_put_blobs_keeps_a_present_record(store: MetadataStore) -> None:
     assert await store.put_blobs([]) == []
 
 
+async def test_put_blobs_answers_each_row_of_a_large_batch(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("putplace.metadata.sqlite._SQLITE_VARIABLE_CHUNK", 100)
+    await store.put_blob(blob(5))
+    batch = [blob(i) for i in range(250)]
+    batch.insert(4, blob(3, size=999))  # sent twice, the second time close by
+    batch.append(blob(7, size=999))  # and far apart
+    answers = await store.put_blobs(batch)
+    assert answers == [b.sha256 != sha(5) for b in batch[:4]] + [False] + [
+        b.sha256 != sha(5) for b in batch[5:-1]
+    ] + [False]
+    assert [(await store.get_blob(sha(i))) for i in (3, 7)] == [blob(3), blob(7)]
+    assert len(await store.get_blobs([b.sha256 for b in batch])) == 250
+
+
 async def test_put_blobs_replaces_a_quarantined_record(store: MetadataStore) -> None:
     await store.put_blob(blob("q", seconds=0))
     await store.set_blob_state(sha("q"), BlobState.quarantined)

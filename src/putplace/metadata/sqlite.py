@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -335,10 +336,9 @@ _ADD_GROWTH = (
     "bytes_deleted = bytes_deleted + excluded.bytes_deleted"
 )
 # A present record stands; a new or quarantined one is (re)written.
-_UPSERT_BLOB = (
-    "INSERT INTO blobs (sha256, size, state, stored_at) VALUES (?, ?, ?, ?) "
+_UPSERT_BLOB_CONFLICT = (
     "ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, state = excluded.state, "
-    "stored_at = excluded.stored_at WHERE blobs.state != 'present'"
+    "stored_at = excluded.stored_at WHERE blobs.state != 'present' RETURNING sha256"
 )
 _RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at, namespace"
 _SELECT_FILE = f"SELECT {_RECORD_COLUMNS} FROM files"
@@ -442,6 +442,29 @@ def _upsert_files(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> It
     for chunk in chunked(rows, _UPSERT_FILE_ROWS):
         values = [value for row in chunk for value in row]
         yield from conn.execute(_upsert_files_sql(len(chunk)), values).fetchall()
+
+
+@functools.cache
+def _upsert_blobs_sql(rows: int) -> str:
+    return (
+        "INSERT INTO blobs (sha256, size, state, stored_at) "
+        f"VALUES {', '.join(['(?, ?, ?, ?)'] * rows)} {_UPSERT_BLOB_CONFLICT}"
+    )
+
+
+def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    """Insert or update *rows* (a present content is left alone); whether each row wrote."""
+    wrote: Counter[str] = Counter()
+    for chunk in chunked(rows, _SQLITE_VARIABLE_CHUNK):
+        values = [value for row in chunk for value in row]
+        wrote.update(sha for (sha,) in conn.execute(_upsert_blobs_sql(len(chunk)), values))
+    # A content sent twice writes as often as it is returned, and those are its first
+    # rows: once present, later rows for it change nothing.
+    answers = []
+    for sha, *_ in rows:
+        answers.append(wrote[sha] > 0)
+        wrote[sha] -= 1
+    return answers
 
 
 def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
@@ -1127,7 +1150,7 @@ class SQLiteMetadataStore(MetadataStore):
                     "INSERT OR IGNORE INTO possession VALUES (?, ?, ?)",
                     [(sha, sent_by, stored_at) for sha, _, _, stored_at in rows],
                 )
-            return [conn.execute(_UPSERT_BLOB, row).rowcount > 0 for row in rows]
+            return _upsert_blobs(conn, rows)
 
         return await self._write(upsert) if rows else []
 
