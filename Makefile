@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test setup lint typecheck pytest bench clean
 
-# Create the virtualenv and install PutPlace with every extra and the test tools
-# (re-run only when pyproject.toml changes), and the system tools the benchmarks and
-# tests use: restic, wrk, redis-server and promtool (Debian package prometheus), with
-# apt-get and only when one is missing.
+# Create the virtualenv and install PutPlace with every extra and the test tools (re-run
+# only when pyproject.toml changes; byte-compiled at install, as pip does, so ppclient
+# does not compile its libraries at every start), and the system tools the benchmarks
+# and tests use: restic, wrk, redis-server and promtool (Debian package prometheus),
+# with apt-get and only when one is missing.
 setup: $(STAMP)
 	@scripts/install-test-tools.sh
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	@PY=$$(scripts/find-python.sh) || exit 1; \
 	  [ -x $(BIN)/python ] || $$PY -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	@touch $(STAMP)
 
 # Start the server on the embedded defaults (SQLite + ./putplace-data).
