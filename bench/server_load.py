@@ -43,13 +43,13 @@ from bench.common import (
     show_ratio,
     table,
 )
-from putplace.metadata.sqlite import _UPSERT_FILE as UPSERT_FILE  # the server's statement
 from putplace.metadata.sqlite import (
     SCHEMA,
     WAL_CHECKPOINT_PAGES,
     WRITER_CACHE_KIB,
     SQLiteMetadataStore,
 )
+from putplace.metadata.sqlite import _upsert_files as upsert_files  # the server's statement
 from putplace.models import DEFAULT_NAMESPACE, FileMetadata
 
 LUA = Path(__file__).with_name("put_file.lua")
@@ -182,8 +182,8 @@ def bare_fastapi(work: Path, workers: int, connections: int, seconds: float) -> 
 
 def bare_sqlite(path: Path, rows: int) -> float:
     """Records/s of the server's files upsert in a bare loop: one transaction per BATCH
-    rows, executemany, with the server's schema and writer PRAGMAs (only the SQLite time
-    is counted, not building the rows)."""
+    rows, the server's own multi-row statement, schema and writer PRAGMAs (only the SQLite
+    time is counted, not building the rows)."""
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON",
                    f"cache_size = -{WRITER_CACHE_KIB}",
@@ -206,9 +206,10 @@ def bare_sqlite(path: Path, rows: int) -> float:
         ]
         began = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(UPSERT_FILE, values)
+        ids = list(upsert_files(conn, values))
         conn.execute("COMMIT")
         spent += time.perf_counter() - began
+        assert len(ids) == len(values)
     conn.close()
     return rows / spent
 
