@@ -382,7 +382,13 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 
 
 def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
-    return BlobRecord.model_validate(dict(row))
+    """Built without validation (the server wrote it): every batch reads its contents'."""
+    return BlobRecord.model_construct(
+        sha256=row["sha256"],
+        size=row["size"],
+        state=BlobState(row["state"]),
+        stored_at=datetime.fromisoformat(row["stored_at"]),
+    )
 
 
 def _current_from_row(row: sqlite3.Row) -> FileRecord:
@@ -1142,7 +1148,8 @@ class SQLiteMetadataStore(MetadataStore):
     async def put_blobs(
         self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
     ) -> list[bool]:
-        rows = [(b.sha256, b.size, b.state.value, b.stored_at.isoformat()) for b in blobs]
+        stamps = {b.stored_at: _iso(b.stored_at) for b in blobs}  # a bundle's share one
+        rows = [(b.sha256, b.size, b.state.value, stamps[b.stored_at]) for b in blobs]
 
         def upsert(conn: sqlite3.Connection) -> list[bool]:
             if sent_by is not None:  # one transaction, so one commit: not one more fsync
