@@ -434,36 +434,51 @@ def _select_current(
     return {(r["hostname"], r["filepath"]): _current_from_row(r) for r in rows}
 
 
+def _values(width: int, rows: int) -> str:
+    """``VALUES (?, ...), ...`` for *rows* rows of *width* columns."""
+    one = f"({', '.join('?' * width)})"
+    return f"VALUES {', '.join([one] * rows)}"
+
+
 @functools.cache
 def _upsert_files_sql(rows: int) -> str:
-    one = f"({', '.join('?' * _UPSERT_FILE_WIDTH)})"
     return (
         f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at, namespace) "
-        f"VALUES {', '.join([one] * rows)} {_UPSERT_FILE_CONFLICT}"
+        f"{_values(_UPSERT_FILE_WIDTH, rows)} {_UPSERT_FILE_CONFLICT}"
     )
-
-
-def _upsert_files(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> Iterator[Any]:
-    """Insert or update *rows*; yield (id, hostname, filepath) of each."""
-    for chunk in chunked(rows, _UPSERT_FILE_ROWS):
-        values = [value for row in chunk for value in row]
-        yield from conn.execute(_upsert_files_sql(len(chunk)), values).fetchall()
 
 
 @functools.cache
 def _upsert_blobs_sql(rows: int) -> str:
     return (
-        "INSERT INTO blobs (sha256, size, state, stored_at) "
-        f"VALUES {', '.join(['(?, ?, ?, ?)'] * rows)} {_UPSERT_BLOB_CONFLICT}"
+        f"INSERT INTO blobs (sha256, size, state, stored_at) {_values(4, rows)} "
+        f"{_UPSERT_BLOB_CONFLICT}"
     )
+
+
+def _returning(
+    conn: sqlite3.Connection,
+    statement: Callable[[int], str],
+    rows: Sequence[Sequence[Any]],
+    per_statement: int,
+) -> Iterator[Any]:
+    """Run a multi-row *statement* over *rows*, *per_statement* at a time; yield what its
+    ``RETURNING`` clause returns (each statement read to its end before the next)."""
+    for chunk in chunked(rows, per_statement):
+        values = [value for row in chunk for value in row]
+        yield from conn.execute(statement(len(chunk)), values).fetchall()
+
+
+def _upsert_files(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> Iterator[Any]:
+    """Insert or update *rows*; yield (id, hostname, filepath) of each."""
+    return _returning(conn, _upsert_files_sql, rows, _UPSERT_FILE_ROWS)
 
 
 def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
     """Insert or update *rows* (a present content is left alone); whether each row wrote."""
-    wrote: Counter[str] = Counter()
-    for chunk in chunked(rows, _SQLITE_VARIABLE_CHUNK):
-        values = [value for row in chunk for value in row]
-        wrote.update(sha for (sha,) in conn.execute(_upsert_blobs_sql(len(chunk)), values))
+    wrote = Counter(
+        sha for (sha,) in _returning(conn, _upsert_blobs_sql, rows, _SQLITE_VARIABLE_CHUNK)
+    )
     # A content sent twice writes as often as it is returned, and those are its first
     # rows: once present, later rows for it change nothing.
     answers = []
