@@ -447,15 +447,21 @@ class Run:
         """The batch's items in walk order (cache hits without reading the file)."""
         hashed = itertools.chain.from_iterable(future.result() for future in hashing.futures)
         items: list[_Item] = []
+        read: list[tuple[os.stat_result, str]] = []
         hits = 0
         for entry, sha in zip(hashing.batch, hashing.cached, strict=True):
             if sha is None or entry.is_symlink:
                 item = next(hashed)
+                if item is not None and not entry.is_symlink:
+                    read.append((entry.stat, item.sha256))
             else:
                 item = self._item(entry, sha)
                 hits += 1
             if item is not None:
                 items.append(item)
+        # Stored here, a batch at a time, not by the hashing thread: that thread is the
+        # client's busiest on small files, and this is off its path.
+        self.cache.store_hashes(read)
         self.summary.add(files_seen=hits)
         self.reporter.file_done(hits)
         return items
@@ -473,11 +479,6 @@ class Run:
         finally:
             self.summary.add(files_seen=len(entries))
             self.reporter.file_done(len(entries))
-            self.cache.store_hashes(
-                (item.entry.stat, item.sha256)
-                for item in items
-                if item is not None and not item.entry.is_symlink
-            )
         return items
 
     def _hash_one(self, entry: FileEntry) -> _Item | None:
