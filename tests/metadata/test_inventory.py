@@ -95,19 +95,79 @@ async def test_a_scan_keeps_what_it_saw_by_directory(store: MetadataStore) -> No
     await store.put_files([meta("h", "/srv/a")], at(2), scan_id=scan.id)  # sent again
     # Unchanged files named only; how many of them are live records (of its namespace).
     assert await store.mark_seen(scan, ["/srv/d/c", "/srv/gone", "/srv/e"]) == 1
-    seen = await store.seen_names(scan.id, ["/srv", "/srv/d", "/", "/srvx"])
-    assert seen == {"/srv": {"a", "e", "gone"}, "/srv/d": {"c"}}
-    assert await store.seen_names(other.id, ["/srv"]) == {}  # per scan
-    under = await store.files_under(scan, "", 100)
-    # Not /srvx, not host g, not the other namespace's /srv/e.
-    assert paths(under) == ["/srv", "/srv/a", "/srv/b", "/srv/d/c"]
-    slashed = scan.model_copy(update={"root": "/srv/"})
-    assert paths(await store.files_under(slashed, "/srv/a", 2)) == ["/srv/b", "/srv/d/c"]
+    # Not /srvx, not host g, not the other namespace's /srv/e; not what the scan saw.
+    assert paths(await store.unseen_under(scan, "", 100)) == ["/srv", "/srv/b"]
+    # Another scan of the same root saw nothing.
+    assert paths(await store.unseen_under(other, "", 100)) == [
+        "/srv", "/srv/a", "/srv/b", "/srv/d/c"
+    ]  # fmt: skip
+    slashed = other.model_copy(update={"root": "/srv/"})
+    assert paths(await store.unseen_under(slashed, "/srv/a", 2)) == ["/srv/b", "/srv/d/c"]
     theirs = await store.create_scan("h", "/srv", [], at(1), namespace="team-b")
     assert theirs.namespace == "team-b"
-    assert paths(await store.files_under(theirs, "", 100)) == ["/srv/e"]
+    assert paths(await store.unseen_under(theirs, "", 100)) == ["/srv/e"]
     await store.finish_scan(scan.id, ScanState.completed, 0, at(3))
-    assert await store.seen_names(scan.id, ["/srv"]) == {}  # dropped with the scan
+    # What it saw is dropped with the scan.
+    assert paths(await store.unseen_under(scan, "", 100)) == [
+        "/srv",
+        "/srv/a",
+        "/srv/b",
+        "/srv/d/c",
+    ]
+
+
+HOSTILE_NAMES = [
+    "plain",
+    'quote" \\ back',
+    "caf%E9 100%25",
+    "snow ☃ 🦀",
+    "x'); DROP TABLE files; --",
+    "new\nline",
+    "[1, 2]",
+    " lead and trail ",
+    "*?[glob]",
+    "a.b.c",
+]
+
+
+async def test_unseen_names_are_matched_exactly_in_each_directory(store: MetadataStore) -> None:
+    """Hostile names, the root directory, a scan of one file, and pages: every record the
+    scan did not see, and no other, in path order."""
+    names = [f"{i:02d} {n}" for i, n in enumerate(HOSTILE_NAMES)]
+    places = [f"/{n}" for n in names] + [f"/d{i % 3}/{n}" for i, n in enumerate(names)]
+    await store.put_files([meta("h", p) for p in places], at(0))
+    everything = await store.create_scan("h", "/", [], at(1))
+    seen = places[::2]  # every other one, in the root and in the directories
+    assert await store.mark_seen(everything, seen) == len(seen)
+    # A name seen in one directory does not count as seen in another.
+    await store.mark_seen(everything, [f"/d9/{names[1]}"])
+    unseen = sorted(set(places) - set(seen))
+    assert paths(await store.unseen_under(everything, "", 100)) == unseen
+    pages: list[str] = []
+    after = ""
+    while page := await store.unseen_under(everything, after, 3):
+        assert len(page) <= 3
+        pages += paths(page)
+        after = page[-1].filepath
+    assert pages == unseen
+
+    # A page holds at most *limit*, however the seen and unseen records fall.
+    ordered = sorted(places)
+    few = await store.create_scan("h", "/", [], at(1))
+    await store.mark_seen(few, [ordered[1]])
+    assert paths(await store.unseen_under(few, "", 2)) == [ordered[0], ordered[2]]
+
+    # "//name" is in the root directory too (as split_path has it), and seen as such.
+    await store.put_files([meta("h", "//double")], at(0))
+    doubled = await store.create_scan("h", "/", [], at(1))
+    await store.mark_seen(doubled, [*places, "//double"])
+    assert await store.unseen_under(doubled, "", 100) == []
+
+    one = places[1]
+    single = await store.create_scan("h", one, [], at(1))
+    assert paths(await store.unseen_under(single, "", 100)) == [one]
+    await store.mark_seen(single, [one])
+    assert await store.unseen_under(single, "", 100) == []
 
 
 async def test_deleting_keeps_the_last_version_and_a_return_revives(store: MetadataStore) -> None:

@@ -217,13 +217,10 @@ class MetadataStore(ABC):
         for the records it stores); how many are live records of its host."""
 
     @abstractmethod
-    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
-        """Live records of the scan's namespace and host at or under its root, in path
-        order, with paths after *after*."""
-
-    @abstractmethod
-    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
-        """The names the scan saw in each of these directories (``by_directory``)."""
+    async def unseen_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
+        """Live records of the scan's namespace and host at or under its root that the
+        scan has not seen (``mark_seen``, or ``put_files`` with the scan), in path order,
+        with paths after *after*: at most *limit*."""
 
     @abstractmethod
     async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:

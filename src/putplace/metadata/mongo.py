@@ -83,6 +83,7 @@ from putplace.metadata.inventory import (
     plan_deletes,
     plan_puts,
     prefix_range,
+    split_path,
     tie_rule,
 )
 from putplace.metadata.uploads import PROGRESS_FIELDS, Upload, upload_from_row, upload_to_row
@@ -781,29 +782,46 @@ class MongoMetadataStore(MetadataStore):
         if rows:
             await self._coll("scan_seen").insert_many(rows, ordered=False)
 
-    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
-        query = {
-            "$and": [{"namespace": scan.namespace, "hostname": scan.hostname},
-                     _prefix(scan.root), {"filepath": {"$gt": after}}, {"deleted_at": None}]
-        }  # fmt: skip
-        with self._guard("files_under"):
-            cursor = self._files.find(
-                query, projection={"_id": 1, "filepath": 1, "updated_at": 1}
-            ).sort("filepath", ASCENDING)
-            return [
-                Listed(str(d["_id"]), d["filepath"], d["updated_at"])
-                async for d in cursor.limit(limit)
-            ]
+    async def unseen_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
+        # Records in path order, a page at a time, less the names the scan saw in their
+        # directories (one query per page for those).
+        oid = _object_id(scan.id)
+        unseen: list[Listed] = []
+        with self._guard("unseen_under"):
+            while len(unseen) < limit:
+                query = {
+                    "$and": [{"namespace": scan.namespace, "hostname": scan.hostname},
+                             _prefix(scan.root), {"filepath": {"$gt": after}},
+                             {"deleted_at": None}]
+                }  # fmt: skip
+                cursor = self._files.find(
+                    query, projection={"_id": 1, "filepath": 1, "updated_at": 1}
+                ).sort("filepath", ASCENDING)
+                page = [
+                    Listed(str(d["_id"]), d["filepath"], d["updated_at"])
+                    async for d in cursor.limit(limit)
+                ]
+                if not page:
+                    break
+                after = page[-1].filepath
+                places = [split_path(r.filepath) for r in page]
+                seen = await self._seen_names(oid, {directory for directory, _ in places})
+                unseen.extend(
+                    record
+                    for record, (directory, name) in zip(page, places, strict=True)
+                    if name not in seen.get(directory, ())
+                )
+        return unseen[:limit]
 
-    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
-        oid = _object_id(scan_id)
+    async def _seen_names(
+        self, scan: ObjectId | None, directories: Collection[str]
+    ) -> dict[str, set[str]]:
         seen: dict[str, set[str]] = {}
-        with self._guard("seen_names"):
-            for chunk in chunked(list(dict.fromkeys(directories)), _IN_CHUNK):
-                async for doc in self._coll("scan_seen").find(
-                    {"scan": oid, "dir": {"$in": list(chunk)}}
-                ):
-                    seen.setdefault(doc["dir"], set()).update(doc["names"])
+        for chunk in chunked(list(directories), _IN_CHUNK):
+            async for doc in self._coll("scan_seen").find(
+                {"scan": scan, "dir": {"$in": list(chunk)}}
+            ):
+                seen.setdefault(doc["dir"], set()).update(doc["names"])
         return seen
 
     async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:

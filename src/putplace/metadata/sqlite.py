@@ -340,6 +340,27 @@ _UPSERT_BLOB_CONFLICT = (
     "ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, state = excluded.state, "
     "stored_at = excluded.stored_at WHERE blobs.state != 'present' RETURNING sha256"
 )
+#: The locations a scan saw, from its rows of names per directory: each the one path
+#: ``inventory.split_path`` splits into that directory and name. The root directory "/"
+#: also stands for the paths "name" and "//name", which split the same way.
+_SEEN_PATHS = (
+    "SELECT CASE WHEN s.dir = '/' THEN '/' ELSE s.dir || '/' END || j.value "
+    "FROM scan_seen AS s, json_each(s.names) AS j WHERE s.scan_id = :scan "
+    "UNION ALL SELECT other.prefix || j.value "
+    "FROM scan_seen AS s, json_each(s.names) AS j, "
+    "(SELECT '' AS prefix UNION ALL SELECT '//') AS other "
+    "WHERE s.scan_id = :scan AND s.dir = '/'"
+)
+#: Live records under a scan's root (from the location index, in path order) that the
+#: scan did not see. SQLite builds the set of seen paths once per statement: a rescan of
+#: 100,000 unchanged files takes one query that returns nothing (0.14 s), where reading
+#: every record back and looking its name up in Python took 0.3 s.
+_UNSEEN_UNDER = (
+    "SELECT id, filepath, updated_at FROM files WHERE namespace = :namespace "
+    "AND hostname = :hostname AND (filepath = :exact OR (filepath >= :low AND filepath < "
+    f":high)) AND filepath > :after AND deleted_at IS NULL AND filepath NOT IN ({_SEEN_PATHS}) "
+    "ORDER BY filepath LIMIT :limit"
+)
 _RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at, namespace"
 _SELECT_FILE = f"SELECT {_RECORD_COLUMNS} FROM files"
 _KEY_COLUMNS = (
@@ -1010,37 +1031,19 @@ class SQLiteMetadataStore(MetadataStore):
 
         return await self._write(mark)
 
-    async def files_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
+    async def unseen_under(self, scan: ScanRecord, after: str, limit: int) -> list[Listed]:
         exact, low, high = prefix_range(scan.root)
-        sql = (
-            "SELECT id, filepath, updated_at FROM files WHERE namespace = ? AND hostname = ? "
-            "AND (filepath = ? OR (filepath >= ? AND filepath < ?)) AND filepath > ? "
-            "AND deleted_at IS NULL ORDER BY filepath LIMIT ?"
-        )
-        args = (scan.namespace, scan.hostname, exact, low, high, after, limit)
+        args = {
+            "namespace": scan.namespace, "hostname": scan.hostname, "exact": exact,
+            "low": low, "high": high, "after": after, "scan": _scan_number(scan.id),
+            "limit": limit,
+        }  # fmt: skip
         return await self._read(
             lambda c: [
                 Listed(str(i), path, datetime.fromisoformat(when))
-                for i, path, when in c.execute(sql, args)
+                for i, path, when in c.execute(_UNSEEN_UNDER, args)
             ]
         )
-
-    async def seen_names(self, scan_id: str, directories: Collection[str]) -> dict[str, set[str]]:
-        scan = _scan_number(scan_id)
-        wanted = list(dict.fromkeys(directories))
-
-        def query(conn: sqlite3.Connection) -> dict[str, set[str]]:
-            seen: dict[str, set[str]] = {}
-            for chunk in chunked(wanted, _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
-                for directory, names in conn.execute(
-                    f"SELECT dir, names FROM scan_seen WHERE scan_id = ? AND dir IN ({marks})",
-                    (scan, *chunk),
-                ):
-                    seen.setdefault(directory, set()).update(json.loads(names))
-            return seen
-
-        return await self._read(query)
 
     async def delete_files(self, records: Sequence[Listed | FileRecord], now: datetime) -> int:
         ids = [int(r.id) for r in records]

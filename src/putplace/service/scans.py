@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from putplace.auth import utcnow
 from putplace.metadata import MetadataStore
-from putplace.metadata.inventory import split_path
 from putplace.models import ApiKeyRecord, ScanRecord, ScanState, Scope
 from putplace.patterns import Excluder, excluder
 from putplace.service import keys
@@ -79,16 +78,9 @@ async def complete_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str
     excluded = excluder(scan.excludes)
     prefix = scan.root.rstrip("/") + "/"
     deleted, after = 0, ""
-    while page := await store.files_under(scan, after, _DELETE_PAGE):
+    while page := await store.unseen_under(scan, after, _DELETE_PAGE):
         after = page[-1].filepath
-        places = [split_path(r.filepath) for r in page]
-        seen = await store.seen_names(scan.id, {directory for directory, _ in places})
-        gone = [
-            record
-            for record, (directory, name) in zip(page, places, strict=True)
-            if name not in seen.get(directory, ())
-            and not _covered(excluded, record.filepath, prefix)
-        ]
+        gone = [record for record in page if not _covered(excluded, record.filepath, prefix)]
         deleted += await store.delete_files(gone, utcnow())
     if not await store.finish_scan(scan.id, ScanState.completed, deleted, utcnow()):
         raise ConflictError("the scan was finished by another request")
