@@ -186,7 +186,11 @@ def timed(*command: str | Path, env: dict[str, str] | None = None) -> float:
 
 def warm(path: Path) -> None:
     """Read every file under *path* so each side starts from the page cache (dropping the
-    cache needs root and would disturb others on a shared machine)."""
+    cache needs root and would disturb others on a shared machine), after the writes of
+    whatever ran before have reached the disk: otherwise the side timed right after a
+    first ingest (PutPlace's rescan) pays for that ingest's writeback and the others do
+    not."""
+    os.sync()
     files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
     for file in files:
         with file.open("rb") as handle:
