@@ -510,6 +510,32 @@ async def test_many_concurrent_distinct_puts(store: MetadataStore) -> None:
     assert {(r.hostname, r.filepath) for r in found} == {(r.hostname, r.filepath) for r in records}
 
 
+async def test_concurrent_puts_each_get_their_own_answers(store: MetadataStore) -> None:
+    """Requests written together: each answers its own records, a location two of them
+    put keeps both versions, and another namespace's record of a location stays its own."""
+    await store.put_blobs([blob("held")])
+    sent = [meta("h", f"/c/{i}", sha256=sha("held" if i % 2 else i)) for i in range(40)]
+    answers = await asyncio.gather(
+        *(store.put_files([m], at(1)) for m in sent),
+        store.put_files([meta("h", "/c/0", sha256=sha("again"))], at(2)),
+        store.put_files([meta("h", "/c/1", sha256=sha("theirs"))], at(1), namespace="team-b"),
+    )
+    for m, ((record_id, held),) in zip(sent[1:], answers[1:40], strict=True):
+        record = await store.get_file("h", m.filepath)
+        assert record is not None
+        assert (record.id, record.sha256) == (record_id, m.sha256)
+        assert (held is not None) == (m.sha256 == sha("held"))
+    versions = await store.history("h", "/c/0")
+    assert sorted(v.sha256 for v in versions) == sorted([sha(0), sha("again")])
+    assert [v.valid_to is None for v in versions] == [True, False]
+    theirs = await store.get_file("h", "/c/1", namespace="team-b")
+    ours = await store.get_file("h", "/c/1")
+    assert theirs is not None
+    assert ours is not None
+    assert (theirs.sha256, ours.sha256) == (sha("theirs"), sha("held"))
+    assert theirs.id == answers[41][0].id != ours.id
+
+
 # --- availability ---------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -370,6 +371,91 @@ _KEY_COLUMNS = (
 _SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys"
 
 WriteOp = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(frozen=True)
+class _FilesPut:
+    """One ``put_files`` request's write. Called, it runs alone; the group commit runs
+    the puts of one group together where it can (:func:`_merge_puts`)."""
+
+    namespace: str
+    scan: int | None
+    files: list[FileMetadata]  # one per location
+    now: datetime
+
+    def __call__(self, conn: sqlite3.Connection) -> list[StoredFile]:
+        return _put_files(conn, [self])[0]
+
+
+def _put_files(conn: sqlite3.Connection, puts: Sequence[_FilesPut]) -> list[list[StoredFile]]:
+    """The writes of *puts* (one namespace, no location in two of them) as one: a query
+    and a statement per 500 records for them all. Under 64 concurrent ``POST /put_file``
+    requests, one statement each was most of the writer's time."""
+    namespace = puts[0].namespace
+    everything = [meta for put in puts for meta in put.files]
+    # Read and write in one transaction of the one writer: the versions compared are the
+    # ones replaced.
+    current = _select_current(conn, namespace, everything)
+    rows: list[list[Any]] = []
+    for put in puts:
+        plan = plan_puts(put.files, current, put.now, namespace)
+        _write_plan(conn, plan)
+        stamp = put.now.isoformat()
+        # A validated model's __dict__ holds its fields in FILE_FIELDS order.
+        rows.extend(
+            [*m.__dict__.values(), stamp, stamp, stamp if r is put.now else _iso(r), namespace]
+            for m, r in plan.records
+        )
+    ids = {location: record.id for location, record in current.items()}
+    ids.update(((h, p), str(i)) for i, h, p in _upsert_files(conn, rows))
+    for put in puts:
+        if put.scan is not None:
+            _add_seen(conn, put.scan, [m.filepath for m in put.files])
+    # Read in the same transaction: one hop to the writer thread per request.
+    blobs = _select_blobs(conn, list({meta.sha256 for meta in everything}))
+    return [
+        [StoredFile(ids[m.hostname, m.filepath], blobs.get(m.sha256)) for m in put.files]
+        for put in puts
+    ]
+
+
+#: Ops of a group to run as one, and the positions in the group of those they answer.
+_Unit = tuple[list[int], Callable[[sqlite3.Connection], list[Any]]]
+
+
+def _alone(op: WriteOp, conn: sqlite3.Connection) -> list[Any]:
+    return [op(conn)]
+
+
+def _merge_puts(ops: Sequence[WriteOp]) -> list[_Unit]:
+    """*ops* as units to run in order: the file puts of one namespace merged while their
+    locations are disjoint (two writes of one location stay apart, so the first becomes
+    a past version), every other op alone. The ops of a group are concurrent requests:
+    any order is one they could have run in."""
+    units: list[_Unit] = []
+    open_puts: dict[str, tuple[list[int], list[_FilesPut], set[tuple[str, str]]]] = {}
+    for index, op in enumerate(ops):
+        if not isinstance(op, _FilesPut):
+            units.append(([index], functools.partial(_alone, op)))
+            continue
+        where = {(meta.hostname, meta.filepath) for meta in op.files}
+        batch = open_puts.get(op.namespace)
+        if batch is None or not batch[2].isdisjoint(where):
+            batch = ([], [], set())
+            open_puts[op.namespace] = batch
+            units.append((batch[0], functools.partial(_put_files, puts=batch[1])))
+        batch[0].append(index)
+        batch[1].append(op)
+        batch[2].update(where)
+    return units
+
+
+def _run_merged(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
+    outcomes: list[Any] = [None] * len(ops)
+    for positions, run in _merge_puts(ops):
+        for position, outcome in zip(positions, run(conn), strict=True):
+            outcomes[position] = outcome
+    return outcomes
 
 
 def _isolated(conn: sqlite3.Connection, op: WriteOp) -> Any:
@@ -868,7 +954,7 @@ class SQLiteMetadataStore(MetadataStore):
         back and the group runs again with each op in its own savepoint.
         """
         try:
-            return self._in_transaction(conn, lambda: [op(conn) for op in ops])
+            return self._in_transaction(conn, lambda: _run_merged(conn, ops))
         except Exception as exc:
             if len(ops) == 1:
                 return [exc]
@@ -901,31 +987,8 @@ class SQLiteMetadataStore(MetadataStore):
         namespace: str = DEFAULT_NAMESPACE,
         scan_id: str | None = None,
     ) -> list[StoredFile]:
-        stamp = now.isoformat()
-        unique = dedupe_by_location(files)
-        hashes = list({meta.sha256 for meta in unique})
-        scan = _scan_number(scan_id)
-
-        def upsert(conn: sqlite3.Connection) -> list[StoredFile]:
-            # Read and write in one transaction of the one writer: the versions compared
-            # are the ones replaced.
-            current = _select_current(conn, namespace, unique)
-            plan = plan_puts(unique, current, now, namespace)
-            _write_plan(conn, plan)
-            # A validated model's __dict__ holds its fields in FILE_FIELDS order.
-            rows = [
-                [*m.__dict__.values(), stamp, stamp, stamp if r is now else _iso(r), namespace]
-                for m, r in plan.records
-            ]
-            ids = {location: record.id for location, record in current.items()}
-            ids.update(((h, p), str(i)) for i, h, p in _upsert_files(conn, rows))
-            if scan is not None:
-                _add_seen(conn, scan, [m.filepath for m in unique])
-            # Read in the same transaction: one hop to the writer thread per request.
-            blobs = _select_blobs(conn, hashes)
-            return [StoredFile(ids[m.hostname, m.filepath], blobs.get(m.sha256)) for m in unique]
-
-        return await self._write(upsert)
+        put = _FilesPut(namespace, _scan_number(scan_id), dedupe_by_location(files), now)
+        return await self._write(put)
 
     async def get_file(
         self, hostname: str, filepath: str, namespace: str = DEFAULT_NAMESPACE
