@@ -1,16 +1,20 @@
-"""Local-disk specifics of streamed blobs: writeback during the upload, short writes.
-(Groups of small contents go into pack files: tests/blobs/test_packs.py.)"""
+"""Local-disk specifics of writing content: direct writes of whole blocks, the page-cache
+fallback with writeback as it goes, short writes. (Groups of small contents go into pack
+files: tests/blobs/test_packs.py.)"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from putplace.blobs import local
+from putplace.blobs import fsio, local
+from putplace.blobs.fsio import DIRECT_ALIGN, DIRECT_BUFFER, WRITEBACK_STEP, FileAppender
 from putplace.service.ingest import store_verified
 
 
@@ -19,40 +23,155 @@ async def chunks_of(data: bytes, step: int) -> AsyncIterator[bytes]:
         yield data[offset : offset + step]
 
 
-async def test_streamed_blob_with_fsync_and_writeback(
+def direct_possible(directory: Path) -> bool:
+    """Does this file system take O_DIRECT (tmpfs does not)?"""
+    probe = directory / "probe"
+    probe.touch()
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+    except OSError as exc:
+        assert exc.errno == errno.EINVAL
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+def no_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every O_DIRECT open fail as on tmpfs."""
+    real = os.open
+
+    def refusing(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsio.os, "open", refusing)
+
+
+def append(path: Path, offset: int, pieces: list[bytes], *, durable: bool) -> FileAppender:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        appender = FileAppender(path, fd, offset, durable=durable)
+        for start in range(0, len(pieces), 3):
+            appender.write(pieces[start : start + 3])
+        appender.close()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return appender
+
+
+def random_pieces(rng: random.Random, total: int) -> list[bytes]:
+    pieces = []
+    while total > 0:
+        size = min(total, rng.choice([1, 40, 4095, 4096, 4097, 70_000, DIRECT_BUFFER + 3]))
+        pieces.append(rng.randbytes(size))
+        total -= size
+    return pieces
+
+
+@pytest.mark.parametrize("durable", [True, False])
+@pytest.mark.parametrize("offset", [0, 1, 4095, 4096, 3 * 4096 + 17])
+def test_appended_bytes_land_exactly_after_what_was_there(
+    tmp_path: Path, offset: int, durable: bool
+) -> None:
+    rng = random.Random(offset)
+    before = rng.randbytes(offset + 5000)  # bytes past the offset are overwritten
+    path = tmp_path / "file"
+    path.write_bytes(before)
+    pieces = random_pieces(rng, 3 * DIRECT_BUFFER + 12345)
+    appender = append(path, offset, pieces, durable=durable)
+    assert path.read_bytes() == before[:offset] + b"".join(pieces)
+    assert appender.position == offset + sum(map(len, pieces))
+    # A durable writer bypasses the page cache wherever the file system allows it.
+    assert (appender.direct_bytes > 0) == (durable and direct_possible(tmp_path))
+
+
+def test_without_o_direct_every_byte_goes_cached_with_writeback_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    no_direct(monkeypatch)
     started: list[tuple[int, int]] = []
-    real = local.start_writeback
+    real = fsio.start_writeback
     monkeypatch.setattr(
-        local, "start_writeback", lambda fd, o, n: (started.append((o, n)), real(fd, o, n))
+        fsio, "start_writeback", lambda fd, o, n: (started.append((o, n)), real(fd, o, n))
     )
-    store = local.LocalBlobStore(tmp_path / "blobs", fsync=True)
-    await store.open()
-    data = os.urandom(3 * local.WRITEBACK_STEP + 12345)
-    name = hashlib.sha256(data).hexdigest()
-    assert await store_verified(store, name, chunks_of(data, 256 * 1024)) == len(data)
-    assert (tmp_path / "blobs" / name[:2] / name).read_bytes() == data
+    data = os.urandom(3 * WRITEBACK_STEP + 12345)
+    path = tmp_path / "file"
+    appender = append(
+        path, 0, [data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024)], durable=True
+    )
+    assert path.read_bytes() == data
+    assert not appender.direct_bytes > 0
     # Writeback was started as the bytes came, range after range, without gaps.
     assert len(started) == 3
     assert [offset for offset, _ in started] == [0, *(sum(started[i]) for i in range(2))]
 
 
-async def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.writev
+def test_a_direct_write_refused_midway_goes_on_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct_possible(tmp_path):
+        pytest.fail(f"{tmp_path} takes no O_DIRECT: put the test directory on a disk")
+    real = os.pwrite
     calls = 0
 
-    def stingy(fd: int, buffers: list[memoryview]) -> int:  # the kernel may write less
+    def refusing_second(fd: int, data: memoryview, offset: int) -> int:
         nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(fsio.os, "pwrite", refusing_second)
+    data = os.urandom(4 * DIRECT_BUFFER + 100)
+    path = tmp_path / "file"
+    appender = append(
+        path, 0, [data[i : i + 65536] for i in range(0, len(data), 65536)], durable=True
+    )
+    assert path.read_bytes() == data
+    assert calls == 2  # the first direct write went through, none after the refusal
+    assert not appender.direct
+
+
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwritev
+    calls = 0
+
+    def stingy(fd: int, buffers: list[memoryview], offset: int) -> int:  # the kernel may
+        nonlocal calls  # write less
         calls += 1
         if calls > 1000:  # 300 are enough; a writer that never advances fails, not fills a disk
             raise AssertionError("the writer does not resume after a short write")
-        return real(fd, [buffers[0][:1000]])
+        return real(fd, [buffers[0][:1000]], offset)
 
-    monkeypatch.setattr(local.os, "writev", stingy)
-    store = local.LocalBlobStore(tmp_path / "blobs", fsync=False)
-    await store.open()
+    monkeypatch.setattr(fsio.os, "pwritev", stingy)
     data = os.urandom(300_000)
+    path = tmp_path / "file"
+    append(path, 0, [data[i : i + 70_000] for i in range(0, len(data), 70_000)], durable=False)
+    assert path.read_bytes() == data
+
+
+def test_an_abandoned_appender_writes_nothing_more(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        appender = FileAppender(path, fd, 0, durable=True)
+        appender.write([b"x" * (DIRECT_BUFFER // 2)])
+        appender.close(keep=False)
+    finally:
+        os.close(fd)
+    assert path.stat().st_size == 0
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_streamed_blob_is_whole_under_its_name(tmp_path: Path, fsync: bool) -> None:
+    store = local.LocalBlobStore(tmp_path / "blobs", fsync=fsync)
+    await store.open()
+    data = os.urandom(3 * DIRECT_BUFFER + DIRECT_ALIGN + 7)
     name = hashlib.sha256(data).hexdigest()
-    assert await store_verified(store, name, chunks_of(data, 70_000)) == len(data)
+    assert await store_verified(store, name, chunks_of(data, 256 * 1024 + 3)) == len(data)
     assert (tmp_path / "blobs" / name[:2] / name).read_bytes() == data
+    assert list((tmp_path / "blobs" / local.TEMP_DIR).iterdir()) == []
+    await store.close()

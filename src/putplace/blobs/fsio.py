@@ -1,10 +1,13 @@
-"""Small file-system helpers the local store and its pack files share."""
+"""Small file-system helpers the local store, its pack files and its upload staging share."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import mmap
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def writev_all(fd: int, chunks: Sequence[bytes | memoryview]) -> int:
-    """Write every byte of *chunks* in order with ``writev`` (a list goes to the kernel
-    without being joined first), resuming short writes; returns the bytes written."""
+def pwritev_all(fd: int, chunks: Sequence[bytes | memoryview], offset: int) -> int:
+    """Write every byte of *chunks* in order at *offset* with ``pwritev`` (a list goes to
+    the kernel without being joined first), resuming short writes; returns the count."""
     views = [memoryview(c) for c in chunks if len(c)]
     first = 0
     written = 0
     while first < len(views):
-        done = os.writev(fd, views[first : first + IOV_MAX])
+        done = os.pwritev(fd, views[first : first + IOV_MAX], offset + written)
         written += done
         while first < len(views) and done >= len(views[first]):  # drop what went
             done -= len(views[first])
@@ -63,3 +66,159 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """A hint only: durability still comes from fsync at commit, so failure is harmless."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+#: Direct I/O moves whole blocks at block-aligned offsets from block-aligned memory; a
+#: page (4 KiB) is a multiple of every block size Linux file systems use.
+DIRECT_ALIGN = 4096
+#: Bytes gathered in the aligned buffer before one direct write: 1-8 MiB all wrote 2 GiB
+#: at 1.7-2.1 GB/s on the development disk, so the smallest that does is used.
+DIRECT_BUFFER = 2 * 1024 * 1024
+#: Free aligned buffers kept for the next writer (each 2 MiB).
+_SPARE_BUFFERS = 8
+_spare: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
+
+
+def _borrow_buffer() -> mmap.mmap:
+    """A page-aligned buffer. Reused: memory touched for the first time costs a page
+    fault per 4 KiB, which is what direct writes are here to avoid."""
+    with _spare_lock:
+        if _spare:
+            return _spare.pop()
+    return mmap.mmap(-1, DIRECT_BUFFER)
+
+
+def _return_buffer(buffer: mmap.mmap) -> None:
+    with _spare_lock:
+        if len(_spare) < _SPARE_BUFFERS:
+            _spare.append(buffer)
+            return
+    buffer.close()
+
+
+class FileAppender:
+    """Writes batches of bytes one after another into a file from *offset* on.
+
+    For a *durable* writer (one that fsyncs before anything counts as stored), whole
+    4 KiB blocks are written with ``O_DIRECT`` from one reused page-aligned buffer:
+    straight to the disk, not copied into the page cache first. Content made durable is
+    not read again soon, so caching it buys nothing, while copying it there was half of
+    the server's CPU in a 2 GiB upload (``perf``: ``copy_folio_from_iter_atomic``); on
+    the development machine 2 GiB took 5.0 s of system time to write through the page
+    cache and 0.1 s direct. The unaligned head and tail (less than a block each) go
+    through the page cache, so the caller's ``fsync`` on *fd* still makes every byte
+    durable. On a file system that refuses ``O_DIRECT`` (tmpfs), on a platform without
+    it, or for a writer that is not *durable*, every byte goes through the page cache
+    (with writeback started as it goes when *durable*).
+
+    One writer, one thread at a time. :meth:`close` writes what is still buffered; the
+    caller then fsyncs and closes *fd*.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], fd: int, offset: int, *, durable: bool
+    ) -> None:
+        self._fd = fd
+        self._durable = durable
+        self.position = offset
+        """File offset the next byte goes to."""
+        self._direct_fd: int | None = None
+        self._buffer: mmap.mmap | None = None
+        self._pending = 0  # bytes in the buffer; buffer[0] belongs at position - pending
+        self._flushed = offset  # writeback started up to here (page-cache writes)
+        self.direct_bytes = 0
+        """Bytes written with ``O_DIRECT`` so far."""
+        if durable and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: the file system has no O_DIRECT
+                    raise
+            else:
+                self._buffer = _borrow_buffer()
+
+    @property
+    def direct(self) -> bool:
+        """Are whole blocks (still) written with ``O_DIRECT``?"""
+        return self._direct_fd is not None
+
+    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
+        """Append *chunks*; returns the bytes taken (all of them)."""
+        taken = 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            taken += len(view)
+            if self._buffer is None or self._direct_fd is None:
+                self._write_cached(view)
+                continue
+            if self._pending == 0 and (head := -self.position % DIRECT_ALIGN):
+                self._write_cached(view[:head])  # up to the next block boundary
+                view = view[head:]
+            while view:
+                room = DIRECT_BUFFER - self._pending
+                part, view = view[:room], view[room:]
+                self._buffer[self._pending : self._pending + len(part)] = part
+                self._pending += len(part)
+                self.position += len(part)
+                if self._pending == DIRECT_BUFFER:
+                    self._drain()
+        return taken
+
+    def drains(self, size: int) -> bool:
+        """Would appending *size* more bytes write a buffer's worth to the disk now (work
+        for a worker thread, not an event loop)?"""
+        return self._buffer is not None and self._pending + size >= DIRECT_BUFFER
+
+    def close(self, *, keep: bool = True) -> None:
+        """Write what is still buffered (whole blocks direct, the rest cached), unless
+        not *keep* (the file is being abandoned), and give the buffer back. The appender
+        cannot be used afterwards."""
+        try:
+            if self._pending and keep:
+                self._drain()
+        finally:
+            if self._direct_fd is not None:
+                os.close(self._direct_fd)
+                self._direct_fd = None
+            if self._buffer is not None:
+                _return_buffer(self._buffer)
+                self._buffer = None
+
+    def _drain(self) -> None:
+        """Write the buffer: its whole blocks direct, a partial last block cached."""
+        assert self._buffer is not None
+        start = self.position - self._pending
+        whole = self._pending - self._pending % DIRECT_ALIGN
+        done = 0
+        with memoryview(self._buffer) as buffer:
+            data = buffer[: self._pending]
+            while done < whole and self._direct_fd is not None:
+                done += self._write_direct(self._direct_fd, data[done:whole], start + done)
+            if done < self._pending:
+                pwritev_all(self._fd, [data[done:]], start + done)
+            data.release()
+        self._pending = 0
+
+    def _write_direct(self, fd: int, data: memoryview, offset: int) -> int:
+        """Bytes written direct; on a refusal (some file systems accept ``O_DIRECT`` at
+        open but not every write) direct writing stops and the rest goes cached."""
+        try:
+            written = os.pwrite(fd, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            written = 0
+        if written > 0 and written % DIRECT_ALIGN == 0:
+            self.direct_bytes += written
+            return written
+        self.direct_bytes += max(written, 0)
+        os.close(fd)
+        self._direct_fd = None
+        return max(written, 0)
+
+    def _write_cached(self, view: memoryview) -> None:
+        self.position += pwritev_all(self._fd, [view], self.position)
+        if self._durable and self.position - self._flushed >= WRITEBACK_STEP:
+            start_writeback(self._fd, self._flushed, self.position - self._flushed)
+            self._flushed = self.position

@@ -32,7 +32,7 @@ from putplace.blobs.base import (
     StoredBlob,
     checked_name,
 )
-from putplace.blobs.fsio import WRITEBACK_STEP, fsync_dir, start_writeback, writev_all
+from putplace.blobs.fsio import FileAppender, fsync_dir
 from putplace.blobs.local_staging import LocalUploadStaging
 from putplace.blobs.packs import Packs
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
@@ -49,18 +49,16 @@ def _translate(exc: OSError) -> Exception:
 
 
 class _LocalWriter(BlobWriter):
-    """Bytes written to a temporary file through its descriptor (``writev``: a list of
-    chunks goes to the kernel without being joined first). With fsync on, writeback of
-    each :data:`WRITEBACK_STEP` is started as it is written, so the disk works while the
-    upload is still arriving and the fsync at commit finds little left to do."""
+    """Bytes written to a temporary file through a :class:`FileAppender` (with fsync on:
+    straight to the disk, not through the page cache), fsynced and renamed into place at
+    commit."""
 
     def __init__(self, store: LocalBlobStore, sha256: str, temp: Path, fd: int) -> None:
         self._store = store
         self._sha256 = sha256
         self._temp = temp
         self._fd: int | None = fd
-        self._written = 0
-        self._flushed = 0
+        self._appender = FileAppender(temp, fd, 0, durable=store.fsync)
 
     async def write(self, data: bytes) -> None:
         await self.write_all([data])
@@ -69,22 +67,18 @@ class _LocalWriter(BlobWriter):
         if self._fd is None:
             raise StorageUnavailableError("write after commit or abort")
         try:
-            if sum(map(len, chunks)) < INLINE_WORK_LIMIT:
-                self._write_sync(self._fd, chunks)
+            size = sum(map(len, chunks))
+            if size < INLINE_WORK_LIMIT and not self._appender.drains(size):
+                self._appender.write(chunks)
             else:
-                await asyncio.to_thread(self._write_sync, self._fd, chunks)
+                await asyncio.to_thread(self._appender.write, chunks)
         except OSError as exc:
             raise _translate(exc) from exc
-
-    def _write_sync(self, fd: int, chunks: Sequence[bytes]) -> None:
-        self._written += writev_all(fd, chunks)
-        if self._store.fsync and self._written - self._flushed >= WRITEBACK_STEP:
-            start_writeback(fd, self._flushed, self._written - self._flushed)
-            self._flushed = self._written
 
     def _commit_sync(self) -> None:
         assert self._fd is not None
         final = self._store.path_for(self._sha256)
+        self._appender.close()
         if self._store.fsync:
             os.fsync(self._fd)
         os.close(self._fd)
@@ -101,6 +95,7 @@ class _LocalWriter(BlobWriter):
             raise _translate(exc) from exc
 
     def _abort_sync(self) -> None:
+        self._appender.close(keep=False)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

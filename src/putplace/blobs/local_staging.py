@@ -10,12 +10,12 @@ import fcntl
 import functools
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
-from putplace.blobs.fsio import fsync_dir, start_writeback
+from putplace.blobs.fsio import FileAppender, fsync_dir
 from putplace.blobs.staging import StagingBusyError, StagingState, UploadStaging
 from putplace.digest import CHUNK_SIZE
 
@@ -56,31 +56,11 @@ def _lock(fd: int) -> None:
         raise StagingBusyError("another writer still has this upload open") from None
 
 
-def _pwritev_all(fd: int, chunks: Sequence[bytes], offset: int) -> int:
-    views = [memoryview(c) for c in chunks if c]
-    written = 0
-    while views:
-        done = os.pwritev(fd, views[:1024], offset + written)
-        written += done
-        while views and done >= len(views[0]):
-            done -= len(views[0])
-            views.pop(0)
-        if done:
-            views[0] = views[0][done:]
-    return written
-
-
 class LocalUploadStaging(UploadStaging):
     def __init__(self, root: Path, blob_path: Callable[[str], Path], *, fsync: bool) -> None:
         self.dir = root / UPLOADS_DIR
         self._blob_path = blob_path
         self._fsync = fsync
-
-    def _write(self, fd: int, chunks: Sequence[bytes], offset: int) -> int:
-        written = _pwritev_all(fd, chunks, offset)
-        if self._fsync:  # the disk starts now; the fsync that acknowledges finds less to do
-            start_writeback(fd, offset, written)
-        return written
 
     def path_for(self, upload_id: str) -> Path:
         return self.dir / checked_upload_id(upload_id)
@@ -115,8 +95,10 @@ class LocalUploadStaging(UploadStaging):
         # buffering); each write waits for the one before, so bytes land in order.
         position = offset
         writing: asyncio.Future[int] | None = None
+        appender: FileAppender | None = None
         try:
             _lock(fd)
+            appender = await _io(lambda: FileAppender(path, fd, offset, durable=self._fsync))
             batch: list[bytes] = []
             size = 0
             async for chunk in chunks:
@@ -125,20 +107,23 @@ class LocalUploadStaging(UploadStaging):
                 if size >= WRITE_BATCH:
                     if writing is not None:
                         await writing
-                    write = functools.partial(self._write, fd, batch, position)
-                    writing = asyncio.ensure_future(_io(write))
+                    writing = asyncio.ensure_future(_io(functools.partial(appender.write, batch)))
                     position += size
                     batch, size = [], 0
             if writing is not None:
                 await writing
             if batch:
-                await _io(functools.partial(self._write, fd, batch, position))
+                await _io(functools.partial(appender.write, batch))
                 position += size
+            await _io(appender.close)
+            appender = None
             if self._fsync:
                 await _io(lambda: os.fsync(fd))
         finally:
             if writing is not None and not writing.done():
                 await asyncio.gather(writing, return_exceptions=True)
+            if appender is not None:  # failed: what was acknowledged before stays as it is
+                appender.close(keep=False)
             os.close(fd)  # and with it the lock
         return position, state
 

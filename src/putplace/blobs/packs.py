@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from putplace.blobs.fsio import fsync_dir, writev_all
+from putplace.blobs.fsio import FileAppender, fsync_dir
 from putplace.sequences import chunked
 
 PACK_DIR = "packs"
@@ -198,7 +198,11 @@ class Packs:
                 pack = new_pack_id() + 1
                 rows = [(digest, pack, at, size) for digest, _, at, size in rows]
         try:
-            writev_all(fd, parts)
+            appender = FileAppender(path, fd, 0, durable=self.fsync)
+            try:
+                appender.write(parts)
+            finally:
+                appender.close()
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
