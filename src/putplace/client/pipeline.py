@@ -1,12 +1,12 @@
 """One client run: walk -> hash -> register -> upload, every stage running at once.
 
-- A walker thread cuts the walk into batches of ``batch_size`` entries and hands them
-  over a bounded queue.
-- The main thread looks each batch up in the hash cache and hands the files it must read
-  to the hashing pool; up to ``HASH_AHEAD`` batches are being hashed while the oldest is
-  passed on. A small file (up to ``bundle_threshold``) is read whole while it is hashed
-  and its bytes are kept for the upload, within a fixed memory budget, so content is
-  read once.
+- A walker thread cuts the walk into batches of ``batch_size`` entries, looks each batch
+  up in the hash cache and reads the small files it must hash itself (see
+  :data:`SMALL_FILE`); larger ones go to the hashing pool. It hands the batches over a
+  bounded queue to the main thread, which passes each on once its hashes are in, with up
+  to ``HASH_AHEAD`` batches behind it still being hashed. A small file (up to
+  ``bundle_threshold``) is read whole while it is hashed and its bytes are kept for the
+  upload, within a fixed memory budget, so content is read once.
 - Registration (one ``POST /put_files`` per batch) runs in its own pool, with up to
   ``REGISTER_IN_FLIGHT`` batches in flight.
 - Content the server asks for goes to the upload pool (``upload_workers`` requests at
@@ -70,11 +70,14 @@ HASH_CHUNK_FILES: Final = 32
 HASH_CHUNK_BYTES: Final = 1 * MiB
 """A hashing task reads up to this many files or (about) bytes."""
 SMALL_FILE: Final = 16 * 1024
-"""Tasks of files up to this size are hashed by one thread, not the pool. Their cost is
-Python's per-file work, which holds the GIL: more threads only hand the GIL back and
-forth around every system call (30,000 files of 1-8 KiB, walk and hash only: 1.9 s with
-one thread, 2.5 s with two, 3.4 s with four; 80,000 futex calls against 450,000 with
-two). Larger files are hashed outside the GIL, where the pool's threads do overlap."""
+"""Tasks of files up to this size are hashed by the walking thread itself, not the pool.
+Their cost is Python's per-file work, which holds the GIL: more threads only hand the GIL
+back and forth around every system call (30,000 files of 1-8 KiB, walk and hash only:
+1.9 s with one thread, 2.5 s with two, 3.4 s with four; 80,000 futex calls against
+450,000 with two). Reading them on the walking thread rather than on a thread of their
+own took a dry run of 100,000 files from 3.9 to 2.95 CPU-s and the client's context
+switches in a first ingest from 13,000 to 3,000-4,000. Larger files are hashed outside
+the GIL, where the pool's threads do overlap."""
 _POLL: Final = 0.1
 """Seconds between checks of the stop event while waiting on another stage."""
 
@@ -264,7 +267,7 @@ class Run:
         self.summary = reporter.summary
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
-        self._walked: queue.Queue[tuple[str, list[FileEntry]] | object] = queue.Queue(WALK_AHEAD)
+        self._walked: queue.Queue[_Hashing | object] = queue.Queue(WALK_AHEAD)
         # root walked -> its open scan on the server (roots that are directories)
         self._scans: dict[str, str] = {}
         self._keep = _Budget(KEEP_BUDGET)
@@ -291,20 +294,19 @@ class Run:
     # -- the run -----------------------------------------------------------------------
     def execute(self) -> None:
         options = self.options
-        walker = threading.Thread(target=self._walk, name="walk", daemon=True)
         with (
             ThreadPoolExecutor(options.hash_workers, thread_name_prefix="hash") as hashers,
-            ThreadPoolExecutor(1, thread_name_prefix="hash-small") as small_hasher,
             ThreadPoolExecutor(REGISTER_IN_FLIGHT, thread_name_prefix="register") as registrars,
             ThreadPoolExecutor(options.upload_workers, thread_name_prefix="upload") as uploaders,
         ):
+            walker = threading.Thread(target=self._walk, args=(hashers,), name="walk", daemon=True)
             self._uploaders = uploaders
             try:
                 self._open_scans()
                 walker.start()
                 hashing: deque[_Hashing] = deque()
                 while (walked := self._next_walked()) is not None:
-                    hashing.append(self._start_hashing(*walked, hashers, small_hasher))
+                    hashing.append(walked)
                     if len(hashing) > HASH_AHEAD:
                         self._pass_on(hashing.popleft(), registrars)
                 while hashing:
@@ -317,7 +319,7 @@ class Run:
             except BaseException as exc:
                 self.stop.set()
                 self._finish_scans(completed=False)
-                for pool in (hashers, small_hasher, registrars, uploaders):
+                for pool in (hashers, registrars, uploaders):
                     pool.shutdown(wait=False, cancel_futures=True)
                 if isinstance(exc, Cancelled) and self._fatal is not None:
                     raise self._fatal from None
@@ -382,7 +384,7 @@ class Run:
                 self.summary.add(deleted_on_server=int(answer.get("deleted", 0)))
 
     # -- walking -----------------------------------------------------------------------
-    def _walk(self) -> None:
+    def _walk(self, hashers: ThreadPoolExecutor) -> None:
         options = self.options
         try:
             # Root by root, so each batch belongs to one root's scan.
@@ -392,7 +394,7 @@ class Run:
                     on_skip=self.reporter.skip,
                 )  # fmt: skip
                 for batch in _batches(entries, options.batch_size):
-                    self._hand_over((os.path.abspath(root), batch))
+                    self._hand_over(self._start_hashing(os.path.abspath(root), batch, hashers))
             self._hand_over(_END)
         except Cancelled:
             pass
@@ -408,7 +410,7 @@ class Run:
             except queue.Full:
                 continue
 
-    def _next_walked(self) -> tuple[str, list[FileEntry]] | None:
+    def _next_walked(self) -> _Hashing | None:
         while True:
             check(self.stop)
             try:
@@ -417,30 +419,28 @@ class Run:
                 continue
             if item is _END:
                 return None
-            assert isinstance(item, tuple)
+            assert isinstance(item, _Hashing)
             return item
 
     # -- hashing -----------------------------------------------------------------------
     def _start_hashing(
-        self,
-        root: str,
-        batch: list[FileEntry],
-        hashers: ThreadPoolExecutor,
-        small: ThreadPoolExecutor,
+        self, root: str, batch: list[FileEntry], hashers: ThreadPoolExecutor
     ) -> _Hashing:
-        """Look *batch* up in the cache; send the files that must be read to *hashers*
-        (to *small* when they are all small, see :data:`SMALL_FILE`), a few at a time (one
-        task per file costs more than hashing a small file)."""
+        """Walking thread: look *batch* up in the cache and hash the files that must be
+        read, a few at a time (one task per file costs more than hashing a small file):
+        small ones here and now (see :data:`SMALL_FILE`), others on *hashers*."""
         cached: list[str | None] = [None] * len(batch)
         if not self.options.rehash:
             cached = self.cache.lookup_hashes([entry.stat for entry in batch])
         misses = [e for e, sha in zip(batch, cached, strict=True) if sha is None or e.is_symlink]
-        futures = [
-            (small if all(e.stat.st_size <= SMALL_FILE for e in c) else hashers).submit(
-                self._hash_some, c
-            )
-            for c in _chunks(misses)
-        ]
+        futures: list[Future[list[_Item | None]]] = []
+        for chunk in _chunks(misses):
+            if all(e.stat.st_size <= SMALL_FILE for e in chunk):
+                done: Future[list[_Item | None]] = Future()
+                done.set_result(self._hash_some(chunk))
+                futures.append(done)
+            else:
+                futures.append(hashers.submit(self._hash_some, chunk))
         return _Hashing(batch, cached, futures, root)
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
