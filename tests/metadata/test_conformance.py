@@ -599,3 +599,37 @@ async def test_put_blobs_records_who_sent_them_in_the_same_write(store: Metadata
     assert await store.put_blobs([first], sent_by="archive") == [False]
     assert set(await store.possessed(["archive"], [first.sha256])) == {first.sha256}
     assert await store.possessed(["other"], [first.sha256]) == {}
+
+
+async def test_first_and_later_senders_each_hold_a_content_from_their_own_time(
+    store: MetadataStore,
+) -> None:
+    name = sha("shared")
+    assert await store.put_blobs([blob("shared", size=7, seconds=10)], sent_by="lab") == [True]
+    assert await store.put_blobs([blob("shared", size=7, seconds=20)], sent_by="archive") == [False]
+    # Sent again by either: neither first time moves.
+    await store.put_blobs([blob("shared", size=7, seconds=30)], sent_by="lab")
+    await store.put_blobs([blob("shared", size=7, seconds=30)], sent_by="archive")
+    assert await store.possessed(["lab"], [name]) == {name: at(10)}
+    assert await store.possessed(["archive"], [name]) == {name: at(20)}
+    assert await store.possessed(["archive", "lab"], [name]) == {name: at(10)}
+    for holders in (["lab"], ["archive"], ["lab", "archive"]):
+        assert await store.held_totals(holders) == (1, 7)  # once, however many hold it
+    assert await store.held_totals(["other"]) == (0, 0)
+    # Deleted, then sent first by the namespace that was second: only it holds it now.
+    assert await store.delete_blob(name)
+    assert await store.possessed(["lab", "archive"], [name]) == {}
+    assert await store.put_blobs([blob("shared", size=7, seconds=50)], sent_by="archive") == [True]
+    assert await store.possessed(["lab", "archive"], [name]) == {name: at(50)}
+    assert await store.held_totals(["lab"]) == (0, 0)
+
+
+async def test_a_content_stored_without_a_sender_is_held_once_a_namespace_sends_it(
+    store: MetadataStore,
+) -> None:
+    name = sha("unsent")
+    assert await store.put_blobs([blob("unsent", seconds=5)]) == [True]
+    assert await store.possessed(["lab"], [name]) == {}
+    assert await store.put_blobs([blob("unsent", seconds=8)], sent_by="lab") == [False]
+    assert await store.possessed(["lab"], [name]) == {name: at(8)}
+    assert await store.held_totals(["lab"]) == (1, 10)

@@ -326,6 +326,27 @@ async def test_search_by_content_presence_and_upload_time(fleet: MetadataStore) 
     assert await fleet.possessed(["default", "other"], [sha(100)]) == {}
 
 
+async def test_search_sees_content_by_whichever_namespace_sent_it_first(
+    fleet: MetadataStore,
+) -> None:
+    await fleet.put_blobs([blob(100, size=100, seconds=50)], sent_by="default")
+    stored = sorted(paths(await search(fleet, has_content=True)))
+    assert stored == ["/srv/app/lib/util.py", "/srv/data.bin", "/srvx/readme"]
+    assert len(await search(fleet, uploaded_after=at(50))) == 3
+    assert await search(fleet, uploaded_before=at(50)) == []
+    assert len(await search(fleet, uploaded_before=at(51))) == 3
+    claim = meta("web", "/claimed", file_size=100, sha256=sha(100))
+    await fleet.put_files([claim], at(60), namespace="other")
+    assert paths(await search(fleet, has_content=False, namespaces=("other",))) == ["/claimed"]
+    await fleet.put_blobs([blob(100, size=100, seconds=70)], sent_by="other")
+    assert paths(await search(fleet, has_content=True, namespaces=("other",))) == ["/claimed"]
+    assert await search(fleet, uploaded_before=at(70), namespaces=("other",)) == []
+    after = await search(fleet, uploaded_after=at(70), namespaces=("other",))
+    assert paths(after) == ["/claimed"]
+    # Each record by its own namespace's time: default's is 50, other's 70.
+    assert paths(await search(fleet, uploaded_after=at(51))) == ["/claimed"]
+
+
 async def test_search_live_deleted_and_as_of(fleet: MetadataStore) -> None:
     util = await fleet.get_file("web", "/srv/app/lib/util.py")
     assert util is not None
