@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import socket
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -60,7 +61,7 @@ async def test_discovery_needs_no_key(server_url: str) -> None:
         "creation", "creation-with-upload", "termination", "expiration", "checksum",
         "concatenation",
     }  # fmt: skip
-    assert {"sha1", "sha256"} <= set(response.headers["Tus-Checksum-Algorithm"].split(","))
+    assert {"crc32", "sha1", "sha256"} <= set(response.headers["Tus-Checksum-Algorithm"].split(","))
     assert int(response.headers["Tus-Max-Size"]) > 0
 
 
@@ -73,9 +74,9 @@ async def test_upload_in_parts_with_checksums(api: httpx.AsyncClient, settings: 
     assert head.headers["Upload-Length"] == str(len(content))
     assert head.headers["Cache-Control"] == "no-store"
     assert "Upload-Expires" in head.headers
-    cuts = [0, 3 * MIB + 1, 7 * MIB, len(content)]
+    cuts = [0, 3 * MIB + 1, 5 * MIB, 7 * MIB, len(content)]
     for (start, end), algorithm in zip(
-        itertools.pairwise(cuts), ["sha1", "sha256", "md5"], strict=True
+        itertools.pairwise(cuts), ["sha1", "sha256", "crc32", "md5"], strict=True
     ):
         response = await tus.patch(api, url, start, content[start:end], checksum=algorithm)
         assert response.status_code == 204, response.text
@@ -138,7 +139,13 @@ async def test_checksum_mismatch_is_460_and_not_acknowledged(api: httpx.AsyncCli
     assert response.status_code == 460
     assert await tus.offset(api, url) == 0
     assert await downloaded(api, record["sha256"]) is None
-    unknown = await tus.patch(api, url, 0, content, headers={"Upload-Checksum": "crc32 AAAA"})
+    wrong_crc = base64.b64encode(zlib.crc32(b"something else").to_bytes(4, "big")).decode()
+    bad_crc = await tus.patch(
+        api, url, 0, content, headers={"Upload-Checksum": f"crc32 {wrong_crc}"}
+    )
+    assert bad_crc.status_code == 460
+    assert await tus.offset(api, url) == 0
+    unknown = await tus.patch(api, url, 0, content, headers={"Upload-Checksum": "blake3 AAAA"})
     assert unknown.status_code == 400
     assert (await tus.patch(api, url, 0, content, checksum="sha256")).status_code == 204
     assert await downloaded(api, record["sha256"]) == content

@@ -14,7 +14,7 @@ import pytest
 
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
-from putplace.client.tus import ResumableUpload, split
+from putplace.client.tus import ResumableUpload, split, tus_checksum
 from putplace.client.uploader import ApiClient
 from tests.client.fake_server import CUT, KEY, fake_server
 from tests.client.helpers import counts, ppclient
@@ -144,8 +144,31 @@ def test_ppclient_sends_large_files_over_tus(
         assert server.content(hashlib.sha256(big).hexdigest()) == big
         via_tus = [r for r in server.requests if r.path.startswith("/tus")]
         assert {r.method for r in via_tus} >= {"OPTIONS", "POST", "PATCH"}
+        # The cheapest checksum the server offers: a request's damage is all it must catch.
+        patches = [r for r in via_tus if r.method == "PATCH"]
+        assert patches
+        assert all(r.headers["Upload-Checksum"].startswith("crc32 ") for r in patches)
         assert server.count("/blobs") == 0
         assert server.count("/bundles") == 1  # the small one
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [("crc32,sha256,sha1", "crc32"), ("sha1,sha256", "sha256"), ("sha1, md5", "sha1"),
+     ("blake3", "sha256"), (None, None)],
+)  # fmt: skip
+def test_the_checksum_is_the_fastest_the_server_offers(
+    offered: str | None, chosen: str | None
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if offered is None:  # an older server: no tus at all
+            return httpx.Response(404)
+        headers = {"Tus-Version": "1.0.0", "Tus-Checksum-Algorithm": offered}
+        return httpx.Response(204, headers=headers)
+
+    with ApiClient("http://server.test", KEY) as api:
+        api.http._transport = httpx.MockTransport(answer)
+        assert tus_checksum(api) == chosen
 
 
 def test_servers_without_tus_get_the_single_upload(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import zlib
 from typing import Any
 
 import httpx
@@ -55,7 +56,12 @@ async def patch(
 ) -> httpx.Response:
     sent = {**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE, **(headers or {})}
     if checksum is not None:
-        digest = hashlib.new(checksum, data).digest()
+        # CRC-32 as its definition says (big-endian), not through the code under test.
+        digest = (
+            zlib.crc32(data).to_bytes(4, "big")
+            if checksum == "crc32"
+            else hashlib.new(checksum, data).digest()
+        )
         sent["Upload-Checksum"] = f"{checksum} {base64.b64encode(digest).decode()}"
     return await api.patch(url, headers=sent, content=data)
 

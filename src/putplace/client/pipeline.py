@@ -51,7 +51,7 @@ from putplace.client.hashing import (
 from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
 from putplace.client.scanner import FileEntry, walk
-from putplace.client.tus import ResumableUpload, tus_supported
+from putplace.client.tus import ResumableUpload, tus_checksum
 from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
 
 MiB: Final = 1024 * 1024
@@ -287,7 +287,8 @@ class Run:
         self._bundle_lock = threading.Lock()
         self._single_mode = False  # the server has no /put_files (nor /blobs)
         self._no_bundles = options.bundle_threshold <= 0  # or the server has no /bundles
-        self._tus: bool | None = None if options.tus_threshold > 0 else False  # None: ask
+        # The server's tus checksum algorithm, asked once (None: not yet); "" without tus.
+        self._tus: str | None = None if options.tus_threshold > 0 else ""
         self._tus_lock = threading.Lock()
         self._uploaders: ThreadPoolExecutor | None = None
 
@@ -778,7 +779,7 @@ class Run:
                 ResumableUpload(
                     self.api, self.cache, item.sha256, item.size, opener,
                     parts=self.options.tus_parts, progress=self.reporter.upload_progress,
-                    stop=self.stop,
+                    stop=self.stop, checksum=self._tus or "sha256",
                 ).run()  # fmt: skip
             elif self._single_mode:
                 self.api.upload_file(
@@ -805,8 +806,8 @@ class Run:
         with self._tus_lock:
             if self._tus is None:
                 assert self.api is not None
-                self._tus = tus_supported(self.api)
-            return self._tus
+                self._tus = tus_checksum(self.api) or ""
+            return bool(self._tus)
 
     def _uploaded(self, items: list[_Item], *, already: bool = False) -> None:
         """The server holds the content of *items*: they and every file sharing it are

@@ -12,7 +12,6 @@ next run continues an upload this one could not finish.
 from __future__ import annotations
 
 import base64
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ from putplace.client.uploader import (
     is_transient,
     retry_after,
 )
+from putplace.digest import CHECKSUM_ALGORITHMS, new_checksum
 
 MiB: Final = 1024 * 1024
 CHUNK: Final = 32 * MiB
@@ -52,13 +52,18 @@ class UploadGoneError(ApiError):
     """The server no longer knows the upload (expired, or discarded): start again."""
 
 
-def tus_supported(api: ApiClient) -> bool:
-    """True when the server speaks tus 1.0 (``OPTIONS /tus/``); False for older servers."""
+def tus_checksum(api: ApiClient) -> str | None:
+    """The ``Upload-Checksum`` algorithm to use when the server speaks tus 1.0 (``OPTIONS
+    /tus/``): the first of :data:`CHECKSUM_ALGORITHMS` it lists (``sha256`` for a server
+    that lists none we know). None for older servers, without tus."""
     try:
         response = api.http.options("/tus/")
     except httpx.TransportError:
-        return False
-    return response.status_code == 204 and "1.0.0" in response.headers.get("Tus-Version", "")
+        return None
+    if response.status_code != 204 or "1.0.0" not in response.headers.get("Tus-Version", ""):
+        return None
+    offered = {a.strip() for a in response.headers.get("Tus-Checksum-Algorithm", "").split(",")}
+    return next((a for a in CHECKSUM_ALGORITHMS if a in offered), "sha256")
 
 
 def split(size: int, parts: int, min_part: int = MIN_PART) -> list[tuple[int, int]]:
@@ -89,6 +94,7 @@ class ResumableUpload:
         stop: threading.Event | None = None,
         chunk: int = CHUNK,
         min_part: int = MIN_PART,
+        checksum: str = "sha256",
     ) -> None:
         self.api = api
         self.cache = cache
@@ -97,6 +103,9 @@ class ResumableUpload:
         self.opener = opener
         self.ranges = split(size, parts, min_part)
         self.chunk = chunk
+        self.checksum = checksum
+        """``Upload-Checksum`` algorithm (see :func:`tus_checksum`)."""
+        new_checksum(checksum)  # one we can compute
         self.progress = progress
         self.stop = stop
         #: Bytes handed to the connection, re-sent ones included.
@@ -202,7 +211,7 @@ class ResumableUpload:
                     "Upload-Offset": str(offset),
                     "Content-Type": OFFSET_TYPE,
                     "Content-Length": str(size),
-                    "Upload-Checksum": f"sha256 {digest}",
+                    "Upload-Checksum": f"{self.checksum} {digest}",
                 }
                 try:
                     response = self.api.http.patch(
@@ -287,7 +296,7 @@ class ResumableUpload:
         """``Upload-Checksum``'s digest of ``size`` bytes at *position*: a first read of the
         chunk (the second, to send it, comes from the page cache). Nothing is held."""
         source.seek(position)
-        hasher = hashlib.sha256()
+        hasher = new_checksum(self.checksum)
         remaining = size
         while remaining:
             check(self.stop)

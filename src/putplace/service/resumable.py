@@ -31,6 +31,7 @@ from putplace.blobs.base import BlobNotFoundError
 from putplace.blobs.local_staging import UPLOAD_ID
 from putplace.blobs.staging import StagingBusyError
 from putplace.config import Settings
+from putplace.digest import CHECKSUM_ALGORITHMS, Checksum, new_checksum
 from putplace.metadata.base import MAX_PAGE
 from putplace.metadata.uploads import Upload
 from putplace.models import ApiKeyRecord, Scope
@@ -61,8 +62,6 @@ from putplace.service.ingest import store_verified
 from putplace.service.quotas import QuotaExceededError
 from putplace.service.stores import Stores
 
-#: ``Upload-Checksum`` algorithms accepted (tus names are hashlib's).
-CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
 #: Parts one final upload may join.
 MAX_PARTS = 10_000
 #: Later than any expiry: every upload expires by then.
@@ -125,13 +124,13 @@ def _expiry(settings: Settings, now: datetime) -> datetime:
     return now + timedelta(seconds=settings.upload_expiry_seconds)
 
 
-def checksum_hasher(algorithm: str) -> hashlib._Hash:
+def checksum_hasher(algorithm: str) -> Checksum:
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise InvalidInputError(
             f"unsupported checksum algorithm {algorithm!r}: use one of "
             + ", ".join(CHECKSUM_ALGORITHMS)
         )
-    return hashlib.new(algorithm, usedforsecurity=False)
+    return new_checksum(algorithm)
 
 
 async def create(
@@ -388,7 +387,7 @@ async def _complete(
 
 
 async def _bounded(
-    body: Body, room: int, length: int, hashers: Sequence[hashlib._Hash], lease: _Lease
+    body: Body, room: int, length: int, hashers: Sequence[Checksum], lease: _Lease
 ) -> AsyncIterator[bytes]:
     """The body, bounded by the upload's length and hashed on a worker thread a batch at
     a time while the staging area writes it (in order: one batch hashing at once). A
@@ -599,7 +598,7 @@ async def orphaned_staging(stores: Stores) -> list[str]:
     return orphans
 
 
-def _update(hashers: Sequence[hashlib._Hash], chunks: Sequence[bytes]) -> None:
+def _update(hashers: Sequence[Checksum], chunks: Sequence[bytes]) -> None:
     for hasher in hashers:
         for chunk in chunks:
             hasher.update(chunk)  # releases the GIL for each chunk over 2 KiB

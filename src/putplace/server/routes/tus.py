@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Request, Response, status
 from starlette.requests import ClientDisconnect
 
 from putplace.config import Settings
+from putplace.digest import CHECKSUM_ALGORITHMS
 from putplace.metadata.uploads import Upload
 from putplace.models import Scope
 from putplace.server.deps import NamespaceParam, Writer
@@ -174,7 +175,7 @@ async def tus_options(request: Request) -> Response:
             "Tus-Version": TUS_VERSION,
             "Tus-Extension": EXTENSIONS,
             "Tus-Max-Size": str(settings.max_upload_bytes),
-            "Tus-Checksum-Algorithm": ",".join(resumable.CHECKSUM_ALGORITHMS),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
         },
     )
 
