@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.blobs.local import _LocalWriter
+from putplace.blobs.fsio import FileAppender
 from tests.conftest import make_settings, seed_keys
 from tests.support.payloads import metadata, put, upload
 from tests.support.servers import running_server
@@ -122,11 +122,11 @@ async def test_storage_failure_answers_clearly_stores_nothing_and_serving_goes_o
     body = metadata(content)
     await put(api, body)
 
-    def failing_write(self: _LocalWriter, fd: int, chunks: object) -> None:
+    def failing_write(self: FileAppender, chunks: object) -> int:
         raise OSError(error, os.strerror(error))  # as the kernel reports a full or bad disk
 
     with monkeypatch.context() as patch:
-        patch.setattr(_LocalWriter, "_write_sync", failing_write)
+        patch.setattr(FileAppender, "write", failing_write)
         response = await upload(api, body, content)
     assert response.status_code == status
     assert "blob store" in response.json()["detail"]
