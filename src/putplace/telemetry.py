@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
+
 CONTENTS_STORED = Counter(
     "putplace_contents_stored", "Distinct contents verified and stored for the first time."
 )

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
 from putplace.coordination.base import (
     RESERVATION_SECONDS,
     Coordinator,

@@ -28,6 +28,8 @@ from prometheus_client import (
 from prometheus_client.registry import REGISTRY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
+
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 #: Requests that matched no route share one label value.
 UNMATCHED = "unmatched"

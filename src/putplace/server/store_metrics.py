@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
+import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
 from putplace.blobs.base import BlobWriter, StorageFullError, StorageUnavailableError
 from putplace.metadata.base import StoreUnavailableError
 from putplace.service.stores import Stores
