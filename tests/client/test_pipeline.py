@@ -132,3 +132,25 @@ def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path)
         assert max(sizes) == 10  # tried whole first
         accepted = [r for r in server.requests if r.path == "/put_files" and r.status == 200]
         assert sum(len(r.json()["files"]) for r in accepted) == 23
+
+
+@pytest.mark.parametrize(
+    ("mtime", "ctime"),
+    [
+        (1.7e9 + 0.1, 1.7e9 + 0.1),
+        (1.7e9 + 0.1, 1.7e9 + 0.25),
+        (0.0, -0.0),
+        (-0.0, 0.0),
+        (1e16, 1e16),
+    ],
+)
+def test_fingerprints_keep_the_form_caches_already_hold(mtime: float, ctime: float) -> None:
+    """The local caches of every client hold fingerprints in this form: another would
+    make each client send all its metadata again."""
+    record = {
+        "sha256": "ab" * 32, "file_size": 12, "file_mode": 0o100644, "file_uid": 1000,
+        "file_gid": 100, "file_mtime": mtime, "file_ctime": ctime, "link_target": None,
+        "ip_address": "192.0.2.1",
+    }  # fmt: skip
+    expected = f"{'ab' * 32}|12|33188|1000|100|{mtime!r}|{ctime!r}|None|192.0.2.1"
+    assert pipeline.fingerprint(record) == expected
