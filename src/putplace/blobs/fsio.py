@@ -112,8 +112,8 @@ class FileAppender:
     it, or for a writer that is not *durable*, every byte goes through the page cache
     (with writeback started as it goes when *durable*).
 
-    One writer, one thread at a time. :meth:`close` writes what is still buffered; the
-    caller then fsyncs and closes *fd*.
+    One writer, one thread at a time. :meth:`close` (or leaving a ``with`` block without
+    an error) writes what is still buffered; the caller then fsyncs and closes *fd*.
     """
 
     def __init__(
@@ -164,6 +164,13 @@ class FileAppender:
                 if self._pending == DIRECT_BUFFER:
                     self._drain()
         return taken
+
+    def __enter__(self) -> FileAppender:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Closed: what is buffered is written unless the block failed."""
+        self.close(keep=kind is None)
 
     def drains(self, size: int) -> bool:
         """Would appending *size* more bytes write a buffer's worth to the disk now (work

@@ -93,7 +93,6 @@ class LocalUploadStaging(UploadStaging):
         fd = await _io(lambda: os.open(path, os.O_WRONLY | create | os.O_CLOEXEC, 0o644))
         # One batch is written on a worker thread while the next is received (double
         # buffering); each write waits for the one before, so bytes land in order.
-        position = offset
         writing: asyncio.Future[int] | None = None
         appender: FileAppender | None = None
         try:
@@ -108,13 +107,12 @@ class LocalUploadStaging(UploadStaging):
                     if writing is not None:
                         await writing
                     writing = asyncio.ensure_future(_io(functools.partial(appender.write, batch)))
-                    position += size
                     batch, size = [], 0
             if writing is not None:
                 await writing
             if batch:
                 await _io(functools.partial(appender.write, batch))
-                position += size
+            position = appender.position
             await _io(appender.close)
             appender = None
             if self._fsync:

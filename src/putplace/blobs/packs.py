@@ -198,11 +198,8 @@ class Packs:
                 pack = new_pack_id() + 1
                 rows = [(digest, pack, at, size) for digest, _, at, size in rows]
         try:
-            appender = FileAppender(path, fd, 0, durable=self.fsync)
-            try:
+            with FileAppender(path, fd, 0, durable=self.fsync) as appender:
                 appender.write(parts)
-            finally:
-                appender.close()
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
