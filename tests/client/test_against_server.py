@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.client import hashing, scanner
+from putplace.client import hashing, pipeline, scanner
 from putplace.client.cli import main
 from putplace.client.names import os_path, wire_path
+from putplace.client.scanner import FileEntry
+from putplace.client.uploader import ApiClient, ApiError
 from tests.client.helpers import counts
 from tests.conftest import Keys
 
@@ -228,3 +230,94 @@ def test_namespace_flag_writes_and_reads_one_namespace(
                  "--json"]) == 0  # fmt: skip
     assert len(json.loads(capsys.readouterr().out)) == 3
     assert run(server_url, keys.admin, tmp_path, str(tree), "--namespace", "Not Valid") == 2
+
+
+def test_unchanged_directories_are_not_looked_at_file_by_file_and_any_change_is_seen(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    (tree / "e").mkdir()
+    for name in ("chmod", "gone", "kept"):
+        (tree / "e" / name).write_bytes(name.encode())
+    (tree / "f").mkdir()
+    (tree / "f" / "rewritten").write_bytes(b"rewritten")
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    capsys.readouterr()
+
+    looked_at: list[str] = []
+    real_record_for = pipeline.record_for
+
+    def record_for(entry: FileEntry, *args: Any) -> dict[str, Any]:
+        looked_at.append(entry.path)
+        return real_record_for(entry, *args)
+
+    monkeypatch.setattr(pipeline, "record_for", record_for)
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    summary = counts(capsys.readouterr().out)
+    assert looked_at == []  # every directory as it was: no record built, no file read
+    assert (summary["Files seen"], summary["Unchanged since last run (not re-sent)"]) == (7, 7)
+    assert summary.get("New metadata sent", 0) == 0
+    assert summary.get("Gone since last run (marked deleted)", 0) == 0  # all named to the scan
+
+    # A file rewritten with its size and mtime kept is seen too (its ctime moves).
+    rewritten = tree / "f" / "rewritten"
+    before = rewritten.stat()
+    rewritten.write_bytes(b"REWRITTEN")
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (tree / "e" / "chmod").chmod(0o600)
+    (tree / "e" / "gone").unlink()
+    (tree / "e" / "new").write_bytes(b"new")
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    summary = counts(capsys.readouterr().out)
+    assert sorted(looked_at) == sorted(
+        [str(tree / "e" / n) for n in ("chmod", "kept", "new")] + [str(rewritten)]
+    )
+    assert summary["Gone since last run (marked deleted)"] == 1
+    stored = records(server_url, keys.read, "h1")
+    assert str(tree / "e/gone") not in stored
+    assert stored[str(rewritten)]["sha256"] == hashlib.sha256(b"REWRITTEN").hexdigest()
+    assert int(str(stored[str(tree / "e/chmod")]["file_mode"])) & 0o777 == 0o600
+    assert stored[str(tree / "e/new")]["has_file_content"]
+
+
+def test_a_directory_whose_records_the_server_lost_is_sent_again(
+    server_url: str, keys: Keys, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    # Another run of the host, while d/ was away, marked its files deleted; d/ comes back
+    # with its files untouched (moving a directory changes none of its files).
+    away = tmp_path / "away"
+    (tree / "d").rename(away)
+    assert main(["--url", server_url, "--api-key", keys.write, "--no-progress", "--no-cache",
+                 "--hostname", "h1", str(tree)]) == 0  # fmt: skip
+    assert set(records(server_url, keys.read, "h1")) == {str(tree / "one")}
+    away.rename(tree / "d")
+    capsys.readouterr()
+
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    summary = counts(capsys.readouterr().out)
+    assert summary["New metadata sent"] == 3  # the request that named them, sent whole
+    stored = records(server_url, keys.read, "h1")
+    assert set(stored) == {str(tree / "one"), str(tree / "d/two"), str(tree / "d/dup")}
+
+
+def test_a_directory_with_a_file_not_stored_is_looked_at_again(
+    server_url: str, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    tree = tmp_path / "solo"
+    tree.mkdir()
+    (tree / "only").write_bytes(b"the only copy")
+
+    def failing(self: ApiClient, members: Any, *args: Any) -> Any:
+        raise ApiError(503, "storage unavailable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ApiClient, "put_bundle", failing)
+        assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 1
+    assert not records(server_url, keys.read, "h1")[str(tree / "only")]["has_file_content"]
+    capsys.readouterr()
+
+    assert run(server_url, keys.write, tmp_path, str(tree), "--hostname", "h1") == 0
+    assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+    assert records(server_url, keys.read, "h1")[str(tree / "only")]["has_file_content"]

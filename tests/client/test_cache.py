@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from putplace.client.cache import ClientCache
+from putplace.client.cache import ClientCache, listing_signature
+from putplace.client.scanner import FileEntry
 
 HOSTILE = [
     'quote" and \\ backslash',
@@ -60,3 +61,37 @@ def test_a_hash_is_found_only_while_the_files_identity_is_unchanged(tmp_path: Pa
 
     cache.store_hashes([(touched, "f" * 64)])  # the file changed: its new hash replaces
     assert cache.lookup_hashes([touched, stats[0]]) == ["f" * 64, None]
+
+
+def test_a_directory_is_unchanged_only_with_the_signature_remembered(tmp_path: Path) -> None:
+    directories = [f"/data/{i:04d}/{HOSTILE[i % len(HOSTILE)]}" for i in range(1_100)]
+    cache = ClientCache(tmp_path / "cache.db")
+    cache.remember_listings("srv", "host", [(d, f"sig {i}") for i, d in enumerate(directories)])
+    cache.commit()
+    cache.close()
+
+    reopened = ClientCache(tmp_path / "cache.db")
+    asked = {d: f"sig {i}" for i, d in enumerate(directories)}
+    asked[directories[5]] = "changed"
+    asked["/never/listed"] = "sig 0"
+    assert reopened.unchanged_listings("srv", "host", asked) == set(directories) - {directories[5]}
+    assert reopened.unchanged_listings("other-server", "host", asked) == set()
+    assert reopened.unchanged_listings("srv", "other-host", asked) == set()
+    reopened.forget_listings("srv", "host", directories[:10])
+    assert reopened.unchanged_listings("srv", "host", asked) == set(directories[10:])
+
+
+def test_a_listing_signature_changes_with_anything_a_record_carries() -> None:
+    entries = [FileEntry(f"/d/{name}", stat_like(i)) for i, name in enumerate(HOSTILE)]
+    signature = listing_signature(entries, "10.0.0.1")
+    assert listing_signature(list(entries), "10.0.0.1") == signature
+    assert listing_signature(entries, "10.0.0.2") != signature  # records name the address
+    changed = [
+        [*entries[:-1]],  # a file gone
+        [*entries, FileEntry("/d/new", stat_like(99))],  # a file added
+        [FileEntry("/d/renamed", entries[0].stat), *entries[1:]],
+        [FileEntry(entries[0].path, stat_like(0, size=11)), *entries[1:]],
+        [FileEntry(entries[0].path, stat_like(0, mtime_ns=T0 + 1)), *entries[1:]],
+    ]
+    for other in changed:
+        assert listing_signature(other, "10.0.0.1") != signature

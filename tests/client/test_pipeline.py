@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ class Counter:
         self.value = 0
         self._changed = threading.Condition()
 
-    def add(self) -> None:
+    def add(self, count: int = 1) -> None:
         with self._changed:
-            self.value += 1
+            self.value += count
             self._changed.notify_all()
 
     def wait_for(self, value: int, timeout: float = WAIT) -> bool:
@@ -92,18 +91,17 @@ def test_a_stalled_server_does_not_let_the_walk_run_ahead(
     make_files(tmp_path, 400)
     walked = Counter()
     release = threading.Event()
-    real_walk, real_put_files = pipeline.walk, ApiClient.put_files
+    real_start, real_put_files = pipeline.Run._start_hashing, ApiClient.put_files
 
-    def counting_walk(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
-        for entry in real_walk(*args, **kwargs):
-            walked.add()
-            yield entry
+    def counting_start(self: pipeline.Run, root: str, batch: list[FileEntry], *rest: Any) -> Any:
+        walked.add(len(batch))  # the walk cut this batch
+        return real_start(self, root, batch, *rest)
 
     def stalled(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
         release.wait(WAIT)
         return real_put_files(self, records, scan)
 
-    monkeypatch.setattr(pipeline, "walk", counting_walk)
+    monkeypatch.setattr(pipeline.Run, "_start_hashing", counting_start)
     monkeypatch.setattr(ApiClient, "put_files", stalled)
     with fake_server() as server:
         done = threading.Thread(target=ppclient, args=(server.url, str(tmp_path),

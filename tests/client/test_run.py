@@ -12,7 +12,7 @@ import pytest
 
 from putplace.client import hashing, pipeline
 from putplace.client.cli import main
-from putplace.client.scanner import FileEntry
+from putplace.client.scanner import FileEntry, Listing
 from tests.client.helpers import counts
 
 
@@ -64,15 +64,16 @@ def test_file_whose_open_fails_is_reported_and_the_run_carries_on(
 def test_file_that_vanishes_after_the_scan_is_an_error(
     tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_walk = pipeline.walk
+    real_walk = pipeline.walk_listings
 
-    def walk_then_delete(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
-        for entry in real_walk(*args, **kwargs):
-            if entry.path.endswith("/a"):
-                os.unlink(entry.path)
-            yield entry
+    def walk_then_delete(*args: Any, **kwargs: Any) -> Iterator[Listing]:
+        for listing in real_walk(*args, **kwargs):
+            for entry in listing.entries:
+                if entry.path.endswith("/a"):
+                    os.unlink(entry.path)
+            yield listing
 
-    monkeypatch.setattr(pipeline, "walk", walk_then_delete)
+    monkeypatch.setattr(pipeline, "walk_listings", walk_then_delete)
     assert dry_run(str(tree)) == 1
     assert f"{tree}/a: No such file or directory" in capsys.readouterr().err
 
@@ -80,15 +81,16 @@ def test_file_that_vanishes_after_the_scan_is_an_error(
 def test_file_changed_since_the_scan_is_an_error(
     tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_walk = pipeline.walk
+    real_walk = pipeline.walk_listings
 
-    def walk_then_modify(*args: Any, **kwargs: Any) -> Iterator[FileEntry]:
-        for entry in real_walk(*args, **kwargs):
-            if entry.path.endswith("/c"):
-                Path(entry.path).write_text("modified after the scan")
-            yield entry
+    def walk_then_modify(*args: Any, **kwargs: Any) -> Iterator[Listing]:
+        for listing in real_walk(*args, **kwargs):
+            for entry in listing.entries:
+                if entry.path.endswith("/c"):
+                    Path(entry.path).write_text("modified after the scan")
+            yield listing
 
-    monkeypatch.setattr(pipeline, "walk", walk_then_modify)
+    monkeypatch.setattr(pipeline, "walk_listings", walk_then_modify)
     assert dry_run(str(tree)) == 1
     assert f"{tree}/d/c: changed while being read" in capsys.readouterr().err
 

@@ -3,22 +3,28 @@
 A file is identified by ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``: if none
 of these changed, neither did the bytes, so the file is never read again. Separately, the
 cache remembers the metadata last registered for each ``(server, hostname, path)`` whose
-content the server holds, so an unchanged file is not sent again.
+content the server holds, so an unchanged file is not sent again; and, per directory, a
+signature of its files as they were when all of them were last known to be on the server
+(:func:`listing_signature`), so that a directory found the same is known unchanged
+without looking at its files one by one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import platformdirs
 
+from putplace.client.scanner import FileEntry
 from putplace.sequences import chunked
 
 SCHEMA = """
@@ -31,6 +37,11 @@ CREATE TABLE IF NOT EXISTS sent (
     server TEXT NOT NULL, hostname TEXT NOT NULL, path TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     PRIMARY KEY (server, hostname, path)
+);
+CREATE TABLE IF NOT EXISTS listings (
+    server TEXT NOT NULL, hostname TEXT NOT NULL, directory TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (server, hostname, directory)
 );
 CREATE TABLE IF NOT EXISTS uploads (
     server TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, urls TEXT NOT NULL,
@@ -51,6 +62,25 @@ def default_cache_path() -> Path:
 
 def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+#: Changed when what a signature covers changes: every directory is then looked at anew.
+LISTING_FORMAT = 1
+
+
+def listing_signature(entries: Sequence[FileEntry], ip_address: str) -> str:
+    """What must be the same for a directory's files all to be unchanged: their names
+    and identities (as for the hash cache: the bytes are unchanged too), the mode and
+    owner their records carry, and the address the records name. Any file added,
+    removed, renamed, written, touched or chmod-ed changes it (ctime moves with all of
+    these). marshal: 0.5 us a file, against 1.1 for ``repr``."""
+    rows = [
+        (e.path, *identity(st), st.st_mode, st.st_uid, st.st_gid)
+        for e in entries
+        for st in (e.stat,)
+    ]
+    data = marshal.dumps((LISTING_FORMAT, ip_address, rows))
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class ClientCache:
@@ -123,6 +153,37 @@ class ClientCache:
                     )
                 )
         return found
+
+    def unchanged_listings(
+        self, server: str, hostname: str, signatures: Mapping[str, str]
+    ) -> set[str]:
+        """The directories of *signatures* (directory: signature) remembered with that
+        same signature."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for chunk in chunked(list(signatures), 500):
+                marks = ", ".join("?" * len(chunk))
+                found.update(
+                    self._aggregate(
+                        "SELECT json_group_object(directory, signature) FROM listings "  # noqa: S608
+                        f"WHERE server = ? AND hostname = ? AND directory IN ({marks})",
+                        (server, hostname, *chunk),
+                    )
+                )
+        return {d for d, signature in found.items() if signatures[d] == signature}
+
+    def remember_listings(
+        self, server: str, hostname: str, signatures: Iterable[tuple[str, str]]
+    ) -> None:
+        """Remember each ``(directory, signature)``: all its files are on the server."""
+        self._replace("listings", [(server, hostname, d, sig) for d, sig in signatures])
+
+    def forget_listings(self, server: str, hostname: str, directories: Iterable[str]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM listings WHERE server = ? AND hostname = ? AND directory = ?",
+                [(server, hostname, d) for d in directories],
+            )
 
     def mark_sent(self, server: str, hostname: str, path: str, fingerprint: str) -> None:
         self.mark_all_sent(server, hostname, [(path, fingerprint)])

@@ -47,6 +47,27 @@ def walk(
 
     *excludes* are matched against paths relative to the root being walked.
     """
+    for listing in walk_listings(roots, excludes, on_error=on_error, on_skip=on_skip):
+        yield from listing.entries
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The files :func:`walk_listings` found directly in one directory, in name order;
+    ``directory`` is None for a root that is itself a file."""
+
+    directory: str | None
+    entries: list[FileEntry]
+
+
+def walk_listings(
+    roots: Iterable[str],
+    excludes: Iterable[str] = (),
+    *,
+    on_error: ErrorHandler,
+    on_skip: SkipHandler,
+) -> Iterator[Listing]:
+    """:func:`walk`, a directory at a time (directories without files are left out)."""
     excluded = excluder(excludes)
     for root in roots:
         root_path = os.path.abspath(root)
@@ -58,7 +79,7 @@ def walk(
         if stat.S_ISDIR(root_stat.st_mode):
             yield from _walk_dir(root_path, excluded, on_error, on_skip)
         elif (entry := _classify(root_path, root_stat, on_error, on_skip)) is not None:
-            yield entry
+            yield Listing(None, [entry])
 
 
 def _classify(
@@ -88,7 +109,7 @@ def _walk_dir(
     excluded: Callable[[str, bool], bool],
     on_error: ErrorHandler,
     on_skip: SkipHandler,
-) -> Iterator[FileEntry]:
+) -> Iterator[Listing]:
     # (absolute directory, its path relative to root with a trailing "/" or "")
     stack: list[tuple[str, str]] = [(root, "")]
     while stack:
@@ -100,6 +121,7 @@ def _walk_dir(
             on_error(directory, exc.strerror or str(exc))
             continue
         subdirs: list[tuple[str, str]] = []
+        entries: list[FileEntry] = []
         for child in children:
             relative = prefix + child.name
             try:
@@ -115,5 +137,7 @@ def _walk_dir(
                 continue
             entry = _classify(child.path, st, on_error, on_skip)
             if entry is not None:
-                yield entry
+                entries.append(entry)
+        if entries:
+            yield Listing(directory, entries)
         stack.extend(reversed(subdirs))

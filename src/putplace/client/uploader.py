@@ -324,8 +324,9 @@ class ApiClient(Session):
 
     def scan_seen(self, scan: str, filepaths: list[str]) -> int:
         """``POST /scans/{scan}/seen``: unchanged files, not sent again, still seen."""
+        body = orjson.dumps({"filepaths": filepaths})  # thousands of paths: as put_files
         answer = self._request(
-            "POST", f"/scans/{scan}/seen", lambda _: {"json": {"filepaths": filepaths}}
+            "POST", f"/scans/{scan}/seen", lambda _: {"content": body, "headers": JSON_HEADERS}
         ).json()
         return int(answer["seen"])
 
