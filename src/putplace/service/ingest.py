@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 
 from putplace.blobs.base import BlobStore, BlobWriter, checked_name
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT
@@ -19,6 +21,46 @@ from putplace.service.errors import (
     StalledError,
     TooLargeError,
 )
+
+#: Batch of a large content's bytes received before it is hashed and written (while the
+#: next is received). A 2 GiB PUT /blobs on the development machine, alternated: 1 MiB
+#: batches 239-250 MiB/s, 4 MiB 314-326, 8 MiB 356-405, 16 MiB 408-443; the event loop's
+#: CPU 2.9 -> 1.5 s (fewer hand-overs to the hashing and writing threads).
+LARGE_BATCH = 16 * CHUNK_SIZE
+#: Contents at least this large get large batches.
+LARGE_CONTENT = 64 * CHUNK_SIZE
+#: Bytes a process may hold in large batches at once (two per upload: the one received
+#: and the one being written). Uploads beyond it use CHUNK_SIZE batches, so memory does
+#: not grow with the number of large uploads at once.
+LARGE_BATCH_BUDGET = 4 * LARGE_BATCH
+
+
+class BatchBudget:
+    """Large batches handed out within a byte budget (any thread)."""
+
+    def __init__(self, budget: int) -> None:
+        self._left = budget
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def batch_for(self, expected_size: int | None) -> Iterator[int]:
+        """The batch size for a content of *expected_size* bytes (None: unknown), held
+        until the block ends."""
+        held = 0
+        if expected_size is not None and expected_size >= LARGE_CONTENT:
+            with self._lock:
+                if self._left >= 2 * LARGE_BATCH:
+                    self._left -= 2 * LARGE_BATCH
+                    held = 2 * LARGE_BATCH
+        try:
+            yield LARGE_BATCH if held else CHUNK_SIZE
+        finally:
+            if held:
+                with self._lock:
+                    self._left += held
+
+
+LARGE_BATCHES = BatchBudget(LARGE_BATCH_BUDGET)
 
 
 async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:
@@ -69,6 +111,21 @@ async def store_verified(
     limit = expected_size if expected_size is not None else max_size
     if max_size is not None and limit is not None:
         limit = min(limit, max_size)
+    with LARGE_BATCHES.batch_for(expected_size) as batch_bytes:
+        return await _store_stream(
+            store, sha256, chunks, expected_size, max_size, limit, batch_bytes
+        )
+
+
+async def _store_stream(
+    store: BlobStore | None,
+    sha256: str,
+    chunks: AsyncIterable[bytes],
+    expected_size: int | None,
+    max_size: int | None,
+    limit: int | None,
+    batch_bytes: int,
+) -> int:
     hasher = hashlib.sha256()
     size = 0
     pending: list[bytes] = []
@@ -109,7 +166,7 @@ async def store_verified(
                 raise TooLargeError(f"upload exceeds the limit of {max_size} bytes")
             pending.append(chunk)
             pending_size += len(chunk)
-            if pending_size >= CHUNK_SIZE:
+            if pending_size >= batch_bytes:
                 await flush()
         if pending:
             await flush()
