@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from putplace.auth import utcnow
+from putplace.batches import LARGE_BATCH, LARGE_CONTENT
 from putplace.config import Settings
 from putplace.service import resumable
 from putplace.service.resumable import reclaim_expired
@@ -521,3 +523,26 @@ async def test_a_finish_cut_short_is_completed_by_the_next_request(
     assert await tus.offset(api, url) == len(content)  # HEAD finishes it
     assert await downloaded(api, record["sha256"]) == content
     assert (await put(api, record)).json()["upload_required"] is False
+
+
+async def test_a_large_upload_is_hashed_and_staged_in_large_batches(
+    api: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = os.urandom(LARGE_CONTENT + 3)
+    record = await registered(api, content)
+    batches: list[int] = []
+    real_bounded = resumable._bounded
+
+    def bounded(*args: Any) -> AsyncIterator[bytes]:
+        batches.append(args[-1])
+        return real_bounded(*args)
+
+    monkeypatch.setattr(resumable, "_bounded", bounded)
+    url = await tus.create_for(api, record)
+    # Two PATCHes, each checked against its CRC-32 (computed here over the whole body).
+    for start, end in [(0, LARGE_BATCH + 5), (LARGE_BATCH + 5, len(content))]:
+        response = await tus.patch(api, url, start, content[start:end], checksum="crc32")
+        assert response.status_code == 204, response.text
+    assert batches == [LARGE_BATCH, LARGE_BATCH]
+    assert await downloaded(api, record["sha256"]) == content
+    assert await staged(settings) == []

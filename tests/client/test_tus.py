@@ -14,7 +14,7 @@ import pytest
 
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
-from putplace.client.tus import ResumableUpload, split, tus_checksum
+from putplace.client.tus import CHUNK, MAX_CHUNK, ResumableUpload, chunk_for, split, tus_checksum
 from putplace.client.uploader import ApiClient
 from tests.client.fake_server import CUT, KEY, fake_server
 from tests.client.helpers import counts, ppclient
@@ -184,3 +184,11 @@ def test_servers_without_tus_get_the_single_upload(
         assert server.content(hashlib.sha256(big).hexdigest()) == big
         assert server.count("/blobs") == 1
         assert [r.method for r in server.requests if r.path.startswith("/tus")] == ["OPTIONS"]
+
+
+def test_an_upload_goes_in_about_16_patches_of_32_to_128_mib() -> None:
+    # Fewer PATCHes, fewer waits on the server's fsync and commit; at most one is resent.
+    assert chunk_for(10 * MIB) == CHUNK == 32 * MIB
+    assert chunk_for(1024 * MIB) == 64 * MIB
+    assert chunk_for(2048 * MIB) == MAX_CHUNK == 128 * MIB
+    assert chunk_for(100 * 1024 * MIB) == MAX_CHUNK

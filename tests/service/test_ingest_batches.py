@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from putplace.batches import LARGE_BATCH, LARGE_CONTENT, BatchBudget
 from putplace.digest import CHUNK_SIZE
 from putplace.service import ingest
-from putplace.service.ingest import LARGE_BATCH, LARGE_CONTENT, BatchBudget, store_verified
+from putplace.service.ingest import store_verified
 
 
 async def pieces(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:

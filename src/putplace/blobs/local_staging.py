@@ -85,8 +85,11 @@ class LocalUploadStaging(UploadStaging):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
+        *,
+        batch: int | None = None,
     ) -> tuple[int, StagingState]:
         path = self.path_for(upload_id)
+        batch_bytes = WRITE_BATCH if batch is None else batch
         # Only the first request may create the file: a later one finding it gone (the
         # upload deleted or expired meanwhile) must not bring its bytes back.
         create = os.O_CREAT if offset == 0 else 0
@@ -98,20 +101,20 @@ class LocalUploadStaging(UploadStaging):
         try:
             _lock(fd)
             appender = await _io(lambda: FileAppender(path, fd, offset, durable=self._fsync))
-            batch: list[bytes] = []
+            pending: list[bytes] = []
             size = 0
             async for chunk in chunks:
-                batch.append(chunk)
+                pending.append(chunk)
                 size += len(chunk)
-                if size >= WRITE_BATCH:
+                if size >= batch_bytes:
                     if writing is not None:
                         await writing
-                    writing = asyncio.ensure_future(_io(functools.partial(appender.write, batch)))
-                    batch, size = [], 0
+                    writing = asyncio.ensure_future(_io(functools.partial(appender.write, pending)))
+                    pending, size = [], 0
             if writing is not None:
                 await writing
-            if batch:
-                await _io(functools.partial(appender.write, batch))
+            if pending:
+                await _io(functools.partial(appender.write, pending))
             position = appender.position
             await _io(appender.close)
             appender = None

@@ -109,6 +109,8 @@ class S3UploadStaging(UploadStaging):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
+        *,
+        batch: int | None = None,  # parts are the upload's own size
     ) -> tuple[int, StagingState]:
         if "s3_upload" not in state:  # its creation was cut short by a crash
             raise BlobNotFoundError("the upload's multipart upload was never recorded")

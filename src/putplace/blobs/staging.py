@@ -41,9 +41,12 @@ class UploadStaging(ABC):
         offset: int,
         length: int,
         chunks: AsyncIterable[bytes],
+        *,
+        batch: int | None = None,
     ) -> tuple[int, StagingState]:
         """Write *chunks* from *offset* on; return the offset reached, durably, and the
-        state to keep from now on.
+        state to keep from now on. *batch*: bytes to gather before each write, if the
+        store writes in batches (None: its own default).
 
         *length* is the upload's total size. If *chunks* or the store raises, the
         exception propagates and nothing is acknowledged: bytes written past *offset* are

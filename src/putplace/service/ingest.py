@@ -9,58 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
+from putplace.batches import LARGE_BATCHES
 from putplace.blobs.base import BlobStore, BlobWriter, checked_name
-from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT
+from putplace.digest import INLINE_WORK_LIMIT
 from putplace.service.errors import (
     HashMismatchError,
     SizeMismatchError,
     StalledError,
     TooLargeError,
 )
-
-#: Batch of a large content's bytes received before it is hashed and written (while the
-#: next is received). A 2 GiB PUT /blobs on the development machine, alternated: 1 MiB
-#: batches 239-250 MiB/s, 4 MiB 314-326, 8 MiB 356-405, 16 MiB 408-443; the event loop's
-#: CPU 2.9 -> 1.5 s (fewer hand-overs to the hashing and writing threads).
-LARGE_BATCH = 16 * CHUNK_SIZE
-#: Contents at least this large get large batches.
-LARGE_CONTENT = 64 * CHUNK_SIZE
-#: Bytes a process may hold in large batches at once (two per upload: the one received
-#: and the one being written). Uploads beyond it use CHUNK_SIZE batches, so memory does
-#: not grow with the number of large uploads at once.
-LARGE_BATCH_BUDGET = 4 * LARGE_BATCH
-
-
-class BatchBudget:
-    """Large batches handed out within a byte budget (any thread)."""
-
-    def __init__(self, budget: int) -> None:
-        self._left = budget
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def batch_for(self, expected_size: int | None) -> Iterator[int]:
-        """The batch size for a content of *expected_size* bytes (None: unknown), held
-        until the block ends."""
-        held = 0
-        if expected_size is not None and expected_size >= LARGE_CONTENT:
-            with self._lock:
-                if self._left >= 2 * LARGE_BATCH:
-                    self._left -= 2 * LARGE_BATCH
-                    held = 2 * LARGE_BATCH
-        try:
-            yield LARGE_BATCH if held else CHUNK_SIZE
-        finally:
-            if held:
-                with self._lock:
-                    self._left += held
-
-
-LARGE_BATCHES = BatchBudget(LARGE_BATCH_BUDGET)
 
 
 async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from putplace.auth import utcnow
+from putplace.batches import LARGE_BATCHES
 from putplace.blobs.base import BlobNotFoundError
 from putplace.blobs.local_staging import UPLOAD_ID
 from putplace.blobs.staging import StagingBusyError
@@ -338,12 +339,15 @@ async def append(
         check = checksum_hasher(checksum[0]) if checksum else None
         running = hashes.take(upload)
         hashers = [h for h in (check, running.hasher if running else None) if h is not None]
-        chunks = _bounded(body, room, upload.length, hashers, lease)
         staging = stores.blobs.staging()
         try:
-            position, state = await staging.append(
-                upload.id, upload.staging, offset, upload.length, chunks
-            )
+            # The same batches are hashed and written (one hold on the budget for both).
+            with LARGE_BATCHES.batch_for(upload.length, small=HASH_BATCH) as batch:
+                chunks = _bounded(body, room, upload.length, hashers, lease, batch)
+                position, state = await staging.append(
+                    upload.id, upload.staging, offset, upload.length, chunks,
+                    batch=None if batch == HASH_BATCH else batch,
+                )  # fmt: skip
         except BlobNotFoundError:
             await _forget(stores, upload)
             raise GoneError(_STAGED_GONE) from None
@@ -387,7 +391,12 @@ async def _complete(
 
 
 async def _bounded(
-    body: Body, room: int, length: int, hashers: Sequence[Checksum], lease: _Lease
+    body: Body,
+    room: int,
+    length: int,
+    hashers: Sequence[Checksum],
+    lease: _Lease,
+    batch_bytes: int,
 ) -> AsyncIterator[bytes]:
     """The body, bounded by the upload's length and hashed on a worker thread a batch at
     a time while the staging area writes it (in order: one batch hashing at once). A
@@ -404,7 +413,7 @@ async def _bounded(
                 raise TooLargeError(f"the body runs past Upload-Length ({length} bytes)")
             batch.append(chunk)
             batch_size += len(chunk)
-            if batch_size >= HASH_BATCH:
+            if batch_size >= batch_bytes:
                 if hashing is not None:
                     await hashing
                 hashing = asyncio.ensure_future(asyncio.to_thread(_update, hashers, batch))
