@@ -139,38 +139,32 @@ class ClientCache:
         self._replace("hashes", [(*identity(st), sha256) for st, sha256 in hashed])
 
     def sent_fingerprints(self, server: str, hostname: str, paths: Iterable[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        wanted = list(paths)
-        with self._lock:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ", ".join("?" * len(chunk))
-                found.update(
-                    self._aggregate(
-                        "SELECT json_group_object(path, fingerprint) FROM sent "  # noqa: S608
-                        f"WHERE server = ? AND hostname = ? AND path IN ({marks})",
-                        (server, hostname, *chunk),
-                    )
-                )
-        return found
+        return self._values("sent", "path", "fingerprint", server, hostname, list(paths))
 
     def unchanged_listings(
         self, server: str, hostname: str, signatures: Mapping[str, str]
     ) -> set[str]:
         """The directories of *signatures* (directory: signature) remembered with that
         same signature."""
+        found = self._values("listings", "directory", "signature", server, hostname, [*signatures])
+        return {d for d, signature in found.items() if signatures[d] == signature}
+
+    def _values(
+        self, table: str, key: str, value: str, server: str, hostname: str, keys: list[str]
+    ) -> dict[str, str]:
+        """*table*'s ``key: value`` for *keys* of (server, hostname): a query per 500."""
         found: dict[str, str] = {}
         with self._lock:
-            for chunk in chunked(list(signatures), 500):
+            for chunk in chunked(keys, 500):
                 marks = ", ".join("?" * len(chunk))
                 found.update(
                     self._aggregate(
-                        "SELECT json_group_object(directory, signature) FROM listings "  # noqa: S608
-                        f"WHERE server = ? AND hostname = ? AND directory IN ({marks})",
+                        f"SELECT json_group_object({key}, {value}) FROM {table} "  # noqa: S608
+                        f"WHERE server = ? AND hostname = ? AND {key} IN ({marks})",
                         (server, hostname, *chunk),
                     )
                 )
-        return {d for d, signature in found.items() if signatures[d] == signature}
+        return found
 
     def remember_listings(
         self, server: str, hostname: str, signatures: Iterable[tuple[str, str]]
