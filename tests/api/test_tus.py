@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import socket
+import threading
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -537,12 +538,23 @@ async def test_a_large_upload_is_hashed_and_staged_in_large_batches(
         batches.append(args[-1])
         return real_bounded(*args)
 
+    hashed: list[tuple[str, int]] = []  # (thread, bytes) of each batch hashed
+    real_update = resumable._update
+
+    def update(hashers: Any, chunks: list[bytes]) -> None:
+        hashed.append((threading.current_thread().name, sum(map(len, chunks))))
+        real_update(hashers, chunks)
+
     monkeypatch.setattr(resumable, "_bounded", bounded)
+    monkeypatch.setattr(resumable, "_update", update)
     url = await tus.create_for(api, record)
     # Two PATCHes, each checked against its CRC-32 (computed here over the whole body).
     for start, end in [(0, LARGE_BATCH + 5), (LARGE_BATCH + 5, len(content))]:
         response = await tus.patch(api, url, start, content[start:end], checksum="crc32")
         assert response.status_code == 204, response.text
     assert batches == [LARGE_BATCH, LARGE_BATCH]
+    # Large batches, the last of a request too, are hashed off the event loop.
+    assert sum(size for _, size in hashed) == len(content)
+    assert not [h for h in hashed if h[0].startswith("uvicorn") and h[1] >= LARGE_BATCH // 2]
     assert await downloaded(api, record["sha256"]) == content
     assert await staged(settings) == []

@@ -32,7 +32,7 @@ from putplace.blobs.base import BlobNotFoundError
 from putplace.blobs.local_staging import UPLOAD_ID
 from putplace.blobs.staging import StagingBusyError
 from putplace.config import Settings
-from putplace.digest import CHECKSUM_ALGORITHMS, Checksum, new_checksum
+from putplace.digest import CHECKSUM_ALGORITHMS, INLINE_WORK_LIMIT, Checksum, new_checksum
 from putplace.metadata.base import MAX_PAGE
 from putplace.metadata.uploads import Upload
 from putplace.models import ApiKeyRecord, Scope
@@ -421,7 +421,10 @@ async def _bounded(
             yield chunk
         if hashing is not None:
             await hashing
-        _update(hashers, batch)
+        if batch_size < INLINE_WORK_LIMIT:
+            _update(hashers, batch)
+        else:  # the last batch may be a large one: not on the event loop
+            await asyncio.to_thread(_update, hashers, batch)
     finally:
         if hashing is not None and not hashing.done():
             await asyncio.gather(hashing, return_exceptions=True)
