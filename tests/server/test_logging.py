@@ -29,6 +29,8 @@ def test_json_access_log_with_request_ids_and_no_secrets(tmp_path: Path) -> None
         assert refused.status_code == 401
         generated = refused.headers["x-request-id"]
         assert len(generated) == 32
+        again = client.get("/files", headers={"X-API-Key": "f" * 64}).headers["x-request-id"]
+        assert again != generated  # made up afresh for each request
         hostile = client.get("/", headers={"X-Request-ID": "x\ty" * 100})
         assert hostile.headers["x-request-id"] != "x\ty" * 100
     (log,) = tmp_path.glob("ppserver-*.log")
