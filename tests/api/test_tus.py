@@ -309,6 +309,70 @@ async def test_parallel_parts_joined_out_of_order(
     assert await staged(settings) == []
 
 
+async def whole_part(api: httpx.AsyncClient, content: bytes) -> str:
+    """A partial upload announced as the whole content, all sent; its URL."""
+    url = (await tus.create(api, len(content), concat="partial", whole="1")).headers["Location"]
+    half = len(content) // 2
+    assert (await tus.patch(api, url, 0, content[:half])).status_code == 204
+    assert (await tus.patch(api, url, half, content[half:])).status_code == 204
+    return url
+
+
+async def test_a_whole_part_becomes_the_blob_without_being_read_back(
+    api: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How a client sends a large file before it knows its hash: the part was hashed as
+    it arrived, so joining it alone stores it without reading 2 GiB back."""
+    content = os.urandom(3 * MIB + 1)
+    url = await whole_part(api, content)
+    record = await registered(api, content)  # the record once the client knows the hash
+
+    def no_read_back(*_: object, **__: object) -> None:
+        raise AssertionError("the staged bytes were read back")
+
+    monkeypatch.setattr(resumable, "store_verified", no_read_back)
+    final = await tus.create(api, None, concat=f"final;{url}", sha256=record["sha256"])
+    assert final.status_code == 201, final.text
+    monkeypatch.undo()
+    assert await downloaded(api, record["sha256"]) == content
+    assert (await api.head(url, headers=tus.TUS)).status_code == 404
+    assert await staged(settings) == []
+    assert (await put(api, record)).json()["upload_required"] is False
+
+
+async def test_a_whole_part_not_matching_its_hash_is_refused_and_freed(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    claimed, sent = os.urandom(40_000), os.urandom(40_000)
+    record = await registered(api, claimed)
+    url = await whole_part(api, sent)
+    final = await tus.create(api, None, concat=f"final;{url}", sha256=record["sha256"])
+    assert final.status_code == 400
+    assert "hash" in final.json()["detail"]
+    assert await downloaded(api, record["sha256"]) is None
+    assert await staged(settings) == []
+    assert (await put(api, record)).json()["upload_required"] is True
+
+
+async def test_a_whole_part_is_verified_by_another_process_by_reading_it_back(
+    api: httpx.AsyncClient, settings: Settings, keys: Keys
+) -> None:
+    """The running hash lives in the process that received the bytes; another process
+    (or this one after a restart) reads the part back to verify it."""
+    content = os.urandom(2 * MIB + 3)
+    url = await whole_part(api, content)
+    record = await registered(api, content)
+    with running_server(settings) as other_url:
+        async with httpx.AsyncClient(
+            base_url=other_url, headers={"X-API-Key": keys.write}, timeout=60
+        ) as other:
+            path = urlsplit(url).path
+            final = await tus.create(other, None, concat=f"final;{path}", sha256=record["sha256"])
+            assert final.status_code == 201, final.text
+    assert await downloaded(api, record["sha256"]) == content
+    assert await staged(settings) == []
+
+
 async def test_parts_in_the_wrong_order_are_refused(api: httpx.AsyncClient) -> None:
     content = os.urandom(3000)
     record = await registered(api, content)

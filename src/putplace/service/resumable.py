@@ -79,6 +79,9 @@ _BUSY = "another request is writing this upload: try again shortly"
 HASH_BATCH = 1024 * 1024
 #: Running hashes kept per process: one per upload in flight here.
 _MAX_RUNNING = 4096
+WHOLE = "whole"
+"""``Upload-Metadata`` key of a partial upload that a final upload will join alone: it
+is hashed as it arrives, and becomes the blob without being read back."""
 
 
 class Body(Protocol):
@@ -107,9 +110,11 @@ class RunningHashes:
         self._hashes: OrderedDict[str, _Running] = OrderedDict()  # least recent first
 
     def take(self, upload: Upload) -> _Running | None:
-        """The running hash of *upload* if it covers exactly its acknowledged bytes."""
+        """The running hash of *upload* if it covers exactly its acknowledged bytes. A
+        partial upload is hashed only when it is announced as the whole content
+        (:data:`WHOLE`): the hash of one part of several proves nothing."""
         found = self._hashes.pop(upload.id, None)
-        if upload.partial:
+        if upload.partial and WHOLE not in upload.metadata:
             return None
         if upload.offset == 0:
             return _Running()
@@ -204,13 +209,18 @@ async def _stage(stores: Stores, upload: Upload) -> Upload:
 async def concatenate(
     stores: Stores,
     settings: Settings,
+    hashes: RunningHashes,
     key: ApiKeyRecord,
     namespace: str,
     part_ids: Sequence[str],
     metadata: Mapping[str, str],
 ) -> Upload:
     """The final upload joining *part_ids* (complete partial uploads), in order: the
-    whole is verified against the declared hash and stored, and the parts freed."""
+    whole is verified against the declared hash and stored, and the parts freed.
+
+    One part hashed as it arrived (created with :data:`WHOLE`) becomes the blob as it
+    is, like a whole upload's last byte: no byte is read back or copied. That is how a
+    client sends a large file before it knows its hash (it hashes while it sends)."""
     keys.authorize_namespace(key, namespace, Scope.write)
     if not 1 <= len(part_ids) <= MAX_PARTS:
         raise InvalidInputError(f"a final upload joins 1 to {MAX_PARTS} partial uploads")
@@ -226,7 +236,13 @@ async def concatenate(
     sha256 = await _registered(stores, settings, key, namespace, metadata, length)
     staging = stores.blobs.staging()
     held = not await needs_content(stores.metadata, sha256)
-    if not (held and await proven(stores.metadata, settings, namespace, [sha256])):
+    if held and await proven(stores.metadata, settings, namespace, [sha256]):
+        await record_sent(stores.metadata, namespace, sha256, length, stored=False)
+    elif len(parts) == 1:
+        # Finished as a whole upload would be (a mismatch frees its staged bytes).
+        part = replace(parts[0], sha256=sha256, partial=False, completed_at=None)
+        await _finish(stores, settings, part, hashes.take(parts[0]))
+    else:
 
         async def joined() -> AsyncIterator[bytes]:
             for part in parts:
@@ -241,8 +257,6 @@ async def concatenate(
                 None if held else stores.blobs, sha256, joined(), expected_size=length
             )
             await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
-    else:
-        await record_sent(stores.metadata, namespace, sha256, length, stored=not held)
     now = utcnow()
     final = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=length,
@@ -366,11 +380,13 @@ async def append(
         )
         if not await stores.metadata.advance_upload(upload.id, offset, advanced, token):
             raise ConflictError("another request moved the upload on first")
-        if position < upload.length:
-            if running is not None:
-                running.offset = position
+        if running is not None:
+            running.offset = position
+        if position < upload.length or upload.partial:
+            if running is not None:  # a whole partial's: for the final upload joining it
                 hashes.keep(upload.id, running)
-            return advanced
+            if position < upload.length:
+                return advanced
         # Every byte is staged and the offset says so (a retry finds nothing to send):
         # now verify and store, then mark it complete. A crash in between leaves it at
         # its full length, incomplete: the next request for it finishes it (find()).

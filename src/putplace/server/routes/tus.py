@@ -185,7 +185,9 @@ async def tus_options(request: Request) -> Response:
     summary="Create a resumable upload (tus creation, creation-with-upload, concatenation)",
     description="`Upload-Length` and `Upload-Metadata` naming the content: `sha256` (hex, "
     "registered by a file record) and optionally `hostname` and `filepath` of that "
-    "record. `Upload-Concat: partial` creates a part (no hash); `Upload-Concat: "
+    "record. `Upload-Concat: partial` creates a part (no hash; with `whole` in its metadata, "
+    "a part a final upload will join alone, which then becomes the blob without a copy); "
+    "`Upload-Concat: "
     "final;<url> <url>` joins complete parts in order, verifies and stores the whole. "
     "A body (`application/offset+octet-stream`) is written at offset 0. Content the "
     "namespace has sent before is answered complete at once.",
@@ -213,7 +215,7 @@ async def tus_create(
     partial, part_ids = _parse_concat(upload_concat)
     if part_ids:
         upload = await resumable.concatenate(
-            state.stores, state.settings, key, target, part_ids, metadata
+            state.stores, state.settings, state.running_hashes, key, target, part_ids, metadata
         )
         return _created(request, upload)
     length = _number("Upload-Length", upload_length)
