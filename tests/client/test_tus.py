@@ -12,11 +12,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from putplace.client import pipeline
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
-from putplace.client.tus import CHUNK, MAX_CHUNK, ResumableUpload, chunk_for, split, tus_checksum
+from putplace.client.tus import (
+    CHUNK,
+    MAX_CHUNK,
+    ResumableUpload,
+    UnhashedUpload,
+    chunk_for,
+    file_identity,
+    split,
+    tus_checksum,
+)
 from putplace.client.uploader import ApiClient
-from tests.client.fake_server import CUT, KEY, fake_server
+from tests.client.fake_server import CUT, KEY, FakeServer, fake_server
 from tests.client.helpers import counts, ppclient
 
 MIB = 1024 * 1024
@@ -192,3 +202,123 @@ def test_an_upload_goes_in_about_16_patches_of_32_to_128_mib() -> None:
     assert chunk_for(1024 * MIB) == 64 * MIB
     assert chunk_for(2048 * MIB) == MAX_CHUNK == 128 * MIB
     assert chunk_for(100 * 1024 * MIB) == MAX_CHUNK
+
+
+def tus_creations(server: FakeServer) -> list[dict[str, str]]:
+    return [r.headers for r in server.requests if r.method == "POST" and r.path == "/tus/"]
+
+
+def test_a_large_file_is_sent_while_it_is_hashed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No content of its size on the server: the file is read once, its bytes sent as
+    they are hashed, and joined as its content once its record is in."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB + 5)
+    (tree / "big").write_bytes(big)
+
+    def not_read_twice(*_: object) -> str:
+        raise AssertionError("the file was hashed before it was sent")
+
+    monkeypatch.setattr(pipeline, "hash_entry", not_read_twice)
+    with fake_server() as server:
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        part, final = tus_creations(server)
+        assert part["Upload-Concat"] == "partial"
+        assert "whole" in part["Upload-Metadata"]
+        assert final["Upload-Concat"].startswith("final;")
+        patches = [r for r in server.requests if r.method == "PATCH"]
+        assert sum(len(r.body) for r in patches) == len(big)  # each byte sent once
+        paths = server.paths()  # the record (which needs the hash) between the two
+        last_patch = max(i for i, p in enumerate(paths) if p.startswith("PATCH"))
+        joined = max(i for i, p in enumerate(paths) if p == "POST /tus/")
+        assert last_patch < paths.index("POST /put_files") < joined
+
+
+def test_a_file_the_size_of_a_recorded_one_is_hashed_before_it_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server may hold its content: ask first, as for every other file."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "big").write_bytes(big)
+    with fake_server() as server:
+        server.store(os.urandom(3 * MIB))  # another content, the same size
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        (whole,) = tus_creations(server)
+        assert "Upload-Concat" not in whole  # one upload of the named content
+        assert "sha256" in whole["Upload-Metadata"]
+
+
+def test_bytes_sent_ahead_that_the_server_did_not_need_are_freed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "big").write_bytes(big)
+    with fake_server() as server:
+        server.store(big)
+        # As if the records of that size were gone but the content kept.
+        monkeypatch.setattr(ApiClient, "holds_size", lambda *_: False)
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 0
+        (part,) = tus_creations(server)
+        assert part["Upload-Concat"] == "partial"
+        freed = [r for r in server.requests if r.method == "DELETE"]
+        assert [r.status for r in freed] == [204]
+        assert server.files("h1")[str(tree / "big")]["sha256"] == hashlib.sha256(big).hexdigest()
+
+
+def test_a_new_run_continues_bytes_sent_before_the_hash(tmp_path: Path) -> None:
+    content = os.urandom(8 * MIB)
+    path = source(tmp_path, content)
+    identity = file_identity(path.stat())
+    cache = ClientCache(tmp_path / "cache.db")
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        stop = threading.Event()
+
+        def stop_after_3_mib(_: int) -> None:
+            if first.bytes_sent >= 3 * MIB:
+                stop.set()
+
+        first = UnhashedUpload(api, cache, identity, len(content), lambda: path.open("rb"),
+                               chunk=MIB, progress=stop_after_3_mib, stop=stop)  # fmt: skip
+        with pytest.raises(Cancelled):
+            first.send()
+        cache.close()
+        cache = ClientCache(tmp_path / "cache.db")  # the next run
+        (url,) = cache.unfinished_upload(api.cache_key, identity, len(content)) or []
+        acknowledged = int(api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers[
+            "Upload-Offset"
+        ])  # fmt: skip
+        assert acknowledged >= 3 * MIB
+        second = UnhashedUpload(api, cache, identity, len(content), lambda: path.open("rb"),
+                                chunk=MIB)  # fmt: skip
+        sha = second.send()
+        assert sha == hashlib.sha256(content).hexdigest()  # the bytes sent before included
+        assert second.bytes_sent == len(content) - acknowledged
+        assert register(server.backend, content) == sha
+        second.finish()
+        assert server.content(sha) == content
+        assert cache.unfinished_upload(api.cache_key, identity, len(content)) is None
+
+
+def test_bytes_sent_again_after_failures_are_hashed_once(tmp_path: Path) -> None:
+    content = os.urandom(6 * MIB)
+    path = source(tmp_path, content)
+    with fake_server(script={"PATCH /tus": [CUT, 503, CUT], "HEAD /tus": [CUT]}) as server:
+        with ApiClient(server.url, KEY, retries=5, sleep=lambda _: None) as api:
+            upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
+                                    len(content), lambda: path.open("rb"), chunk=MIB)  # fmt: skip
+            assert upload.send() == hashlib.sha256(content).hexdigest()
+            assert upload.bytes_sent > len(content)  # some were sent twice
+            register(server.backend, content)
+            upload.finish()
+        assert server.content(hashlib.sha256(content).hexdigest()) == content

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from putplace.client.cache import ClientCache
-from putplace.client.tus import ResumableUpload, chunk_for
+from putplace.client.tus import ResumableUpload, UnhashedUpload, chunk_for
 from putplace.client.uploader import ApiClient
 from tests.conftest import make_settings
 from tests.faults.test_crash import start
@@ -26,7 +26,12 @@ from tests.support.processes import run_ppserver
 from tests.support.servers import free_port
 
 MIB = 1024 * 1024
-SIZES = {"sqlite-local": 1024 * MIB, "sqlite-s3": 160 * MIB}
+#: (stack, the hash sent before the bytes or found while sending them) -> file size
+SIZES = {
+    ("sqlite-local", "hashed"): 1024 * MIB,
+    ("sqlite-s3", "hashed"): 160 * MIB,
+    ("sqlite-local", "unhashed"): 128 * MIB,
+}
 
 
 def big_file(path: Path, size: int) -> str:
@@ -41,14 +46,17 @@ def big_file(path: Path, size: int) -> str:
     return hasher.hexdigest()
 
 
-@pytest.mark.parametrize("stack", list(SIZES))
+@pytest.mark.parametrize(("stack", "order"), list(SIZES))
 def test_kill_9_mid_upload_resumes_from_the_acknowledged_offset(
-    request: pytest.FixtureRequest, stack: str, tmp_path: Path
+    request: pytest.FixtureRequest, stack: str, order: str, tmp_path: Path
 ) -> None:
+    """*order* "unhashed": the file is sent as it is hashed (a part announced as the
+    whole), its record registered after, and the part joined: the restarted server has
+    no running hash of it and verifies it by reading it back."""
     settings = make_settings(request, stack, tmp_path, fsync=True)
     created = run_ppserver(settings, "keys", "create", "--name", "tus", "--json", cwd=tmp_path)
     key = json.loads(created.stdout)["api_key"]
-    size = SIZES[stack]
+    size = SIZES[stack, order]
     path = tmp_path / "disk.img"
     sha = big_file(path, size)
     port = free_port()
@@ -56,17 +64,29 @@ def test_kill_9_mid_upload_resumes_from_the_acknowledged_offset(
     server = start(settings, tmp_path, port)
     try:
         record = {**metadata(b""), "sha256": sha, "file_size": size}
-        assert (
-            httpx.post(f"{url}/put_file", json=record, headers={"X-API-Key": key}).status_code
-            == 201
-        )
+
+        def register() -> None:
+            answer = httpx.post(f"{url}/put_file", json=record, headers={"X-API-Key": key})
+            assert answer.status_code == 201
+
         api = ApiClient(url, key, retries=8)
-        upload = ResumableUpload(api, ClientCache(None), sha, size, lambda: path.open("rb"))
+        opener = lambda: path.open("rb")  # noqa: E731
+        upload: ResumableUpload
+        if order == "hashed":
+            register()
+            upload = ResumableUpload(api, ClientCache(None), sha, size, opener)
+        else:
+            upload = UnhashedUpload(api, ClientCache(None), "file:1", size, opener)
         failure: list[BaseException] = []
 
         def send() -> None:
             try:
-                upload.run()
+                if isinstance(upload, UnhashedUpload):
+                    assert upload.send() == sha
+                    register()
+                    upload.finish()
+                else:
+                    upload.run()
             except BaseException as exc:
                 failure.append(exc)
 

@@ -77,6 +77,15 @@ def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
     return data
 
 
+def check_unchanged(entry: FileEntry) -> None:
+    """Raise :class:`FileChangedError` unless *entry* is still the file it was scanned
+    as, with the same size and mtime (after reading it some other way)."""
+    now = os.lstat(entry.path)
+    _check_same(entry, now)
+    if _changed(entry.stat, now):
+        raise FileChangedError("changed while being read (size or mtime differ); not sent")
+
+
 def open_scanned(entry: FileEntry) -> io.FileIO:
     """Open the regular file *entry* for reading, unbuffered.
 

@@ -46,6 +46,7 @@ from putplace.client.cache import ClientCache, listing_signature
 from putplace.client.cancel import Cancelled, check
 from putplace.client.hashing import (
     FileChangedError,
+    check_unchanged,
     hash_entry,
     link_bytes,
     open_scanned,
@@ -54,7 +55,13 @@ from putplace.client.hashing import (
 from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
 from putplace.client.scanner import FileEntry, Listing, walk_listings
-from putplace.client.tus import ResumableUpload, tus_checksum
+from putplace.client.tus import (
+    ResumableUpload,
+    UnhashedUpload,
+    UploadGoneError,
+    file_identity,
+    tus_checksum,
+)
 from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
 from putplace.sequences import chunked
 
@@ -118,6 +125,9 @@ class _Item:
     fingerprint: str
     data: bytes | None = None
     """The file's bytes, when read whole while hashing (small files only)."""
+    sent: UnhashedUpload | None = None
+    """The file's bytes, already sent while hashing (large files only), to be joined
+    once the server asks for them, or freed."""
 
     @property
     def sha256(self) -> str:
@@ -615,6 +625,8 @@ class Run:
                 kept = entry.stat.st_size
                 data = read_whole(entry, self.stop)
                 sha = hashlib.sha256(data).hexdigest()
+            elif self._sends_unhashed(entry):
+                return self._hash_while_sending(entry)
             else:
                 sha = hash_entry(entry, self.stop)
             return self._item(entry, sha, data)
@@ -628,6 +640,51 @@ class Run:
             self._keep.give(kept)
             self._error(entry.path, exc.strerror or str(exc))
         return None
+
+    def _sends_unhashed(self, entry: FileEntry) -> bool:
+        """Send *entry* while hashing it? A file for tus, sent whole, whose content the
+        server cannot hold yet: no record of that size (asked per file: a request per
+        64 MiB or more)."""
+        return (
+            not self.options.dry_run
+            and not entry.is_symlink
+            and self.options.tus_parts == 1
+            and self._speaks_tus(entry.stat.st_size)
+            and self.api is not None
+            and self.api.holds_size(entry.stat.st_size) is False
+        )
+
+    def _hash_while_sending(self, entry: FileEntry) -> _Item:
+        """Hashing worker: the item of a large file whose bytes are sent as it is hashed
+        (read once). If sending fails, the file is hashed alone and sent later as any
+        other, so a failure here loses nothing."""
+        assert self.api is not None
+        upload = UnhashedUpload(
+            self.api, self.cache, file_identity(entry.stat), entry.stat.st_size,
+            lambda: open_scanned(entry), progress=self.reporter.upload_progress,
+            stop=self.stop, checksum=self._tus or "sha256",
+        )  # fmt: skip
+        self.reporter.upload_queued(entry.stat.st_size)
+        try:
+            sha = upload.send()
+            check_unchanged(entry)
+        except (AuthError, Cancelled):
+            raise
+        except ApiError:
+            upload.abandon()
+            return self._item(entry, hash_entry(entry, self.stop))
+        except (FileChangedError, OSError):
+            upload.abandon()  # the bytes sent are not the file's: reported by the caller
+            raise
+        item = self._item(entry, sha)
+        item.sent = upload
+        return item
+
+    def _abandon(self, item: _Item) -> None:
+        """Free bytes sent ahead that the server turned out not to need."""
+        if item.sent is not None:
+            item.sent.abandon()
+            item.sent = None
 
     def _keeps(self, entry: FileEntry) -> bool:
         """Read *entry* whole and keep its bytes for a bundle? (Budget taken if so.)"""
@@ -676,6 +733,7 @@ class Run:
             for item in items:
                 if id(item) not in handed_on:
                     self._drop_data(item)
+                    self._abandon(item)
 
     def _register(self, items: list[_Item], handed_on: set[int], scan: str | None) -> None:
         """Register *items* (seen by *scan*); queue the content the server lacks (ids
@@ -774,8 +832,9 @@ class Run:
                 self.api.cache_key, self.options.hostname, item.record["filepath"], item.fingerprint
             )
             return False
-        self.reporter.upload_queued(item.size)
-        if self._bundles_it(item):
+        if item.sent is None:  # else counted when it was sent
+            self.reporter.upload_queued(item.size)
+        if item.sent is None and self._bundles_it(item):
             self._add_to_bundle(item)
         else:
             self._drop_data(item)  # streamed from disk
@@ -906,7 +965,9 @@ class Run:
                 opener = lambda: io.BytesIO(target)  # noqa: E731
             else:
                 opener = lambda: open_scanned(entry)  # noqa: E731
-            if data is None and not entry.is_symlink and self._resumable(item):
+            if item.sent is not None:
+                self._join_sent(item, opener)
+            elif data is None and not entry.is_symlink and self._resumable(item):
                 ResumableUpload(
                     self.api, self.cache, item.sha256, item.size, opener,
                     parts=self.options.tus_parts, progress=self.reporter.upload_progress,
@@ -930,9 +991,28 @@ class Run:
         else:
             self._uploaded([item])
 
+    def _join_sent(self, item: _Item, opener: Opener) -> None:
+        """Make the bytes sent while hashing *item* its content on the server; sent
+        again if the server lost them meanwhile (expired)."""
+        assert self.api is not None
+        assert item.sent is not None
+        sent, item.sent = item.sent, None
+        try:
+            sent.finish()
+        except UploadGoneError:
+            ResumableUpload(
+                self.api, self.cache, item.sha256, item.size, opener,
+                progress=self.reporter.upload_progress, stop=self.stop,
+                checksum=self._tus or "sha256",
+            ).run()  # fmt: skip
+
     def _resumable(self, item: _Item) -> bool:
         """Send *item* over tus: large enough, and the server speaks it (asked once)."""
-        if self._single_mode or not 0 < self.options.tus_threshold <= item.size:
+        return self._speaks_tus(item.size)
+
+    def _speaks_tus(self, size: int) -> bool:
+        """Contents of *size* go over tus: large enough, and the server speaks it."""
+        if self._single_mode or not 0 < self.options.tus_threshold <= size:
             return False
         with self._tus_lock:
             if self._tus is None:

@@ -12,10 +12,13 @@ next run continues an upload this one could not finish.
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Final
+from typing import IO, Any, Final
 from urllib.parse import urljoin
 
 import httpx
@@ -121,6 +124,10 @@ class ResumableUpload:
         #: Bytes handed to the connection, re-sent ones included.
         self.bytes_sent = 0
         self._lock = threading.Lock()
+        #: SHA-256 of the file's first ``_whole_at`` bytes, when the hash is not known
+        #: yet (:class:`UnhashedUpload`): fed by the checksum pass, in order.
+        self._whole: hashlib._Hash | None = None
+        self._whole_at = 0
 
     def run(self) -> None:
         """Upload the file; the server then holds the content, verified."""
@@ -193,6 +200,9 @@ class ResumableUpload:
         offset = self._offset(url)
         if offset:
             self.progress(offset)  # acknowledged before (an earlier attempt or run)
+            if self._whole is not None and self._whole_at < start + offset:
+                with self.opener() as before:  # sent by an earlier run: hashed here
+                    self._digest(before, self._whole_at, start + offset - self._whole_at)
         failures = 0
         # The checksum of the next chunk is computed (from its own file handle) while
         # this one is sent: the connection never waits for the hashing.
@@ -314,6 +324,10 @@ class ResumableUpload:
             if not piece:
                 raise ApiError(None, "the file is shorter than when it was hashed")
             hasher.update(piece)
+            if self._whole is not None and position == self._whole_at:  # not again
+                self._whole.update(piece)  # after a failure
+                self._whole_at += len(piece)
+            position += len(piece)
             remaining -= len(piece)
         return base64.b64encode(hasher.digest()).decode()
 
@@ -332,3 +346,77 @@ class ResumableUpload:
                 self.bytes_sent += len(piece)
             self.progress(len(piece))
             yield piece
+
+
+class UnhashedUpload(ResumableUpload):
+    """A large file sent before its hash is known, so that it is read once, not twice
+    (hash, then send): one partial upload announced as the whole content (``whole``),
+    hashed here as its checksums are computed. Once the server has the file's record
+    (which needs the hash), :meth:`finish` joins it, and the server makes those bytes
+    the blob without reading them back; :meth:`abandon` frees it when the server turns
+    out to hold the content already.
+
+    The upload's URL is kept in the local cache under the file's identity (device,
+    inode, size, mtime): a new run continues it, hashing the bytes sent before."""
+
+    def __init__(
+        self, api: ApiClient, cache: ClientCache, identity: str, size: int, opener: Opener,
+        **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(api, cache, "", size, opener, parts=1, **options)
+        self.identity = identity
+        self.url: str | None = None
+
+    def send(self) -> str:
+        """Send every byte; the content's hex SHA-256."""
+        urls = self.cache.unfinished_upload(self.api.cache_key, self.identity, self.size)
+        try:
+            self._send_to(urls[0] if urls and len(urls) == 1 else self._create_whole())
+        except UploadGoneError:  # expired since an earlier run: once more, from the start
+            self._send_to(self._create_whole())
+        assert self._whole is not None
+        assert self._whole_at == self.size
+        self.sha256 = self._whole.hexdigest()
+        return self.sha256
+
+    def _send_to(self, url: str) -> None:
+        self.url, self._whole, self._whole_at = url, hashlib.sha256(), 0
+        self._send(url, 0, self.size)
+
+    def _create_whole(self) -> str:
+        headers = {**TUS_HEADERS, "Upload-Length": str(self.size), "Upload-Concat": "partial",
+                   "Upload-Metadata": _metadata(whole="1")}  # fmt: skip
+        url = self._created(headers)
+        self.cache.remember_upload(self.api.cache_key, self.identity, self.size, [url])
+        return url
+
+    def finish(self) -> None:
+        """Join the sent bytes as the content the file's record names (registered now).
+        Raises :class:`UploadGoneError` if the server no longer has them."""
+        url = self.url
+        assert url is not None
+        headers = {
+            **TUS_HEADERS,
+            "Upload-Concat": f"final;{url}",
+            "Upload-Metadata": _metadata(sha256=self.sha256),
+        }
+        final = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
+        if final.status_code in (404, 410):
+            self.cache.forget_upload(self.api.cache_key, self.identity)
+            raise UploadGoneError(final.status_code, error_detail(final))
+        if final.status_code != 201:
+            raise ApiError(final.status_code, error_detail(final))
+        self.cache.forget_upload(self.api.cache_key, self.identity)
+
+    def abandon(self) -> None:
+        """Free the sent bytes (tus termination): the server did not need them. Best
+        effort: what is not freed expires on the server."""
+        self.cache.forget_upload(self.api.cache_key, self.identity)
+        if self.url is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                self.api.http.delete(self.url, headers=TUS_HEADERS)
+
+
+def file_identity(st: os.stat_result) -> str:
+    """The key an :class:`UnhashedUpload` is remembered under: the same file, unchanged."""
+    return f"file:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"

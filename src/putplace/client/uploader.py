@@ -313,6 +313,19 @@ class ApiClient(Session):
             raise ApiError(response.status_code, f"not a batch answer: {exc}") from None
         return results
 
+    def holds_size(self, size: int) -> bool | None:
+        """Whether the server has any file record (live or deleted) of exactly *size*
+        bytes this key can see; None when it cannot say (a key without read access, an
+        older server). No such record: the server cannot hold the content of a file of
+        that size for this key, so its bytes are needed before its hash is."""
+        params = {"min_size": size, "max_size": size, "state": "all", "sort": "size",
+                  "limit": 1}  # fmt: skip
+        try:
+            response = self._request("GET", "/files", lambda _: {"params": params})
+            return bool(response.json())
+        except (ApiError, ValueError):
+            return None
+
     def open_scan(self, hostname: str, root: str, excludes: list[str]) -> str | None:
         """``POST /scans``: the new scan's id; None from a server without scans."""
         body = {"hostname": hostname, "root": root, "excludes": excludes}
