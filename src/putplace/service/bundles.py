@@ -3,7 +3,7 @@
 The body (see docs/bundle-protocol.md) is a header naming every member (hash, length) and
 then the members' bytes in that order. The header is read first so that one lookup
 answers, for the whole bundle, which contents are already stored and which are
-registered with which size. Each member is then hashed as it arrives; those that verify
+registered with which size. The members' bytes are then read and hashed; those that verify
 are stored together with :meth:`BlobStore.put_many` (one durability barrier for the
 group) and recorded present in one write. A member that fails is refused alone. A body
 cut short keeps the members that arrived whole: they are stored before the error is
