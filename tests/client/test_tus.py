@@ -8,6 +8,7 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,8 @@ import pytest
 from putplace.client import pipeline
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
+from putplace.client.hashing import hash_entry
+from putplace.client.scanner import FileEntry
 from putplace.client.tus import (
     CHUNK,
     MAX_CHUNK,
@@ -322,3 +325,46 @@ def test_bytes_sent_again_after_failures_are_hashed_once(tmp_path: Path) -> None
             register(server.backend, content)
             upload.finish()
         assert server.content(hashlib.sha256(content).hexdigest()) == content
+
+
+def test_hard_links_to_a_large_file_are_not_sent_twice_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same device, inode, size and mtime: one is sent while hashed, the other hashed
+    first (two writers on one upload would break both its offset and its hash)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "a").write_bytes(big)
+    os.link(tree / "a", tree / "b")
+    hashed_first: list[str] = []
+
+    def counted(entry: FileEntry, *args: Any) -> str:
+        hashed_first.append(entry.path)
+        return hash_entry(entry, *args)
+
+    monkeypatch.setattr(pipeline, "hash_entry", counted)
+    with fake_server() as server:
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        assert [h.get("Upload-Concat") for h in tus_creations(server)].count("partial") == 1
+        assert set(server.files("h1")) == {str(tree / "a"), str(tree / "b")}
+        assert len(hashed_first) == 1
+
+
+def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "big").write_bytes(big)
+    with fake_server(script={"POST /tus": [500]}) as server:
+        code = ppclient(server.url, "--retries", "0", "--tus-threshold", "2M", str(tree))
+        assert code == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        first, second = tus_creations(server)
+        assert first["Upload-Concat"] == "partial"  # refused (500)
+        assert "sha256" in second["Upload-Metadata"]  # the file hashed, then sent

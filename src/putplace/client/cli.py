@@ -174,7 +174,8 @@ def _api(args: configargparse.Namespace, stop: threading.Event) -> ApiClient | N
         timeout=args.timeout,
         retries=args.retries,
         verify=tls_verify(args),
-        pool_size=args.upload_workers * args.tus_parts + 2,
+        # Upload workers' parts, as many large files sent while hashed, and registration.
+        pool_size=args.upload_workers * (args.tus_parts + 1) + 2,
         stop=stop,
         namespace=args.namespace,
     )

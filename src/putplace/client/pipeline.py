@@ -128,6 +128,8 @@ class _Item:
     sent: UnhashedUpload | None = None
     """The file's bytes, already sent while hashing (large files only), to be joined
     once the server asks for them, or freed."""
+    queued: bool = False
+    """Its size is already in the progress bar's upload total."""
 
     @property
     def sha256(self) -> str:
@@ -321,6 +323,12 @@ class Run:
         # The server's tus checksum algorithm, asked once (None: not yet); "" without tus.
         self._tus: str | None = None if options.tus_threshold > 0 else ""
         self._tus_lock = threading.Lock()
+        # Files being sent while hashed (at most one per upload worker: each holds a
+        # connection), and the identities of all sent so: two hard links to one file
+        # must not write the same upload at once (the second is hashed first).
+        self._unhashed_now = 0
+        self._unhashed_ids: set[str] = set()
+        self._unhashed_lock = threading.Lock()
         self._uploaders: ThreadPoolExecutor | None = None
         self._hashers: ThreadPoolExecutor | None = None
         # Directories (as sent) whose files were looked at one by one -> their listing's
@@ -644,27 +652,57 @@ class Run:
     def _sends_unhashed(self, entry: FileEntry) -> bool:
         """Send *entry* while hashing it? A file for tus, sent whole, whose content the
         server cannot hold yet: no record of that size (asked per file: a request per
-        64 MiB or more)."""
-        return (
-            not self.options.dry_run
-            and not entry.is_symlink
-            and self.options.tus_parts == 1
-            and self._speaks_tus(entry.stat.st_size)
-            and self.api is not None
-            and self.api.holds_size(entry.stat.st_size) is False
-        )
+        64 MiB or more). Takes one of the upload workers' turns if so."""
+        if (
+            self.options.dry_run
+            or entry.is_symlink
+            or self.options.tus_parts != 1
+            or not self._speaks_tus(entry.stat.st_size)
+        ):
+            return False
+        identity = file_identity(entry.stat)
+        with self._unhashed_lock:
+            if identity in self._unhashed_ids or self._unhashed_now >= self.options.upload_workers:
+                return False
+            self._unhashed_ids.add(identity)
+            self._unhashed_now += 1
+        assert self.api is not None
+        if self.api.holds_size(entry.stat.st_size) is False:
+            return True
+        self._unhashed_done()
+        return False
+
+    def _unhashed_done(self) -> None:
+        with self._unhashed_lock:
+            self._unhashed_now -= 1
 
     def _hash_while_sending(self, entry: FileEntry) -> _Item:
         """Hashing worker: the item of a large file whose bytes are sent as it is hashed
         (read once). If sending fails, the file is hashed alone and sent later as any
         other, so a failure here loses nothing."""
         assert self.api is not None
-        upload = UnhashedUpload(
-            self.api, self.cache, file_identity(entry.stat), entry.stat.st_size,
-            lambda: open_scanned(entry), progress=self.reporter.upload_progress,
-            stop=self.stop, checksum=self._tus or "sha256",
-        )  # fmt: skip
         self.reporter.upload_queued(entry.stat.st_size)
+        try:
+            upload = UnhashedUpload(
+                self.api, self.cache, file_identity(entry.stat), entry.stat.st_size,
+                lambda: open_scanned(entry), progress=self.reporter.upload_progress,
+                stop=self.stop, checksum=self._tus or "sha256",
+            )  # fmt: skip
+            sha = self._sent_while_hashed(entry, upload)
+        finally:
+            self._unhashed_done()
+        if sha is None:
+            item = self._item(entry, hash_entry(entry, self.stop))
+        else:
+            item = self._item(entry, sha)
+            item.sent = upload
+        item.queued = True
+        return item
+
+    @staticmethod
+    def _sent_while_hashed(entry: FileEntry, upload: UnhashedUpload) -> str | None:
+        """The content's hash once *upload* has every byte; None if sending failed (the
+        bytes sent so far are freed)."""
         try:
             sha = upload.send()
             check_unchanged(entry)
@@ -672,13 +710,11 @@ class Run:
             raise
         except ApiError:
             upload.abandon()
-            return self._item(entry, hash_entry(entry, self.stop))
+            return None
         except (FileChangedError, OSError):
             upload.abandon()  # the bytes sent are not the file's: reported by the caller
             raise
-        item = self._item(entry, sha)
-        item.sent = upload
-        return item
+        return sha
 
     def _abandon(self, item: _Item) -> None:
         """Free bytes sent ahead that the server turned out not to need."""
@@ -832,7 +868,7 @@ class Run:
                 self.api.cache_key, self.options.hostname, item.record["filepath"], item.fingerprint
             )
             return False
-        if item.sent is None:  # else counted when it was sent
+        if not item.queued:
             self.reporter.upload_queued(item.size)
         if item.sent is None and self._bundles_it(item):
             self._add_to_bundle(item)

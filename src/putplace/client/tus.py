@@ -200,9 +200,6 @@ class ResumableUpload:
         offset = self._offset(url)
         if offset:
             self.progress(offset)  # acknowledged before (an earlier attempt or run)
-            if self._whole is not None and self._whole_at < start + offset:
-                with self.opener() as before:  # sent by an earlier run: hashed here
-                    self._digest(before, self._whole_at, start + offset - self._whole_at)
         failures = 0
         # The checksum of the next chunk is computed (from its own file handle) while
         # this one is sent: the connection never waits for the hashing.
@@ -221,6 +218,7 @@ class ResumableUpload:
 
             while offset < length:
                 check(self.stop)
+                self._catch_up(start + offset)
                 size = min(self.chunk, length - offset)
                 prefetch(offset)
                 digest = digests.pop(offset).result()
@@ -312,6 +310,13 @@ class ResumableUpload:
         check(self.stop)
         return failures + 1
 
+    def _catch_up(self, position: int) -> None:
+        """Hash, for the whole content, the bytes before *position* that the server has
+        but this pass did not read (sent by an earlier run, or another writer)."""
+        if self._whole is not None and self._whole_at < position:
+            with self.opener() as before:
+                self._digest(before, self._whole_at, position - self._whole_at)
+
     def _digest(self, source: IO[bytes], position: int, size: int) -> str:
         """``Upload-Checksum``'s digest of ``size`` bytes at *position*: a first read of the
         chunk (the second, to send it, comes from the page cache). Nothing is held."""
@@ -356,8 +361,9 @@ class UnhashedUpload(ResumableUpload):
     the blob without reading them back; :meth:`abandon` frees it when the server turns
     out to hold the content already.
 
-    The upload's URL is kept in the local cache under the file's identity (device,
-    inode, size, mtime): a new run continues it, hashing the bytes sent before."""
+    Until every byte is sent, the upload's URL is kept in the local cache under the
+    file's identity (device, inode, size, mtime): a run stopped while sending is
+    continued by the next one, which hashes the bytes sent before from disk."""
 
     def __init__(
         self, api: ApiClient, cache: ClientCache, identity: str, size: int, opener: Opener,
@@ -374,9 +380,12 @@ class UnhashedUpload(ResumableUpload):
             self._send_to(urls[0] if urls and len(urls) == 1 else self._create_whole())
         except UploadGoneError:  # expired since an earlier run: once more, from the start
             self._send_to(self._create_whole())
-        assert self._whole is not None
-        assert self._whole_at == self.size
+        if self._whole is None or self._whole_at != self.size:  # never expected
+            raise ApiError(None, "the content's hash was not computed over every byte sent")
         self.sha256 = self._whole.hexdigest()
+        # From here on the rest (record, join) takes moments; a run stopped now leaves a
+        # part that expires on the server, and the next run sends the file afresh.
+        self.cache.forget_upload(self.api.cache_key, self.identity)
         return self.sha256
 
     def _send_to(self, url: str) -> None:
@@ -402,11 +411,9 @@ class UnhashedUpload(ResumableUpload):
         }
         final = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
         if final.status_code in (404, 410):
-            self.cache.forget_upload(self.api.cache_key, self.identity)
             raise UploadGoneError(final.status_code, error_detail(final))
         if final.status_code != 201:
             raise ApiError(final.status_code, error_detail(final))
-        self.cache.forget_upload(self.api.cache_key, self.identity)
 
     def abandon(self) -> None:
         """Free the sent bytes (tus termination): the server did not need them. Best
