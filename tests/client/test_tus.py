@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ def source(tmp_path: Path, content: bytes) -> Path:
     return path
 
 
+def tree_with_big_file(tmp_path: Path) -> tuple[Path, bytes]:
+    """A directory holding ``big``, 3 MiB of random bytes (over ``--tus-threshold 2M``)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "big").write_bytes(big)
+    return tree, big
+
+
 def test_split_keeps_parts_large_enough() -> None:
     assert split(100, 4, min_part=30) == [(0, 33), (33, 33), (66, 34)]
     assert split(10, 4, min_part=30) == [(0, 10)]
@@ -82,15 +92,28 @@ def test_upload_in_chunks_and_parts(tmp_path: Path, parts: int) -> None:
         assert cache.unfinished_upload(api.cache_key, sha, len(content)) is None
 
 
-def test_dropped_connections_and_server_errors_resume_where_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hashed", [True, False], ids=["hashed", "hashed-while-sent"])
+def test_dropped_connections_and_server_errors_resume_where_acknowledged(
+    tmp_path: Path, hashed: bool
+) -> None:
+    """Sent while hashed, the bytes sent again are hashed once: the hash still holds."""
     content = os.urandom(6 * MIB)
     path = source(tmp_path, content)
+    sha = hashlib.sha256(content).hexdigest()
     with fake_server(script={"PATCH /tus": [CUT, 503, CUT], "HEAD /tus": [CUT]}) as server:
         with ApiClient(server.url, KEY, retries=5, sleep=lambda _: None) as api:
-            sha = register(server.backend, content)
-            upload = ResumableUpload(api, ClientCache(None), sha, len(content),
-                                     lambda: path.open("rb"), chunk=MIB)  # fmt: skip
-            upload.run()
+            if hashed:
+                register(server.backend, content)
+                upload = ResumableUpload(api, ClientCache(None), sha, len(content),
+                                         lambda: path.open("rb"), chunk=MIB)  # fmt: skip
+                upload.run()
+            else:
+                identity = file_identity(path.stat())
+                upload = UnhashedUpload(api, ClientCache(None), identity, len(content),
+                                        lambda: path.open("rb"), chunk=MIB)  # fmt: skip
+                assert upload.send() == sha
+                register(server.backend, content)
+                upload.finish()
         assert server.content(sha) == content
         patches = [r.status for r in server.requests if r.method == "PATCH"]
         assert patches[:3] == [None, 503, None]  # cut, refused, cut
@@ -98,30 +121,48 @@ def test_dropped_connections_and_server_errors_resume_where_acknowledged(tmp_pat
         assert len(content) < upload.bytes_sent <= len(content) + 3 * MIB
 
 
+def stopped_after_3_mib(
+    api: ApiClient,
+    cache_path: Path,
+    key: str,
+    size: int,
+    upload_for: Callable[[ClientCache, Callable[[int], None], threading.Event], ResumableUpload],
+) -> tuple[ClientCache, int]:
+    """Send an upload (cached under *key*) until 3 MiB are out, then stop the run; the
+    next run's cache and the bytes the server acknowledged."""
+    cache = ClientCache(cache_path)
+    stop = threading.Event()
+
+    def stop_after_3_mib(_: int) -> None:
+        if first.bytes_sent >= 3 * MIB:
+            stop.set()
+
+    first = upload_for(cache, stop_after_3_mib, stop)
+    with pytest.raises(Cancelled):
+        first.send() if isinstance(first, UnhashedUpload) else first.run()
+    cache.close()
+    cache = ClientCache(cache_path)  # the next run
+    (url,) = cache.unfinished_upload(api.cache_key, key, size) or []
+    acknowledged = int(api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers[
+        "Upload-Offset"
+    ])  # fmt: skip
+    assert acknowledged >= 3 * MIB
+    return cache, acknowledged
+
+
 def test_a_new_run_continues_an_unfinished_upload(tmp_path: Path) -> None:
     content = os.urandom(8 * MIB)
     path = source(tmp_path, content)
-    cache = ClientCache(tmp_path / "cache.db")
     with fake_server() as server, ApiClient(server.url, KEY) as api:
         sha = register(server.backend, content)
-        stop = threading.Event()
-
-        def stop_after_3_mib(_: int) -> None:
-            if first.bytes_sent >= 3 * MIB:
-                stop.set()
-
-        first = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"),
-                                chunk=MIB, progress=stop_after_3_mib, stop=stop)  # fmt: skip
-        with pytest.raises(Cancelled):
-            first.run()
+        cache, acknowledged = stopped_after_3_mib(
+            api, tmp_path / "cache.db", sha, len(content),
+            lambda cache, progress, stop: ResumableUpload(
+                api, cache, sha, len(content), lambda: path.open("rb"), chunk=MIB,
+                progress=progress, stop=stop,
+            ),
+        )  # fmt: skip
         assert server.content(sha) is None
-        cache.close()
-        cache = ClientCache(tmp_path / "cache.db")  # the next run
-        (url,) = cache.unfinished_upload(api.cache_key, sha, len(content)) or []
-        acknowledged = int(api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers[
-            "Upload-Offset"
-        ])  # fmt: skip
-        assert acknowledged >= 3 * MIB
         second = ResumableUpload(api, cache, sha, len(content), lambda: path.open("rb"),
                                  chunk=MIB)  # fmt: skip
         second.run()
@@ -187,10 +228,7 @@ def test_the_checksum_is_the_fastest_the_server_offers(
 def test_servers_without_tus_get_the_single_upload(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    big = os.urandom(3 * MIB)
-    (tree / "big").write_bytes(big)
+    tree, big = tree_with_big_file(tmp_path)
     with fake_server(tus=False) as server:
         code = ppclient(server.url, "--tus-threshold", "2M", str(tree))
         assert code == 0
@@ -245,10 +283,7 @@ def test_a_file_the_size_of_a_recorded_one_is_hashed_before_it_is_sent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The server may hold its content: ask first, as for every other file."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    big = os.urandom(3 * MIB)
-    (tree / "big").write_bytes(big)
+    tree, big = tree_with_big_file(tmp_path)
     with fake_server() as server:
         server.store(os.urandom(3 * MIB))  # another content, the same size
         assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
@@ -262,10 +297,7 @@ def test_a_file_the_size_of_a_recorded_one_is_hashed_before_it_is_sent(
 def test_bytes_sent_ahead_that_the_server_did_not_need_are_freed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    big = os.urandom(3 * MIB)
-    (tree / "big").write_bytes(big)
+    tree, big = tree_with_big_file(tmp_path)
     with fake_server() as server:
         server.store(big)
         # As if the records of that size were gone but the content kept.
@@ -283,25 +315,14 @@ def test_a_new_run_continues_bytes_sent_before_the_hash(tmp_path: Path) -> None:
     content = os.urandom(8 * MIB)
     path = source(tmp_path, content)
     identity = file_identity(path.stat())
-    cache = ClientCache(tmp_path / "cache.db")
     with fake_server() as server, ApiClient(server.url, KEY) as api:
-        stop = threading.Event()
-
-        def stop_after_3_mib(_: int) -> None:
-            if first.bytes_sent >= 3 * MIB:
-                stop.set()
-
-        first = UnhashedUpload(api, cache, identity, len(content), lambda: path.open("rb"),
-                               chunk=MIB, progress=stop_after_3_mib, stop=stop)  # fmt: skip
-        with pytest.raises(Cancelled):
-            first.send()
-        cache.close()
-        cache = ClientCache(tmp_path / "cache.db")  # the next run
-        (url,) = cache.unfinished_upload(api.cache_key, identity, len(content)) or []
-        acknowledged = int(api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers[
-            "Upload-Offset"
-        ])  # fmt: skip
-        assert acknowledged >= 3 * MIB
+        cache, acknowledged = stopped_after_3_mib(
+            api, tmp_path / "cache.db", identity, len(content),
+            lambda cache, progress, stop: UnhashedUpload(
+                api, cache, identity, len(content), lambda: path.open("rb"), chunk=MIB,
+                progress=progress, stop=stop,
+            ),
+        )  # fmt: skip
         second = UnhashedUpload(api, cache, identity, len(content), lambda: path.open("rb"),
                                 chunk=MIB)  # fmt: skip
         sha = second.send()
@@ -311,20 +332,6 @@ def test_a_new_run_continues_bytes_sent_before_the_hash(tmp_path: Path) -> None:
         second.finish()
         assert server.content(sha) == content
         assert cache.unfinished_upload(api.cache_key, identity, len(content)) is None
-
-
-def test_bytes_sent_again_after_failures_are_hashed_once(tmp_path: Path) -> None:
-    content = os.urandom(6 * MIB)
-    path = source(tmp_path, content)
-    with fake_server(script={"PATCH /tus": [CUT, 503, CUT], "HEAD /tus": [CUT]}) as server:
-        with ApiClient(server.url, KEY, retries=5, sleep=lambda _: None) as api:
-            upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
-                                    len(content), lambda: path.open("rb"), chunk=MIB)  # fmt: skip
-            assert upload.send() == hashlib.sha256(content).hexdigest()
-            assert upload.bytes_sent > len(content)  # some were sent twice
-            register(server.backend, content)
-            upload.finish()
-        assert server.content(hashlib.sha256(content).hexdigest()) == content
 
 
 def test_hard_links_to_a_large_file_are_not_sent_twice_at_once(
@@ -356,10 +363,7 @@ def test_hard_links_to_a_large_file_are_not_sent_twice_at_once(
 def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    big = os.urandom(3 * MIB)
-    (tree / "big").write_bytes(big)
+    tree, big = tree_with_big_file(tmp_path)
     with fake_server(script={"POST /tus": [500]}) as server:
         code = ppclient(server.url, "--retries", "0", "--tus-threshold", "2M", str(tree))
         assert code == 0
