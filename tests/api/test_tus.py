@@ -373,6 +373,27 @@ async def test_a_whole_part_is_verified_by_another_process_by_reading_it_back(
     assert await staged(settings) == []
 
 
+async def test_a_final_upload_sent_twice_at_once_joins_its_parts_once(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A client that sends its final request again (its answer lost) while the first
+    still reads the parts back: the second waits its turn (423) or finds them gone."""
+    content = os.urandom(24 * MIB)
+    record = await registered(api, content)
+    url = (await tus.create(api, len(content), concat="partial")).headers["Location"]
+    assert (await tus.patch(api, url, 0, content)).status_code == 204
+
+    async def join() -> int:
+        final = await tus.create(api, None, concat=f"final;{url}", sha256=record["sha256"])
+        return final.status_code
+
+    first, second = sorted(await asyncio.gather(join(), join()))
+    assert first == 201
+    assert second in (404, 423)
+    assert await downloaded(api, record["sha256"]) == content
+    assert await staged(settings) == []
+
+
 async def test_parts_in_the_wrong_order_are_refused(api: httpx.AsyncClient) -> None:
     content = os.urandom(3000)
     record = await registered(api, content)

@@ -226,7 +226,27 @@ async def concatenate(
         raise InvalidInputError(f"a final upload joins 1 to {MAX_PARTS} partial uploads")
     if len(set(part_ids)) != len(part_ids):
         raise InvalidInputError("a final upload names a partial upload twice")
-    parts = [await find(stores, key, part_id) for part_id in part_ids]
+    found = [await find(stores, key, part_id) for part_id in part_ids]
+    # Each part is held while it is joined (423 for anyone else): a final request sent
+    # again while the first still runs, or a DELETE meanwhile, must not finish it twice.
+    async with contextlib.AsyncExitStack() as holding:
+        parts = [(await holding.enter_async_context(_lease(stores, p))).upload for p in found]
+        final = await _join(stores, settings, hashes, key, namespace, parts, metadata)
+        for part in parts:
+            await _forget(stores, part)
+    return final
+
+
+async def _join(
+    stores: Stores,
+    settings: Settings,
+    hashes: RunningHashes,
+    key: ApiKeyRecord,
+    namespace: str,
+    parts: Sequence[Upload],
+    metadata: Mapping[str, str],
+) -> Upload:
+    """The final upload of *parts* (held by this request), verified and stored."""
     for part in parts:
         if not part.partial or part.namespace != namespace:
             raise InvalidInputError(f"upload {part.id} is not a partial upload of {namespace!r}")
@@ -261,11 +281,9 @@ async def concatenate(
     final = Upload(
         id=secrets.token_hex(16), namespace=namespace, length=length, offset=length,
         created_at=now, expires_at=_expiry(settings, now), sha256=sha256,
-        parts=tuple(part_ids), metadata=dict(metadata), completed_at=now,
+        parts=tuple(part.id for part in parts), metadata=dict(metadata), completed_at=now,
     )  # fmt: skip
     await stores.metadata.create_upload(final)
-    for part in parts:
-        await _forget(stores, part)
     return final
 
 
