@@ -372,3 +372,22 @@ def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(
         first, second = tus_creations(server)
         assert first["Upload-Concat"] == "partial"  # refused (500)
         assert "sha256" in second["Upload-Metadata"]  # the file hashed, then sent
+
+
+def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:
+    """423: the same final request, sent before (its answer lost), still joins the part."""
+    content = os.urandom(2 * MIB)
+    path = source(tmp_path, content)
+    with fake_server() as server:
+        with ApiClient(server.url, KEY, retries=3, sleep=lambda _: None) as api:
+            upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
+                                    len(content), lambda: path.open("rb"))  # fmt: skip
+            sha = upload.send()
+            register(server.backend, content)
+            server.script["POST /tus"] = [423]
+            upload.finish()
+        assert server.content(sha) == content
+        finals = [
+            r.status for r in server.requests if r.headers.get("Upload-Concat", "")[:6] == "final;"
+        ]
+        assert finals == [423, 201]

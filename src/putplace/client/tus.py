@@ -286,7 +286,8 @@ class ResumableUpload:
         return int(response.headers["Upload-Offset"])
 
     def _retrying(self, send: Callable[[], httpx.Response]) -> httpx.Response:
-        """*send*, again after transient failures (the server restarting, 5xx, 429)."""
+        """*send*, again after transient failures (the server restarting, 5xx, 429, and
+        423: a final request sent again while the first still joins the parts)."""
         failures = 0
         while True:
             check(self.stop)
@@ -297,7 +298,7 @@ class ResumableUpload:
                 continue
             if response.status_code in (401, 403):
                 raise AuthError(response.status_code, error_detail(response))
-            if not is_transient(response.status_code):
+            if not is_transient(response.status_code) and response.status_code != 423:
                 return response
             failures = self._failed(failures, response, error_detail(response))
 
