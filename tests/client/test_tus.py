@@ -201,15 +201,15 @@ def test_ppclient_sends_large_files_over_tus(
         # The cheapest checksum the server offers: a request's damage is all it must catch.
         patches = [r for r in via_tus if r.method == "PATCH"]
         assert patches
-        assert all(r.headers["Upload-Checksum"].startswith("crc32 ") for r in patches)
+        assert all(r.headers["Upload-Checksum"].startswith("crc32c ") for r in patches)
         assert server.count("/blobs") == 0
         assert server.count("/bundles") == 1  # the small one
 
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [("crc32,sha256,sha1", "crc32"), ("sha1,sha256", "sha256"), ("sha1, md5", "sha1"),
-     ("blake3", "sha256"), (None, None)],
+    [("crc32c,crc32,sha256", "crc32c"), ("crc32,sha256,sha1", "crc32"),
+     ("sha1,sha256", "sha256"), ("sha1, md5", "sha1"), ("blake3", "sha256"), (None, None)],
 )  # fmt: skip
 def test_the_checksum_is_the_fastest_the_server_offers(
     offered: str | None, chosen: str | None
