@@ -1003,7 +1003,7 @@ class Run:
                 opener = lambda: open_scanned(entry)  # noqa: E731
             if item.sent is not None:
                 self._join_sent(item, opener)
-            elif data is None and not entry.is_symlink and self._resumable(item):
+            elif data is None and not entry.is_symlink and self._speaks_tus(item.size):
                 ResumableUpload(
                     self.api, self.cache, item.sha256, item.size, opener,
                     parts=self.options.tus_parts, progress=self.reporter.upload_progress,
@@ -1042,12 +1042,9 @@ class Run:
                 checksum=self._tus or "sha256",
             ).run()  # fmt: skip
 
-    def _resumable(self, item: _Item) -> bool:
-        """Send *item* over tus: large enough, and the server speaks it (asked once)."""
-        return self._speaks_tus(item.size)
-
     def _speaks_tus(self, size: int) -> bool:
-        """Contents of *size* go over tus: large enough, and the server speaks it."""
+        """Contents of *size* go over tus: large enough, and the server speaks it (asked
+        once)."""
         if self._single_mode or not 0 < self.options.tus_threshold <= size:
             return False
         with self._tus_lock:

@@ -156,16 +156,18 @@ class ResumableUpload:
             ]
             for future in futures:
                 future.result()
-        final = self._retrying(
-            lambda: self.api.http.post(
-                "/tus/",
-                headers={
-                    **TUS_HEADERS,
-                    "Upload-Concat": "final;" + " ".join(urls),
-                    "Upload-Metadata": _metadata(sha256=self.sha256),
-                },
-            )
-        )
+        self._join(urls)
+
+    def _join(self, urls: list[str]) -> None:
+        """The final upload joining the complete parts at *urls*, in order, as the
+        content ``sha256`` names. Raises :class:`UploadGoneError` if the server no
+        longer has them."""
+        headers = {
+            **TUS_HEADERS,
+            "Upload-Concat": "final;" + " ".join(urls),
+            "Upload-Metadata": _metadata(sha256=self.sha256),
+        }
+        final = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
         if final.status_code in (404, 410):
             raise UploadGoneError(final.status_code, error_detail(final))
         if final.status_code != 201:
@@ -403,18 +405,8 @@ class UnhashedUpload(ResumableUpload):
     def finish(self) -> None:
         """Join the sent bytes as the content the file's record names (registered now).
         Raises :class:`UploadGoneError` if the server no longer has them."""
-        url = self.url
-        assert url is not None
-        headers = {
-            **TUS_HEADERS,
-            "Upload-Concat": f"final;{url}",
-            "Upload-Metadata": _metadata(sha256=self.sha256),
-        }
-        final = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
-        if final.status_code in (404, 410):
-            raise UploadGoneError(final.status_code, error_detail(final))
-        if final.status_code != 201:
-            raise ApiError(final.status_code, error_detail(final))
+        assert self.url is not None
+        self._join([self.url])
 
     def abandon(self) -> None:
         """Free the sent bytes (tus termination): the server did not need them. Best
