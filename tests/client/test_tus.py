@@ -360,6 +360,26 @@ def test_hard_links_to_a_large_file_are_not_sent_twice_at_once(
         assert len(hashed_first) == 1
 
 
+def test_copies_of_a_large_file_are_sent_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two files with the same content, found in one run before either is recorded: the
+    first is sent while hashed, the second (the same size) hashed first, then found held."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    for name in ("a", "b"):
+        (tree / name).write_bytes(big)
+    with fake_server() as server:
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        patches = [r for r in server.requests if r.method == "PATCH"]
+        assert sum(len(r.body) for r in patches) == len(big)  # not twice
+        assert not [r for r in server.requests if r.method == "DELETE"]
+        assert set(server.files("h1")) == {str(tree / "a"), str(tree / "b")}
+
+
 def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -327,7 +327,7 @@ class Run:
         # connection), and the identities of all sent so: two hard links to one file
         # must not write the same upload at once (the second is hashed first).
         self._unhashed_now = 0
-        self._unhashed_ids: set[str] = set()
+        self._unhashed_sizes: set[int] = set()
         self._unhashed_lock = threading.Lock()
         self._uploaders: ThreadPoolExecutor | None = None
         self._hashers: ThreadPoolExecutor | None = None
@@ -652,22 +652,24 @@ class Run:
     def _sends_unhashed(self, entry: FileEntry) -> bool:
         """Send *entry* while hashing it? A file for tus, sent whole, whose content the
         server cannot hold yet: no record of that size (asked per file: a request per
-        64 MiB or more). Takes one of the upload workers' turns if so."""
+        64 MiB or more), nor a file of that size sent so earlier in this run (its record
+        may not be in yet: a copy, or a hard link, would be sent in full a second time).
+        Takes one of the upload workers' turns if so."""
+        size = entry.stat.st_size
         if (
             self.options.dry_run
             or entry.is_symlink
             or self.options.tus_parts != 1
-            or not self._speaks_tus(entry.stat.st_size)
+            or not self._speaks_tus(size)
         ):
             return False
-        identity = file_identity(entry.stat)
         with self._unhashed_lock:
-            if identity in self._unhashed_ids or self._unhashed_now >= self.options.upload_workers:
+            if size in self._unhashed_sizes or self._unhashed_now >= self.options.upload_workers:
                 return False
-            self._unhashed_ids.add(identity)
+            self._unhashed_sizes.add(size)
             self._unhashed_now += 1
         assert self.api is not None
-        if self.api.holds_size(entry.stat.st_size) is False:
+        if self.api.holds_size(size) is False:
             return True
         self._unhashed_done()
         return False
