@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,40 @@ def test_copies_of_a_large_file_are_sent_once(
         assert sum(len(r.body) for r in patches) == len(big)  # not twice
         assert not [r for r in server.requests if r.method == "DELETE"]
         assert set(server.files("h1")) == {str(tree / "a"), str(tree / "b")}
+
+
+def test_files_walked_after_a_large_file_being_sent_do_not_wait_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a slow link a large file's upload takes hours: the batches after it are
+    registered (and their contents sent) meanwhile, and it is registered once sent."""
+    tree, big = tree_with_big_file(tmp_path)
+    later = tree / "later"
+    later.mkdir()
+    small = {later / f"f{i}": os.urandom(100 + i) for i in range(4)}
+    for path, content in small.items():
+        path.write_bytes(content)
+    registered_meanwhile = threading.Event()
+    send = UnhashedUpload.send
+
+    def slow_send(upload: UnhashedUpload) -> str:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if {str(p) for p in small} <= set(server.files("h1")):
+                registered_meanwhile.set()
+                break
+            time.sleep(0.05)
+        return send(upload)
+
+    monkeypatch.setattr(UnhashedUpload, "send", slow_send)
+    with fake_server() as server:
+        code = ppclient(server.url, "--tus-threshold", "2M", "--batch-size", "1", str(tree))
+        assert code == 0
+        assert registered_meanwhile.is_set()
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 5
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        assert all(server.content(hashlib.sha256(c).hexdigest()) == c for c in small.values())
+        assert str(tree / "big") in server.files("h1")
 
 
 def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(

@@ -35,6 +35,7 @@ import itertools
 import os
 import queue
 import socket
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -324,11 +325,19 @@ class Run:
         self._tus: str | None = None if options.tus_threshold > 0 else ""
         self._tus_lock = threading.Lock()
         # Files being sent while hashed (at most one per upload worker: each holds a
-        # connection), and the identities of all sent so: two hard links to one file
-        # must not write the same upload at once (the second is hashed first).
+        # connection), and the sizes of all sent so: another file of one of those sizes
+        # (a copy, a hard link) is hashed first. Each is registered apart from its batch
+        # once sent, so the batches after it do not wait for its upload; the files of
+        # its size found meanwhile wait for it (size -> those files), so that a copy is
+        # not sent in full beside it.
         self._unhashed_now = 0
         self._unhashed_sizes: set[int] = set()
+        self._waiting_on: dict[int, list[tuple[FileEntry, str]]] = {}
         self._unhashed_lock = threading.Lock()
+        # Tasks registering files apart (no limit: the pool's threads bound them, and a
+        # task adds the files that waited for it before it ends).
+        self._apart = _InFlight(sys.maxsize, self.stop)
+        self._senders: ThreadPoolExecutor | None = None
         self._uploaders: ThreadPoolExecutor | None = None
         self._hashers: ThreadPoolExecutor | None = None
         # Directories (as sent) whose files were looked at one by one -> their listing's
@@ -345,9 +354,10 @@ class Run:
             ThreadPoolExecutor(options.hash_workers, thread_name_prefix="hash") as hashers,
             ThreadPoolExecutor(REGISTER_IN_FLIGHT, thread_name_prefix="register") as registrars,
             ThreadPoolExecutor(options.upload_workers, thread_name_prefix="upload") as uploaders,
+            ThreadPoolExecutor(options.upload_workers, thread_name_prefix="unhashed") as senders,
         ):
             walker = threading.Thread(target=self._walk, args=(hashers,), name="walk", daemon=True)
-            self._uploaders, self._hashers = uploaders, hashers
+            self._uploaders, self._hashers, self._senders = uploaders, hashers, senders
             try:
                 self._open_scans()
                 walker.start()
@@ -361,6 +371,7 @@ class Run:
                         self._pass_on(hashing.popleft(), registrars)
                 while hashing:
                     self._pass_on(hashing.popleft(), registrars)
+                self._apart.drain()  # files registered apart from their batch
                 self._registering.drain()
                 self._send_bundle_now()  # the last, partly filled bundle
                 self._uploading_now.drain()
@@ -370,7 +381,7 @@ class Run:
             except BaseException as exc:
                 self.stop.set()
                 self._finish_scans(completed=False)
-                for pool in (hashers, registrars, uploaders):
+                for pool in (hashers, registrars, uploaders, senders):
                     pool.shutdown(wait=False, cancel_futures=True)
                 if isinstance(exc, Cancelled) and self._fatal is not None:
                     raise self._fatal from None
@@ -580,10 +591,10 @@ class Run:
         for chunk in _chunks(misses):
             if all(e.stat.st_size <= SMALL_FILE for e in chunk):
                 done: Future[list[_Item | None]] = Future()
-                done.set_result(self._hash_some(chunk))
+                done.set_result(self._hash_some(chunk, root))
                 futures.append(done)
             else:
-                futures.append(hashers.submit(self._hash_some, chunk))
+                futures.append(hashers.submit(self._hash_some, chunk, root))
         return _Hashing(batch, cached, futures, root)
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
@@ -613,18 +624,19 @@ class Run:
         record = record_for(entry, sha256, self.options.hostname, self.options.ip_address)
         return _Item(entry, record, "" if self.options.dry_run else fingerprint(record), data)
 
-    def _hash_some(self, entries: list[FileEntry]) -> list[_Item | None]:
-        """Hashing worker: items for *entries*, None for those reported as errors."""
+    def _hash_some(self, entries: list[FileEntry], root: str) -> list[_Item | None]:
+        """Hashing worker: items for *entries* (found under *root*), None for those
+        reported as errors and those sent while hashed (registered on their own)."""
         items: list[_Item | None] = []
         try:
             for entry in entries:
-                items.append(self._hash_one(entry))
+                items.append(self._hash_one(entry, root))
         finally:
             self.summary.add(files_seen=len(entries))
             self.reporter.file_done(len(entries))
         return items
 
-    def _hash_one(self, entry: FileEntry) -> _Item | None:
+    def _hash_one(self, entry: FileEntry, root: str) -> _Item | None:
         kept = 0
         try:
             check(self.stop)
@@ -634,20 +646,24 @@ class Run:
                 data = read_whole(entry, self.stop)
                 sha = hashlib.sha256(data).hexdigest()
             elif self._sends_unhashed(entry):
-                return self._hash_while_sending(entry)
+                self._register_apart(self._send_and_register, entry, root)
+                return None
+            elif self._waits_for_unhashed(entry, root):
+                return None
             else:
                 sha = hash_entry(entry, self.stop)
             return self._item(entry, sha, data)
         except Cancelled:
             self._keep.give(kept)
             raise
-        except FileChangedError as exc:
+        except (FileChangedError, OSError) as exc:
             self._keep.give(kept)
-            self._error(entry.path, str(exc))
-        except OSError as exc:
-            self._keep.give(kept)
-            self._error(entry.path, exc.strerror or str(exc))
+            self._unreadable(entry, exc)
         return None
+
+    def _unreadable(self, entry: FileEntry, exc: FileChangedError | OSError) -> None:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self._error(entry.path, detail)
 
     def _sends_unhashed(self, entry: FileEntry) -> bool:
         """Send *entry* while hashing it? A file for tus, sent whole, whose content the
@@ -667,21 +683,82 @@ class Run:
             if size in self._unhashed_sizes or self._unhashed_now >= self.options.upload_workers:
                 return False
             self._unhashed_sizes.add(size)
+            self._waiting_on[size] = []
             self._unhashed_now += 1
         assert self.api is not None
-        if self.api.holds_size(size) is False:
-            return True
-        self._unhashed_done()
+        try:
+            if self.api.holds_size(size) is False:
+                return True
+        except BaseException:
+            self._unhashed_over(size)
+            raise
+        self._unhashed_over(size)
         return False
 
     def _unhashed_done(self) -> None:
         with self._unhashed_lock:
             self._unhashed_now -= 1
 
+    def _waits_for_unhashed(self, entry: FileEntry, root: str) -> bool:
+        """Leave *entry* to be hashed and registered once the file of its size being
+        sent while hashed is registered? (Then it is found held, if it is a copy.)"""
+        with self._unhashed_lock:
+            waiting = self._waiting_on.get(entry.stat.st_size)
+            if waiting is None or entry.is_symlink:
+                return False
+            waiting.append((entry, root))
+            return True
+
+    def _unhashed_over(self, size: int) -> None:
+        """The file of *size* sent while hashed is registered (or was not sent so after
+        all): hash and register the files that waited for it."""
+        with self._unhashed_lock:
+            waited = self._waiting_on.pop(size, [])
+        if not self.stop.is_set():
+            for entry, root in waited:
+                self._register_apart(self._hash_and_register, entry, root)
+
+    def _register_apart(
+        self, task: Callable[[FileEntry, str], None], entry: FileEntry, root: str
+    ) -> None:
+        """Run *task(entry, root)*, which registers *entry* on its own: a file sent while
+        hashed takes as long as its upload (hours on a slow link), and the batches
+        walked after it must not wait for it."""
+        assert self._senders is not None
+        self._apart.enter()
+        try:
+            self._senders.submit(self._guarded, lambda job: task(*job), (entry, root), self._apart)
+        except BaseException:
+            self._apart.leave()
+            raise
+
+    def _send_and_register(self, entry: FileEntry, root: str) -> None:
+        try:
+            try:
+                item = self._hash_while_sending(entry)
+            except (FileChangedError, OSError) as exc:
+                self._unreadable(entry, exc)
+                return
+            self._register_one(item, root)
+        finally:
+            self._unhashed_over(entry.stat.st_size)
+
+    def _hash_and_register(self, entry: FileEntry, root: str) -> None:
+        try:
+            item = self._item(entry, hash_entry(entry, self.stop))
+        except (FileChangedError, OSError) as exc:
+            self._unreadable(entry, exc)
+            return
+        self._register_one(item, root)
+
+    def _register_one(self, item: _Item, root: str) -> None:
+        self.cache.store_hashes([(item.entry.stat, item.sha256)])
+        self._register_batch(([item], self._scans.get(root)))
+
     def _hash_while_sending(self, entry: FileEntry) -> _Item:
-        """Hashing worker: the item of a large file whose bytes are sent as it is hashed
-        (read once). If sending fails, the file is hashed alone and sent later as any
-        other, so a failure here loses nothing."""
+        """The item of a large file whose bytes are sent as it is hashed (read once). If
+        sending fails, the file is hashed alone and sent later as any other, so a
+        failure here loses nothing."""
         assert self.api is not None
         self.reporter.upload_queued(entry.stat.st_size)
         try:
