@@ -18,6 +18,7 @@ import pytest
 from putplace.client import pipeline
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
+from putplace.client.cli import main
 from putplace.client.hashing import hash_entry
 from putplace.client.scanner import FileEntry
 from putplace.client.tus import (
@@ -412,6 +413,83 @@ def test_files_walked_after_a_large_file_being_sent_do_not_wait_for_it(
         assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 5
         assert server.content(hashlib.sha256(big).hexdigest()) == big
         assert all(server.content(hashlib.sha256(c).hexdigest()) == c for c in small.values())
+        assert str(tree / "big") in server.files("h1")
+
+
+def test_a_size_the_server_holds_does_not_use_up_a_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one upload worker (and one file looked at at a time): ``a`` (a size the
+    server has a record of) is hashed first, and ``b`` (a new size) is still sent while
+    hashed."""
+    tree = tmp_path / "tree"
+    (tree / "later").mkdir(parents=True)  # a directory's files come before its subdirectories
+    (tree / "a").write_bytes(os.urandom(3 * MIB))
+    (tree / "later" / "b").write_bytes(os.urandom(3 * MIB + 1))
+    with fake_server() as server:
+        register(server.url, os.urandom(3 * MIB))  # a record of a's size
+        args = ("--tus-threshold", "2M", "--upload-workers", "1", "--hash-workers", "1")
+        assert ppclient(server.url, *args, str(tree)) == 0
+        partial = [h for h in tus_creations(server) if h.get("Upload-Concat") == "partial"]
+        assert len(partial) == 1
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 2
+
+
+def ppclient_cached(url: str, cache: Path, *args: str) -> int:
+    """``ppclient`` in process as host h1, with the local cache *cache*."""
+    return main(["--url", url, "--api-key", KEY, "--no-progress", "--cache-file", str(cache),
+                 "--hostname", "h1", "--ip", "10.1.2.3", *args])  # fmt: skip
+
+
+def slow_unhashed_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each send while hashing takes a second longer (a slow link)."""
+    send = UnhashedUpload.send
+
+    def slow_send(upload: UnhashedUpload) -> str:
+        time.sleep(1)
+        return send(upload)
+
+    monkeypatch.setattr(UnhashedUpload, "send", slow_send)
+
+
+def test_a_copy_known_from_the_cache_waits_for_the_file_sent_while_hashed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``b``'s hash is in the local cache (an earlier dry run), ``a`` is a new copy of
+    it, sent while hashed: ``b`` is registered once ``a`` is, and found held."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(3 * MIB)
+    (tree / "b").write_bytes(big)
+    cache = tmp_path / "cache.db"
+    with fake_server() as server:
+        assert ppclient_cached(server.url, cache, "--dry-run", str(tree)) == 0
+        (tree / "a").write_bytes(big)
+        slow_unhashed_sends(monkeypatch)
+        assert ppclient_cached(server.url, cache, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 1
+        patches = [r for r in server.requests if r.method == "PATCH"]
+        assert sum(len(r.body) for r in patches) == len(big)  # not twice
+        assert set(server.files("h1")) == {str(tree / "a"), str(tree / "b")}
+
+
+def test_a_lost_directory_sent_again_is_registered_before_its_scan_completes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory unchanged since the last run whose files the server no longer holds
+    is sent again; its large file, sent while hashed, is registered before the scan
+    completes, or the scan would mark it deleted."""
+    tree, _ = tree_with_big_file(tmp_path)
+    cache = tmp_path / "cache.db"
+    with fake_server() as server:
+        assert ppclient_cached(server.url, cache, "--tus-threshold", "2M", str(tree)) == 0
+        capsys.readouterr()
+        monkeypatch.setattr(pipeline.Run, "_seen", lambda *_: 0)  # the server lost them
+        monkeypatch.setattr(ClientCache, "lookup_hashes", lambda _, stats: [None] * len(stats))
+        monkeypatch.setattr(ApiClient, "holds_size", lambda *_: False)
+        slow_unhashed_sends(monkeypatch)
+        assert ppclient_cached(server.url, cache, "--tus-threshold", "2M", str(tree)) == 0
+        assert counts(capsys.readouterr().out)["Gone since last run (marked deleted)"] == 0
         assert str(tree / "big") in server.files("h1")
 
 

@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from putplace.client.cache import ClientCache, listing_signature
 from putplace.client.cancel import Cancelled, check
@@ -69,6 +69,7 @@ from putplace.sequences import chunked
 MiB: Final = 1024 * 1024
 HASH_AHEAD: Final = 2
 """Batches being hashed besides the one being handed to registration."""
+T = TypeVar("T")
 REGISTER_IN_FLIGHT: Final = 2
 """``POST /put_files`` requests in flight at once."""
 WALK_AHEAD: Final = 2
@@ -328,11 +329,11 @@ class Run:
         # connection), and the sizes of all sent so: another file of one of those sizes
         # (a copy, a hard link) is hashed first. Each is registered apart from its batch
         # once sent, so the batches after it do not wait for its upload; the files of
-        # its size found meanwhile wait for it (size -> those files), so that a copy is
-        # not sent in full beside it.
+        # its size hashed meanwhile wait for it to be registered (size -> those items
+        # and their roots), so that a copy is not sent in full beside it.
         self._unhashed_now = 0
         self._unhashed_sizes: set[int] = set()
-        self._waiting_on: dict[int, list[tuple[FileEntry, str]]] = {}
+        self._waiting_on: dict[int, list[tuple[_Item, str]]] = {}
         self._unhashed_lock = threading.Lock()
         # Tasks registering files apart (no limit: the pool's threads bound them, and a
         # task adds the files that waited for it before it ends).
@@ -371,8 +372,10 @@ class Run:
                         self._pass_on(hashing.popleft(), registrars)
                 while hashing:
                     self._pass_on(hashing.popleft(), registrars)
-                self._apart.drain()  # files registered apart from their batch
+                # Registration may hash files again (a directory the server lost), and
+                # those may go apart; files apart never queue registrations.
                 self._registering.drain()
+                self._apart.drain()
                 self._send_bundle_now()  # the last, partly filled bundle
                 self._uploading_now.drain()
                 self._raise_fatal()
@@ -599,7 +602,9 @@ class Run:
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
         """The batch's items in walk order (cache hits without reading the file)."""
-        hashed = itertools.chain.from_iterable(future.result() for future in hashing.futures)
+        # Every file of the batch hashed (or sent apart) first: a cache hit of the size
+        # of a file the batch sends while hashing must see that it waits for it.
+        hashed = iter([item for future in hashing.futures for item in future.result()])
         items: list[_Item] = []
         read: list[tuple[os.stat_result, str]] = []
         hits = 0
@@ -611,8 +616,9 @@ class Run:
             else:
                 item = self._item(entry, sha)
                 hits += 1
-            if item is not None:
-                items.append(item)
+            if item is None or (self._waiting_on and self._waits(item, hashing.root)):
+                continue
+            items.append(item)
         # Stored here, a batch at a time, not by the hashing thread: that thread is the
         # client's busiest on small files, and this is off its path.
         self.cache.store_hashes(read)
@@ -647,8 +653,6 @@ class Run:
                 sha = hashlib.sha256(data).hexdigest()
             elif self._sends_unhashed(entry):
                 self._register_apart(self._send_and_register, entry, root)
-                return None
-            elif self._waits_for_unhashed(entry, root):
                 return None
             else:
                 sha = hash_entry(entry, self.stop)
@@ -690,8 +694,10 @@ class Run:
             if self.api.holds_size(size) is False:
                 return True
         except BaseException:
+            self._unhashed_done()
             self._unhashed_over(size)
             raise
+        self._unhashed_done()
         self._unhashed_over(size)
         return False
 
@@ -699,35 +705,37 @@ class Run:
         with self._unhashed_lock:
             self._unhashed_now -= 1
 
-    def _waits_for_unhashed(self, entry: FileEntry, root: str) -> bool:
-        """Leave *entry* to be hashed and registered once the file of its size being
-        sent while hashed is registered? (Then it is found held, if it is a copy.)"""
+    def _waits(self, item: _Item, root: str) -> bool:
+        """Register *item* (found under *root*) only once the file of its size being
+        sent while hashed is registered? Then a copy finds its content held. (A file of
+        that size with other content waits too: which it is, nobody can tell before the
+        file being sent is hashed; on one link, their uploads would share it anyway.)"""
         with self._unhashed_lock:
-            waiting = self._waiting_on.get(entry.stat.st_size)
-            if waiting is None or entry.is_symlink:
+            waiting = self._waiting_on.get(item.size)
+            if waiting is None or item.entry.is_symlink:
                 return False
-            waiting.append((entry, root))
+            waiting.append((item, root))
             return True
 
     def _unhashed_over(self, size: int) -> None:
         """The file of *size* sent while hashed is registered (or was not sent so after
-        all): hash and register the files that waited for it."""
+        all): register the files that waited for it."""
         with self._unhashed_lock:
             waited = self._waiting_on.pop(size, [])
         if not self.stop.is_set():
-            for entry, root in waited:
-                self._register_apart(self._hash_and_register, entry, root)
+            for item, root in waited:
+                self._register_apart(self._register_one, item, root)
 
-    def _register_apart(
-        self, task: Callable[[FileEntry, str], None], entry: FileEntry, root: str
-    ) -> None:
-        """Run *task(entry, root)*, which registers *entry* on its own: a file sent while
-        hashed takes as long as its upload (hours on a slow link), and the batches
+    def _register_apart(self, task: Callable[[T, str], None], subject: T, root: str) -> None:
+        """Run *task(subject, root)*, which registers a file on its own: a file sent
+        while hashed takes as long as its upload (hours on a slow link), and the batches
         walked after it must not wait for it."""
         assert self._senders is not None
         self._apart.enter()
         try:
-            self._senders.submit(self._guarded, lambda job: task(*job), (entry, root), self._apart)
+            self._senders.submit(
+                self._guarded, lambda job: task(*job), (subject, root), self._apart
+            )
         except BaseException:
             self._apart.leave()
             raise
@@ -742,14 +750,6 @@ class Run:
             self._register_one(item, root)
         finally:
             self._unhashed_over(entry.stat.st_size)
-
-    def _hash_and_register(self, entry: FileEntry, root: str) -> None:
-        try:
-            item = self._item(entry, hash_entry(entry, self.stop))
-        except (FileChangedError, OSError) as exc:
-            self._unreadable(entry, exc)
-            return
-        self._register_one(item, root)
 
     def _register_one(self, item: _Item, root: str) -> None:
         self.cache.store_hashes([(item.entry.stat, item.sha256)])
