@@ -43,6 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from putplace.client.ahead import SendingAhead
 from putplace.client.cache import ClientCache, listing_signature
 from putplace.client.cancel import Cancelled, check
 from putplace.client.hashing import (
@@ -325,16 +326,11 @@ class Run:
         # The server's tus checksum algorithm, asked once (None: not yet); "" without tus.
         self._tus: str | None = None if options.tus_threshold > 0 else ""
         self._tus_lock = threading.Lock()
-        # Files being sent while hashed (at most one per upload worker: each holds a
-        # connection), and the sizes of all sent so: another file of one of those sizes
-        # (a copy, a hard link) is hashed first. Each is registered apart from its batch
-        # once sent, so the batches after it do not wait for its upload; the files of
-        # its size hashed meanwhile wait for it to be registered (size -> those items
-        # and their roots), so that a copy is not sent in full beside it.
-        self._unhashed_now = 0
-        self._unhashed_sizes: set[int] = set()
-        self._waiting_on: dict[int, list[tuple[_Item, str]]] = {}
-        self._unhashed_lock = threading.Lock()
+        # Large files sent while hashed, at most one per upload worker (each holds a
+        # connection). Each is registered apart from its batch once sent, so the batches
+        # after it do not wait for its upload; the files of its size hashed meanwhile
+        # wait (with their roots) to be registered after it.
+        self._ahead: SendingAhead[tuple[_Item, str]] = SendingAhead(options.upload_workers)
         # Tasks registering files apart (no limit: the pool's threads bound them, and a
         # task adds the files that waited for it before it ends).
         self._apart = _InFlight(sys.maxsize, self.stop)
@@ -616,7 +612,7 @@ class Run:
             else:
                 item = self._item(entry, sha)
                 hits += 1
-            if item is None or (self._waiting_on and self._waits(item, hashing.root)):
+            if item is None or self._ahead.waits(item.size, (item, hashing.root)):
                 continue
             items.append(item)
         # Stored here, a batch at a time, not by the hashing thread: that thread is the
@@ -683,45 +679,26 @@ class Run:
             or not self._speaks_tus(size)
         ):
             return False
-        with self._unhashed_lock:
-            if size in self._unhashed_sizes or self._unhashed_now >= self.options.upload_workers:
-                return False
-            self._unhashed_sizes.add(size)
-            self._waiting_on[size] = []
-            self._unhashed_now += 1
+        if not self._ahead.claim(size):
+            return False
         assert self.api is not None
         try:
             if self.api.holds_size(size) is False:
                 return True
         except BaseException:
-            self._unhashed_done()
-            self._unhashed_over(size)
+            self._ahead.give_back()
+            self._sent_ahead(size)
             raise
-        self._unhashed_done()
-        self._unhashed_over(size)
+        self._ahead.give_back()
+        self._sent_ahead(size)
         return False
 
-    def _unhashed_done(self) -> None:
-        with self._unhashed_lock:
-            self._unhashed_now -= 1
-
-    def _waits(self, item: _Item, root: str) -> bool:
-        """Register *item* (found under *root*) only once the file of its size being
-        sent while hashed is registered? Then a copy finds its content held. (A file of
-        that size with other content waits too: which it is, nobody can tell before the
-        file being sent is hashed; on one link, their uploads would share it anyway.)"""
-        with self._unhashed_lock:
-            waiting = self._waiting_on.get(item.size)
-            if waiting is None or item.entry.is_symlink:
-                return False
-            waiting.append((item, root))
-            return True
-
-    def _unhashed_over(self, size: int) -> None:
+    def _sent_ahead(self, size: int) -> None:
         """The file of *size* sent while hashed is registered (or was not sent so after
-        all): register the files that waited for it."""
-        with self._unhashed_lock:
-            waited = self._waiting_on.pop(size, [])
+        all): register the files that waited for it. (A file of that size with other
+        content waits too: which it is, nobody can tell before the file being sent is
+        hashed; on one link, their uploads would share it anyway.)"""
+        waited = self._ahead.over(size)
         if not self.stop.is_set():
             for item, root in waited:
                 self._register_apart(self._register_one, item, root)
@@ -749,7 +726,7 @@ class Run:
                 return
             self._register_one(item, root)
         finally:
-            self._unhashed_over(entry.stat.st_size)
+            self._sent_ahead(entry.stat.st_size)
 
     def _register_one(self, item: _Item, root: str) -> None:
         self.cache.store_hashes([(item.entry.stat, item.sha256)])
@@ -769,7 +746,7 @@ class Run:
             )  # fmt: skip
             sha = self._sent_while_hashed(entry, upload)
         finally:
-            self._unhashed_done()
+            self._ahead.give_back()
         if sha is None:
             item = self._item(entry, hash_entry(entry, self.stop))
         else:
