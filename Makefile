@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 # Start the server on the embedded defaults (SQLite + ./putplace-data).
 run: setup
-	@echo "PutPlace server on http://127.0.0.1:8000 (docs at /docs); data in ./putplace-data"
+	@echo "PutPlace server on http://$${PUTPLACE_HOST:-127.0.0.1}:$${PUTPLACE_PORT:-8000} (docs at /docs); data in ./putplace-data unless configured"
 	@echo "First API key:  $(BIN)/ppserver keys create --name admin --scope admin"
 	$(BIN)/ppserver serve
 
