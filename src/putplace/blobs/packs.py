@@ -45,6 +45,11 @@ COMPACT_BELOW = 0.5
 BUSY_TIMEOUT_MS = 30_000
 #: Page cache of the index, KiB: its pages are touched at random by every group.
 INDEX_CACHE_KIB = 16 * 1024
+#: Checkpoint the index's WAL every this many pages (~80 MB), not SQLite's default 1,000:
+#: once the index outgrows its cache every insert dirties a page of its own, and each
+#: checkpoint writes them all again. Measured with 1,000,000 rows indexed, 75,000 more in
+#: groups of 750: 24,000 -> 40,500 rows/s, 822 -> 648 MB written.
+INDEX_CHECKPOINT_PAGES = 20_000
 
 #: Rows are kept small because each group inserts its hashes at random places in the
 #: index, and every page touched is written to the WAL at commit: 32-byte digests (not 64
@@ -115,6 +120,7 @@ class Packs:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'OFF'}")
         db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KIB}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {INDEX_CHECKPOINT_PAGES}")
         db.executescript(SCHEMA)
         self._db = db
 
