@@ -4,9 +4,11 @@ the upsert gained a column). Numbers are not checked: benchmarks measure, tests 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+from bench.ingest_at_scale import fill
 from bench.server_load import bare_sqlite
 
 
@@ -17,3 +19,17 @@ def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> 
         assert conn.execute("SELECT COUNT(*), MIN(namespace) FROM files").fetchone() == (
             250, "default"
         )  # fmt: skip
+
+
+def test_the_filled_server_holds_other_hosts_records_and_their_contents(tmp_path: Path) -> None:
+    """``bench/ingest_at_scale.py`` ingests into a store filled through the store itself:
+    records of ten other hosts at random hashes, each content recorded as sent."""
+    path = tmp_path / "filled.db"
+    asyncio.run(fill(path, 2000))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT hostname) FROM files").fetchone() == (
+            2000, 10
+        )  # fmt: skip
+        assert conn.execute(
+            "SELECT COUNT(*) FROM blobs WHERE state = 'present' AND sender = 'default'"
+        ).fetchone() == (2000,)
