@@ -67,10 +67,10 @@ from putplace.client.tus import (
 from putplace.client.uploader import ApiClient, ApiError, AuthError, NotSupportedError, Opener
 from putplace.sequences import chunked
 
+T = TypeVar("T")
 MiB: Final = 1024 * 1024
 HASH_AHEAD: Final = 2
 """Batches being hashed besides the one being handed to registration."""
-T = TypeVar("T")
 REGISTER_IN_FLIGHT: Final = 2
 """``POST /put_files`` requests in flight at once."""
 WALK_AHEAD: Final = 2
@@ -682,16 +682,14 @@ class Run:
         if not self._ahead.claim(size):
             return False
         assert self.api is not None
+        sends = False
         try:
-            if self.api.holds_size(size) is False:
-                return True
-        except BaseException:
-            self._ahead.give_back()
-            self._sent_ahead(size)
-            raise
-        self._ahead.give_back()
-        self._sent_ahead(size)
-        return False
+            sends = self.api.holds_size(size) is False
+        finally:
+            if not sends:  # the server may hold it (or could not say): not sent ahead
+                self._ahead.give_back()
+                self._sent_ahead(size)
+        return sends
 
     def _sent_ahead(self, size: int) -> None:
         """The file of *size* sent while hashed is registered (or was not sent so after
