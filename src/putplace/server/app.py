@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from putplace import __version__, gctune
 from putplace.auth import KeyCache
 from putplace.config import MetricsAccess, Settings, load_settings
+from putplace.models import FileMetadata
 from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware
@@ -139,4 +141,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router(settings.metrics.value), responses=COMMON_ERRORS)
     for module in (files, inventory, scans, content, tus, keys):
         app.include_router(module.router, responses=COMMON_ERRORS)
+    _document_schemas(app, FileMetadata)
     return app
+
+
+def _document_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put *models* in the OpenAPI document's schemas: the bodies of ``/put_file`` and
+    ``/put_files`` are parsed by their routes, so FastAPI does not see their model, and
+    their documented request bodies refer to it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # built once, then cached by FastAPI: this adds to that one
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schemas.setdefault(model.__name__, model.model_json_schema(ref_template=_REF))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_REF = "#/components/schemas/{model}"

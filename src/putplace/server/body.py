@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: Request) -> Any:
@@ -23,6 +26,18 @@ async def read_json(request: Request) -> Any:
                     "input": {},
                 }
             ]
+        ) from None
+
+
+def validated(model: type[M], data: Any, where: str) -> M:
+    """*data* as a *model*, else 422 with FastAPI's error shape (each error's ``loc``
+    starting with *where*: ``body`` or ``query``)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError(
+            [{**error, "loc": (where, *error["loc"])} for error in errors]
         ) from None
 
 

@@ -71,36 +71,41 @@ class Caller:
         return keys.read_namespaces(self.key, requested or ())
 
 
+async def authorized(request: Request, key: str | None, scope: Scope) -> Caller:
+    """The caller presenting *key*, with a scope that includes *scope*, else 401/403/429.
+    What every authenticated route runs, as a dependency (:func:`require`) or called."""
+    state: AppState = request.app.state.putplace
+    client_ip = request.client.host if request.client else None
+    record = await keys.authenticate(state.stores.metadata, state.key_cache, key, client_ip)
+    request.state.api_key_id = record.id  # for the access log; never the key itself
+    settings = state.settings
+    await keys.within_rate(
+        state.stores.coordination,
+        record,
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+    )
+    keys.authorize(record, scope)
+    return Caller(state, record)
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     """Dependency: the caller, with a key whose scope includes *scope*, else 401/403/429."""
 
     async def dependency(
         request: Request, key: Annotated[str | None, Security(api_key_header)]
     ) -> Caller:
-        state: AppState = request.app.state.putplace
-        client_ip = request.client.host if request.client else None
-        record = await keys.authenticate(state.stores.metadata, state.key_cache, key, client_ip)
-        request.state.api_key_id = record.id  # for the access log; never the key itself
-        settings = state.settings
-        await keys.within_rate(
-            state.stores.coordination,
-            record,
-            settings.rate_limit_per_second,
-            settings.rate_limit_burst,
-        )
-        keys.authorize(record, scope)
-        return Caller(state, record)
+        return await authorized(request, key, scope)
 
     dependency.__name__ = f"require_{scope.value}"
     return dependency
 
 
+NAMESPACE_DESCRIPTION = (
+    "The namespace to act on. Default: the key's only namespace, else `default`."
+)
 #: The namespace a request acts on; default: the key's only one, else ``default``.
-NamespaceParam = Annotated[
-    Namespace | None,
-    Query(description="The namespace to act on. Default: the key's only namespace, else "
-          "`default`."),
-]  # fmt: skip
+NamespaceParam = Annotated[Namespace | None, Query(description=NAMESPACE_DESCRIPTION)]
 #: The namespaces a read may see; default: every namespace the key reads.
 NamespacesParam = Annotated[
     list[Namespace] | None,

@@ -6,25 +6,69 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from putplace.models import (
     BatchResponse,
     FileMetadata,
     FileResponse,
+    Namespace,
     Scope,
 )
-from putplace.server.body import json_response, read_json
-from putplace.server.deps import NamespaceParam, NamespacesParam, Reader, Sha256Path, Writer
+from putplace.server.body import json_response, read_json, validated
+from putplace.server.deps import (
+    NAMESPACE_DESCRIPTION,
+    NamespaceParam,
+    NamespacesParam,
+    Reader,
+    Sha256Path,
+    Writer,
+    api_key_header,
+    authorized,
+)
 from putplace.service import files
 from putplace.service.errors import TooLargeError
 
 router = APIRouter(tags=["files"])
 
-ScanParam = Annotated[
-    str | None,
-    Query(max_length=64, description="An open scan (POST /scans) these records were seen by."),
-]
+_SCAN_DESCRIPTION = "An open scan (POST /scans) these records were seen by."
+ScanParam = Annotated[str | None, Query(max_length=64, description=_SCAN_DESCRIPTION)]
+
+
+class _PutFileQuery(BaseModel):
+    """The query of ``POST /put_file`` (what ``ScanParam`` and ``NamespaceParam`` say)."""
+
+    model_config = ConfigDict(extra="ignore")
+    scan: str | None = Field(None, max_length=64)
+    namespace: Namespace | None = None
+
+
+def _query_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name, "in": "query", "required": False, "description": description,
+        "schema": {
+            "anyOf": [schema, {"type": "null"}], "description": description,
+            "title": name.capitalize(),
+        },
+    }  # fmt: skip
+
+
+#: How /put_file reads its request, for the OpenAPI document: the route parses it itself.
+_PUT_FILE_REQUEST = {
+    "parameters": [
+        _query_parameter("scan", _SCAN_DESCRIPTION, {"type": "string", "maxLength": 64}),
+        _query_parameter(
+            "namespace",
+            NAMESPACE_DESCRIPTION,
+            _PutFileQuery.model_json_schema()["properties"]["namespace"]["anyOf"][0],
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileMetadata"}}},
+    },
+    "security": [{api_key_header.scheme_name: []}],
+}
 
 
 @router.post(
@@ -33,15 +77,20 @@ ScanParam = Annotated[
     response_model=FileResponse,
     summary="Record where a file lives; learn whether its content must be uploaded",
     responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
+    openapi_extra=_PUT_FILE_REQUEST,
 )
-async def put_file(
-    meta: FileMetadata, caller: Writer, scan: ScanParam = None, namespace: NamespaceParam = None
-) -> Response:
-    target = caller.namespace(Scope.write, namespace)
+async def put_file(request: Request) -> Response:
+    # Parsed here rather than declared: existing clients send one request per file, and
+    # FastAPI's solving of a declared key, query and body was a quarter of each request's
+    # CPU (in process, no HTTP: 430 -> 320 us; under wrk: 600-730 -> 550-590 us).
+    caller = await authorized(request, request.headers.get("x-api-key"), Scope.write)
+    query = validated(_PutFileQuery, request.query_params, "query")
+    meta = validated(FileMetadata, await read_json(request), "body")
+    target = caller.namespace(Scope.write, query.namespace)
     (answer,) = await files.register(
         caller.state.stores.metadata, [meta], caller.key, target,
         domain=caller.state.settings.trust_domain(target),
-        quota=caller.state.settings.quota(target), scan_id=scan,
+        quota=caller.state.settings.quota(target), scan_id=query.scan,
         coordination=caller.state.stores.coordination,
     )  # fmt: skip
     return json_response(answer, status.HTTP_201_CREATED)
