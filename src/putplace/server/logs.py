@@ -96,25 +96,30 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            client = scope.get("client")
-            key_id = scope["state"].get("api_key_id")
-            access_log.info(
-                '%s "%s %s HTTP/%s" %d %.1fms rid=%s key=%s',
-                client[0] if client else "-",
-                scope["method"],
-                scope["path"],
-                scope.get("http_version", "1.1"),
-                status,
-                (time.perf_counter() - started) * 1000,
-                request_id,
-                key_id or "-",
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "client": client[0] if client else None,
-                    "key_id": key_id,
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):  # the line costs as much as the rest
+                _log_access(scope, status, started, request_id)
+
+
+def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+    client = scope.get("client")
+    key_id = scope["state"].get("api_key_id")
+    access_log.info(
+        '%s "%s %s HTTP/%s" %d %.1fms rid=%s key=%s',
+        client[0] if client else "-",
+        scope["method"],
+        scope["path"],
+        scope.get("http_version", "1.1"),
+        status,
+        (time.perf_counter() - started) * 1000,
+        request_id,
+        key_id or "-",
+        extra={
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "client": client[0] if client else None,
+            "key_id": key_id,
+        },
+    )
