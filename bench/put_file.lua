@@ -1,9 +1,11 @@
 -- wrk script: POST /put_file with a JSON record, a new filepath and sha256 each request.
 -- The key comes from PP_KEY; the hostname is "bench" (counted afterwards by server_load).
+-- PP_RUN names the run, so the paths of runs against one server are all new.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = os.getenv("PP_KEY")
 
+local run = os.getenv("PP_RUN") or "0"
 local threads = 0
 function setup(thread)
   thread:set("id", threads)
@@ -14,9 +16,9 @@ local counter = 0
 function request()
   counter = counter + 1
   local body = string.format(
-    '{"filepath":"/wrk/%d/%d","hostname":"bench","ip_address":"127.0.0.1",' ..
+    '{"filepath":"/wrk/%s/%d/%d","hostname":"bench","ip_address":"127.0.0.1",' ..
     '"sha256":"%08x%056x","file_size":1,"file_mode":33188,"file_uid":0,"file_gid":0,' ..
     '"file_mtime":1.5,"file_atime":1.5,"file_ctime":1.5}',
-    id, counter, id, counter)
+    run, id, counter, id, counter)
   return wrk.format(nil, "/put_file", nil, body)
 end

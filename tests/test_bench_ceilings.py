@@ -8,8 +8,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from bench.common import create_key, ppserver, server_env
 from bench.ingest_at_scale import fill
-from bench.server_load import bare_sqlite
+from bench.server_load import bare_sqlite, count_present, wrk
 
 
 def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> None:
@@ -33,3 +34,17 @@ def test_the_filled_server_holds_other_hosts_records_and_their_contents(tmp_path
         assert conn.execute(
             "SELECT COUNT(*) FROM blobs WHERE state = 'present' AND sender = 'default'"
         ).fetchone() == (2000,)
+
+
+def test_each_wrk_run_records_new_locations(tmp_path: Path) -> None:
+    """The /put_file figure alternates wrk runs against one server, and the benchmark then
+    checks that every acknowledged record is present: that holds only if no run rewrites
+    another's locations (the first alternated version did, and reported them lost)."""
+    env = server_env(tmp_path)
+    key = create_key(tmp_path, env)
+    with ppserver(tmp_path, env) as server:
+        runs = [wrk(server.url, key, 4, 1) for _ in range(2)]
+        acknowledged = sum(run["acknowledged"] for run in runs)
+        assert all(run["acknowledged"] > 0 for run in runs)
+        # A request wrk had in flight when it stopped is stored but not counted by wrk.
+        assert acknowledged <= count_present(server.url, key) <= acknowledged + 2 * 4
