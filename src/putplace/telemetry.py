@@ -33,6 +33,19 @@ KEY_CACHE = Counter(
 )
 
 
+#: Looked up once: ``labels()`` costs as much as the increment, and every request counts.
+KEY_CACHE_HIT = KEY_CACHE.labels("hit")
+KEY_CACHE_MISS = KEY_CACHE.labels("miss")
+
+
 def stored(count: int, size: int) -> None:
     CONTENTS_STORED.inc(count)
     CONTENT_BYTES_STORED.inc(size)
+
+
+def duplicates_avoided(sizes: list[int]) -> None:
+    """Count records whose content was not sent again (each increment of a metric writes
+    to a shared file under several workers: none for the usual request, which has none)."""
+    if sizes:
+        DUPLICATES_AVOIDED.inc(len(sizes))
+        DUPLICATE_BYTES_AVOIDED.inc(sum(sizes))

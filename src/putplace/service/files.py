@@ -139,8 +139,7 @@ async def register(
         await store.add_possession(namespace, sent, utcnow())
     avoided = [m.file_size for m, (_, b) in zip(unique, stored, strict=True)
                if b is not None and b.sha256 in sent and not m.is_symlink]  # fmt: skip
-    telemetry.DUPLICATES_AVOIDED.inc(len(avoided))
-    telemetry.DUPLICATE_BYTES_AVOIDED.inc(sum(avoided))
+    telemetry.duplicates_avoided(avoided)
     answer = describe_brief if brief else describe
     by_location = {
         (meta.hostname, meta.filepath): answer(meta, record_id, as_sent(blob, sent))

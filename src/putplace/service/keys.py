@@ -155,7 +155,7 @@ async def authenticate(
         raise UnauthenticatedError("Invalid API key")
     key_hash = hash_key(key)
     record = cache.get(key_hash)
-    telemetry.KEY_CACHE.labels("miss" if record is None else "hit").inc()
+    (telemetry.KEY_CACHE_MISS if record is None else telemetry.KEY_CACHE_HIT).inc()
     if record is None:
         generation = cache.generation
         record = await store.get_api_key(key_hash)
