@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import httpx
 
 from tests.conftest import Keys
 from tests.support.payloads import metadata, put, store
+
+JSON = {"Content-Type": "application/json"}
 
 
 async def test_root_banner_needs_no_key(server_url: str) -> None:
@@ -106,8 +109,38 @@ async def test_put_file_names_what_is_wrong_and_stores_nothing(api: httpx.AsyncC
         assert [error["loc"] for error in response.json()["detail"]] == [where]
     response = await put(api, {**good, "file_size": -1})
     assert [error["loc"] for error in response.json()["detail"]] == [["body", "file_size"]]
-    assert (await api.post("/put_file", json=[good])).json()["detail"][0]["loc"] == ["body"]
+    both = await api.post("/put_file", params={"scan": "s" * 65}, json={**good, "file_size": -1})
+    assert [e["loc"] for e in both.json()["detail"]] == [["query", "scan"], ["body", "file_size"]]
+    (not_object,) = (await api.post("/put_file", json=[good])).json()["detail"]
+    assert (not_object["loc"], not_object["type"]) == (["body"], "model_attributes_type")
     assert (await api.get("/files")).json() == []
+
+
+async def test_deeply_nested_bodies_are_refused_with_422(api: httpx.AsyncClient) -> None:
+    """An error echoes the input it refuses; a deep one must not break the answer."""
+    for depth in (900, 1020, 5000):
+        nested = "[" * depth + "]" * depth
+        body = json.dumps(metadata(b"x")).replace('"hostname": ', f'"hostname": {nested}, "_": ', 1)
+        response = await api.post("/put_file", content=body, headers=JSON)
+        assert response.status_code == 422, depth
+        batch = await api.post("/put_files", content=f'{{"files": [{body}]}}', headers=JSON)
+        if batch.status_code == 200:  # deeper than the parser takes: the whole batch is 422
+            assert batch.json()["rejected"] == 1, depth
+        else:
+            assert batch.status_code == 422, depth
+    assert (await api.get("/files")).json() == []
+
+
+async def test_put_file_is_described_in_the_openapi_document(api: httpx.AsyncClient) -> None:
+    """Code generators and the fuzz tests read /put_file's request from the document."""
+    document = (await api.get("/openapi.json")).json()
+    operation = document["paths"]["/put_file"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/FileMetadata"}
+    schema = document["components"]["schemas"]["FileMetadata"]
+    assert {"filepath", "hostname", "sha256", "file_size"} <= set(schema["required"])
+    assert [p["name"] for p in operation["parameters"]] == ["scan", "namespace"]
+    assert operation["security"] == [{"APIKeyHeader": []}]
 
 
 async def test_get_file_by_hash(api: httpx.AsyncClient) -> None:

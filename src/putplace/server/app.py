@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.models import OpenAPI
 from pydantic import BaseModel
 
 from putplace import __version__, gctune
@@ -152,13 +154,26 @@ def _document_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        schema = build()  # built once, then cached by FastAPI: this adds to that one
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in models:
-            schemas.setdefault(model.__name__, model.model_json_schema(ref_template=_REF))
-        return schema
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_schemas(build(), models)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _with_schemas(document: dict[str, Any], models: Sequence[type[BaseModel]]) -> dict[str, Any]:
+    """*document* with *models* (and the models they refer to) among its schemas, kept in
+    name order and put through FastAPI's own last step, as if a route had declared them."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        for name, referred in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            schemas.setdefault(name, referred)
+    document["components"]["schemas"] = dict(sorted(schemas.items()))
+    encoded: dict[str, Any] = jsonable_encoder(
+        OpenAPI(**document), by_alias=True, exclude_none=True
+    )
+    return encoded
 
 
 _REF = "#/components/schemas/{model}"

@@ -33,7 +33,9 @@ def validated(model: type[M], data: Any, where: str) -> M:
     """*data* as a *model*, else 422 with FastAPI's error shape (each error's ``loc``
     starting with *where*: ``body`` or ``query``)."""
     try:
-        return model.model_validate(data)
+        # from_attributes: FastAPI's own call, whose error for a body that is not an object
+        # ("a valid dictionary or object to extract fields from") clients may match.
+        return model.model_validate(data, from_attributes=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         raise RequestValidationError(
