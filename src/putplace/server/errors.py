@@ -51,11 +51,14 @@ log = logging.getLogger("putplace.server")
 
 #: Longest input string echoed back in a validation error.
 MAX_ECHO_CHARS = 1024
+#: Levels of an input echoed back in an error; deeper ones become "...".
+MAX_ECHO_DEPTH = 32
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(value: Any, depth: int = 0) -> Any:
     """*value* with every string valid UTF-8 (lone surrogates replaced), long strings cut,
-    non-finite floats as strings and bytes decoded; safe for any JSON encoder."""
+    non-finite floats as strings, bytes decoded and nesting cut below MAX_ECHO_DEPTH; safe
+    for any JSON encoder (a body nested 1,000 deep, echoed whole, overflowed the stack)."""
     if isinstance(value, str):
         if len(value) > MAX_ECHO_CHARS:
             value = value[:MAX_ECHO_CHARS] + "..."
@@ -64,10 +67,12 @@ def json_safe(value: Any) -> Any:
         return json_safe(value.decode("utf-8", "replace"))
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_ECHO_DEPTH:
+        return "..."
     if isinstance(value, dict):
-        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+        return {json_safe(str(k)): json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, depth + 1) for v in value]
     return value
 
 
