@@ -32,18 +32,23 @@ from putplace.service.errors import TooLargeError
 router = APIRouter(tags=["files"])
 
 _SCAN_DESCRIPTION = "An open scan (POST /scans) these records were seen by."
-ScanParam = Annotated[str | None, Query(max_length=64, description=_SCAN_DESCRIPTION)]
+_SCAN_MAX_LENGTH = 64
+ScanParam = Annotated[str | None, Query(max_length=_SCAN_MAX_LENGTH, description=_SCAN_DESCRIPTION)]
+#: Where the OpenAPI document describes a record (see ``app._document_schemas``).
+_FILE_METADATA_SCHEMA = {"$ref": "#/components/schemas/FileMetadata"}
 
 
 class _PutFileQuery(BaseModel):
     """The query of ``POST /put_file`` (what ``ScanParam`` and ``NamespaceParam`` say)."""
 
     model_config = ConfigDict(extra="ignore")
-    scan: str | None = Field(None, max_length=64)
+    scan: str | None = Field(None, max_length=_SCAN_MAX_LENGTH)
     namespace: Namespace | None = None
 
 
-def _query_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _query_parameter(name: str, description: str) -> dict[str, Any]:
+    """The OpenAPI description of the query parameter *name*, from ``_PutFileQuery``."""
+    schema = _PutFileQuery.model_json_schema()["properties"][name]["anyOf"][0]
     return {
         "name": name, "in": "query", "required": False, "description": description,
         "schema": {
@@ -56,16 +61,12 @@ def _query_parameter(name: str, description: str, schema: dict[str, Any]) -> dic
 #: How /put_file reads its request, for the OpenAPI document: the route parses it itself.
 _PUT_FILE_REQUEST = {
     "parameters": [
-        _query_parameter("scan", _SCAN_DESCRIPTION, {"type": "string", "maxLength": 64}),
-        _query_parameter(
-            "namespace",
-            NAMESPACE_DESCRIPTION,
-            _PutFileQuery.model_json_schema()["properties"]["namespace"]["anyOf"][0],
-        ),
+        _query_parameter("scan", _SCAN_DESCRIPTION),
+        _query_parameter("namespace", NAMESPACE_DESCRIPTION),
     ],
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileMetadata"}}},
+        "content": {"application/json": {"schema": _FILE_METADATA_SCHEMA}},
     },
     "security": [{api_key_header.scheme_name: []}],
 }
@@ -129,7 +130,7 @@ def _put_file_request(query: Any, body: Any) -> tuple[_PutFileQuery, FileMetadat
                         "properties": {
                             "files": {
                                 "type": "array",
-                                "items": {"$ref": "#/components/schemas/FileMetadata"},
+                                "items": _FILE_METADATA_SCHEMA,
                             }
                         },
                     }
