@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ async def test_no_endpoint_tells_another_namespace_what_is_stored(
     assert (again["upload_required"], again["has_file_content"]) == (False, True)
     # Uploaded when B sent it, not when A did.
     a_time = (await put(api, record, headers=team_a)).json()["file_uploaded_at"]
-    assert again["file_uploaded_at"] > a_time
+    # As times: a time on a whole second is written without its fraction.
+    assert datetime.fromisoformat(again["file_uploaded_at"]) > datetime.fromisoformat(a_time)
     assert (await api.get("/stats", headers=team_b)).json()["distinct_contents"] == 1
     downloaded = await api.get(f"/download/{mine['sha256']}", headers=team_b)
     assert downloaded.content == SECRET
