@@ -327,6 +327,10 @@ async def test_list_blobs_ordered_by_hash_with_after(store: MetadataStore) -> No
     assert seen == hashes
     assert [b.sha256 for b in await store.list_blobs(after=hashes[5], limit=2)] == hashes[6:8]
     assert await store.list_blobs(after=hashes[-1]) == []
+    # A prefix of a hash, of odd or even length, as the hex strings sort.
+    for prefix in (hashes[5][:1], hashes[5][:3], hashes[5][:4]):
+        listed = [b.sha256 for b in await store.list_blobs(after=prefix)]
+        assert listed == [h for h in hashes if h > prefix]
     for bad in (0, MAX_PAGE + 1):
         with pytest.raises(ValueError, match="limit must be between"):
             await store.list_blobs(limit=bad)

@@ -42,6 +42,10 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
         totals = await store.totals(None)
         assert totals.growth == [(at(0).date().isoformat(), "default", "h", 2, 30, 0, 0)]
         assert (totals.blob_count, totals.blob_bytes) == (1, 10)
+        (stored,) = (await store.get_blobs([sha("/a")])).values()
+        assert (stored.sha256, stored.size, stored.stored_at) == (sha("/a"), 10, at(0))
+        held = await store.search_files(FileQuery(has_content=True), None, 10)
+        assert [f.record.filepath for f in held] == ["/a"]
         await put_file(store, meta("h", "/a", file_size=11, sha256=sha("new")), at(5))
         assert [v.file_size for v in await store.history("h", "/a")] == [11, 10]
         found = await store.search_files(FileQuery(), None, 10)

@@ -133,6 +133,15 @@ _FILE_COLUMN_TYPES = (
     ("is_symlink", "INTEGER NOT NULL"),
     ("link_target", "TEXT"),
 )
+#: Kept by the database itself, so every path that writes blobs keeps the totals right.
+_BLOB_TOTALS_TRIGGERS = (
+    "CREATE TRIGGER blobs_added AFTER INSERT ON blobs BEGIN UPDATE blob_totals "
+    "SET count = count + 1, bytes = bytes + NEW.size WHERE id = 0; END",
+    "CREATE TRIGGER blobs_removed AFTER DELETE ON blobs BEGIN UPDATE blob_totals "
+    "SET count = count - 1, bytes = bytes - OLD.size WHERE id = 0; END",
+    "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
+    "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
+)
 #: Schema changes in order; ``PRAGMA user_version`` counts those applied. Each runs in
 #: one transaction, so a database is never half-migrated, and new databases take the
 #: same path as old ones.
@@ -190,13 +199,7 @@ MIGRATIONS: list[list[str]] = [
             bytes INTEGER NOT NULL
         )""",
         "INSERT INTO blob_totals SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
-        # Kept by the database itself, so every path that writes blobs keeps them right.
-        "CREATE TRIGGER blobs_added AFTER INSERT ON blobs BEGIN UPDATE blob_totals "
-        "SET count = count + 1, bytes = bytes + NEW.size WHERE id = 0; END",
-        "CREATE TRIGGER blobs_removed AFTER DELETE ON blobs BEGIN UPDATE blob_totals "
-        "SET count = count - 1, bytes = bytes - OLD.size WHERE id = 0; END",
-        "CREATE TRIGGER blobs_resized AFTER UPDATE OF size ON blobs BEGIN UPDATE blob_totals "
-        "SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END",
+        *_BLOB_TOTALS_TRIGGERS,
     ],
     [  # 2: key lifecycle: host binding, expiry, rotation, last client address
         "ALTER TABLE api_keys ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]'",
@@ -310,7 +313,65 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE blobs ADD COLUMN sender TEXT",
         "ALTER TABLE blobs ADD COLUMN sent_at TEXT",
     ],
+    [  # 8: contents keyed by their 32-byte digest (not 64 hex digits), and blob records
+        # kept in the order they were stored with the digest in an index of its own.
+        # Every group inserts its contents' keys at random places, and each page touched
+        # is written to the WAL at commit: a record keyed by its hash put a whole row
+        # (~150 bytes) at a random place, the index now puts 33 bytes there while the
+        # rows are appended. Measured, 75,000 blob records in groups of 750: 333 -> 146
+        # MB written and 1.15 -> 0.73 s of CPU; with 1,000,000 records stored before,
+        # 788 -> 443 MB and 1.72 -> 1.25 s.
+        """CREATE TABLE blobs_v8 (
+            sha256 BLOB NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            stored_at TEXT NOT NULL,
+            sender TEXT,
+            sent_at TEXT
+        )""",
+        "INSERT INTO blobs_v8 SELECT digest(sha256), size, state, stored_at, sender, sent_at "
+        "FROM blobs",
+        "DROP TABLE blobs",  # and its triggers
+        "ALTER TABLE blobs_v8 RENAME TO blobs",
+        *_BLOB_TOTALS_TRIGGERS,
+        """CREATE TABLE possession_v8 (
+            sha256 BLOB NOT NULL,
+            namespace TEXT NOT NULL,
+            since TEXT NOT NULL,
+            PRIMARY KEY (namespace, sha256)
+        ) WITHOUT ROWID""",
+        "INSERT INTO possession_v8 SELECT digest(sha256), namespace, since FROM possession",
+        "DROP TABLE possession",
+        "ALTER TABLE possession_v8 RENAME TO possession",
+    ],
 ]
+
+
+def _digest(sha256: str) -> bytes | str:
+    """How the blobs and possession tables key a content: the 32 bytes its lowercase hex
+    SHA-256 names. Any other string is returned as it is: a text value never equals a
+    blob in SQLite, so it matches no content, as it matched none before."""
+    try:
+        digest = bytes.fromhex(sha256)
+    except (ValueError, TypeError):
+        return sha256
+    return digest if len(digest) == 32 and digest.hex() == sha256 else sha256
+
+
+def _digests(sha256s: Sequence[str]) -> list[bytes | str]:
+    return [_digest(sha) for sha in sha256s]
+
+
+def _after_digest(after: str | None) -> bytes:
+    """What the digests after *after* (a lowercase hex hash, or a prefix of one) sort
+    after: lowercase hex sorts as the bytes it spells, and an odd last digit is padded
+    with a 0 (every hash under ``"ab3"`` sorts after it, as every digest under ``ab 30``
+    sorts after those two bytes)."""
+    digits = after or ""
+    if not re.fullmatch("[0-9a-f]*", digits):
+        raise ValueError("list_blobs: after must be a lowercase hex SHA-256 or its prefix")
+    return bytes.fromhex(digits + "0" * (len(digits) % 2))
+
 
 #: The namespaces that hold any content, one index seek each (SQLite has no loose index
 #: scan of its own): what deleting a content by its hash alone goes through.
@@ -500,7 +561,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
     """Built without validation (the server wrote it): every batch reads its contents'."""
     return BlobRecord.model_construct(
-        sha256=row["sha256"],
+        sha256=row["sha256"].hex(),
         size=row["size"],
         state=BlobState(row["state"]),
         stored_at=datetime.fromisoformat(row["stored_at"]),
@@ -649,10 +710,11 @@ def _upload_row(upload: Upload) -> dict[str, Any]:
 
 def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, BlobRecord]:
     found: dict[str, BlobRecord] = {}
-    for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
+    for chunk in chunked(_digests(hashes), _SQLITE_VARIABLE_CHUNK):
         marks = ", ".join("?" * len(chunk))
         for row in conn.execute(f"SELECT * FROM blobs WHERE sha256 IN ({marks})", chunk):
-            found[row["sha256"]] = _blob_from_row(row)
+            blob = _blob_from_row(row)
+            found[blob.sha256] = blob
     return found
 
 
@@ -779,7 +841,7 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
         # Held: stored, and sent by the record's own namespace (what the blob alone says
         # is not the namespace's to know): as the blob's first sender or a later one
         # (possession); uploaded when that namespace sent it.
-        later = ["p.sha256 = f.sha256", "p.namespace = f.namespace"]
+        later = ["p.sha256 = digest(f.sha256)", "p.namespace = f.namespace"]
         first = ["b.sender = f.namespace"]
         times: list[str] = []
         for bound, when in ((">=", query.uploaded_after), ("<", query.uploaded_before)):
@@ -788,7 +850,7 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
                 first.append(f"b.sent_at {bound} ?")
                 times.append(_iso(when))
         blob = [
-            "b.sha256 = f.sha256", "b.state = 'present'",
+            "b.sha256 = digest(f.sha256)", "b.state = 'present'",
             f"({' AND '.join(first)} OR "
             f"EXISTS (SELECT 1 FROM possession AS p WHERE {' AND '.join(later)}))",
         ]  # fmt: skip
@@ -849,6 +911,8 @@ class SQLiteMetadataStore(MetadataStore):
         conn.execute("PRAGMA temp_store = MEMORY")
         # ``filepath REGEXP ?`` for path globs (inventory.glob_regex).
         conn.create_function("regexp", 2, _regexp, deterministic=True)
+        # A file record's hex hash as the blobs table keys it (SQLite 3.40 has no unhex).
+        conn.create_function("digest", 1, _digest, deterministic=True)
         return conn
 
     def _open_sync(self) -> None:
@@ -1250,7 +1314,7 @@ class SQLiteMetadataStore(MetadataStore):
     ) -> list[bool]:
         stamps = {b.stored_at: _iso(b.stored_at) for b in blobs}  # a bundle's share one
         rows = [
-            (b.sha256, b.size, b.state.value, stamps[b.stored_at], sent_by,
+            (_digest(b.sha256), b.size, b.state.value, stamps[b.stored_at], sent_by,
              None if sent_by is None else stamps[b.stored_at])
             for b in blobs
         ]  # fmt: skip
@@ -1261,7 +1325,7 @@ class SQLiteMetadataStore(MetadataStore):
             # in the same transaction: one commit, not one more fsync.
             written = _upsert_blobs(conn, rows)
             if sent_by is not None:
-                by_stamp: dict[str, list[str]] = {}
+                by_stamp: dict[str, list[bytes | str]] = {}
                 for sha, _, _, stamp, _, _ in rows:
                     by_stamp.setdefault(stamp, []).append(sha)
                 for stamp, hashes in by_stamp.items():
@@ -1280,20 +1344,22 @@ class SQLiteMetadataStore(MetadataStore):
         return await self._write(
             lambda c: (
                 c.execute(
-                    "UPDATE blobs SET state = ? WHERE sha256 = ?", (state.value, sha256)
+                    "UPDATE blobs SET state = ? WHERE sha256 = ?", (state.value, _digest(sha256))
                 ).rowcount
                 > 0
             )
         )
 
     async def delete_blob(self, sha256: str) -> bool:
+        digest = _digest(sha256)
+
         def delete(conn: sqlite3.Connection) -> bool:
             conn.execute(
                 f"DELETE FROM possession WHERE namespace IN ({_POSSESSING_NAMESPACES}) "
                 "AND sha256 = ?",
-                (sha256,),
+                (digest,),
             )
-            return conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)).rowcount > 0
+            return conn.execute("DELETE FROM blobs WHERE sha256 = ?", (digest,)).rowcount > 0
 
         return await self._write(delete)
 
@@ -1307,7 +1373,7 @@ class SQLiteMetadataStore(MetadataStore):
         )  # fmt: skip
 
     async def add_possession(self, namespace: str, sha256s: Collection[str], now: datetime) -> None:
-        rows = [(sha, namespace, _iso(now)) for sha in dict.fromkeys(sha256s)]
+        rows = [(_digest(sha), namespace, _iso(now)) for sha in dict.fromkeys(sha256s)]
         if rows:
             await self._write(
                 lambda c: c.executemany("INSERT OR IGNORE INTO possession VALUES (?, ?, ?)", rows)
@@ -1323,7 +1389,7 @@ class SQLiteMetadataStore(MetadataStore):
 
         def query(conn: sqlite3.Connection) -> dict[str, datetime]:
             found: dict[str, datetime] = {}
-            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
+            for chunk in chunked(_digests(hashes), _SQLITE_VARIABLE_CHUNK):
                 marks = ", ".join("?" * len(chunk))
                 # Sent first (the blob's sender) or later (a possession row).
                 sql = (
@@ -1334,8 +1400,8 @@ class SQLiteMetadataStore(MetadataStore):
                     f"AND sender IN ({within})) GROUP BY sha256"
                 )
                 found.update(
-                    (sha, datetime.fromisoformat(since))
-                    for sha, since in conn.execute(sql, (*chunk, *namespaces) * 2)
+                    (digest.hex(), datetime.fromisoformat(since))
+                    for digest, since in conn.execute(sql, (*chunk, *namespaces) * 2)
                 )
             return found
 
@@ -1358,7 +1424,7 @@ class SQLiteMetadataStore(MetadataStore):
                 _blob_from_row(r)
                 for r in c.execute(
                     "SELECT * FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
-                    (after or "", limit),
+                    (_after_digest(after), limit),
                 )
             ]
         )
