@@ -541,6 +541,9 @@ def _isolated(conn: sqlite3.Connection, op: WriteOp) -> Any:
 
 
 def _file_from_row(row: sqlite3.Row | dict[str, Any]) -> FileRecord:
+    """Validated in the stored context (rules added for input since a record was written
+    do not apply): pydantic's validation, in Rust, takes half the time of its
+    ``model_construct`` (5 against 9 us a record), which is plain Python."""
     data = dict(row)
     data["id"] = str(data["id"])
     data["is_symlink"] = bool(data["is_symlink"])
@@ -559,25 +562,10 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 
 
 def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
-    """Built without validation (the server wrote it): every batch reads its contents'."""
-    return BlobRecord.model_construct(
-        sha256=row["sha256"].hex(),
-        size=row["size"],
-        state=BlobState(row["state"]),
-        stored_at=datetime.fromisoformat(row["stored_at"]),
-    )
-
-
-def _current_from_row(row: sqlite3.Row) -> FileRecord:
-    """A record read on the write path, built without validation (it was validated when
-    stored; a rescan re-sending every file reads thousands per batch)."""
-    data = dict(row)
-    data["id"] = str(data["id"])
-    data["is_symlink"] = bool(data["is_symlink"])
-    for name in ("created_at", "updated_at", "recorded_at", "deleted_at"):
-        if data[name] is not None:
-            data[name] = datetime.fromisoformat(data[name])
-    return FileRecord.model_construct(**data)
+    return BlobRecord(
+        sha256=row["sha256"].hex(), size=row["size"], state=row["state"],
+        stored_at=row["stored_at"],
+    )  # fmt: skip
 
 
 def _by_host(locations: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
@@ -608,7 +596,7 @@ def _select_current(
     conn: sqlite3.Connection, namespace: str, files: Sequence[FileMetadata]
 ) -> dict[tuple[str, str], FileRecord]:
     rows = _select_at(conn, _RECORD_COLUMNS, namespace, [(m.hostname, m.filepath) for m in files])
-    return {(r["hostname"], r["filepath"]): _current_from_row(r) for r in rows}
+    return {(r["hostname"], r["filepath"]): _file_from_row(r) for r in rows}
 
 
 def _values(width: int, rows: int) -> str:
@@ -1203,7 +1191,7 @@ class SQLiteMetadataStore(MetadataStore):
                 for row in conn.execute(
                     f"{_SELECT_FILE} WHERE id IN ({marks}) AND deleted_at IS NULL", chunk
                 ):
-                    record = _current_from_row(row)
+                    record = _file_from_row(row)
                     if record.updated_at == reported[record.id]:
                         current.append(record)
             plan = plan_deletes(current, now)
@@ -1312,7 +1300,10 @@ class SQLiteMetadataStore(MetadataStore):
     async def put_blobs(
         self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
     ) -> list[bool]:
-        stamps = {b.stored_at: _iso(b.stored_at) for b in blobs}  # a bundle's share one
+        stamps: dict[datetime, str] = {}  # a bundle's blobs share one
+        for b in blobs:
+            if b.stored_at not in stamps:
+                stamps[b.stored_at] = _iso(b.stored_at)
         rows = [
             (_digest(b.sha256), b.size, b.state.value, stamps[b.stored_at], sent_by,
              None if sent_by is None else stamps[b.stored_at])
