@@ -538,6 +538,11 @@ async def test_concurrent_puts_each_get_their_own_answers(store: MetadataStore) 
     assert ours is not None
     assert (theirs.sha256, ours.sha256) == (sha("theirs"), sha("held"))
     assert theirs.id == answers[41][0].id != ours.id
+    # The counters count every request of the group, each in its own namespace.
+    added: dict[str, int] = {}
+    for _, namespace, _, files, *_ in (await store.totals("h", ["default", "team-b"])).growth:
+        added[namespace] = added.get(namespace, 0) + files
+    assert added == {"default": 40, "team-b": 1}
 
 
 # --- availability ---------------------------------------------------------------------

@@ -121,6 +121,17 @@ class Growth:
         else:
             self.remove(day, namespace, host, 0, old - new)
 
+    @classmethod
+    def combined(cls, parts: Iterable[Growth]) -> Growth:
+        """The changes of all *parts*, added up per (day, namespace, hostname)."""
+        total = cls()
+        for part in parts:
+            for key, values in part.by_day_host.items():
+                row = total.by_day_host[key]
+                for i, value in enumerate(values):
+                    row[i] += value
+        return total
+
     def rows(self) -> list[GrowthRow]:
         return [(d, n, h, *v) for (d, n, h), v in self.by_day_host.items() if any(v)]  # type: ignore[misc]
 

@@ -43,6 +43,7 @@ from putplace.metadata.inventory import (
     FileQuery,
     FileState,
     Found,
+    Growth,
     Listed,
     Totals,
     WritePlan,
@@ -467,9 +468,9 @@ def _put_files(conn: sqlite3.Connection, puts: Sequence[_FilesPut]) -> list[list
     # ones replaced.
     current = _select_current(conn, namespace, everything)
     rows: list[list[Any]] = []
-    for put in puts:
-        plan = plan_puts(put.files, current, put.now, namespace)
-        _write_plan(conn, plan)
+    plans = [plan_puts(put.files, current, put.now, namespace) for put in puts]
+    _write_plans(conn, plans)
+    for put, plan in zip(puts, plans, strict=True):
         stamp = put.now.isoformat()
         # A validated model's __dict__ holds its fields in FILE_FIELDS order.
         rows.extend(
@@ -653,17 +654,19 @@ def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> 
     return answers
 
 
-def _write_plan(conn: sqlite3.Connection, plan: WritePlan) -> None:
-    """The history and counter half of a write (the records are the caller's)."""
-    conn.executemany(
-        _INSERT_HISTORY,
-        [
-            (int(v.file_id), *[v.record.__dict__[f] for f in FILE_FIELDS],
-             _iso(v.valid_from), _iso(v.valid_to), int(v.deleted), v.record.namespace)
-            for v in plan.history
-        ],
-    )  # fmt: skip
-    conn.executemany(_ADD_GROWTH, plan.growth.rows())
+def _write_plans(conn: sqlite3.Connection, plans: Sequence[WritePlan]) -> None:
+    """The history and counter half of writes (the records are the caller's), together:
+    the counters of a group of one-record puts (one host, one day) are one row, written
+    once rather than once per request."""
+    history = [
+        (int(v.file_id), *[v.record.__dict__[f] for f in FILE_FIELDS],
+         _iso(v.valid_from), _iso(v.valid_to), int(v.deleted), v.record.namespace)
+        for plan in plans
+        for v in plan.history
+    ]  # fmt: skip
+    if history:
+        conn.executemany(_INSERT_HISTORY, history)
+    conn.executemany(_ADD_GROWTH, Growth.combined(plan.growth for plan in plans).rows())
 
 
 def _add_seen(conn: sqlite3.Connection, scan: int, filepaths: Sequence[str]) -> None:
@@ -1195,7 +1198,7 @@ class SQLiteMetadataStore(MetadataStore):
                     if record.updated_at == reported[record.id]:
                         current.append(record)
             plan = plan_deletes(current, now)
-            _write_plan(conn, plan)
+            _write_plans(conn, [plan])
             conn.executemany(
                 "UPDATE files SET deleted_at = ?, recorded_at = ? WHERE id = ?",
                 [(_iso(now), _iso(now), int(r.id)) for r in current],
