@@ -928,6 +928,7 @@ class SQLiteMetadataStore(MetadataStore):
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
+        conn.create_function("digest", 1, _digest, deterministic=True)  # step 8 uses it
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it done
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
