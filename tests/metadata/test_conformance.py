@@ -336,6 +336,25 @@ async def test_list_blobs_ordered_by_hash_with_after(store: MetadataStore) -> No
             await store.list_blobs(limit=bad)
 
 
+async def test_a_key_that_is_not_a_lowercase_hex_hash_is_kept_as_given(
+    store: MetadataStore,
+) -> None:
+    """Store-level callers may name contents otherwise (the API checks hashes first):
+    such a key matches only itself, as the text it is, and reads back unchanged."""
+    odd = [sha("x").upper(), "abc", ""]
+    await store.put_blobs(
+        [BlobRecord(sha256=k, size=1, stored_at=at(0)) for k in odd], sent_by="ns"
+    )
+    found = await store.get_blobs([*odd, sha("x")])
+    assert sorted(found) == sorted(odd)
+    assert all(found[k].sha256 == k for k in odd)
+    assert sorted(await store.possessed(["ns"], odd)) == sorted(odd)
+    await store.add_possession("other", odd[:1], at(1))
+    assert list(await store.possessed(["other"], [*odd, sha("x")])) == odd[:1]
+    assert await store.delete_blob(odd[0]) is True
+    assert sorted(await store.get_blobs(odd)) == sorted(odd[1:])
+
+
 async def test_is_referenced_follows_file_records(store: MetadataStore) -> None:
     content = sha("c")
     assert await store.is_referenced(content) is False

@@ -6,8 +6,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from putplace.metadata.base import StoreUnavailableError
 from putplace.metadata.inventory import FileQuery
-from putplace.metadata.sqlite import SCHEMA, SQLiteMetadataStore
+from putplace.metadata.sqlite import MIGRATIONS, SCHEMA, SQLiteMetadataStore
 from tests.metadata.test_conformance import at, meta, put_file, sha
 
 
@@ -67,3 +70,17 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert await reopened.possessed(["default"], [sha("/a")]) == {sha("/a"): at(0)}
     finally:
         await reopened.close()
+
+
+async def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    """Migrations are one-way: a release must not read or write a schema it does not
+    know (the blob records' keys changed in step 8)."""
+    path = tmp_path / "newer.db"
+    old_database(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    store = SQLiteMetadataStore(path)
+    with pytest.raises(StoreUnavailableError, match="newer than this release knows"):
+        await store.open()
+    await store.close()

@@ -363,6 +363,12 @@ def _digests(sha256s: Sequence[str]) -> list[bytes | str]:
     return [_digest(sha) for sha in sha256s]
 
 
+def _hex(key: bytes | str) -> str:
+    """A content's hash as the API names it: the hex of its digest (a key that was not a
+    lowercase hex SHA-256 was kept as the text it was)."""
+    return key.hex() if isinstance(key, bytes) else key
+
+
 def _after_digest(after: str | None) -> bytes:
     """What the digests after *after* (a lowercase hex hash, or a prefix of one) sort
     after: lowercase hex sorts as the bytes it spells, and an odd last digit is padded
@@ -564,7 +570,7 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 
 def _blob_from_row(row: sqlite3.Row) -> BlobRecord:
     return BlobRecord(
-        sha256=row["sha256"].hex(), size=row["size"], state=row["state"],
+        sha256=_hex(row["sha256"]), size=row["size"], state=row["state"],
         stored_at=row["stored_at"],
     )  # fmt: skip
 
@@ -932,6 +938,14 @@ class SQLiteMetadataStore(MetadataStore):
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it done
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                # Written by a newer release: its steps are one-way (step 8 re-keys the
+                # blob records), and this release would read and write them wrongly.
+                raise StoreUnavailableError(
+                    f"the SQLite database is at schema version {version}, newer than this "
+                    f"release knows ({len(MIGRATIONS)}): run the release that wrote it, or "
+                    "restore the backup taken before upgrading"
+                )
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
                     conn.execute(statement)
@@ -1395,7 +1409,7 @@ class SQLiteMetadataStore(MetadataStore):
                     f"AND sender IN ({within})) GROUP BY sha256"
                 )
                 found.update(
-                    (digest.hex(), datetime.fromisoformat(since))
+                    (_hex(digest), datetime.fromisoformat(since))
                     for digest, since in conn.execute(sql, (*chunk, *namespaces) * 2)
                 )
             return found
