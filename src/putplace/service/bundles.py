@@ -116,8 +116,12 @@ async def _verdicts(
     Also the hashes the server holds already (their bytes need not be written again)."""
     hashes = {entry.sha256 for entry in entries}
     blobs = await stores.metadata.get_blobs(hashes)
-    sizes = await stores.metadata.registered_sizes(hashes, namespace)
-    sent = await proven(stores.metadata, settings, namespace, hashes)
+    held = {sha for sha, blob in blobs.items() if blob.state is BlobState.present}
+    # Only content held can be "present", and a present one needs no registered size:
+    # on a first ingest nothing is held, and the bundle takes one lookup less.
+    sent = await proven(stores.metadata, settings, namespace, held) if held else {}
+    unanswered = hashes - sent.keys()
+    sizes = await stores.metadata.registered_sizes(unanswered, namespace) if unanswered else {}
     seen: set[str] = set()
     verdicts: list[BundleMemberResult | None] = []
     for entry in entries:
@@ -140,7 +144,6 @@ async def _verdicts(
             verdict = None
         seen.add(sha256)
         verdicts.append(verdict)
-    held = {sha for sha, blob in blobs.items() if blob.state is BlobState.present}
     return verdicts, held
 
 
