@@ -15,6 +15,7 @@ import pytest
 from bench.common import create_key, ppserver, server_env
 from bench.ingest_at_scale import fill
 from bench.server_load import bare_sqlite, count_present, wrk
+from bench.store_ingest import files_of, run
 
 
 def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> None:
@@ -24,6 +25,23 @@ def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> 
         assert conn.execute("SELECT COUNT(*), MIN(namespace) FROM files").fetchone() == (
             250, "default"
         )  # fmt: skip
+
+
+def test_the_store_side_of_an_ingest_stores_every_record_and_each_content_once(
+    tmp_path: Path,
+) -> None:
+    """``bench/store_ingest.py`` makes the calls of an ingest: every record, and each of
+    the three quarters of distinct contents stored (in packs) and recorded as sent."""
+    files = files_of(800)
+    assert len({meta.sha256 for meta, _ in files}) == 600
+    asyncio.run(run(800, 300, tmp_path))
+    with sqlite3.connect(tmp_path / "putplace.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM files").fetchone() == (800,)
+        assert conn.execute(
+            "SELECT COUNT(*) FROM blobs WHERE state = 'present' AND sender = 'default'"
+        ).fetchone() == (600,)
+    with sqlite3.connect(tmp_path / "blobs" / "packs" / "index.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM packed").fetchone() == (600,)
 
 
 def test_the_filled_server_holds_other_hosts_records_and_their_contents(tmp_path: Path) -> None:
