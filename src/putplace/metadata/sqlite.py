@@ -350,8 +350,8 @@ MIGRATIONS: list[list[str]] = [
 
 def _digest(sha256: str) -> bytes | str:
     """How the blobs and possession tables key a content: the 32 bytes its lowercase hex
-    SHA-256 names. Any other string is returned as it is: a text value never equals a
-    blob in SQLite, so it matches no content, as it matched none before."""
+    SHA-256 names. Any other string is kept as the text it is: a text value never equals
+    a blob in SQLite, so it matches only a key stored as that same text."""
     try:
         digest = bytes.fromhex(sha256)
     except (ValueError, TypeError):
@@ -715,6 +715,14 @@ def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, 
     return found
 
 
+def _add_functions(conn: sqlite3.Connection) -> None:
+    """The SQL functions the store's statements use, on *conn*."""
+    # ``filepath REGEXP ?`` for path globs (inventory.glob_regex).
+    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    # A file record's hex hash as the blobs table keys it (SQLite 3.40 has no unhex).
+    conn.create_function("digest", 1, _digest, deterministic=True)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
@@ -906,10 +914,7 @@ class SQLiteMetadataStore(MetadataStore):
         # Lookups by lists of hashes (IN, GROUP BY) build temporary b-trees; on disk they
         # were written to /var/tmp page by page (strace: ~2,000 writes each).
         conn.execute("PRAGMA temp_store = MEMORY")
-        # ``filepath REGEXP ?`` for path globs (inventory.glob_regex).
-        conn.create_function("regexp", 2, _regexp, deterministic=True)
-        # A file record's hex hash as the blobs table keys it (SQLite 3.40 has no unhex).
-        conn.create_function("digest", 1, _digest, deterministic=True)
+        _add_functions(conn)
         return conn
 
     def _open_sync(self) -> None:
@@ -934,7 +939,7 @@ class SQLiteMetadataStore(MetadataStore):
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        conn.create_function("digest", 1, _digest, deterministic=True)  # step 8 uses it
+        _add_functions(conn)  # step 8 uses digest()
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it done
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -1318,10 +1323,8 @@ class SQLiteMetadataStore(MetadataStore):
     async def put_blobs(
         self, blobs: Sequence[BlobRecord], *, sent_by: str | None = None
     ) -> list[bool]:
-        stamps: dict[datetime, str] = {}  # a bundle's blobs share one
-        for b in blobs:
-            if b.stored_at not in stamps:
-                stamps[b.stored_at] = _iso(b.stored_at)
+        # A bundle's blobs share one time: formatted once, not once per blob.
+        stamps = {when: _iso(when) for when in {b.stored_at for b in blobs}}
         rows = [
             (_digest(b.sha256), b.size, b.state.value, stamps[b.stored_at], sent_by,
              None if sent_by is None else stamps[b.stored_at])
