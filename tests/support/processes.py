@@ -18,6 +18,7 @@ from tests.support.servers import free_port
 
 BIN = Path(sys.executable).parent
 SETTING_NAMES = tuple(Settings.model_fields)
+LOG_TAIL = 4000
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -57,12 +58,17 @@ def ppserver_process(settings: Settings, cwd: Path, *extra: str) -> Iterator[str
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    failed = True
     try:
         wait_until_healthy(url, process)
         yield url
+        failed = False
     finally:
         stop_process(process, timeout=30)
         log.close()
+        if failed:  # the server's own account of a failure, in the test's report
+            tail = (cwd / f"ppserver-{port}.log").read_text(errors="replace")[-LOG_TAIL:]
+            print(f"--- ppserver log (last {LOG_TAIL} characters) ---\n{tail}", file=sys.stderr)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:

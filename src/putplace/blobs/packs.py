@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from putplace.blobs.fsio import FileAppender, fsync_dir
 from putplace.sequences import chunked
+from putplace.sqlite_files import connect, setting_up
 
 PACK_DIR = "packs"
 INDEX_NAME = "index.sqlite3"
@@ -42,7 +43,6 @@ PACK_SUFFIX = ".pack"
 MEMBER_HEADER = struct.Struct(">32sQ")
 #: A pack whose live bytes fall below this fraction of its size is rewritten.
 COMPACT_BELOW = 0.5
-BUSY_TIMEOUT_MS = 30_000
 #: Page cache of the index, KiB: its pages are touched at random by every group.
 INDEX_CACHE_KIB = 16 * 1024
 #: Checkpoint the index's WAL every this many pages (~80 MB), not SQLite's default 1,000:
@@ -113,15 +113,14 @@ class Packs:
     # -- set-up ---------------------------------------------------------------------
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.directory / INDEX_NAME, isolation_level=None, check_same_thread=False,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-        )  # fmt: skip
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'OFF'}")
-        db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KIB}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {INDEX_CHECKPOINT_PAGES}")
-        db.executescript(SCHEMA)
+        path = self.directory / INDEX_NAME
+        with setting_up(path):
+            db = connect(path)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'OFF'}")
+            db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KIB}")
+            db.execute(f"PRAGMA wal_autocheckpoint = {INDEX_CHECKPOINT_PAGES}")
+            db.executescript(SCHEMA)
         self._db = db
 
     def close(self) -> None:

@@ -70,9 +70,9 @@ from putplace.models import (
     Scope,
 )
 from putplace.sequences import chunked
+from putplace.sqlite_files import connect, setting_up
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024
 WAL_CHECKPOINT_PAGES = 50_000
 _SQLITE_VARIABLE_CHUNK = 500
@@ -902,12 +902,8 @@ class SQLiteMetadataStore(MetadataStore):
         self._flusher: asyncio.Task[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-            check_same_thread=False,
-        )  # fmt: skip
+        conn = connect(self._path)
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -920,6 +916,10 @@ class SQLiteMetadataStore(MetadataStore):
     def _open_sync(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = os.open(f"{self._path}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with setting_up(self._path):
+            self._set_up()
+
+    def _set_up(self) -> None:
         self._writer = self._connect()
         # Each batch of upserts dirties about one random page of the sha256 and location
         # indexes per record. A larger page cache keeps those indexes in memory, and fewer,
