@@ -37,8 +37,11 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist): most tests wait on servers and subprocesses, so two
+# share the CI machine's two cores and take the suite from ~15 to ~9 minutes.
+PYTEST_WORKERS ?= 2
 pytest:
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import count
+from itertools import cycle
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,21 @@ import redis
 from tests.support.servers import free_port
 
 ENV_URL = "PUTPLACE_TEST_REDIS_URL"
-#: Redis has 16 databases by default; tests take them in turn.
-_databases = count()
+DATABASES = 16  # Redis's default
+
+
+def _our_databases() -> Iterator[int]:
+    """The database numbers this test process takes in turn: all of them, or under
+    pytest-xdist its own share, since every worker uses the one server named by
+    ``PUTPLACE_TEST_REDIS_URL`` (each starts its own private server otherwise)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > DATABASES:
+        raise RuntimeError(f"a shared Redis has {DATABASES} databases for {workers} workers")
+    return cycle(range(worker, DATABASES, workers))
+
+
+_databases = _our_databases()
 
 
 @contextmanager
@@ -71,6 +84,6 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_url(redis_base_url: str) -> str:
     """A URL of an empty database of the test Redis."""
     server = re.sub(r"/\d*$", "", redis_base_url)
-    url = f"{server}/{next(_databases) % 16}"
+    url = f"{server}/{next(_databases)}"
     redis.Redis.from_url(url).flushdb()
     return url

@@ -12,6 +12,7 @@ credentials come from the environment, the bucket from ``PUTPLACE_TEST_S3_BUCKET
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def _ensure_bucket(config: dict[str, Any]) -> None:
         extra: dict[str, Any] = {}
         if config["s3_region"] != "us-east-1":
             extra["CreateBucketConfiguration"] = {"LocationConstraint": config["s3_region"]}
-        client.create_bucket(Bucket=config["bucket"], **extra)
+        # On a shared endpoint another pytest-xdist worker may have made it first.
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=config["bucket"], **extra)
 
 
 def _start_moto(port: int, log_path: str) -> subprocess.Popen[bytes]:
