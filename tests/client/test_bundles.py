@@ -182,6 +182,19 @@ def test_bundle_too_large_for_the_server_is_split(tmp_path: Path) -> None:
     assert sizes == [(16, 413), (8, 200), (8, 200)]
 
 
+def test_an_answer_that_is_not_a_bundle_answer_fails_its_members_not_the_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = small_tree(tmp_path, 12)
+    with fake_server(script={"/bundles": [200]}) as server:  # 200 {"detail": ...}
+        assert ppclient(server.url, str(tmp_path)) == 1
+        captured = capsys.readouterr()
+        assert captured.err.count("upload failed: not a batch answer") == len(files)
+        assert counts(captured.out)["Errors"] == len(files)
+        assert ppclient(server.url, str(tmp_path)) == 0  # the next run sends them
+        assert all_stored(server, files)
+
+
 def test_files_above_the_threshold_are_sent_alone(tmp_path: Path) -> None:
     files = {
         tmp_path / "at-threshold": b"a" * MiB,
