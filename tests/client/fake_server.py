@@ -14,8 +14,9 @@ never asks for a symlink's content, refuses content whose hash or size is wrong,
 (the real application's answer to an unknown path is passed back for those);
 ``bundles=False`` one without ``/bundles`` only, ``tus=False`` one without ``/tus``.
 ``script`` maps a path prefix (or ``METHOD /prefix``) to the answers to give first, in
-order: an HTTP status, or ``CUT`` (pass the first half of the body on, as if the
-connection broke there, and close the connection without answering).
+order: an HTTP status, ``bytes`` (pass the request on, then answer 200 with those bytes
+as its JSON body instead of the real answer), or ``CUT`` (pass the first half of the body
+on, as if the connection broke there, and close the connection without answering).
 """
 
 from __future__ import annotations
@@ -258,6 +259,9 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                 )
                 return
             response = self._forward(request, body)
+            if isinstance(action, bytes):
+                self._answer(request, 200, action, {"Content-Type": "application/json"})
+                return
             self._answer(request, response.status_code, response.content, dict(response.headers))
 
         def _forward(self, request: Request, body: bytes) -> httpx.Response:

@@ -182,11 +182,16 @@ def test_bundle_too_large_for_the_server_is_split(tmp_path: Path) -> None:
     assert sizes == [(16, 413), (8, 200), (8, 200)]
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [b"not JSON", b'{"detail": "no results"}', b'{"results": null}', b'{"results": [1]}',
+     b'{"results": []}', b'{"results": {"sha256": "ab"}}'],
+)  # fmt: skip
 def test_an_answer_that_is_not_a_bundle_answer_fails_its_members_not_the_client(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes
 ) -> None:
     files = small_tree(tmp_path, 12)
-    with fake_server(script={"/bundles": [200]}) as server:  # 200 {"detail": ...}
+    with fake_server(script={"/bundles": [answer]}) as server:  # the real server stored them
         assert ppclient(server.url, str(tmp_path)) == 1
         captured = capsys.readouterr()
         assert captured.err.count("upload failed: not a batch answer") == len(files)

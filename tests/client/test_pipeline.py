@@ -132,6 +132,18 @@ def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path)
         assert sum(len(r.json()["files"]) for r in accepted) == 23
 
 
+@pytest.mark.parametrize("answer", [b'{"results": []}', b'{"results": [{"index": 0}]}'])
+def test_a_batch_answer_that_does_not_answer_each_record_is_an_error_of_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes
+) -> None:
+    make_files(tmp_path, 3)  # one batch; the answer has no result, or one without "ok"
+    with fake_server(script={"/put_files": [answer]}) as server:
+        assert ppclient(server.url, str(tmp_path)) == 1
+        assert capsys.readouterr().err.count("not registered: not a batch answer") == 3
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert len(server.files("h1")) == 3
+
+
 @pytest.mark.parametrize(
     ("mtime", "ctime"),
     [

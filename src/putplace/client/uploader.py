@@ -247,14 +247,24 @@ class Session:
             self._stop.wait(seconds)
 
 
-def _results(response: httpx.Response) -> list[dict[str, Any]]:
-    """The ``results`` of a batch's or a bundle's answer. Parsed by orjson: they hold an
-    entry per record or member, which the standard json module parses at half the speed
-    (0.56 against 0.26 ms for a bundle of 750)."""
+def _results(response: httpx.Response, count: int, field: str) -> list[dict[str, Any]]:
+    """The ``results`` of a batch's or a bundle's answer: *count* objects, each with
+    *field*; else :class:`ApiError`. Parsed by orjson: they hold an entry per record or
+    member, which the standard json module parses at half the speed (0.56 against 0.26
+    ms for a bundle of 750)."""
     try:
-        results: list[dict[str, Any]] = orjson.loads(response.content)["results"]
+        results = orjson.loads(response.content)["results"]
     except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
         raise ApiError(response.status_code, f"not a batch answer: {exc}") from None
+    if not (
+        isinstance(results, list)
+        and len(results) == count
+        and all(isinstance(result, dict) and field in result for result in results)
+    ):
+        raise ApiError(
+            response.status_code,
+            f"not a batch answer: expected {count} results, each with {field!r}",
+        )
     return results
 
 
@@ -318,7 +328,7 @@ class ApiClient(Session):
             "/put_files",
             lambda _: {"content": body, "headers": JSON_HEADERS, "params": params},
         )
-        return _results(response)
+        return _results(response, len(records), "ok")
 
     def holds_size(self, size: int) -> bool | None:
         """Whether the server has any file record (live or deleted) of exactly *size*
@@ -420,10 +430,9 @@ class ApiClient(Session):
             }
 
         response = self._request("POST", "/bundles", body)
-        results = _results(response)
-        if len(results) != len(members) or any(
-            result.get("sha256") != sha for result, (sha, _) in zip(results, members, strict=False)
-        ):
+        results = _results(response, len(members), "status")
+        answered = (result.get("sha256") for result in results)
+        if any(sha != member for sha, (member, _) in zip(answered, members, strict=True)):
             raise ApiError(
                 response.status_code,
                 f"the bundle answer does not match its {len(members)} members",
