@@ -58,16 +58,16 @@ def ppserver_process(settings: Settings, cwd: Path, *extra: str) -> Iterator[str
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    failed = True
     try:
         wait_until_healthy(url, process)
         yield url
-        failed = False
     finally:
         stop_process(process, timeout=30)
         log.close()
-        if failed:  # the server's own account of a failure, in the test's report
-            tail = (cwd / f"ppserver-{port}.log").read_text(errors="replace")[-LOG_TAIL:]
+        # The server's own account, shown in the report of a test that fails (pytest
+        # shows captured output only then), also when the failure is found after this.
+        tail = (cwd / f"ppserver-{port}.log").read_text(errors="replace")[-LOG_TAIL:]
+        if tail:
             print(f"--- ppserver log (last {LOG_TAIL} characters) ---\n{tail}", file=sys.stderr)
 
 

@@ -28,6 +28,8 @@ def _our_databases() -> Iterator[int]:
     """The database numbers this test process takes in turn: all of them, or under
     pytest-xdist its own share, since every worker uses the one server named by
     ``PUTPLACE_TEST_REDIS_URL`` (each starts its own private server otherwise)."""
+    if not os.environ.get(ENV_URL):
+        return cycle(range(DATABASES))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > DATABASES:

@@ -116,11 +116,15 @@ class Packs:
         path = self.directory / INDEX_NAME
         with setting_up(path):
             db = connect(path)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'OFF'}")
-            db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KIB}")
-            db.execute(f"PRAGMA wal_autocheckpoint = {INDEX_CHECKPOINT_PAGES}")
-            db.executescript(SCHEMA)
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'OFF'}")
+                db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KIB}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {INDEX_CHECKPOINT_PAGES}")
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
         self._db = db
 
     def close(self) -> None:
