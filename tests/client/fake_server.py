@@ -14,9 +14,10 @@ never asks for a symlink's content, refuses content whose hash or size is wrong,
 (the real application's answer to an unknown path is passed back for those);
 ``bundles=False`` one without ``/bundles`` only, ``tus=False`` one without ``/tus``.
 ``script`` maps a path prefix (or ``METHOD /prefix``) to the answers to give first, in
-order: an HTTP status, ``bytes`` (pass the request on, then answer 200 with those bytes
-as its JSON body instead of the real answer), or ``CUT`` (pass the first half of the body
-on, as if the connection broke there, and close the connection without answering).
+order: ``None`` (pass the request on as usual), an HTTP status, ``bytes`` (pass the
+request on, then answer 200 with those bytes as its JSON body instead of the real
+answer), or ``CUT`` (pass the first half of the body on, as if the connection broke
+there, and close the connection without answering).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from putplace.client import pipeline
+from putplace.client import pipeline, tus
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
 from putplace.client.cli import main
@@ -505,6 +505,32 @@ def test_a_failure_while_sending_unhashed_falls_back_to_hashing_first(
         first, second = tus_creations(server)
         assert first["Upload-Concat"] == "partial"  # refused (500)
         assert "sha256" in second["Upload-Metadata"]  # the file hashed, then sent
+
+
+def test_bytes_sent_while_hashing_before_the_link_failed_are_kept_for_the_next_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries used up part-way: the file is an error of this run, and the next run sends
+    only what the server does not have (not everything again)."""
+    tree, big = tree_with_big_file(tmp_path)
+    monkeypatch.setattr(tus, "chunk_for", lambda _: MIB)  # 3 chunks
+    args = ["--url", "", "--api-key", KEY, "--no-progress", "--hostname", "h1",
+            "--cache-file", str(tmp_path / "cache.db"), "--retries", "0",
+            "--tus-threshold", "2M", str(tree)]  # fmt: skip
+    # The first chunk arrives; the connection breaks in the second.
+    with fake_server(script={"PATCH /tus": [None, CUT]}) as server:
+        args[1] = server.url
+        assert main(args) == 1
+        assert "the bytes the server has are kept" in capsys.readouterr().err
+        assert not [r for r in server.requests if r.method == "DELETE"]
+        first_run = len(server.requests)
+        assert main(args) == 0
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        again = [r for r in server.requests[first_run:] if r.method == "PATCH"]
+        assert sum(len(r.body) for r in again) == len(big) - MIB
+        part, final = tus_creations(server)  # the first run's part, continued, then joined
+        assert part["Upload-Concat"] == "partial"
+        assert final["Upload-Concat"].startswith("final;")
 
 
 def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:

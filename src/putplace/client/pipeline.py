@@ -121,6 +121,10 @@ class Options:
     """Parallel parts of the largest (at least 64 MiB each)."""
 
 
+class _SendingInterrupted(Exception):
+    """Sending a file while hashing it stopped part-way; the part sent is kept."""
+
+
 @dataclass
 class _Item:
     entry: FileEntry
@@ -722,6 +726,10 @@ class Run:
             except (FileChangedError, OSError) as exc:
                 self._unreadable(entry, exc)
                 return
+            except _SendingInterrupted as exc:
+                self._error(entry.path, f"upload failed: {exc}; the bytes the server has are "
+                            "kept, and the next run continues from there")  # fmt: skip
+                return
             self._register_one(item, root)
         finally:
             self._sent_ahead(entry.stat.st_size)
@@ -732,8 +740,9 @@ class Run:
 
     def _hash_while_sending(self, entry: FileEntry) -> _Item:
         """The item of a large file whose bytes are sent as it is hashed (read once). If
-        sending fails, the file is hashed alone and sent later as any other, so a
-        failure here loses nothing."""
+        the upload cannot start or is refused, the file is hashed alone and sent later as
+        any other, so a failure here loses nothing. Raises :class:`_SendingInterrupted`
+        when sending stopped part-way (see :meth:`_sent_while_hashed`)."""
         assert self.api is not None
         self.reporter.upload_queued(entry.stat.st_size)
         try:
@@ -755,14 +764,20 @@ class Run:
 
     @staticmethod
     def _sent_while_hashed(entry: FileEntry, upload: UnhashedUpload) -> str | None:
-        """The content's hash once *upload* has every byte; None if sending failed (the
-        bytes sent so far are freed)."""
+        """The content's hash once *upload* has every byte; None if it could not start or
+        was refused (what was sent is freed)."""
         try:
             sha = upload.send()
             check_unchanged(entry)
         except (AuthError, Cancelled):
             raise
-        except ApiError:
+        except ApiError as exc:
+            if exc.status is None and upload.url is not None:
+                # Given up after the retries (the link or the server down), part of the
+                # file on the server: kept (its URL stays in the cache under the file's
+                # identity) for the next run to continue, not freed and sent again from
+                # the start, which on a large file over a slow link costs hours.
+                raise _SendingInterrupted(exc.detail) from exc
             upload.abandon()
             return None
         except (FileChangedError, OSError):
