@@ -228,7 +228,7 @@ def bare_sqlite(path: Path, rows: int) -> float:
         ]
         began = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        ids = list(upsert_files(conn, values))
+        ids = upsert_files(conn, DEFAULT_NAMESPACE, values)
         conn.execute("COMMIT")
         spent += time.perf_counter() - began
         assert len(ids) == len(values)

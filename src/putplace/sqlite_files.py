@@ -1,14 +1,19 @@
 """SQLite files that several processes open at once: the metadata database and the pack
-index, which every server worker opens at start-up."""
+index, which every server worker opens at start-up; and how both write many rows."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import orjson
+
+from putplace.sequences import chunked
 
 #: How long a statement waits for another process's lock before "database is locked".
 BUSY_TIMEOUT_MS = 30_000
@@ -40,3 +45,39 @@ def setting_up(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(lock)  # closing the descriptor releases the lock
+
+
+def values(width: int, rows: int) -> str:
+    """``VALUES (?, ...), ...`` for *rows* rows of *width* columns."""
+    one = f"({', '.join('?' * width)})"
+    return f"VALUES {', '.join([one] * rows)}"
+
+
+def json_row(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    """The JSON value that the one-row aggregate query *sql* (``json_group_array`` or
+    ``json_group_object``) returns, decoded: many values for one step (see
+    :func:`execute_rows`). Measured in the client, 100,000 lookups in rows of 500: 1.0 s
+    fetched row by row while a walk ran beside them, 0.23 s as one JSON row each. Decoded
+    by orjson: half the time of the standard library's (110 against 225 us for 500
+    rows)."""
+    (value,) = conn.execute(sql, params).fetchone()
+    return orjson.loads(value)
+
+
+def execute_rows(
+    conn: sqlite3.Connection,
+    statement: Callable[[int], str],
+    rows: Sequence[Sequence[Any]],
+    per_statement: int,
+) -> None:
+    """Run a multi-row *statement* (its text for a number of rows) over *rows*,
+    *per_statement* at a time, with no rows read back.
+
+    Python's sqlite3 lets go of the GIL at every step: each row of an ``executemany``,
+    each row a ``RETURNING`` clause or a query hands back. While the event loop runs, the
+    thread then waits to take the GIL back at every row: measured in process on a first
+    ingest, the pack index's rows written with ``executemany`` took 10.7 us of CPU each,
+    6.8 us in statements of 200 rows.
+    """
+    for chunk in chunked(rows, per_statement):
+        conn.execute(statement(len(chunk)), [value for row in chunk for value in row])

@@ -279,6 +279,17 @@ async def test_put_blobs_answers_each_row_of_a_large_batch(
     assert len(await store.get_blobs([b.sha256 for b in batch])) == 250
 
 
+async def test_put_blobs_answers_keys_that_are_not_digests(store: MetadataStore) -> None:
+    # A key that is not a lowercase hex SHA-256 is its own key: written once, and never
+    # mistaken for the digest it spells in capitals.
+    odd = BlobRecord(sha256="not-a-digest", size=3, stored_at=at(0))
+    assert await store.put_blobs([blob("x"), odd, odd]) == [True, True, False]
+    shouted = BlobRecord(sha256=sha("x").upper(), size=10, stored_at=at(0))
+    assert await store.put_blobs([odd, shouted, blob("x")]) == [False, True, False]
+    assert await store.get_blob("not-a-digest") == odd
+    assert await store.get_blob(sha("x")) == blob("x")
+
+
 async def test_put_blobs_replaces_a_quarantined_record(store: MetadataStore) -> None:
     await store.put_blob(blob("q", seconds=0))
     await store.set_blob_state(sha("q"), BlobState.quarantined)

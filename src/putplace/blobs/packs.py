@@ -21,6 +21,7 @@ live ones for long.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import struct
@@ -34,7 +35,7 @@ from typing import BinaryIO
 
 from putplace.blobs.fsio import FileAppender, fsync_dir
 from putplace.sequences import chunked
-from putplace.sqlite_files import connect, setting_up
+from putplace.sqlite_files import connect, execute_rows, setting_up, values
 
 PACK_DIR = "packs"
 INDEX_NAME = "index.sqlite3"
@@ -67,6 +68,13 @@ CREATE INDEX IF NOT EXISTS packed_by_pack ON packed (pack);
 """
 
 Row = tuple[bytes, int, int, int]  # digest, pack, offset, size
+#: Index rows per statement (4 variables each; SQLite allows 32,766).
+_INSERT_ROWS = 500
+
+
+@functools.cache
+def _insert_rows_sql(rows: int) -> str:
+    return f"INSERT OR IGNORE INTO packed {values(4, rows)}"
 
 
 def new_pack_id() -> int:
@@ -182,7 +190,7 @@ class Packs:
     def _commit_rows(self, rows: list[Row]) -> None:
         with self._transaction() as db:
             # A content packed meanwhile by another process keeps its first copy.
-            db.executemany("INSERT OR IGNORE INTO packed VALUES (?, ?, ?, ?)", rows)
+            execute_rows(db, _insert_rows_sql, rows, _INSERT_ROWS)
 
     def _write_pack(self, contents: Sequence[tuple[str, bytes]]) -> tuple[int, list[Row]]:
         """Write *contents* to a new pack file, durably; its id and index rows."""

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import platformdirs
 
 from putplace.client.scanner import FileEntry
 from putplace.sequences import chunked
+from putplace.sqlite_files import execute_rows, json_row, values
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hashes (
@@ -123,14 +123,10 @@ class ClientCache:
         return [known.get(ident) for ident in wanted]
 
     def _aggregate(self, sql: str, params: tuple[object, ...]) -> Any:
-        """The JSON value a one-row aggregate query (``json_group_array``/``_object``)
-        returns, decoded. Rows fetched one by one each hand the GIL to the walking
-        thread and wait to get it back: 500 rows that way took 4x as long as one JSON
-        row while a walk ran beside them (measured, 100,000 lookups: 1.0 s against
-        0.23 s), and a rescan is that, over and over. Decoded by orjson: half the time of
-        the standard library's (110 against 225 us for 500 hash rows)."""
-        (value,) = self._db.execute(sql, params).fetchone()
-        return orjson.loads(value)
+        """The JSON value a one-row aggregate query returns: rows fetched one by one
+        each hand the GIL to the walking thread and wait to get it back, and a rescan is
+        lookups, over and over."""
+        return json_row(self._db, sql, params)
 
     def store_hash(self, st: os.stat_result, sha256: str) -> None:
         self.store_hashes([(st, sha256)])
@@ -193,14 +189,13 @@ class ClientCache:
         if not rows:
             return
         width = len(rows[0])
-        one = f"({', '.join('?' * width)})"
         with self._lock:
-            for chunk in chunked(rows, MAX_VARIABLES // width):
-                values = ", ".join([one] * len(chunk))
-                self._db.execute(
-                    f"INSERT OR REPLACE INTO {table} VALUES {values}",  # noqa: S608
-                    [value for row in chunk for value in row],
-                )
+            execute_rows(
+                self._db,
+                lambda count: f"INSERT OR REPLACE INTO {table} {values(width, count)}",
+                rows,
+                MAX_VARIABLES // width,
+            )
 
     def unfinished_upload(self, server: str, sha256: str, size: int) -> list[str] | None:
         """The upload URLs of content this client began sending to *server* and did not

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ from putplace.models import (
     Scope,
 )
 from putplace.sequences import chunked
-from putplace.sqlite_files import connect, setting_up
+from putplace.sqlite_files import connect, execute_rows, json_row, setting_up, values
 
 T = TypeVar("T")
 WRITER_CACHE_KIB = 32 * 1024
@@ -396,10 +395,9 @@ _UPSERT_FILE_CONFLICT = (
     "ON CONFLICT (hostname, filepath, namespace) DO UPDATE SET "
     + ", ".join(f"{f} = excluded.{f}" for f in FILE_FIELDS if f not in ("hostname", "filepath"))
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
-    "deleted_at = NULL RETURNING id, hostname, filepath"
+    "deleted_at = NULL"
 )
-#: Rows per multi-row upsert: one statement that also returns each row's id costs less
-#: than one execution per row and a second query for the ids of the new ones.
+#: Rows per multi-row upsert: one statement costs less than one execution per row.
 _UPSERT_FILE_ROWS = 500
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted, "
@@ -416,7 +414,7 @@ _ADD_GROWTH = (
 # A present record stands; a new or quarantined one is (re)written.
 _UPSERT_BLOB_CONFLICT = (
     "ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, state = excluded.state, "
-    "stored_at = excluded.stored_at WHERE blobs.state != 'present' RETURNING sha256"
+    "stored_at = excluded.stored_at WHERE blobs.state != 'present'"
 )
 #: The locations a scan saw, from its rows of names per directory: each the one path
 #: ``inventory.split_path`` splits into that directory and name. The root directory "/"
@@ -484,7 +482,7 @@ def _put_files(conn: sqlite3.Connection, puts: Sequence[_FilesPut]) -> list[list
             for m, r in plan.records
         )
     ids = {location: record.id for location, record in current.items()}
-    ids.update(((h, p), str(i)) for i, h, p in _upsert_files(conn, rows))
+    ids.update(_upsert_files(conn, namespace, rows))
     for put in puts:
         if put.scan is not None:
             _add_seen(conn, put.scan, [m.filepath for m in put.files])
@@ -606,58 +604,95 @@ def _select_current(
     return {(r["hostname"], r["filepath"]): _file_from_row(r) for r in rows}
 
 
-def _values(width: int, rows: int) -> str:
-    """``VALUES (?, ...), ...`` for *rows* rows of *width* columns."""
-    one = f"({', '.join('?' * width)})"
-    return f"VALUES {', '.join([one] * rows)}"
-
-
 @functools.cache
 def _upsert_files_sql(rows: int) -> str:
     return (
         f"INSERT INTO files ({_FILE_COLUMNS}, created_at, updated_at, recorded_at, namespace) "
-        f"{_values(_UPSERT_FILE_WIDTH, rows)} {_UPSERT_FILE_CONFLICT}"
+        f"{values(_UPSERT_FILE_WIDTH, rows)} {_UPSERT_FILE_CONFLICT}"
     )
 
 
 @functools.cache
 def _upsert_blobs_sql(rows: int) -> str:
     return (
-        f"INSERT INTO blobs (sha256, size, state, stored_at, sender, sent_at) {_values(6, rows)} "
+        f"INSERT INTO blobs (sha256, size, state, stored_at, sender, sent_at) {values(6, rows)} "
         f"{_UPSERT_BLOB_CONFLICT}"
     )
 
 
-def _returning(
-    conn: sqlite3.Connection,
-    statement: Callable[[int], str],
-    rows: Sequence[Sequence[Any]],
-    per_statement: int,
-) -> Iterator[Any]:
-    """Run a multi-row *statement* over *rows*, *per_statement* at a time; yield what its
-    ``RETURNING`` clause returns (each statement read to its end before the next)."""
-    for chunk in chunked(rows, per_statement):
-        values = [value for row in chunk for value in row]
-        yield from conn.execute(statement(len(chunk)), values).fetchall()
+def _upsert_files(
+    conn: sqlite3.Connection, namespace: str, rows: Sequence[Sequence[Any]]
+) -> dict[tuple[str, str], str]:
+    """Insert or update *rows* (records of *namespace*, in the upsert's column order:
+    filepath, hostname, ...); the id of the record at each of their locations.
+
+    The ids are read back by location, a statement per 500 and one row each, not with
+    ``RETURNING``: that hands back a row per record, and Python's sqlite3 lets go of the
+    GIL at each (see :func:`putplace.sqlite_files.execute_rows`).
+    """
+    execute_rows(conn, _upsert_files_sql, rows, _UPSERT_FILE_ROWS)
+    return _ids_at(conn, namespace, [(row[1], row[0]) for row in rows])
 
 
-def _upsert_files(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> Iterator[Any]:
-    """Insert or update *rows*; yield (id, hostname, filepath) of each."""
-    return _returning(conn, _upsert_files_sql, rows, _UPSERT_FILE_ROWS)
+def _ids_at(
+    conn: sqlite3.Connection, namespace: str, locations: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    ids: dict[tuple[str, str], str] = {}
+    for hostname, paths in _by_host(locations).items():
+        for chunk in chunked(paths, _SQLITE_VARIABLE_CHUNK):
+            found = json_row(
+                conn,
+                "SELECT json_group_object(filepath, id) FROM files WHERE namespace = ? "
+                f"AND hostname = ? AND filepath IN ({', '.join('?' * len(chunk))})",
+                [namespace, hostname, *chunk],
+            )
+            ids.update(((hostname, path), str(i)) for path, i in found.items())
+    return ids
 
 
 def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
-    """Insert or update *rows* (a present content is left alone); whether each row wrote."""
-    wrote = Counter(
-        sha for (sha,) in _returning(conn, _upsert_blobs_sql, rows, _SQLITE_VARIABLE_CHUNK)
-    )
-    # A content sent twice writes as often as it is returned, and those are its first
-    # rows: once present, later rows for it change nothing.
+    """Insert or update *rows* (a present content is left alone); whether each row wrote.
+
+    Worked out from the records' states before the upsert, read in the same transaction
+    as one row per statement, rather than with ``RETURNING`` (a row per record written,
+    see :func:`_upsert_files`)."""
+    states = _blob_states(conn, list({sha for sha, *_ in rows}))
     answers = []
-    for sha, *_ in rows:
-        answers.append(wrote[sha] > 0)
-        wrote[sha] -= 1
+    for sha, _, state, *_ in rows:
+        # As the upsert goes: row by row, so a content sent twice writes once when its
+        # first row makes it present.
+        key = _key_text(sha)
+        wrote = states.get(key) != BlobState.present.value
+        if wrote:
+            states[key] = state
+        answers.append(wrote)
+    execute_rows(conn, _upsert_blobs_sql, rows, _SQLITE_VARIABLE_CHUNK)
     return answers
+
+
+def _key_text(key: bytes | str) -> str:
+    """A blobs table key as :data:`_BLOB_KEY_TEXT` shows it."""
+    return key.hex() if isinstance(key, bytes) else key
+
+
+#: A blobs table key as text: a digest's lowercase hex, a text key as it is (never 64
+#: lowercase hex digits, see :func:`_digest`, so the two cannot meet).
+_BLOB_KEY_TEXT = "CASE typeof(sha256) WHEN 'blob' THEN lower(hex(sha256)) ELSE sha256 END"
+
+
+def _blob_states(conn: sqlite3.Connection, keys: Sequence[bytes | str]) -> dict[str, str]:
+    """The state of each of the blob records *keys* that exists, keyed by its text."""
+    states: dict[str, str] = {}
+    for chunk in chunked(keys, _SQLITE_VARIABLE_CHUNK):
+        states.update(
+            json_row(
+                conn,
+                f"SELECT json_group_object({_BLOB_KEY_TEXT}, state) FROM blobs "
+                f"WHERE sha256 IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return states
 
 
 def _write_plans(conn: sqlite3.Connection, plans: Sequence[WritePlan]) -> None:
@@ -1106,12 +1141,13 @@ class SQLiteMetadataStore(MetadataStore):
             for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
                 marks = ", ".join("?" * len(chunk))
                 # With MIN(id), SQLite takes the bare column from that row; files_sha256
-                # serves the lookup.
+                # serves the lookup. One row per statement (see _upsert_files).
                 sql = (
-                    f"SELECT sha256, file_size, MIN(id) FROM files WHERE sha256 IN ({marks}) "
-                    "AND namespace = ? GROUP BY sha256"
+                    "SELECT json_group_object(sha256, file_size) FROM (SELECT sha256, "
+                    f"file_size, MIN(id) FROM files WHERE sha256 IN ({marks}) "
+                    "AND namespace = ? GROUP BY sha256)"
                 )
-                found.update((row[0], row[1]) for row in conn.execute(sql, (*chunk, namespace)))
+                found.update(json_row(conn, sql, (*chunk, namespace)))
             return found
 
         return await self._read(query)
