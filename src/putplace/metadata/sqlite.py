@@ -650,13 +650,17 @@ def _ids_at(
     return ids
 
 
-def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
-    """Insert or update *rows* (a present content is left alone); whether each row wrote.
+def _upsert_blobs(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
+) -> tuple[list[bool], set[str]]:
+    """Insert or update *rows* (a present content is left alone); whether each row wrote,
+    and the keys (as :func:`_key_text` shows them) of the records there before.
 
     Worked out from the records' states before the upsert, read in the same transaction
     as one row per statement, rather than with ``RETURNING`` (a row per record written,
     see :func:`_upsert_files`)."""
     states = _blob_states(conn, list({sha for sha, *_ in rows}))
+    existed = set(states)
     answers = []
     for sha, _, state, *_ in rows:
         # As the upsert goes: row by row, so a content sent twice writes once when its
@@ -667,7 +671,7 @@ def _upsert_blobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> 
             states[key] = state
         answers.append(wrote)
     execute_rows(conn, _upsert_blobs_sql, rows, _SQLITE_VARIABLE_CHUNK)
-    return answers
+    return answers, existed
 
 
 def _key_text(key: bytes | str) -> str:
@@ -1371,11 +1375,14 @@ class SQLiteMetadataStore(MetadataStore):
             # A new blob record names *sent_by* as its sender. A content that has one
             # already (another namespace sent it first) gets a possession row instead,
             # in the same transaction: one commit, not one more fsync.
-            written = _upsert_blobs(conn, rows)
-            if sent_by is not None:
+            written, existed = _upsert_blobs(conn, rows)
+            if sent_by is not None and existed:
+                # A record new in this write names *sent_by*: only one there before can
+                # name another sender (a first ingest has none, and skips the lookups).
                 by_stamp: dict[str, list[bytes | str]] = {}
                 for sha, _, _, stamp, _, _ in rows:
-                    by_stamp.setdefault(stamp, []).append(sha)
+                    if _key_text(sha) in existed:
+                        by_stamp.setdefault(stamp, []).append(sha)
                 for stamp, hashes in by_stamp.items():
                     for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
                         conn.execute(
