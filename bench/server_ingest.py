@@ -1,0 +1,185 @@
+"""The server's half of a first ingest, in process: CPU per file, by thread.
+
+Not part of ``make bench`` (it has no peer; it explains the server's share of the
+small-files ratio, which the client and the machine's drift hide end to end). The app is
+built with ``create_app()`` and run with its lifespan on a fresh SQLite database and blob
+directory (fsync on), and driven through ASGI without HTTP: BENCH_INPROC_STEPS (default
+40) steps, BENCH_INPROC_IN_FLIGHT (default 4) at once, each a ``POST /put_files`` of
+1,000 new records and then a ``POST /bundles`` of their 750 distinct contents (1-8 KiB,
+a quarter of the records copies), as ``ppclient`` sends a first ingest. Prints the
+process's CPU per file and each thread's, and records them in bench/results.json
+(``server_ingest``). To compare two versions of the code, run it from each, alternating:
+``PYTHONPATH=/path/to/other/checkout/src python -m bench.server_ingest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import record, table
+
+FILES_PER_STEP = 1000
+COPY_EVERY = 4  # every fourth record repeats the content before it
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by name (numbered pools as one)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
+        name = thread.name.rsplit("_", 1)[0]
+        totals[name] = totals.get(name, 0.0) + (int(utime) + int(stime)) / ticks
+    return totals
+
+
+def _step(rng: random.Random, first: int) -> tuple[bytes, bytes, int]:
+    """One step's ``/put_files`` body, its bundle and the number of contents in it."""
+    records: list[dict[str, Any]] = []
+    contents: list[bytes] = []
+    for n in range(first, first + FILES_PER_STEP):
+        if n % COPY_EVERY == COPY_EVERY - 1:
+            data = contents[-1]
+        else:
+            data = rng.randbytes(rng.randint(1024, 8192))
+            contents.append(data)
+        records.append({
+            "filepath": f"/bench/d{n // 100}/f{n}", "hostname": "bench",
+            "ip_address": "127.0.0.1", "sha256": hashlib.sha256(data).hexdigest(),
+            "file_size": len(data), "file_mode": 0o100644, "file_uid": 0, "file_gid": 0,
+            "file_mtime": 1.7e9 + n, "file_atime": 1.7e9, "file_ctime": 1.7e9 + n,
+            "is_symlink": False, "link_target": None,
+        })  # fmt: skip
+    header = b"".join(struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents)
+    bundle = b"PPBNDL01" + struct.pack(">I", len(contents)) + header + b"".join(contents)
+    return orjson.dumps({"files": records}), bundle, len(contents)
+
+
+Call = Callable[[str, bytes, bytes, bytes], Awaitable[Any]]
+
+
+def _caller(app: Any, key: str) -> Call:
+    async def call(path: str, query: bytes, body: bytes, kind: bytes) -> Any:
+        headers = [
+            (b"x-api-key", key.encode()),
+            (b"host", b"bench"),
+            (b"content-type", kind),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query, "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+        }  # fmt: skip
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client stays until the answer
+            raise AssertionError("unreachable")
+
+        answer: list[Any] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer.append(message["status"])
+            elif message["type"] == "http.response.body":
+                answer.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+        if answer[0] != 200:
+            raise RuntimeError(f"{path} answered {answer[0]}: {b''.join(answer[1:])[:200]!r}")
+        return orjson.loads(b"".join(answer[1:]))
+
+    return call
+
+
+async def _run(steps: int, in_flight: int) -> dict[str, Any]:
+    from putplace.models import ApiKeyCreate
+    from putplace.server.app import create_app
+    from putplace.service import keys
+
+    app = create_app()
+    rng = random.Random(7)
+    work = [_step(rng, i * FILES_PER_STEP) for i in range(steps + 1)]  # the first warms up
+    async with app.router.lifespan_context(app):
+        state = app.state.putplace
+        created = await keys.create_key(state.stores.metadata, ApiKeyCreate(name="bench"))
+        call = _caller(app, created.api_key)
+
+        async def one(index: int) -> None:
+            files, bundle, contents = work[index]
+            await call("/put_files", b"brief=true", files, b"application/json")
+            answer = await call("/bundles", b"", bundle, b"application/vnd.putplace.bundle")
+            if answer["stored"] != contents:
+                raise RuntimeError(f"bundle stored {answer['stored']} of {contents}")
+
+        await one(0)
+        queue = iter(range(1, steps + 1))
+
+        async def worker() -> None:
+            for index in queue:
+                await one(index)
+
+        threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        after = _thread_cpu()
+    files = steps * FILES_PER_STEP
+    per_thread = {
+        name: round((seconds - threads.get(name, 0.0)) / files * 1e6, 1)
+        for name, seconds in sorted(after.items(), key=lambda kv: -kv[1])
+        if seconds - threads.get(name, 0.0) >= 0.01
+    }
+    return {
+        "files": files,
+        "cpu_us_per_file": round(cpu / files * 1e6, 1),
+        "files_per_s": round(files / wall),
+        "threads_us_per_file": per_thread,
+    }
+
+
+def main() -> None:
+    steps = int(os.environ.get("BENCH_INPROC_STEPS", "40"))
+    in_flight = int(os.environ.get("BENCH_INPROC_IN_FLIGHT", "4"))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(
+            PUTPLACE_DATABASE_URL=f"sqlite:///{tmp}/putplace.db",
+            PUTPLACE_STORAGE_URL=f"file://{tmp}/blobs",
+            PUTPLACE_LOG_LEVEL="warning",
+        )
+        import uvloop
+
+        result = uvloop.run(_run(steps, in_flight))
+    rows = [
+        ("server CPU per file", f"{result['cpu_us_per_file']:.1f} us"),
+        ("files/s (in process)", f"{result['files_per_s']:,}"),
+    ]
+    threads = result["threads_us_per_file"].items()
+    rows += [(f"  thread {name}", f"{us:.1f} us") for name, us in threads]
+    table(f"server side of a first ingest, in process: {result['files']:,} files", rows)
+    record("server_ingest", result)
+
+
+if __name__ == "__main__":
+    main()
