@@ -3,7 +3,6 @@ index, which every server worker opens at start-up; and how both write many rows
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +38,8 @@ def setting_up(path: Path) -> Iterator[None]:
     on a fresh data directory failed to start that way; four processes opening a fresh
     pack index at the same moment failed in 18 rounds of 50.
     """
+    import fcntl  # POSIX, as the server is; this module's other helpers serve the client too
+
     lock = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)

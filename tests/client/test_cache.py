@@ -4,9 +4,12 @@ for many files at once (more than one statement's worth) and for hostile names."
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
-from putplace.client.cache import ClientCache, listing_signature
+import pytest
+
+from putplace.client.cache import CacheBusyError, ClientCache, listing_signature
 from putplace.client.scanner import FileEntry
 
 HOSTILE = [
@@ -95,3 +98,27 @@ def test_a_listing_signature_changes_with_anything_a_record_carries() -> None:
     ]
     for other in changed:
         assert listing_signature(other, "10.0.0.1") != signature
+
+
+def test_a_cache_file_serves_one_run_at_a_time(tmp_path: Path) -> None:
+    # Two runs on one file (an overlapping cron job) failed part-way with "database is
+    # locked": the second is now refused at once, and the first run's work stands.
+    path = tmp_path / "cache.db"
+    first = ClientCache(path)
+    first.store_hashes([(stat_like(1), "a" * 64)])
+    with pytest.raises(CacheBusyError, match=f"another ppclient run is using the cache {path}"):
+        ClientCache(path)
+    first.close()
+
+    second = ClientCache(path)
+    assert second.lookup_hashes([stat_like(1)]) == ["a" * 64]
+    second.close()
+
+
+def test_a_cache_that_fails_to_open_lets_the_next_run_in(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    path.mkdir()  # not a database: SQLite cannot open it
+    with pytest.raises(sqlite3.Error):
+        ClientCache(path)
+    path.rmdir()
+    ClientCache(path).close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from putplace.client import hashing, pipeline
+from putplace.client.cache import ClientCache
 from putplace.client.cli import main
 from putplace.client.scanner import FileEntry, Listing
 from tests.client.helpers import counts
@@ -134,3 +135,19 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(
     monkeypatch.setattr(pipeline, "hash_entry", interrupt)
     assert dry_run(str(tree)) == 130
     assert "Interrupted; summary so far:" in capsys.readouterr().out
+
+
+def test_a_run_on_a_cache_another_run_is_using_exits_2_at_once(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache.db"
+    other_run = ClientCache(cache)
+    args = ["--dry-run", "--no-progress", "--cache-file", str(cache), str(tree)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"ppclient: another ppclient run is using the cache {cache}: wait for it to finish, "
+        "or give this run a --cache-file of its own\n"
+    )
+    other_run.close()
+    assert main(args) == 0

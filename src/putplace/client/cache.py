@@ -83,14 +83,55 @@ def listing_signature(entries: Sequence[FileEntry], ip_address: str) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+class CacheBusyError(Exception):
+    """Another ``ppclient`` run is using the cache file."""
+
+
+def _hold_exclusively(path: Path) -> int | None:
+    """A descriptor holding ``<path>.lock`` (an ``flock``) for this run; closing it lets
+    go. Raises :class:`CacheBusyError` at once when another run holds it.
+
+    A run keeps a write transaction open on its cache between commits, so a second run
+    on the same file (an overlapping cron job) failed after SQLite's 5 s busy timeout
+    with "database is locked", part-way through, as a traceback. Without ``flock`` (not
+    POSIX) there is no such lock, and SQLite's own locking is all there is."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CacheBusyError(
+            f"another ppclient run is using the cache {path}: wait for it to finish, or "
+            "give this run a --cache-file of its own"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class ClientCache:
-    """Thread-safe; writes are committed in batches by :meth:`commit`."""
+    """Thread-safe; writes are committed in batches by :meth:`commit`. One run at a time
+    uses a cache file (:class:`CacheBusyError` for another)."""
 
     def __init__(self, path: Path | None) -> None:
         self._lock = threading.Lock()
         target = ":memory:" if path is None else str(path)
+        self._held: int | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._held = _hold_exclusively(path)
+        try:
+            self._open(target)
+        except BaseException:
+            self._let_go()
+            raise
+
+    def _open(self, target: str) -> None:
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -231,5 +272,13 @@ class ClientCache:
 
     def close(self) -> None:
         with self._lock:
-            self._db.execute("COMMIT")
-            self._db.close()
+            try:
+                self._db.execute("COMMIT")
+                self._db.close()
+            finally:
+                self._let_go()
+
+    def _let_go(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None

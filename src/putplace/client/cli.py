@@ -5,8 +5,9 @@ Every flag can also be set in the config file (``--config``, default ``~/ppclien
 variable ``PUTPLACE_<FLAG>`` (``PUTPLACE_API_KEY``, ``PUTPLACE_URL``, ...). The command
 line wins over the environment, which wins over the file.
 
-Exit codes: 0 no errors, 1 some files failed, 2 usage error or refused API key,
-130 interrupted (Ctrl-C); the summary is printed in every case but a usage error.
+Exit codes: 0 no errors, 1 some files failed, 2 usage error, refused API key or a cache
+file another run is using, 130 interrupted (Ctrl-C); the summary is printed in every case
+but a usage error.
 
 ``ppclient find|locations|history|stats|duplicates|restore ...`` (the command word first)
 runs that inventory command instead: see :mod:`putplace.client.inventory`.
@@ -31,7 +32,7 @@ from putplace.client.args import (
     namespace_name,
     tls_verify,
 )
-from putplace.client.cache import ClientCache, default_cache_path
+from putplace.client.cache import CacheBusyError, ClientCache, default_cache_path
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
 from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiClient, AuthError
@@ -194,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         cache = ClientCache(None if args.no_cache else Path(args.cache_file).expanduser())
+    except CacheBusyError as exc:
+        print(f"ppclient: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, sqlite3.Error) as exc:
         print(f"ppclient: cannot open the cache {args.cache_file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
