@@ -7,6 +7,7 @@ import hashlib
 import os
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,21 @@ async def test_listing_pages_through_every_packed_blob_once(store: LocalBlobStor
     listed = [b.sha256 async for b in store.list()]
     assert sorted(listed) == sorted(map(sha, contents))
     assert len(listed) == len(set(listed))
+
+
+def test_writing_a_large_group_holds_little_beside_its_members(tmp_path: Path) -> None:
+    # A bundle may be up to a gigabyte (max_bundle_bytes): writing its pack must not need
+    # a second copy of it in memory. The pack still holds every member, in order.
+    index = packs.Packs(tmp_path, fsync=True)
+    index.open()
+    contents = [(sha(data), data) for data in (os.urandom(8192) for _ in range(2048))]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index.write(contents)
+        extra = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        index.close()
+    assert extra < 8 * 2**20  # 16 MiB of members
+    assert members_of(*pack_files(tmp_path)) == contents

@@ -8,7 +8,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ class FileAppender:
         """Are whole blocks (still) written with ``O_DIRECT``?"""
         return self._direct_fd is not None
 
-    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
+    def write(self, chunks: Iterable[bytes | memoryview]) -> int:
         """Append *chunks*; returns the bytes taken (all of them)."""
         taken = 0
         for chunk in chunks:

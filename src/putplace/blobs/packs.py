@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from putplace.blobs.fsio import FileAppender, fsync_dir
+from putplace.blobs.fsio import DIRECT_BUFFER, FileAppender, fsync_dir
 from putplace.sequences import chunked
 from putplace.sqlite_files import connect, execute_rows, setting_up, values
 
@@ -70,6 +70,24 @@ CREATE INDEX IF NOT EXISTS packed_by_pack ON packed (pack);
 Row = tuple[bytes, int, int, int]  # digest, pack, offset, size
 #: Index rows per statement (4 variables each; SQLite allows 32,766).
 _INSERT_ROWS = 500
+
+
+def _joined(parts: Sequence[bytes], size: int) -> Iterator[bytes]:
+    """*parts* joined into runs of about *size* bytes (a part larger than that alone).
+
+    The appender's work per piece, for two pieces per member, cost more than copying the
+    group once (1.8 against 3.2 ms of CPU for a pack of 750 members of 1-8 KiB); in runs,
+    the copy never holds more than *size* bytes beside the members."""
+    run: list[bytes] = []
+    length = 0
+    for part in parts:
+        if run and length + len(part) > size:
+            yield b"".join(run)
+            run, length = [], 0
+        run.append(part)
+        length += len(part)
+    if run:
+        yield b"".join(run)
 
 
 @functools.cache
@@ -216,10 +234,7 @@ class Packs:
                 rows = [(digest, pack, at, size) for digest, _, at, size in rows]
         try:
             with FileAppender(path, fd, 0, durable=self.fsync) as appender:
-                # Joined first: the appender's work per piece, for two pieces per member,
-                # cost more than copying the group once (1.8 against 3.2 ms of CPU for a
-                # pack of 750 members of 1-8 KiB).
-                appender.write([b"".join(parts)])
+                appender.write(_joined(parts, DIRECT_BUFFER))
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
