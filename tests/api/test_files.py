@@ -113,6 +113,12 @@ async def test_put_file_names_what_is_wrong_and_stores_nothing(api: httpx.AsyncC
     assert [e["loc"] for e in both.json()["detail"]] == [["query", "scan"], ["body", "file_size"]]
     (not_object,) = (await api.post("/put_file", json=[good])).json()["detail"]
     assert (not_object["loc"], not_object["type"]) == (["body"], "model_attributes_type")
+    for route in ("/put_file", "/put_files"):  # no body at all: what FastAPI says
+        empty = await api.post(route, headers={"Content-Type": "application/json"})
+        assert empty.status_code == 422, route
+        assert empty.json()["detail"] == [
+            {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
+        ]
     assert (await api.get("/files")).json() == []
 
 
