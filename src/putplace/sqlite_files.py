@@ -38,14 +38,29 @@ def setting_up(path: Path) -> Iterator[None]:
     on a fresh data directory failed to start that way; four processes opening a fresh
     pack index at the same moment failed in 18 rounds of 50.
     """
-    import fcntl  # POSIX, as the server is; this module's other helpers serve the client too
-
-    lock = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = hold_lock(f"{path}.setup-lock", wait=True)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(lock)  # closing the descriptor releases the lock
+        if lock is not None:
+            os.close(lock)  # closing the descriptor releases the lock
+
+
+def hold_lock(path: str, *, wait: bool) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on *path* (created if need be); closing
+    it lets go. Without *wait*, ``BlockingIOError`` at once when another holds it. None
+    where there is no ``flock`` (not POSIX): the client runs there too, the server not."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def values(width: int, rows: int) -> str:

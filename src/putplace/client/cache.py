@@ -19,13 +19,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import platformdirs
 
 from putplace.client.scanner import FileEntry
 from putplace.sequences import chunked
-from putplace.sqlite_files import execute_rows, json_row, values
+from putplace.sqlite_files import execute_rows, hold_lock, json_row, values
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hashes (
@@ -88,30 +87,20 @@ class CacheBusyError(Exception):
 
 
 def _hold_exclusively(path: Path) -> int | None:
-    """A descriptor holding ``<path>.lock`` (an ``flock``) for this run; closing it lets
-    go. Raises :class:`CacheBusyError` at once when another run holds it.
+    """A descriptor holding ``<path>.lock`` for this run (see :func:`hold_lock`). Raises
+    :class:`CacheBusyError` at once when another run holds it.
 
     A run keeps a write transaction open on its cache between commits, so a second run
     on the same file (an overlapping cron job) failed after SQLite's 5 s busy timeout
     with "database is locked", part-way through, as a traceback. Without ``flock`` (not
     POSIX) there is no such lock, and SQLite's own locking is all there is."""
     try:
-        import fcntl
-    except ImportError:
-        return None
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return hold_lock(f"{path}.lock", wait=False)
     except BlockingIOError:
-        os.close(fd)
         raise CacheBusyError(
             f"another ppclient run is using the cache {path}: wait for it to finish, or "
             "give this run a --cache-file of its own"
         ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class ClientCache:
@@ -154,7 +143,8 @@ class ClientCache:
                 for chunk in chunked(inodes, 500):
                     # dev first: the primary key (dev, ino) serves the lookup. With ino
                     # alone SQLite scanned the whole table per query (39% of a rescan).
-                    rows = self._aggregate(
+                    rows = json_row(
+                        self._db,
                         "SELECT json_group_array(json_array(ino, size, mtime_ns, ctime_ns, "  # noqa: S608
                         "sha256)) FROM hashes "
                         f"WHERE dev = ? AND ino IN ({', '.join('?' * len(chunk))})",
@@ -162,12 +152,6 @@ class ClientCache:
                     )
                     known.update(((device, *row[:4]), row[4]) for row in rows)
         return [known.get(ident) for ident in wanted]
-
-    def _aggregate(self, sql: str, params: tuple[object, ...]) -> Any:
-        """The JSON value a one-row aggregate query returns: rows fetched one by one
-        each hand the GIL to the walking thread and wait to get it back, and a rescan is
-        lookups, over and over."""
-        return json_row(self._db, sql, params)
 
     def store_hash(self, st: os.stat_result, sha256: str) -> None:
         self.store_hashes([(st, sha256)])
@@ -195,7 +179,8 @@ class ClientCache:
             for chunk in chunked(keys, 500):
                 marks = ", ".join("?" * len(chunk))
                 found.update(
-                    self._aggregate(
+                    json_row(
+                        self._db,
                         f"SELECT json_group_object({key}, {value}) FROM {table} "  # noqa: S608
                         f"WHERE server = ? AND hostname = ? AND {key} IN ({marks})",
                         (server, hostname, *chunk),
