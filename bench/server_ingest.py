@@ -4,9 +4,10 @@ Not part of ``make bench`` (it has no peer; it explains the server's share of th
 small-files ratio, which the client and the machine's drift hide end to end). The app is
 built with ``create_app()`` and run with its lifespan on a fresh SQLite database and blob
 directory (fsync on), and driven through ASGI without HTTP: BENCH_INPROC_STEPS (default
-40) steps, BENCH_INPROC_IN_FLIGHT (default 4) at once, each a ``POST /put_files`` of
-1,000 new records and then a ``POST /bundles`` of their 750 distinct contents (1-8 KiB,
-a quarter of the records copies), as ``ppclient`` sends a first ingest. Prints the
+40) steps of 1,000 files, BENCH_INPROC_IN_FLIGHT (default 4) at once, as ``ppclient``
+sends a first ingest of the tree ``make bench`` uses: a ``POST /put_files`` of 1,000 new
+records, then a ``POST /bundles`` of their contents (1-8 KiB); the last quarter of the
+files are copies of contents stored earlier, so their steps send records only. Prints the
 process's CPU per file and each thread's, and records them in bench/results.json
 (``server_ingest``). To compare two versions of the code, run it from each, alternating:
 ``PYTHONPATH=/path/to/other/checkout/src python -m bench.server_ingest``.
@@ -31,7 +32,8 @@ import orjson
 from bench.common import record, table
 
 FILES_PER_STEP = 1000
-COPY_EVERY = 4  # every fourth record repeats the content before it
+COPY_SHARE = 4  # the last quarter of the files are copies of earlier contents
+SETTLED = 8 * FILES_PER_STEP  # a copy's content is at least this many contents back
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -49,26 +51,42 @@ def _thread_cpu() -> dict[str, float]:
     return totals
 
 
-def _step(rng: random.Random, first: int) -> tuple[bytes, bytes, int]:
-    """One step's ``/put_files`` body, its bundle and the number of contents in it."""
-    records: list[dict[str, Any]] = []
-    contents: list[bytes] = []
-    for n in range(first, first + FILES_PER_STEP):
-        if n % COPY_EVERY == COPY_EVERY - 1:
-            data = contents[-1]
-        else:
-            data = rng.randbytes(rng.randint(1024, 8192))
-            contents.append(data)
-        records.append({
-            "filepath": f"/bench/d{n // 100}/f{n}", "hostname": "bench",
-            "ip_address": "127.0.0.1", "sha256": hashlib.sha256(data).hexdigest(),
-            "file_size": len(data), "file_mode": 0o100644, "file_uid": 0, "file_gid": 0,
-            "file_mtime": 1.7e9 + n, "file_atime": 1.7e9, "file_ctime": 1.7e9 + n,
-            "is_symlink": False, "link_target": None,
-        })  # fmt: skip
-    header = b"".join(struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents)
-    bundle = b"PPBNDL01" + struct.pack(">I", len(contents)) + header + b"".join(contents)
-    return orjson.dumps({"files": records}), bundle, len(contents)
+def _steps(rng: random.Random, count: int) -> list[tuple[bytes, bytes | None, int]]:
+    """Each step's ``/put_files`` body, its bundle and the number of contents in it.
+
+    Like the tree ``make bench`` ingests (``bench.small_files.make_tree``): the first
+    three quarters of the files have contents of their own, 1-8 KiB; the last quarter
+    are copies of earlier ones, which the server already holds: their steps send
+    records only, and the server answers that nothing is needed."""
+    unique = count - count // COPY_SHARE
+    stored: list[bytes] = []
+    steps: list[tuple[bytes, bytes | None, int]] = []
+    for first in range(0, count, FILES_PER_STEP):
+        records: list[dict[str, Any]] = []
+        contents: list[bytes] = []
+        for n in range(first, first + FILES_PER_STEP):
+            if n < unique:
+                data = rng.randbytes(rng.randint(1024, 8192))
+                contents.append(data)
+            else:
+                # Stored a few steps before: not one of a bundle still in flight.
+                data = stored[rng.randrange(max(1, len(stored) - SETTLED))]
+            records.append({
+                "filepath": f"/bench/d{n // 100}/f{n}", "hostname": "bench",
+                "ip_address": "127.0.0.1", "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data), "file_mode": 0o100644, "file_uid": 0, "file_gid": 0,
+                "file_mtime": 1.7e9 + n, "file_atime": 1.7e9, "file_ctime": 1.7e9 + n,
+                "is_symlink": False, "link_target": None,
+            })  # fmt: skip
+        stored += contents
+        bundle = None
+        if contents:
+            header = b"".join(
+                struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents
+            )
+            bundle = b"PPBNDL01" + struct.pack(">I", len(contents)) + header + b"".join(contents)
+        steps.append((orjson.dumps({"files": records}), bundle, len(contents)))
+    return steps
 
 
 Call = Callable[[str, bytes, bytes, bytes], Awaitable[Any]]
@@ -121,25 +139,30 @@ async def _run(steps: int, in_flight: int) -> dict[str, Any]:
 
     app = create_app()
     rng = random.Random(7)
-    work = [_step(rng, i * FILES_PER_STEP) for i in range(steps + 1)]  # the first warms up
+    warm_up, *work = _steps(rng, (steps + 1) * FILES_PER_STEP)
     async with app.router.lifespan_context(app):
         state = app.state.putplace
         created = await keys.create_key(state.stores.metadata, ApiKeyCreate(name="bench"))
         call = _caller(app, created.api_key)
 
-        async def one(index: int) -> None:
-            files, bundle, contents = work[index]
-            await call("/put_files", b"brief=true", files, b"application/json")
+        async def one(step: tuple[bytes, bytes | None, int]) -> None:
+            files, bundle, contents = step
+            answers = await call("/put_files", b"brief=true", files, b"application/json")
+            needed = sum(1 for result in answers["results"] if result["file"]["upload_required"])
+            if bundle is None:
+                if needed:
+                    raise RuntimeError(f"{needed} copies of stored contents were asked for")
+                return
             answer = await call("/bundles", b"", bundle, b"application/vnd.putplace.bundle")
             if answer["stored"] != contents:
                 raise RuntimeError(f"bundle stored {answer['stored']} of {contents}")
 
-        await one(0)
-        queue = iter(range(1, steps + 1))
+        await one(warm_up)
+        queue = iter(work)
 
         async def worker() -> None:
-            for index in queue:
-                await one(index)
+            for step in queue:
+                await one(step)
 
         threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
