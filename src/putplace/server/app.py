@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.models import OpenAPI
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 
 from putplace import __version__, gctune
@@ -118,6 +119,12 @@ async def _reclaim_uploads(stores: Stores) -> None:
             log.info("freed %d expired uploads", freed)
 
 
+#: FastAPI's own OpenTelemetry, off: PutPlace exports Prometheus metrics (``/metrics``)
+#: and neither configures nor tests OpenTelemetry, and with it on, every request asks
+#: for the global tracer, meter and logger providers (6 us each time, measured).
+_NO_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings are loaded from the environment when not given."""
     app = FastAPI(
@@ -125,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        telemetry=_NO_OPENTELEMETRY,
     )
     app.state.settings = settings = settings or load_settings()
     configure_logging(settings)
