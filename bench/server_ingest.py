@@ -7,7 +7,7 @@ directory (fsync on), and driven through ASGI without HTTP: BENCH_INPROC_STEPS (
 40) steps of 1,000 files, BENCH_INPROC_IN_FLIGHT (default 4) at once, as ``ppclient``
 sends a first ingest of the tree ``make bench`` uses: a ``POST /put_files`` of 1,000 new
 records, then a ``POST /bundles`` of their contents (1-8 KiB); the last quarter of the
-files are copies of contents stored earlier, so their steps send records only. Prints the
+steps are copies of contents stored by then, so they send records only. Prints the
 process's CPU per file and each thread's, and records them in bench/results.json
 (``server_ingest``). To compare two versions of the code, run it from each, alternating:
 ``PYTHONPATH=/path/to/other/checkout/src python -m bench.server_ingest``.
@@ -32,8 +32,7 @@ import orjson
 from bench.common import record, table
 
 FILES_PER_STEP = 1000
-COPY_SHARE = 4  # the last quarter of the files are copies of earlier contents
-SETTLED = 8 * FILES_PER_STEP  # a copy's content is at least this many contents back
+COPY_SHARE = 4  # the last quarter of the steps are copies of earlier contents
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -51,42 +50,45 @@ def _thread_cpu() -> dict[str, float]:
     return totals
 
 
-def _steps(rng: random.Random, count: int) -> list[tuple[bytes, bytes | None, int]]:
-    """Each step's ``/put_files`` body, its bundle and the number of contents in it.
+#: A step: its ``/put_files`` body, its bundle (None: records only) and the number of
+#: contents in the bundle.
+Step = tuple[bytes, bytes | None, int]
 
-    Like the tree ``make bench`` ingests (``bench.small_files.make_tree``): the first
-    three quarters of the files have contents of their own, 1-8 KiB; the last quarter
-    are copies of earlier ones, which the server already holds: their steps send
-    records only, and the server answers that nothing is needed."""
-    unique = count - count // COPY_SHARE
+
+def _records(first: int, contents: list[bytes]) -> bytes:
+    """The ``/put_files`` body of a step of files numbered from *first*."""
+    records = [
+        {
+            "filepath": f"/bench/d{n // 100}/f{n}", "hostname": "bench",
+            "ip_address": "127.0.0.1", "sha256": hashlib.sha256(data).hexdigest(),
+            "file_size": len(data), "file_mode": 0o100644, "file_uid": 0, "file_gid": 0,
+            "file_mtime": 1.7e9 + n, "file_atime": 1.7e9, "file_ctime": 1.7e9 + n,
+            "is_symlink": False, "link_target": None,
+        }
+        for n, data in enumerate(contents, start=first)
+    ]  # fmt: skip
+    return orjson.dumps({"files": records})
+
+
+def _steps(rng: random.Random, new: int, copies: int) -> tuple[list[Step], list[Step]]:
+    """*new* steps of files with contents of their own (1-8 KiB, each with its bundle),
+    then *copies* steps of files whose contents are random ones of those: records only,
+    as the tree ``make bench`` ingests ends (``bench.small_files.make_tree``)."""
+    fresh: list[Step] = []
     stored: list[bytes] = []
-    steps: list[tuple[bytes, bytes | None, int]] = []
-    for first in range(0, count, FILES_PER_STEP):
-        records: list[dict[str, Any]] = []
-        contents: list[bytes] = []
-        for n in range(first, first + FILES_PER_STEP):
-            if n < unique:
-                data = rng.randbytes(rng.randint(1024, 8192))
-                contents.append(data)
-            else:
-                # Stored a few steps before: not one of a bundle still in flight.
-                data = stored[rng.randrange(max(1, len(stored) - SETTLED))]
-            records.append({
-                "filepath": f"/bench/d{n // 100}/f{n}", "hostname": "bench",
-                "ip_address": "127.0.0.1", "sha256": hashlib.sha256(data).hexdigest(),
-                "file_size": len(data), "file_mode": 0o100644, "file_uid": 0, "file_gid": 0,
-                "file_mtime": 1.7e9 + n, "file_atime": 1.7e9, "file_ctime": 1.7e9 + n,
-                "is_symlink": False, "link_target": None,
-            })  # fmt: skip
+    for step in range(new):
+        contents = [rng.randbytes(rng.randint(1024, 8192)) for _ in range(FILES_PER_STEP)]
+        header = b"".join(
+            struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents
+        )
+        bundle = b"PPBNDL01" + struct.pack(">I", len(contents)) + header + b"".join(contents)
+        fresh.append((_records(step * FILES_PER_STEP, contents), bundle, len(contents)))
         stored += contents
-        bundle = None
-        if contents:
-            header = b"".join(
-                struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents
-            )
-            bundle = b"PPBNDL01" + struct.pack(">I", len(contents)) + header + b"".join(contents)
-        steps.append((orjson.dumps({"files": records}), bundle, len(contents)))
-    return steps
+    later: list[Step] = []
+    for step in range(new, new + copies):
+        contents = [stored[rng.randrange(len(stored))] for _ in range(FILES_PER_STEP)]
+        later.append((_records(step * FILES_PER_STEP, contents), None, 0))
+    return fresh, later
 
 
 Call = Callable[[str, bytes, bytes, bytes], Awaitable[Any]]
@@ -138,34 +140,38 @@ async def _run(steps: int, in_flight: int) -> dict[str, Any]:
     from putplace.service import keys
 
     app = create_app()
-    rng = random.Random(7)
-    warm_up, *work = _steps(rng, (steps + 1) * FILES_PER_STEP)
+    copies = steps // COPY_SHARE
+    # One more step of new contents than measured: the first warms up.
+    (warm_up, *fresh), later = _steps(random.Random(7), steps - copies + 1, copies)
     async with app.router.lifespan_context(app):
         state = app.state.putplace
         created = await keys.create_key(state.stores.metadata, ApiKeyCreate(name="bench"))
         call = _caller(app, created.api_key)
 
-        async def one(step: tuple[bytes, bytes | None, int]) -> None:
+        async def one(step: Step) -> None:
             files, bundle, contents = step
             answers = await call("/put_files", b"brief=true", files, b"application/json")
             needed = sum(1 for result in answers["results"] if result["file"]["upload_required"])
-            if bundle is None:
-                if needed:
-                    raise RuntimeError(f"{needed} copies of stored contents were asked for")
-                return
-            answer = await call("/bundles", b"", bundle, b"application/vnd.putplace.bundle")
-            if answer["stored"] != contents:
-                raise RuntimeError(f"bundle stored {answer['stored']} of {contents}")
+            if needed != contents:
+                raise RuntimeError(f"{needed} contents asked for, {contents} expected")
+            if bundle is not None:
+                answer = await call("/bundles", b"", bundle, b"application/vnd.putplace.bundle")
+                if answer["stored"] != contents:
+                    raise RuntimeError(f"bundle stored {answer['stored']} of {contents}")
+
+        async def run(work: list[Step]) -> None:
+            queue = iter(work)
+
+            async def worker() -> None:
+                for step in queue:
+                    await one(step)
+
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
 
         await one(warm_up)
-        queue = iter(work)
-
-        async def worker() -> None:
-            for step in queue:
-                await one(step)
-
         threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        await run(fresh)
+        await run(later)  # once every content they copy is stored
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         after = _thread_cpu()
     files = steps * FILES_PER_STEP
@@ -185,6 +191,8 @@ async def _run(steps: int, in_flight: int) -> dict[str, Any]:
 def main() -> None:
     steps = int(os.environ.get("BENCH_INPROC_STEPS", "40"))
     in_flight = int(os.environ.get("BENCH_INPROC_IN_FLIGHT", "4"))
+    if steps < 1 or in_flight < 1:
+        raise SystemExit("BENCH_INPROC_STEPS and BENCH_INPROC_IN_FLIGHT must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(
             PUTPLACE_DATABASE_URL=f"sqlite:///{tmp}/putplace.db",
