@@ -663,7 +663,8 @@ def _upsert_blobs(
     conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
 ) -> tuple[list[bool], set[str]]:
     """Insert or update *rows* (a present content is left alone); whether each row wrote,
-    and the keys (as :func:`_key_text` shows them) of the records there before.
+    and the keys (as :func:`_hex` and :data:`_BLOB_KEY_TEXT` show them) of the records
+    there before.
 
     Worked out from the records' states before the upsert, read in the same transaction
     as one row per statement, rather than with ``RETURNING`` (a row per record written,
@@ -674,18 +675,13 @@ def _upsert_blobs(
     for sha, _, state, *_ in rows:
         # As the upsert goes: row by row, so a content sent twice writes once when its
         # first row makes it present.
-        key = _key_text(sha)
+        key = _hex(sha)
         wrote = states.get(key) != BlobState.present.value
         if wrote:
             states[key] = state
         answers.append(wrote)
     execute_rows(conn, _upsert_blobs_sql, rows, _SQLITE_VARIABLE_CHUNK)
     return answers, existed
-
-
-def _key_text(key: bytes | str) -> str:
-    """A blobs table key as :data:`_BLOB_KEY_TEXT` shows it."""
-    return key.hex() if isinstance(key, bytes) else key
 
 
 #: A blobs table key as text: a digest's lowercase hex, a text key as it is (never 64
@@ -1402,7 +1398,7 @@ class SQLiteMetadataStore(MetadataStore):
                 # name another sender (a first ingest has none, and skips the lookups).
                 by_stamp: dict[str, list[bytes | str]] = {}
                 for sha, _, _, stamp, _, _ in rows:
-                    if _key_text(sha) in existed:
+                    if _hex(sha) in existed:
                         by_stamp.setdefault(stamp, []).append(sha)
                 for stamp, hashes in by_stamp.items():
                     for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
