@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 from collections.abc import Awaitable
@@ -112,3 +113,33 @@ async def test_health_names_where_redis_is_never_its_password() -> None:
         limits = RedisCoordinator(url)
         assert limits.describe()["url"] == shown
         await limits.close()
+
+
+async def test_deployments_on_other_databases_of_one_redis_do_not_hear_each_others_keys(
+    redis_url: str,
+) -> None:
+    """Redis shares pub/sub channels across its databases; a key revoked in the
+    deployment on database N is announced to that deployment only."""
+    server, database = redis_url.rsplit("/", 1)
+    other_url = f"{server}/{(int(database) + 1) % 16}"
+    here, same, other = (RedisCoordinator(url) for url in (redis_url, redis_url, other_url))
+    heard_same: list[str | None] = []
+    heard_other: list[str | None] = []
+    try:
+        here.listen(lambda _: None)
+        same.listen(heard_same.append)
+        other.listen(heard_other.append)
+        await asyncio.sleep(0.2)  # subscribed
+        changed = secrets.token_hex(32)  # not another test's
+        await here.announce_key_change(changed)
+        for _ in range(50):
+            if changed in heard_same:
+                break
+            await asyncio.sleep(0.05)
+        assert heard_same == [changed]
+        await asyncio.sleep(0.2)  # what the other database would hear has arrived by now
+        # Another test may be announcing its own keys on that database meanwhile.
+        assert changed not in heard_other
+    finally:
+        for coordinator in (here, same, other):
+            await coordinator.close()

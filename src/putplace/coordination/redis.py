@@ -2,7 +2,8 @@
 
 Rate limits and quota reservations are Lua scripts, so each check-and-take is atomic
 across instances and timed by Redis' own clock. Key revocations are published on a
-channel every instance listens to, so a revoked key is refused everywhere at once.
+channel every instance of the deployment (same Redis database) listens to, so a revoked
+key is refused everywhere at once.
 
 Redis is a helper, never a dependency of answering: when it does not answer (within
 ``TIMEOUT_SECONDS``) each instance falls back to its own per-process limits for
@@ -41,7 +42,14 @@ T = TypeVar("T")
 TIMEOUT_SECONDS = 0.5
 RETRY_SECONDS = 2.0
 PREFIX = "putplace:"
-KEY_CHANNEL = PREFIX + "keys-changed"
+
+
+def key_channel(database: int) -> str:
+    """The channel key changes are announced on, one per database: Redis shares channels
+    across its databases, and deployments kept apart by database number (``.../0`` and
+    ``.../1`` of one server) must not hear each other's keys."""
+    return f"{PREFIX}{database}:keys-changed"
+
 
 REDIS_UP = Gauge(
     "putplace_redis_up",
@@ -104,6 +112,7 @@ class RedisCoordinator(Coordinator):
         self._redis: Redis = Redis.from_url(
             url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
         )
+        self._channel = key_channel(int(self._redis.connection_pool.connection_kwargs.get("db", 0)))
         self._take = self._redis.register_script(_TAKE)
         self._reserve = self._redis.register_script(_RESERVE)
         self._local = LocalCoordinator()
@@ -240,7 +249,7 @@ class RedisCoordinator(Coordinator):
         await self._local.announce_key_change(key_hash)  # this process at once
 
         async def shared() -> None:
-            await self._redis.publish(KEY_CHANNEL, key_hash)
+            await self._redis.publish(self._channel, key_hash)
 
         await self._shared("key_change", shared, _nothing)
 
@@ -252,7 +261,7 @@ class RedisCoordinator(Coordinator):
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as channel:
-                    await channel.subscribe(KEY_CHANNEL)
+                    await channel.subscribe(self._channel)
                     if subscribed_before:
                         self._listener(None)
                         self._came_back()
