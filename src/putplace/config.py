@@ -198,7 +198,8 @@ class Settings(BaseSettings):
     upload_expiry_seconds: Annotated[float, Field(gt=0)] = Field(
         86400.0,
         description="A resumable (tus) upload that receives no bytes for this long expires "
-        "(404 after); `ppserver gc` and each start of the server reclaim its space.",
+        "(410, then 404); its space is freed at each start of the server, every 10 "
+        "minutes while it runs, and by `ppserver gc --delete`.",
     )
     metrics: MetricsAccess = Field(
         MetricsAccess.key,

@@ -49,8 +49,10 @@ def put(
     mtime: float = 1_700_000_000.0,
     link: str | None = None,
     upload: bool = True,
+    namespace: str | None = None,
 ) -> str:
-    """Register one file (or symlink, with *link*) and store its content; its hash."""
+    """Register one file (or symlink, with *link*) and store its content (in *namespace*,
+    default the key's own); its hash."""
     data = link.encode() if link is not None else content
     sha = hashlib.sha256(data).hexdigest()
     record = {
@@ -60,10 +62,12 @@ def put(
         "file_ctime": mtime, "is_symlink": link is not None, "link_target": link,
     }  # fmt: skip
     headers = {"X-API-Key": key}
-    answer = httpx.post(f"{url}/put_file", json=record, headers=headers)
+    params = {} if namespace is None else {"namespace": namespace}
+    answer = httpx.post(f"{url}/put_file", json=record, headers=headers, params=params)
     answer.raise_for_status()
     if upload and answer.json()["upload_required"]:
-        httpx.put(f"{url}/blobs/{sha}", content=content, headers=headers).raise_for_status()
+        httpx.put(f"{url}/blobs/{sha}", content=content, headers=headers, params=params
+                  ).raise_for_status()  # fmt: skip
     return sha
 
 
@@ -471,6 +475,13 @@ def test_connection_settings_come_from_env_and_config_but_filters_do_not(
     monkeypatch.setenv("PUTPLACE_HOSTNAME", "h1")
     assert main(["find", "--config", str(config), "--json"]) == 0
     assert sorted(paths(capsys)) == ["/mine", "/theirs"]
+    # The namespace an upload client's config names is the one read, as from the
+    # environment.
+    put(server_url, keys.admin, "h1", "/lab-only", namespace="lab")
+    config.write_text(f"url = {server_url}\nnamespace = lab\n")
+    monkeypatch.setenv("PUTPLACE_API_KEY", keys.admin)
+    assert main(["find", "--config", str(config), "--json"]) == 0
+    assert paths(capsys) == ["/lab-only"]
     monkeypatch.setenv("PUTPLACE_URL", "http://127.0.0.1:1")  # the environment wins
     assert main(["find", "--config", str(config), "--json"]) == 1
     assert "cannot connect" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """What every inventory command shares: connection options, value parsers, exit codes.
 
-The connection options are read like the upload command's (command line, then the
+The connection options (and ``--namespace``, the one to read) are read like the upload command's (command line, then the
 environment variable ``PUTPLACE_<FLAG>``, then the config file, ``~/ppclient.conf`` by
 default). Only those options may come from the environment or the file: a
 ``hostname = web-01`` line meant for uploads, or ``PUTPLACE_HOSTNAME``, must not quietly
@@ -30,7 +30,7 @@ DEFAULT_URL = "http://localhost:8000"
 DEFAULT_CONFIG = "~/ppclient.conf"
 USAGE_STATUSES = frozenset({400, 401, 403, 422})
 """Refusals that mean the command or the key is wrong (exit 2), not the data (exit 1)."""
-SHARED = frozenset({"url", "api_key", "ca_bundle", "insecure", "timeout", "retries"})
+SHARED = frozenset({"url", "api_key", "ca_bundle", "insecure", "timeout", "retries", "namespace"})
 """The options that may also come from the environment and the config file."""
 
 
