@@ -34,6 +34,8 @@ async def test_upload_then_download_identical_bytes(api: httpx.AsyncClient) -> N
     assert download.content == content
     assert download.headers["content-length"] == str(len(content))
     assert download.headers["etag"] == f'"{body["sha256"]}"'
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["x-content-type-options"] == "nosniff"  # never rendered
     assert (await put(api, body)).json()["upload_required"] is False
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import pytest
 
 from putplace.client.cli import main
 from putplace.client.inventory.commands import find_row
-from putplace.client.inventory.options import point_in_time
+from putplace.client.inventory.options import point_in_time, run
+from putplace.client.uploader import ApiError, AuthError
 from tests.client.fake_server import KEY, fake_server
 from tests.client.helpers import counts
 from tests.conftest import Keys
@@ -485,6 +487,24 @@ def test_connection_settings_come_from_env_and_config_but_filters_do_not(
     monkeypatch.setenv("PUTPLACE_URL", "http://127.0.0.1:1")  # the environment wins
     assert main(["find", "--config", str(config), "--json"]) == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_what_the_server_says_is_shown_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    """A refusal's detail quotes the server (or a proxy in front of it): it must not
+    drive the terminal either."""
+
+    def refused(error: ApiError) -> Callable[[], int]:
+        def body() -> int:
+            raise error
+
+        return body
+
+    assert run(refused(ApiError(502, "<html>\x1b[2Jbad gateway"))) == 1
+    assert run(refused(AuthError(401, "key\x1b]0;owned\x07"))) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "<html>\\x1b[2Jbad gateway (HTTP 502)" in err
+    assert "key\\x1b]0;owned\\x07" in err
 
 
 def test_missing_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

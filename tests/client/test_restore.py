@@ -181,14 +181,19 @@ def test_hostile_paths_and_link_targets_are_refused(
     put(server_url, keys.write, "src", f"{root}/abs", link="/etc/passwd")
     put(server_url, keys.write, "src", f"{root}/a/climb", link="../../outside")
     put(server_url, keys.write, "src", f"{root}/a/sneaky", link="b/../../..")
+    # NUL cannot be in a local name; in the wire form it is %00 (and %FF makes it read so).
+    put(server_url, keys.write, "src", f"{root}/nul%00%FF", b"nul")
+    put(server_url, keys.write, "src", f"{root}/nul-link", link="x%00%FF")
     out = tmp_path / "out"
     assert restore(server_url, keys.read, "--hostname", "src", root, "--to", str(out)) == 1
     output = capsys.readouterr()
     refused = [line for line in output.err.splitlines() if line.startswith("refused: ")]
-    assert len(refused) == 4
+    assert len(refused) == 6
     assert any("escaped.txt: the path has a '..' component" in line for line in refused)
     assert any("/abs: the symlink target /etc/passwd is absolute" in line for line in refused)
-    assert counts(output.out)["Errors"] == 4
+    assert any("%00%FF: the path holds a NUL character" in line for line in refused)
+    assert any("nul-link: the symlink target holds a NUL" in line for line in refused)
+    assert counts(output.out)["Errors"] == 6
     assert list(tmp_path.rglob("escaped.txt")) == []
     for name in ("abs", "a/climb", "a/sneaky"):
         assert not os.path.lexists(out / name)

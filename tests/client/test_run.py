@@ -100,6 +100,7 @@ def test_special_files_are_skipped_and_named_with_verbose(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     os.mkfifo(tree / "fifo")
+    os.mkfifo(tree / "red\x1b[31m\nfifo")  # shown escaped, never colouring the terminal
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(tree / "sock"))
         assert dry_run(str(tree)) == 0
@@ -109,7 +110,9 @@ def test_special_files_are_skipped_and_named_with_verbose(
     assert "fifo" not in quiet.err
     assert f"skipped FIFO: {tree}/fifo" in loud.err
     assert f"skipped socket: {tree}/sock" in loud.err
-    assert counts(loud.out)["Skipped (sockets, FIFOs, devices)"] == 2
+    assert f"skipped FIFO: {tree}/red\\x1b[31m\\nfifo" in loud.err
+    assert "\x1b" not in loud.err
+    assert counts(loud.out)["Skipped (sockets, FIFOs, devices)"] == 3
 
 
 def test_single_files_and_excludes(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,9 +123,11 @@ def test_single_files_and_excludes(tree: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_missing_path_is_an_error(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert dry_run(str(tree / "nope"), str(tree)) == 1
+    assert dry_run(str(tree / "nope"), str(tree / "no\x1b[2Jpe\rX"), str(tree)) == 1
     captured = capsys.readouterr()
     assert "nope: No such file or directory" in captured.err
+    assert "no\\x1b[2Jpe\\rX: No such file or directory" in captured.err  # shown literally
+    assert "\x1b" not in captured.err
     assert counts(captured.out)["Files seen"] == 3
 
 

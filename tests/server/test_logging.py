@@ -47,3 +47,22 @@ def test_json_access_log_with_request_ids_and_no_secrets(tmp_path: Path) -> None
     assert not [e for e in entries if e["logger"] == "uvicorn.access"]  # one line a request
     non_json = [line for line in text.splitlines() if line and not line.startswith("{")]
     assert non_json == []
+
+
+def test_text_log_shows_a_hostile_request_path_literally(tmp_path: Path) -> None:
+    """Anyone may request any path (no key needed): a newline in it must not forge a log
+    line, and an ESC must not reach the terminal of whoever reads the log."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/putplace.db",
+        storage_url=f"file://{tmp_path}/blobs",
+        log_format=LogFormat.text,
+    )
+    forged = "2026-12-02 09:00:00,000 INFO putplace.access: forged"
+    with ppserver_process(settings, tmp_path) as url, httpx.Client(base_url=url) as client:
+        path = "/files/%1b%5b31mRED%0d%0a" + forged.replace(" ", "%20")
+        assert client.get(path).status_code == 404
+    (log,) = tmp_path.glob("ppserver-*.log")
+    text = log.read_text()
+    assert "\x1b" not in text
+    assert not any(line.startswith(forged) for line in text.splitlines())
+    assert f'"GET /files/\\x1b[31mRED\\r\\n{forged} HTTP/1.1" 404' in text

@@ -36,6 +36,7 @@ from putplace.client.cache import CacheBusyError, ClientCache, default_cache_pat
 from putplace.client.pipeline import Options, Run, default_ip
 from putplace.client.progress import Reporter, Summary
 from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiClient, AuthError
+from putplace.display import safe
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except AuthError as exc:
         print(
-            f"ppclient: the server refused the API key (HTTP {exc.status}): {exc.detail}",
+            f"ppclient: the server refused the API key (HTTP {exc.status}): {safe(exc.detail)}",
             file=sys.stderr,
         )
         reporter.print_summary("Stopped")

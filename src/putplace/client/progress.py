@@ -20,6 +20,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from putplace.display import safe
+
 
 @dataclass
 class Summary:
@@ -114,12 +116,15 @@ class Reporter(TransferBars):
 
     def error(self, path: str, message: str) -> None:
         self.summary.add(errors=1)
-        self.console.print(f"[red]error[/]: {escape(path)}: {escape(message)}", soft_wrap=True)
+        # Markup escaped for rich, then control characters for the terminal: the path and
+        # the message (which may quote the server) name what others chose.
+        shown = f"{escape(safe(path))}: {escape(safe(message))}"
+        self.console.print(f"[red]error[/]: {shown}", soft_wrap=True)
 
     def skip(self, path: str, kind: str) -> None:
         self.summary.add(skipped=1)
         if self.verbose:
-            self.console.print(f"skipped {kind}: {path}", markup=False, soft_wrap=True)
+            self.console.print(f"skipped {kind}: {safe(path)}", markup=False, soft_wrap=True)
 
     def info(self, message: str) -> None:
         if self.verbose:

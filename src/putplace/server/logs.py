@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace.config import LogFormat, Settings
+from putplace.display import safe
 
 access_log = logging.getLogger("putplace.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -47,6 +48,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """One line per message, shown literally: a message carries what clients chose (a
+    request path, a forwarded address), and a raw newline or ESC in it would forge log
+    lines or drive the terminal of whoever reads the log. A traceback keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        shown = safe(record.message)
+        if shown is not record.message:  # not the common case: a copy, so other
+            record = logging.makeLogRecord({**vars(record), "message": shown})  # handlers
+        return super().formatMessage(record)  # see the message as it was
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(safe(line) for line in super().formatException(ei).split("\n"))
+
+
 def configure_logging(settings: Settings) -> None:
     """Route every log line (ours and uvicorn's) through one handler in the chosen format."""
     handler = logging.StreamHandler()
@@ -54,7 +73,7 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(JsonFormatter())
         handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

@@ -1,10 +1,11 @@
 """What every inventory command shares: connection options, value parsers, exit codes.
 
-The connection options (and ``--namespace``, the one to read) are read like the upload command's (command line, then the
-environment variable ``PUTPLACE_<FLAG>``, then the config file, ``~/ppclient.conf`` by
-default). Only those options may come from the environment or the file: a
-``hostname = web-01`` line meant for uploads, or ``PUTPLACE_HOSTNAME``, must not quietly
-turn into a ``--hostname`` filter of ``find``. Other keys of the file are ignored.
+The connection options (and ``--namespace``, the one to read) are read like the upload
+command's (command line, then the environment variable ``PUTPLACE_<FLAG>``, then the
+config file, ``~/ppclient.conf`` by default). Only those options may come from the
+environment or the file: a ``hostname = web-01`` line meant for uploads, or
+``PUTPLACE_HOSTNAME``, must not quietly turn into a ``--hostname`` filter of ``find``.
+Other keys of the file are ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from putplace.client.args import check_connection, namespace_name, tls_verify
 from putplace.client.inventory.reader import ConnectFailedError, ReadClient
 from putplace.client.uploader import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ApiError, AuthError
 from putplace.digest import is_sha256_hex
+from putplace.display import safe
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://localhost:8000"
@@ -105,16 +107,18 @@ def fail(message: str) -> None:
 
 def run(body: Callable[[], int]) -> int:
     """Run a command body, turning refusals and failures into a message and exit code."""
+    # A failure's detail may quote the server, or what a proxy answered: shown literally.
     try:
         return body()
     except AuthError as exc:
-        fail(f"the server refused the API key (HTTP {exc.status}): {exc.detail}")
+        fail(f"the server refused the API key (HTTP {exc.status}): {safe(exc.detail)}")
         return EXIT_USAGE
     except ConnectFailedError as exc:
-        fail(exc.detail)
+        fail(safe(exc.detail))
         return EXIT_ERRORS
     except ApiError as exc:
-        fail(exc.detail if exc.status is None else f"{exc.detail} (HTTP {exc.status})")
+        detail = safe(exc.detail)
+        fail(detail if exc.status is None else f"{detail} (HTTP {exc.status})")
         return EXIT_USAGE if exc.status in USAGE_STATUSES else EXIT_ERRORS
     except KeyboardInterrupt:
         fail("interrupted")

@@ -67,6 +67,8 @@ def relative_parts(filepath: str, prefix: str) -> tuple[str, ...]:
         raise RefusedError("the path has a '..' component; refusing to write outside the target")
     if not parts:
         raise RefusedError("the path names no file")
+    if "\0" in rest:
+        raise RefusedError("the path holds a NUL character, which no local name can")
     return parts
 
 
@@ -77,6 +79,8 @@ def check_link_target(target: str, depth: int) -> None:
         raise RefusedError("the symlink has an empty target")
     if target.startswith("/"):
         raise RefusedError(f"the symlink target {target} is absolute")
+    if "\0" in target:
+        raise RefusedError("the symlink target holds a NUL character, which no link can")
     parts = target.split("/")
     climb = 0
     while climb < len(parts) and parts[climb] == "..":

@@ -160,7 +160,14 @@ async def download(
         state.stores.metadata, state.settings, sha256, caller.readable(namespace)
     )
     etag = f'"{sha256}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, immutable",
+        # Stored content is anyone's bytes (an HTML page, a script): a browser must not
+        # guess a type that it would render or run.
+        "X-Content-Type-Options": "nosniff",
+    }
     if if_none_match is not None and _matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     try:
