@@ -78,6 +78,7 @@ async def test_an_abandoned_or_open_scan_deletes_nothing(api: httpx.AsyncClient)
         ("/scans", {"hostname": "h", "root": "relative/dir"}, 400),
         ("/scans", {"hostname": "", "root": "/srv"}, 422),
         ("/scans", {"hostname": "h", "root": "/srv", "excludes": "*.log"}, 422),
+        ("/scans", {"hostname": "h", "root": "/srv", "excludes": ["[z-a]"]}, 422),
         ("/scans/999999/complete", None, 404),
         ("/scans/not-an-id/seen", {"filepaths": ["/a"]}, 404),
     ],
@@ -131,6 +132,9 @@ async def test_search_pages_with_the_next_cursor_header(api: httpx.AsyncClient) 
         {"mtime_after": "nan"},
         {"state": "zombie"},
         {"limit": 0},
+        {"path_glob": "/srv/[z-a]"},  # a reversed range: no class at all
+        {"path_glob": "/srv/[!]"},
+        {"path_glob": "/srv/\x00"},
     ],
 )
 async def test_bad_search_parameters_are_a_clear_4xx(
@@ -139,6 +143,9 @@ async def test_bad_search_parameters_are_a_clear_4xx(
     response = await api.get("/files", params=params)
     assert response.status_code in (400, 422), response.text
     assert response.json()["detail"]
+    if "path_glob" in params:  # says which parameter, and why
+        assert response.status_code == 422
+        assert "path_glob" in response.text
 
 
 async def test_history_and_as_of_over_http(api: httpx.AsyncClient) -> None:

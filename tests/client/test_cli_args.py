@@ -130,3 +130,14 @@ def test_ip_must_be_an_address(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--dry-run", "x", "--ip", "web-01"])
     assert exited.value.code == 2
     assert "not an IP address: 'web-01'" in capsys.readouterr().err
+
+
+def test_an_exclude_that_cannot_be_matched_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--dry-run", "x", "--exclude", "*.log", "--exclude", "[z-a]"])
+    assert exited.value.code == 2  # not a traceback from the walk
+    assert "not a valid exclude pattern '[z-a]': bad character range z-a" in (
+        capsys.readouterr().err
+    )

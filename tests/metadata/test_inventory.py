@@ -272,6 +272,25 @@ async def test_search_filters(
 
 
 @pytest.mark.parametrize(
+    ("glob", "expected"),
+    [
+        ("/x/*.pdf", ["/x/a\nb.pdf"]),  # a name may hold a newline, even at its end
+        ("/**/*.pdf", ["/x/a\nb.pdf", "/x/y/c.pdf"]),  # two wildcard runs
+        ("/**", ["/x/a\nb.pdf", "/x/report.pdf\n", "/x/y/c.pdf"]),
+        ("/*/*.pdf?", ["/x/report.pdf\n"]),
+        ("/x/**/*", ["/x/y/c.pdf"]),  # "**/" needs one more "/"
+        ("/x/*/*", ["/x/y/c.pdf"]),
+    ],
+)
+async def test_globs_match_whole_names_on_every_backend(
+    store: MetadataStore, glob: str, expected: list[str]
+) -> None:
+    for second, path in enumerate(["/x/a\nb.pdf", "/x/report.pdf\n", "/x/y/c.pdf"]):
+        await put_file(store, meta("h", path), at(second))
+    assert paths(await search(store, path_glob=glob)) == expected
+
+
+@pytest.mark.parametrize(
     ("sort", "field"),
     [
         (SortKey.path, "filepath"),

@@ -12,6 +12,7 @@ from typing import Any
 import configargparse
 
 from putplace.digest import NAMESPACE_RE
+from putplace.patterns import checked_exclude
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -27,6 +28,14 @@ def byte_size(text: str) -> int:
     if not math.isfinite(size) or size < 0:
         raise configargparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
     return int(size)
+
+
+def exclude(text: str) -> str:
+    """A gitignore-style pattern the walk can match."""
+    try:
+        return checked_exclude(text)
+    except ValueError as exc:
+        raise configargparse.ArgumentTypeError(str(exc)) from None
 
 
 def ip_address(text: str) -> str:

@@ -28,6 +28,7 @@ from putplace import gctune
 from putplace.client.args import (
     byte_size,
     check_connection,
+    exclude,
     ip_address,
     namespace_name,
     tls_verify,
@@ -73,7 +74,7 @@ def build_parser() -> configargparse.ArgumentParser:
                    help="a file or directory to scan (repeatable)")  # fmt: skip
     p.add_argument("--url", default=DEFAULT_URL, help="server base URL (a .../put_file URL works)")
     p.add_argument("--api-key", metavar="KEY", help="API key with write scope")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=exclude,
                    help="gitignore-style pattern, relative to each root (repeatable)")  # fmt: skip
     p.add_argument("--hostname", default=socket.gethostname(), help="hostname to record")
     p.add_argument("--namespace", type=namespace_name, metavar="NAME",

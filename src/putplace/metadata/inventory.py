@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from putplace.metadata.globs import glob_regex
 from putplace.models import STORED, FileMetadata, FileRecord, FileVersion
 
 #: Fields whose change makes a new version. Access time changes whenever a file is read
@@ -244,6 +244,7 @@ class FileQuery:
 
     @property
     def path_regex(self) -> str | None:
+        """The glob as MongoDB matches it (SQLite: :class:`globs.PathGlob`)."""
         return None if self.path_glob is None else glob_regex(self.path_glob)
 
     @property
@@ -267,36 +268,6 @@ def prefix_range(prefix: str) -> tuple[str, str, str]:
     exact = prefix.rstrip("/") or "/"
     base = exact if exact.endswith("/") else exact + "/"
     return exact, base, base[:-1] + "0"
-
-
-def glob_regex(pattern: str) -> str:
-    """A shell glob over a whole path as an anchored regular expression both Python and
-    MongoDB accept: ``*`` and ``?`` stay within one path component, ``**`` crosses them,
-    ``[...]`` is a character class; everything else is literal."""
-    out: list[str] = ["^"]
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-            continue
-        else:
-            out.append(re.escape(char))
-        i += 1
-    out.append("$")
-    return "".join(out)
 
 
 class Cursor(NamedTuple):

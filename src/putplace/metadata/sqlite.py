@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
+from putplace.metadata import globs
 from putplace.metadata.base import (
     FILE_FIELDS,
     DuplicateError,
@@ -773,19 +774,14 @@ def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, 
 
 def _add_functions(conn: sqlite3.Connection) -> None:
     """The SQL functions the store's statements use, on *conn*."""
-    # ``filepath REGEXP ?`` for path globs (inventory.glob_regex).
-    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    # ``path_glob(?, filepath)`` for path globs, in linear time (globs.PathGlob).
+    conn.create_function("path_glob", 2, _path_glob, deterministic=True)
     # A file record's hex hash as the blobs table keys it (SQLite 3.40 has no unhex).
     conn.create_function("digest", 1, _digest, deterministic=True)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-def _regexp(pattern: str, value: str) -> bool:
-    return _compiled(pattern).search(value) is not None
+def _path_glob(pattern: str, value: str) -> bool:
+    return globs.compiled(pattern).matches(value)
 
 
 def _int_id(key_id: str) -> int | None:
@@ -885,8 +881,8 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
         add(f"hostname IN ({', '.join('?' * len(query.hostnames))})", *query.hostnames)
     if (bounds := query.prefix_range) is not None:
         add("(filepath = ? OR (filepath >= ? AND filepath < ?))", *bounds)
-    if (regex := query.path_regex) is not None:
-        add("filepath REGEXP ?", regex)
+    if query.path_glob is not None:
+        add("path_glob(?, filepath)", query.path_glob)
     for clause, value in (
         ("sha256 = ?", query.sha256),
         ("file_size >= ?", query.min_size),

@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from putplace.metadata.globs import checked_glob
 from putplace.metadata.inventory import CURRENT, Cursor, FileQuery, FileState, SortKey
 from putplace.models import (
     MAX_FILE_SIZE,
@@ -69,7 +70,7 @@ async def search_files(
     hostname: Annotated[list[HostName] | None, Query(max_length=100)] = None,
     path_prefix: Annotated[FilePath | None, Query()] = None,
     path_glob: Annotated[
-        str | None,
+        Annotated[str, AfterValidator(checked_glob)] | None,
         Query(
             max_length=MAX_PATH_LENGTH,
             description="`*` and `?` within a path component, `**` across them, `[...]`",

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, status
 from pydantic import AfterValidator, BaseModel, Field
 
 from putplace.models import FilePath, HostName, ScanRecord, Scope, no_nul
+from putplace.patterns import checked_exclude
 from putplace.server.deps import NamespaceParam, Writer
 from putplace.service import scans
 
@@ -21,7 +22,11 @@ ScanId = Annotated[str, Path(max_length=64, description="The `scan_id` POST /sca
 class ScanCreate(BaseModel):
     hostname: HostName
     root: FilePath = Field(description="Absolute path of the directory walked.")
-    excludes: list[Annotated[str, Field(max_length=4096), AfterValidator(no_nul)]] = Field(
+    excludes: list[
+        Annotated[
+            str, Field(max_length=4096), AfterValidator(no_nul), AfterValidator(checked_exclude)
+        ]
+    ] = Field(
         default_factory=list,
         max_length=scans.MAX_EXCLUDES,
         description="The walk's gitignore-style exclude patterns, relative to the root: "
