@@ -7,6 +7,7 @@ import hashlib
 import os
 
 import httpx
+import pytest
 
 from tests.conftest import Keys
 from tests.support.payloads import metadata, put, store, upload
@@ -107,17 +108,28 @@ async def test_upload_missing_file_field_is_422(api: httpx.AsyncClient) -> None:
     assert response.json()["detail"][0]["loc"] == ["body", "file"]
 
 
-async def test_upload_that_is_not_multipart_is_400(api: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/octet-stream",
+        "multipart/form-data",  # no boundary
+        "multipart/form-data; boundary=" + "b" * 5000,  # longer than any parser takes
+    ],
+)
+async def test_upload_that_is_not_usable_multipart_is_400(
+    api: httpx.AsyncClient, content_type: str
+) -> None:
     body = metadata(b"x")
     await put(api, body)
     response = await api.post(
         f"/upload_file/{body['sha256']}",
         params={"hostname": body["hostname"], "filepath": body["filepath"]},
         content=b"x",
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": content_type},
     )
     assert response.status_code == 400
     assert "multipart" in response.json()["detail"]
+    assert await _downloaded(api, body["sha256"]) == 404
 
 
 async def test_truncated_multipart_body_stores_nothing(api: httpx.AsyncClient) -> None:
