@@ -455,6 +455,38 @@ async def test_body_cut_short_keeps_what_arrived(
     assert await downloaded(api, record["sha256"]) == content
 
 
+async def test_a_create_whose_client_left_mid_body_leaves_nothing(
+    api: httpx.AsyncClient, server_url: str, keys: Keys, settings: Settings
+) -> None:
+    """With creation-with-upload the client learns the upload's URL only from the answer:
+    gone before it, the client could never continue or free what arrived."""
+    content = os.urandom(4 * MIB)
+    record = await registered(api, content)
+    host, port = urlsplit(server_url).hostname, urlsplit(server_url).port
+    metadata = tus.encode_metadata(sha256=record["sha256"])
+    with socket.create_connection((host, port)) as raw:
+        raw.sendall(
+            f"POST /tus/ HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {keys.write}\r\n"
+            f"Tus-Resumable: 1.0.0\r\nUpload-Length: {len(content)}\r\n"
+            f"Upload-Metadata: {metadata}\r\nContent-Type: {tus.OFFSET_TYPE}\r\n"
+            f"Content-Length: {len(content)}\r\n\r\n".encode()
+        )
+        raw.sendall(content[: 3 * MIB])
+        async with open_stores(settings) as stores:
+            for _ in range(100):  # created, and waiting for the rest of the body
+                if await stores.metadata.count_uploads() == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert await stores.metadata.count_uploads() == 1
+    async with open_stores(settings) as stores:
+        for _ in range(100):  # the server sees the connection close, then cleans up
+            if not await stores.metadata.count_uploads():
+                break
+            await asyncio.sleep(0.1)
+        assert await stores.metadata.count_uploads() == 0
+    assert await staged(settings) == []
+
+
 @pytest.fixture
 async def short_lived(
     request: pytest.FixtureRequest, stack: str, tmp_path: Path

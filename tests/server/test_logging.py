@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -66,3 +68,32 @@ def test_text_log_shows_a_hostile_request_path_literally(tmp_path: Path) -> None
     assert "\x1b" not in text
     assert not any(line.startswith(forged) for line in text.splitlines())
     assert f'"GET /files/\\x1b[31mRED\\r\\n{forged} HTTP/1.1" 404' in text
+
+
+def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_a_server_error(
+    tmp_path: Path,
+) -> None:
+    """A 500 in the access log (and in the 5xx metrics that page someone) must mean the
+    server failed, not that a client went away while sending a batch."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/putplace.db",
+        storage_url=f"file://{tmp_path}/blobs",
+        log_format=LogFormat.json,
+    )
+    with ppserver_process(settings, tmp_path) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(
+                f"POST /put_files HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+                f"\r\nContent-Length: 100000\r\n\r\n".encode()
+                + b'{"files": [' * 100
+            )
+        (log,) = tmp_path.glob("ppserver-*.log")
+        for _ in range(100):
+            lines = [json.loads(line) for line in log.read_text().splitlines()
+                     if line.startswith("{")]  # fmt: skip
+            access = [e for e in lines if e.get("path") == "/put_files"]
+            if access:
+                break
+            time.sleep(0.1)
+    assert [e["status"] for e in access] == [400]

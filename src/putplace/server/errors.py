@@ -54,6 +54,10 @@ MAX_ECHO_CHARS = 1024
 #: Levels of an input echoed back in an error; deeper ones become "...".
 MAX_ECHO_DEPTH = 32
 
+#: What the log and metrics show for a request whose client left before its body was
+#: whole: a client's doing, counted as 400, not a server error.
+DISCONNECTED = "client disconnected before the whole request body arrived"
+
 
 def json_safe(value: Any, depth: int = 0) -> Any:
     """*value* with every string valid UTF-8 (lone surrogates replaced), long strings cut,
@@ -158,10 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def disconnected(_: Request, exc: Exception) -> JSONResponse:
         # Nobody reads this answer; it keeps the access log honest.
-        return JSONResponse(
-            {"detail": "client disconnected during upload"},
-            status_code=status.HTTP_400_BAD_REQUEST,
-        )
+        return JSONResponse({"detail": DISCONNECTED}, status_code=status.HTTP_400_BAD_REQUEST)
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

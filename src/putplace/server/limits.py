@@ -9,6 +9,8 @@ import re
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from putplace.server.errors import DISCONNECTED
+
 #: How much of an oversized body is read and dropped before answering 413.
 _DRAIN_LIMIT = 16 * 1024 * 1024
 
@@ -56,8 +58,9 @@ class BodyLimitMiddleware:
                     f"request body stalled: no data for {self.idle_seconds:g} s",
                 )  # fmt: skip
                 return
-            if message["type"] != "http.request":
-                return  # the client went away
+            if message["type"] != "http.request":  # the client went away
+                await _answer(scope, receive, send, 400, DISCONNECTED)  # for the log
+                return
             body += message.get("body", b"")
             if len(body) > self.limit:
                 more = bool(message.get("more_body", False))

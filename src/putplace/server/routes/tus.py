@@ -128,13 +128,17 @@ class _RequestBody:
         self._request = request
         self._idle = settings.upload_idle_timeout_seconds
         self.cut_short = False
+        self.client_gone = False
+        """The client went away: it will not read the answer."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in with_idle_timeout(self._request.stream(), self._idle):
                 if chunk:
                     yield chunk
-        except (ClientDisconnect, StalledError):
+        except ClientDisconnect:
+            self.cut_short = self.client_gone = True
+        except StalledError:
             self.cut_short = True
 
 
@@ -238,6 +242,9 @@ async def tus_create(
         except BaseException:  # the client never learns its URL: nothing may be left
             await resumable.discard_new(state.stores, upload)
             raise
+        if body.client_gone:  # nor here: what arrived could never be continued
+            await resumable.discard_new(state.stores, upload)
+            raise ClientDisconnect
     return _created(request, upload)
 
 
