@@ -152,6 +152,12 @@ async def test_checksum_mismatch_is_460_and_not_acknowledged(api: httpx.AsyncCli
     assert await tus.offset(api, url) == 0
     unknown = await tus.patch(api, url, 0, content, headers={"Upload-Checksum": "blake3 AAAA"})
     assert unknown.status_code == 400
+    # No digest, or one of the wrong length, is a malformed header, not a mismatch.
+    for malformed in ("sha256", "crc32 AA==", "sha1 " + "A" * 40):
+        response = await tus.patch(api, url, 0, content, headers={"Upload-Checksum": malformed})
+        assert response.status_code == 400, malformed
+        assert "base64 digest of" in response.json()["detail"]
+    assert await tus.offset(api, url) == 0
     assert (await tus.patch(api, url, 0, content, checksum="sha256")).status_code == 204
     assert await downloaded(api, record["sha256"]) == content
 

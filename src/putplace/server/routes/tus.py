@@ -95,11 +95,15 @@ def _parse_checksum(header: str | None) -> tuple[str, bytes] | None:
     if header is None:
         return None
     algorithm, _, encoded = header.strip().partition(" ")
-    resumable.checksum_hasher(algorithm)  # 400 unless supported
+    size = len(resumable.checksum_hasher(algorithm).digest())  # 400 unless supported
+    malformed = f"Upload-Checksum must be `{algorithm} <base64 digest of {size} bytes>`"
     try:
-        return algorithm, base64.b64decode(encoded.strip(), validate=True)
+        digest = base64.b64decode(encoded.strip(), validate=True)
     except binascii.Error:
-        raise InvalidInputError("Upload-Checksum must be `<algorithm> <base64 digest>`") from None
+        raise InvalidInputError(malformed) from None
+    if len(digest) != size:  # no digest at all, or a cut one: malformed, not a mismatch
+        raise InvalidInputError(malformed)
+    return algorithm, digest
 
 
 def _parse_concat(header: str | None) -> tuple[bool, list[str]]:
