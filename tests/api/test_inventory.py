@@ -111,6 +111,10 @@ async def test_search_pages_with_the_next_cursor_header(api: httpx.AsyncClient) 
         if "X-Next-Cursor" not in response.headers:
             break
         params["cursor"] = response.headers["X-Next-Cursor"]
+        # A cursor continues the order it came from: in another, its value means nothing.
+        other = await api.get("/files", params={**params, "sort": "path"})
+        assert other.status_code == 400
+        assert "sorted by '-size', not 'path'" in other.json()["detail"]
     assert seen == [7, 6, 5, 4, 3, 2, 1]
     assert pages == 3
     first = (await api.get("/files", params={"path_prefix": "/d", "limit": 1})).json()[0]

@@ -28,7 +28,7 @@ async def search(store: MetadataStore, page: int = 1000, **filters: Any) -> list
         if len(batch) < page:
             return found
         # Cursors survive their text form, as the API hands them out.
-        cursor = Cursor.decode(batch[-1].cursor.encode())
+        cursor = Cursor.decode(batch[-1].cursor.encode(query.order), query.order)
     raise AssertionError(f"paging never ended: {paths(found)[:10]}...")
 
 
@@ -409,7 +409,7 @@ async def test_search_rejects_cursors_it_never_issued(store: MetadataStore) -> N
     with pytest.raises(ValueError, match="invalid cursor"):
         await store.search_files(FileQuery(), Cursor(None, 0, "not-an-id"), 10)
     with pytest.raises(ValueError, match="invalid cursor"):
-        Cursor.decode("garbage!")
+        Cursor.decode("garbage!", "id")
 
 
 # --- locations, counters, retention -----------------------------------------------------

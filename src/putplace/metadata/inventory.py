@@ -243,6 +243,11 @@ class FileQuery:
     descending: bool = False
 
     @property
+    def order(self) -> str:
+        """The ``sort`` parameter this query answers: ``size``, ``-size``..."""
+        return ("-" if self.descending else "") + self.sort.value
+
+    @property
     def path_regex(self) -> str | None:
         """The glob as MongoDB matches it (SQLite: :class:`globs.PathGlob`)."""
         return None if self.path_glob is None else glob_regex(self.path_glob)
@@ -271,26 +276,33 @@ def prefix_range(prefix: str) -> tuple[str, str, str]:
 
 
 class Cursor(NamedTuple):
-    """Where a page ended: the last record's sort value, source and id."""
+    """Where a page ended: the last record's sort value, source and id. Its text form
+    also names the order of the search it continues (:attr:`FileQuery.order`): a sort
+    value means nothing in another order."""
 
     value: Any
     source: int
     id: str
 
-    def encode(self) -> str:
-        raw = json.dumps([self.value, self.source, self.id], separators=(",", ":"))
+    def encode(self, order: str) -> str:
+        raw = json.dumps([self.value, self.source, self.id, order], separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """ValueError for anything this module did not encode."""
+    def decode(cls, text: str, order: str) -> Cursor:
+        """ValueError for anything this module did not encode for a search in *order*."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            value, source, ident = json.loads(raw)
+            value, source, ident, made_for = json.loads(raw)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"invalid cursor: {text!r}") from exc
         if source not in (CURRENT, HISTORY) or not isinstance(ident, str):
             raise ValueError(f"invalid cursor: {text!r}")
+        if made_for != order:
+            raise ValueError(
+                f"the cursor continues a search sorted by {made_for!r}, not {order!r}: "
+                "follow it with the sort it came with"
+            )
         if value is not None and not isinstance(value, str | int | float):
             raise ValueError(f"invalid cursor: {text!r}")
         return cls(value, source, ident)

@@ -27,7 +27,7 @@ async def search(
 ) -> tuple[list[FileAnswer], str | None]:
     """One page of records and the cursor of the next (None: this was the last)."""
     try:
-        after = None if cursor is None else Cursor.decode(cursor)
+        after = None if cursor is None else Cursor.decode(cursor, query.order)
         # One more than asked tells whether another page exists.
         found = await store.search_files(query, after, limit + 1)
     except ValueError as exc:
@@ -39,7 +39,7 @@ async def search(
         answer["namespace"] = item.record.namespace
         answer["recorded_at"] = item.record.recorded_at
         answer["deleted_at"] = item.record.deleted_at
-    return answers, found[-1].cursor.encode() if more else None
+    return answers, found[-1].cursor.encode(query.order) if more else None
 
 
 async def history(

@@ -125,7 +125,7 @@ async def search_files(
         descending=sort.startswith("-"),
     )
     if after is not None:
-        cursor = Cursor(None, CURRENT, after).encode()
+        cursor = Cursor(None, CURRENT, after).encode(query.order)
     page, next_cursor = await inventory.search(caller.state.stores.metadata, query, cursor, limit)
     response = json_response(page)
     if next_cursor is not None:
