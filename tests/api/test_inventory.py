@@ -60,6 +60,19 @@ async def test_a_completed_scan_marks_unseen_records_deleted(api: httpx.AsyncCli
     assert (await api.get(f"/get_file/{gone['sha256']}")).status_code == 200
 
 
+async def test_a_completion_keeps_what_was_recorded_after_the_scan_began(
+    api: httpx.AsyncClient,
+) -> None:
+    """Another run (or client) may record a file under the root while the walk is on,
+    in a directory the walk already passed: it exists, so the completion keeps it."""
+    await put(api, metadata(b"old", filepath="/srv/old"))
+    scan = await open_scan(api, "/srv")
+    await put(api, metadata(b"meanwhile", filepath="/srv/d/new"))  # not in this scan
+    done = (await api.post(f"/scans/{scan}/complete")).json()
+    assert (done["state"], done["deleted"]) == ("completed", 1)
+    assert await live(api) == ["/srv/d/new"]
+
+
 async def test_an_abandoned_or_open_scan_deletes_nothing(api: httpx.AsyncClient) -> None:
     await put(api, metadata(b"a", filepath="/srv/a"))
     abandoned = await open_scan(api, "/srv")

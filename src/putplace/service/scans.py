@@ -72,15 +72,23 @@ async def mark_seen(
 
 async def complete_scan(store: MetadataStore, writer: ApiKeyRecord, scan_id: str) -> ScanRecord:
     """Mark deleted what the scan did not see under its root (not what its excludes
-    cover), then close it. Deletions are written a page at a time; a completion cut off
-    part-way leaves the scan open and is simply repeated."""
+    cover, nor what was recorded since it started), then close it. Deletions are written
+    a page at a time; a completion cut off part-way leaves the scan open and is simply
+    repeated."""
     scan = await open_scan_named(store, scan_id, writer)
     excluded = excluder(scan.excludes)
     prefix = scan.root.rstrip("/") + "/"
     deleted, after = 0, ""
     while page := await store.unseen_under(scan, after, _DELETE_PAGE):
         after = page[-1].filepath
-        gone = [record for record in page if not _covered(excluded, record.filepath, prefix)]
+        gone = [
+            record
+            for record in page
+            # Recorded after the walk began (another run, another client): the walk may
+            # have passed its directory before it existed; it is there, not gone.
+            if record.updated_at < scan.started_at
+            and not _covered(excluded, record.filepath, prefix)
+        ]
         deleted += await store.delete_files(gone, utcnow())
     if not await store.finish_scan(scan.id, ScanState.completed, deleted, utcnow()):
         raise ConflictError("the scan was finished by another request")
