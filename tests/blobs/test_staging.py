@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,26 @@ async def test_one_writer_at_a_time_on_local_disk(tmp_path: Path) -> None:
         await staging.promote(upload_id, state, "ab" * 32)
     release.set()
     assert (await first)[0] == 5
+    await store.close()
+
+
+async def test_a_promoted_blob_is_new_to_gc_however_old_its_bytes(tmp_path: Path) -> None:
+    """gc removes stored content no record knows once it is old enough: a blob promoted
+    from bytes sent long ago must not look old in the moment before it is recorded."""
+    store = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    await store.open()
+    staging = store.staging()
+    upload_id = secrets.token_hex(16)
+    content = b"sent yesterday"
+    state = await staging.create(upload_id, len(content))
+    await staging.append(upload_id, state, 0, len(content), chunks(content))
+    day_ago = time.time() - 86_400
+    os.utime(staging.path_for(upload_id), (day_ago, day_ago))  # type: ignore[attr-defined]
+    sha = hashlib.sha256(content).hexdigest()
+    await staging.promote(upload_id, state, sha)
+    (listed,) = [blob async for blob in store.list()]
+    assert listed.sha256 == sha
+    assert listed.modified.timestamp() > time.time() - 3600  # younger than gc's min age
     await store.close()
 
 

@@ -155,6 +155,9 @@ class LocalUploadStaging(UploadStaging):
                 raise
             try:
                 _lock(fd)  # no writer still has the file open for writing
+                # Stamped now, not at its last append (maybe a day ago): until its record
+                # is written, gc takes an old file that no record knows for a leftover.
+                os.utime(fd)
                 os.replace(source, target)
             finally:
                 os.close(fd)
