@@ -57,6 +57,22 @@ async def test_a_change_keeps_the_previous_version(store: MetadataStore) -> None
     assert record.updated_at == at(20)
 
 
+async def test_a_write_timed_before_the_version_it_replaces_never_ends_it_early(
+    store: MetadataStore,
+) -> None:
+    """Two server processes: the one whose request came first may write second (it
+    waited for the other's lock), with a time before the version it replaces began."""
+    await put_file(store, meta("h", "/a", sha256=sha(1), file_size=1), at(10))
+    await put_file(store, meta("h", "/a", sha256=sha(2), file_size=2), at(5))  # late
+    versions = await store.history("h", "/a")
+    assert [(v.sha256, v.valid_from, v.valid_to) for v in versions] == [
+        (sha(2), at(10), None),
+        (sha(1), at(10), at(10)),  # ended as it began, not before
+    ]
+    as_of = await search(store, as_of=at(10))
+    assert [(r.filepath, r.sha256) for r in as_of] == [("/a", sha(2))]  # one record
+
+
 async def test_access_time_and_address_alone_make_no_version(store: MetadataStore) -> None:
     await put_file(store, meta("h", "/a"), at(0))
     await put_file(store, meta("h", "/a", file_atime=1.0, ip_address="192.0.2.99"), at(5))
