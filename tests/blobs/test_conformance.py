@@ -264,7 +264,10 @@ async def test_quarantine_moves_blob_out_of_sight_but_keeps_bytes(
 ) -> None:
     other = await put(store, b"healthy")
     name = await put(store, b"suspect bytes")
+    assert not await store.quarantined(name)
     assert await store.quarantine(name) is True
+    assert await store.quarantined(name)  # verify can tell moved aside from lost
+    assert not await store.quarantined(other)
     assert not await store.exists(name)
     assert await names(store) == {other}
     assert await store.quarantine(name) is False

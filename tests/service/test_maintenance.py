@@ -52,6 +52,26 @@ async def test_verify_quarantines_corrupt_and_reports_missing(
         assert sample.checked == 1
 
 
+async def test_verify_finishes_a_quarantine_cut_short(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Killed between moving corrupt bytes aside and marking the record: the record said
+    present for good, clients were never asked again, and a re-upload was taken as
+    already stored. The next verify finishes the quarantine."""
+    bad = await store(api, b"content that rots")
+    async with open_stores(settings) as stores:
+        assert await stores.blobs.quarantine(bad["sha256"])  # the move alone
+        report = await verify(stores.metadata, stores.blobs)
+        assert (report.corrupt, report.missing) == ([bad["sha256"]], [])
+        blob = await stores.metadata.get_blob(bad["sha256"])
+        assert blob is not None
+        assert blob.state is BlobState.quarantined
+    assert (await put(api, bad)).json()["upload_required"] is True
+    uploaded = await api.put(f"/blobs/{bad['sha256']}", content=b"content that rots")
+    assert uploaded.status_code == 201
+    assert (await api.get(f"/download/{bad['sha256']}")).content == b"content that rots"
+
+
 async def test_gc_lists_then_deletes_only_unreferenced(
     api: httpx.AsyncClient, settings: Settings
 ) -> None:

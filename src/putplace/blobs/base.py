@@ -154,6 +154,11 @@ class BlobStore(ABC):
         """Move a blob whose bytes no longer match its name out of the way for inspection."""
 
     @abstractmethod
+    async def quarantined(self, sha256: str) -> bool:
+        """Whether :meth:`quarantine` has put a copy of this content aside (``verify``
+        finishing a quarantine that was cut short after the move)."""
+
+    @abstractmethod
     def staging(self) -> UploadStaging:
         """Where this store's resumable uploads wait until they are whole."""
 

@@ -315,3 +315,13 @@ class LocalBlobStore(BlobStore):
             return True
 
         return await self._guarded(move)
+
+    async def quarantined(self, sha256: str) -> bool:
+        def find() -> bool:
+            try:
+                with os.scandir(self.root / QUARANTINE_DIR) as entries:
+                    return any(entry.name.startswith(f"{sha256}.") for entry in entries)
+            except FileNotFoundError:
+                return False
+
+        return await self._guarded(find)

@@ -457,3 +457,14 @@ class S3BlobStore(BlobStore):
         except Exception as exc:
             raise _translate(exc, "quarantine") from exc
         return True
+
+    async def quarantined(self, sha256: str) -> bool:
+        # Listing is by path (not by string prefix): the few copies put aside, filtered.
+        stream = obstore.list(self.object_store, f"{self.prefix}{QUARANTINE_DIR}", chunk_size=1000)
+        try:
+            async for batch in stream:
+                if any(meta["path"].rpartition("/")[2].startswith(f"{sha256}.") for meta in batch):
+                    return True
+        except BaseError as exc:
+            raise _translate(exc, "listing") from exc
+        return False

@@ -71,7 +71,8 @@ async def verify(
 
     A blob whose bytes no longer hash to its name is moved aside and its record marked
     ``quarantined``, so clients are asked to upload it again. A blob recorded but missing
-    from the store is reported (its record is left for an operator to decide).
+    from the store is reported (its record is left for an operator to decide), unless a
+    copy of it was put aside: then an earlier run was cut short, and this one finishes.
     """
     records = [r async for r in blob_records(metadata) if r.state is BlobState.present]
     # A sample is recorded apart: it must not stand for a full check (nor clear what a
@@ -86,7 +87,13 @@ async def verify(
             async for chunk in blobs.read(record.sha256):
                 hasher.update(chunk)
         except BlobNotFoundError:
-            report.missing.append(record.sha256)
+            if await blobs.quarantined(record.sha256):
+                # A quarantine cut short between moving the bytes aside and marking the
+                # record: finished now, so clients are asked for the content again.
+                await metadata.set_blob_state(record.sha256, BlobState.quarantined)
+                report.corrupt.append(record.sha256)
+            else:
+                report.missing.append(record.sha256)
         else:
             if hasher.hexdigest() != record.sha256:
                 await blobs.quarantine(record.sha256)
