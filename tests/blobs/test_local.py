@@ -176,3 +176,34 @@ async def test_streamed_blob_is_whole_under_its_name(tmp_path: Path, fsync: bool
     assert (tmp_path / "blobs" / name[:2] / name).read_bytes() == data
     assert list((tmp_path / "blobs" / local.TEMP_DIR).iterdir()) == []
     await store.close()
+
+
+async def test_a_new_shard_directory_is_made_durable_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first content of each shard creates its directory: before the upload is
+    acknowledged, the root must hold that directory's entry durably, not only the shard
+    its file's."""
+    synced: list[Path] = []
+    real = fsio.fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(fsio, "fsync_dir", recording)
+    monkeypatch.setattr(local, "fsync_dir", recording)
+    root = tmp_path / "blobs"
+    store = local.LocalBlobStore(root, fsync=True)
+    await store.open()
+    first = b"x" * 20_000
+    name = hashlib.sha256(first).hexdigest()
+    synced.clear()
+    await store_verified(store, name, chunks_of(first, 4096))
+    assert synced.count(root) == 1  # the new shard's entry
+    assert root / name[:2] in synced  # the file's entry in the shard
+    (root / name[:2] / name).unlink()
+    synced.clear()
+    await store_verified(store, name, chunks_of(first, 4096))
+    assert root not in synced  # the shard existed: nothing more to make durable
+    await store.close()

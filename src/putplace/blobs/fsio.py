@@ -25,6 +25,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dir(path: Path, *, durable: bool) -> None:
+    """Create the directory *path* if it is missing; *durable*: its own entry too. The
+    fsync of a file made in a new directory makes durable the file's entry in it, not
+    the directory's entry in its parent, which POSIX leaves to a fsync of the parent."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    if durable:
+        fsync_dir(path.parent)
+
+
 def pwritev_all(fd: int, chunks: Sequence[bytes | memoryview], offset: int) -> int:
     """Write every byte of *chunks* in order at *offset* with ``pwritev`` (a list goes to
     the kernel without being joined first), resuming short writes; returns the count."""

@@ -32,7 +32,7 @@ from putplace.blobs.base import (
     StoredBlob,
     checked_name,
 )
-from putplace.blobs.fsio import FileAppender, fsync_dir
+from putplace.blobs.fsio import FileAppender, fsync_dir, make_dir
 from putplace.blobs.local_staging import LocalUploadStaging
 from putplace.blobs.packs import Packs
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
@@ -83,7 +83,7 @@ class _LocalWriter(BlobWriter):
             os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
-        final.parent.mkdir(exist_ok=True)
+        make_dir(final.parent, durable=self._store.fsync)
         os.replace(self._temp, final)
         if self._store.fsync:
             fsync_dir(final.parent)

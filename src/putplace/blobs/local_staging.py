@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from putplace.blobs.base import BlobNotFoundError, StorageFullError, StorageUnavailableError
-from putplace.blobs.fsio import FileAppender, fsync_dir
+from putplace.blobs.fsio import FileAppender, fsync_dir, make_dir
 from putplace.blobs.staging import StagingBusyError, StagingState, UploadStaging
 from putplace.digest import CHUNK_SIZE
 
@@ -69,7 +69,7 @@ class LocalUploadStaging(UploadStaging):
         path = self.path_for(upload_id)
 
         def make() -> None:
-            self.dir.mkdir(exist_ok=True)
+            make_dir(self.dir, durable=self._fsync)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             os.close(fd)
             if self._fsync:
@@ -146,7 +146,7 @@ class LocalUploadStaging(UploadStaging):
         source, target = self.path_for(upload_id), self._blob_path(sha256)
 
         def move() -> None:
-            target.parent.mkdir(exist_ok=True)
+            make_dir(target.parent, durable=self._fsync)
             try:
                 fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
