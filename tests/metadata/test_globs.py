@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from putplace.metadata.globs import PathGlob, checked_glob
+from putplace.metadata.globs import MAX_RUNS, PathGlob, checked_glob
 
 ALWAYS_AUTOMATON = -1
 """``regex_runs`` that sends every glob to the automaton."""
@@ -51,17 +51,24 @@ def reference(pattern: str, path: str) -> bool:
 @pytest.mark.parametrize("regex_runs", [ALWAYS_AUTOMATON, 1])
 def test_globs_match_by_the_rules(regex_runs: int) -> None:
     rng = random.Random(7)
-    pieces = ["a", "b", "/", "\n", "*", "**", "?", "[ab]", "[!a]", "[/]"]
+    pieces = ["a", "b", "/", "\n", "*", "**", "?", "[ab]", "[!a]", "[/]", "[[b]", "["]
     for _ in range(20_000):
         pattern = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
-        path = "".join(rng.choice("ab/\n") for _ in range(rng.randint(0, 9)))
+        path = "".join(rng.choice("ab/\n[") for _ in range(rng.randint(0, 9)))
         expected = reference(pattern, path)
         assert PathGlob(pattern, regex_runs).matches(path) == expected, (pattern, path)
 
 
 @pytest.mark.timeout(60)  # the backtracking engine took minutes on the first of these
 @pytest.mark.parametrize(
-    "pattern", ["/**a**a**a**b", "/*a*a*a*a*b", "/**a*a**a*a**b", "/**" + "a" * 500 + "**b"]
+    "pattern",
+    [
+        "/**a**a**a**b",
+        "/*a*a*a*a*b",
+        "/**a*a**a*a**b",
+        "/**" + "a" * 500 + "**b",
+        "/" + "*a" * MAX_RUNS + "b",  # the most parts, each found at every place
+    ],
 )
 def test_no_glob_makes_a_long_path_slow(pattern: str) -> None:
     """A read key chooses the glob and any writer the path: 4,096 characters of "a"
@@ -74,7 +81,12 @@ def test_no_glob_makes_a_long_path_slow(pattern: str) -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "why"),
-    [("/[z-a]", "not a valid glob"), ("/[!]", "not a valid glob"), ("/a\0", "NUL")],
+    [
+        ("/[z-a]", "not a valid glob"),
+        ("/[!]", "not a valid glob"),
+        ("/a\0", "NUL"),
+        ("/" + "*a" * (MAX_RUNS + 1), f"at most {MAX_RUNS}"),  # each run costs a pass
+    ],
 )
 def test_malformed_globs_are_refused_with_the_reason(pattern: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):

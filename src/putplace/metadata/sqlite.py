@@ -774,7 +774,7 @@ def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, 
 
 def _add_functions(conn: sqlite3.Connection) -> None:
     """The SQL functions the store's statements use, on *conn*."""
-    # ``path_glob(?, filepath)`` for path globs, in linear time (globs.PathGlob).
+    # ``path_glob(?, filepath)`` for path globs, in bounded time (globs.PathGlob).
     conn.create_function("path_glob", 2, _path_glob, deterministic=True)
     # A file record's hex hash as the blobs table keys it (SQLite 3.40 has no unhex).
     conn.create_function("digest", 1, _digest, deterministic=True)
