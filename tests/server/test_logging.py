@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from putplace.config import LogFormat, Settings
+from putplace.server.logs import TextFormatter
 from tests.support.payloads import metadata
 from tests.support.processes import ppserver_process, run_ppserver
 
@@ -97,3 +100,24 @@ def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_a_server_error(
                 break
             time.sleep(0.1)
     assert [e["status"] for e in access] == [400]
+
+
+def test_a_traceback_cannot_forge_lines_nor_change_what_other_handlers_see() -> None:
+    ours, theirs = io.StringIO(), io.StringIO()
+    text = logging.StreamHandler(ours)
+    text.setFormatter(TextFormatter())
+    plain = logging.StreamHandler(theirs)
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.hostile")
+    log.handlers[:] = [text, plain]
+    log.propagate = False
+    forged = "2026-12-02 09:00:00,000 INFO putplace.access: forged"
+    try:
+        raise ValueError(f"no such file /x\n{forged}")  # a message quoting a client
+    except ValueError:
+        log.exception("failed on %s", "/p\x1b[2J")
+    lines = ours.getvalue().splitlines()
+    assert lines[0].endswith("failed on /p\\x1b[2J")
+    assert all(line.startswith("  ") for line in lines[1:])  # none passes for a record
+    assert f"  {forged}" in lines
+    assert theirs.getvalue().startswith("failed on /p\x1b[2J\n")  # the record unchanged

@@ -6,6 +6,7 @@ access line names the key by its database id only.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -51,19 +52,26 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """One line per message, shown literally: a message carries what clients chose (a
     request path, a forwarded address), and a raw newline or ESC in it would forge log
-    lines or drive the terminal of whoever reads the log. A traceback keeps its lines."""
+    lines or drive the terminal of whoever reads the log. A traceback keeps its lines,
+    each indented, so none (an exception's message may quote a client too) can pass for
+    a line of its own."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        shown = safe(record.message)
-        if shown is not record.message:  # not the common case: a copy, so other
-            record = logging.makeLogRecord({**vars(record), "message": shown})  # handlers
-        return super().formatMessage(record)  # see the message as it was
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info is None and safe(message) is message:
+            return super().format(record)  # the common case: nothing to show otherwise
+        # A copy: the record (and the traceback text logging keeps on it) is shared with
+        # any other handler.
+        shown = copy.copy(record)
+        shown.msg, shown.args, shown.exc_text = safe(message), None, None
+        return super().format(shown)
 
     def formatException(self, ei: Any) -> str:
-        return "\n".join(safe(line) for line in super().formatException(ei).split("\n"))
+        lines = super().formatException(ei).split("\n")
+        return "\n".join(f"  {safe(line)}" for line in lines)
 
 
 def configure_logging(settings: Settings) -> None:
