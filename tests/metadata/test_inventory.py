@@ -71,6 +71,16 @@ async def test_a_write_timed_before_the_version_it_replaces_never_ends_it_early(
     ]
     as_of = await search(store, as_of=at(10))
     assert [(r.filepath, r.sha256) for r in as_of] == [("/a", sha(2))]  # one record
+    # A deletion timed before the version it ends (a completion in a lagging process).
+    await put_file(store, meta("h", "/b", sha256=sha(1), file_size=1), at(10))
+    record = await store.get_file("h", "/b")
+    assert record is not None
+    assert await store.delete_files([record], at(5)) == 1
+    versions = await store.history("h", "/b")
+    assert [(v.valid_from, v.valid_to, v.deleted) for v in versions] == [
+        (at(10), None, True),
+        (at(10), at(10), False),
+    ]
 
 
 async def test_access_time_and_address_alone_make_no_version(store: MetadataStore) -> None:

@@ -85,13 +85,13 @@ def ended(record: FileRecord, now: datetime) -> PastVersion:
         file_id=record.id,
         record=record,
         valid_from=record.recorded_at,
-        valid_to=after_current(record, now),
+        valid_to=replaced_at(record, now),
         deleted=record.deleted_at is not None,
     )
 
 
-def after_current(record: FileRecord, now: datetime) -> datetime:
-    """When a write at *now* replaces *record*: never before the record began. A write's
+def replaced_at(record: FileRecord, now: datetime) -> datetime:
+    """When a write (or deletion) at *now* replaces *record*: never before it began. A write's
     time is taken when its request arrives; with several server processes it may then
     wait for another's lock (or their clocks differ), and a later-begun version would
     otherwise end before it began (seen: 674 of 11,950 with two processes)."""
@@ -176,7 +176,7 @@ def plan_puts(
                 growth.add(day, namespace, meta.hostname, 1, meta.file_size)
             else:
                 growth.resize(day, namespace, meta.hostname, old.file_size, meta.file_size)
-            records.append((meta, after_current(old, now)))
+            records.append((meta, replaced_at(old, now)))
         else:
             records.append((meta, old.recorded_at))
     return WritePlan(records, history, growth)

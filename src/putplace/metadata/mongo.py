@@ -83,6 +83,7 @@ from putplace.metadata.inventory import (
     plan_deletes,
     plan_puts,
     prefix_range,
+    replaced_at,
     split_path,
     tie_rule,
 )
@@ -830,7 +831,7 @@ class MongoMetadataStore(MetadataStore):
             result = await self._files.update_one(
                 {"_id": ObjectId(record.id), "updated_at": record.updated_at,
                  "deleted_at": None},
-                {"$set": {"deleted_at": now, "recorded_at": now}},
+                {"$set": {"deleted_at": (at := replaced_at(record, now)), "recorded_at": at}},
             )  # fmt: skip
             return result.modified_count > 0
 

@@ -54,6 +54,7 @@ from putplace.metadata.inventory import (
     plan_deletes,
     plan_puts,
     prefix_range,
+    replaced_at,
     tie_rule,
 )
 from putplace.metadata.uploads import PROGRESS_FIELDS, Upload, upload_from_row, upload_to_row
@@ -1274,7 +1275,7 @@ class SQLiteMetadataStore(MetadataStore):
             _write_plans(conn, [plan])
             conn.executemany(
                 "UPDATE files SET deleted_at = ?, recorded_at = ? WHERE id = ?",
-                [(_iso(now), _iso(now), int(r.id)) for r in current],
+                [(at, at, int(r.id)) for r in current for at in [_iso(replaced_at(r, now))]],
             )
             return len(current)
 
