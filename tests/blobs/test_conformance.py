@@ -264,10 +264,13 @@ async def test_quarantine_moves_blob_out_of_sight_but_keeps_bytes(
 ) -> None:
     other = await put(store, b"healthy")
     name = await put(store, b"suspect bytes")
-    assert not await store.quarantined(name)
+    assert await store.quarantined_since(name) is None
+    before = datetime.now(UTC).replace(microsecond=0)
     assert await store.quarantine(name) is True
-    assert await store.quarantined(name)  # verify can tell moved aside from lost
-    assert not await store.quarantined(other)
+    since = await store.quarantined_since(name)  # verify can tell moved aside from lost
+    assert since is not None
+    assert before <= since <= datetime.now(UTC)
+    assert await store.quarantined_since(other) is None
     assert not await store.exists(name)
     assert await names(store) == {other}
     assert await store.quarantine(name) is False

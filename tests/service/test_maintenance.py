@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -67,9 +68,15 @@ async def test_verify_finishes_a_quarantine_cut_short(
         assert blob is not None
         assert blob.state is BlobState.quarantined
     assert (await put(api, bad)).json()["upload_required"] is True
+    await asyncio.sleep(1.1)  # copies put aside are stamped to the second
     uploaded = await api.put(f"/blobs/{bad['sha256']}", content=b"content that rots")
     assert uploaded.status_code == 201
     assert (await api.get(f"/download/{bad['sha256']}")).content == b"content that rots"
+    # Stored again, then lost: the copy put aside before is no quarantine cut short.
+    async with open_stores(settings) as stores:
+        await stores.blobs.delete(bad["sha256"])
+        report = await verify(stores.metadata, stores.blobs)
+        assert (report.corrupt, report.missing) == ([], [bad["sha256"]])
 
 
 async def test_gc_lists_then_deletes_only_unreferenced(

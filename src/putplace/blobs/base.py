@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from putplace.digest import INVALID_SHA256, is_sha256_hex
@@ -16,6 +16,26 @@ if TYPE_CHECKING:
 #: Where blobs whose bytes no longer match their name are moved (a directory or key prefix
 #: beside the blobs), for an operator to inspect.
 QUARANTINE_DIR = ".quarantine"
+_QUARANTINE_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def quarantine_name(sha256: str) -> str:
+    """The name a copy of *sha256* put aside now takes (in :data:`QUARANTINE_DIR`)."""
+    return f"{sha256}.{datetime.now(UTC).strftime(_QUARANTINE_STAMP)}"
+
+
+def quarantined_when(name: str, sha256: str) -> datetime | None:
+    """When the copy named *name* was put aside, if it is a copy of *sha256* (local
+    copies named before December 2026 carry Unix seconds)."""
+    stamp = name.removeprefix(f"{sha256}.")
+    if stamp == name:
+        return None
+    if stamp.isdigit():
+        return datetime.fromtimestamp(int(stamp), UTC)
+    try:
+        return datetime.strptime(stamp, _QUARANTINE_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 class BlobError(Exception):
@@ -154,9 +174,9 @@ class BlobStore(ABC):
         """Move a blob whose bytes no longer match its name out of the way for inspection."""
 
     @abstractmethod
-    async def quarantined(self, sha256: str) -> bool:
-        """Whether :meth:`quarantine` has put a copy of this content aside (``verify``
-        finishing a quarantine that was cut short after the move)."""
+    async def quarantined_since(self, sha256: str) -> datetime | None:
+        """When :meth:`quarantine` last put a copy of this content aside, if ever
+        (``verify`` finishing a quarantine that was cut short after the move)."""
 
     @abstractmethod
     def staging(self) -> UploadStaging:

@@ -31,6 +31,8 @@ from putplace.blobs.base import (
     StorageUnavailableError,
     StoredBlob,
     checked_name,
+    quarantine_name,
+    quarantined_when,
 )
 from putplace.blobs.fsio import FileAppender, fsync_dir, make_dir
 from putplace.blobs.local_staging import LocalUploadStaging
@@ -298,7 +300,7 @@ class LocalBlobStore(BlobStore):
 
     async def quarantine(self, sha256: str) -> bool:
         source = self.path_for(sha256)
-        target = self.root / QUARANTINE_DIR / f"{sha256}.{int(time.time())}"
+        target = self.root / QUARANTINE_DIR / quarantine_name(sha256)
 
         def move() -> bool:
             target.parent.mkdir(exist_ok=True)
@@ -316,12 +318,13 @@ class LocalBlobStore(BlobStore):
 
         return await self._guarded(move)
 
-    async def quarantined(self, sha256: str) -> bool:
-        def find() -> bool:
+    async def quarantined_since(self, sha256: str) -> datetime | None:
+        def newest() -> datetime | None:
             try:
                 with os.scandir(self.root / QUARANTINE_DIR) as entries:
-                    return any(entry.name.startswith(f"{sha256}.") for entry in entries)
+                    times = [quarantined_when(entry.name, sha256) for entry in entries]
             except FileNotFoundError:
-                return False
+                return None
+            return max((t for t in times if t is not None), default=None)
 
-        return await self._guarded(find)
+        return await self._guarded(newest)

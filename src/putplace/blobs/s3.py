@@ -31,7 +31,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -55,6 +55,8 @@ from putplace.blobs.base import (
     StorageUnavailableError,
     StoredBlob,
     checked_name,
+    quarantine_name,
+    quarantined_when,
 )
 from putplace.blobs.s3_staging import S3UploadStaging
 from putplace.digest import CHUNK_SIZE, is_sha256_hex
@@ -437,8 +439,7 @@ class S3BlobStore(BlobStore):
         size = await self.size(sha256)
         if size is None:
             return False
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = f"{self.prefix}{QUARANTINE_DIR}/{sha256}.{stamp}"
+        target = f"{self.prefix}{QUARANTINE_DIR}/{quarantine_name(sha256)}"
         try:
             if size <= MAX_COPY_SIZE:
                 await obstore.copy_async(self.object_store, key, target)
@@ -458,13 +459,16 @@ class S3BlobStore(BlobStore):
             raise _translate(exc, "quarantine") from exc
         return True
 
-    async def quarantined(self, sha256: str) -> bool:
+    async def quarantined_since(self, sha256: str) -> datetime | None:
         # Listing is by path (not by string prefix): the few copies put aside, filtered.
         stream = obstore.list(self.object_store, f"{self.prefix}{QUARANTINE_DIR}", chunk_size=1000)
+        newest: datetime | None = None
         try:
             async for batch in stream:
-                if any(meta["path"].rpartition("/")[2].startswith(f"{sha256}.") for meta in batch):
-                    return True
+                for meta in batch:
+                    when = quarantined_when(meta["path"].rpartition("/")[2], sha256)
+                    if when is not None and (newest is None or when > newest):
+                        newest = when
         except BaseError as exc:
             raise _translate(exc, "listing") from exc
-        return False
+        return newest

@@ -87,9 +87,11 @@ async def verify(
             async for chunk in blobs.read(record.sha256):
                 hasher.update(chunk)
         except BlobNotFoundError:
-            if await blobs.quarantined(record.sha256):
-                # A quarantine cut short between moving the bytes aside and marking the
-                # record: finished now, so clients are asked for the content again.
+            since = await blobs.quarantined_since(record.sha256)
+            # Put aside since it was stored (a copy from before is an older, finished
+            # quarantine): one cut short between moving the bytes and marking the
+            # record. Finished now, so clients are asked for the content again.
+            if since is not None and since >= record.stored_at.replace(microsecond=0):
                 await metadata.set_blob_state(record.sha256, BlobState.quarantined)
                 report.corrupt.append(record.sha256)
             else:
