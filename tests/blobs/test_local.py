@@ -178,12 +178,12 @@ async def test_streamed_blob_is_whole_under_its_name(tmp_path: Path, fsync: bool
     await store.close()
 
 
-async def test_a_new_shard_directory_is_made_durable_in_its_parent(
+async def test_every_shard_is_made_durable_before_any_upload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first content of each shard creates its directory: before the upload is
-    acknowledged, the root must hold that directory's entry durably, not only the shard
-    its file's."""
+    """A content's file is made durable in its shard; the shard's own entry in the root
+    must be durable before anything in it is acknowledged. Made when the store opens,
+    no upload creates a shard (two making one at once could both skip that step)."""
     synced: list[Path] = []
     real = fsio.fsync_dir
 
@@ -191,19 +191,17 @@ async def test_a_new_shard_directory_is_made_durable_in_its_parent(
         synced.append(path)
         real(path)
 
-    monkeypatch.setattr(fsio, "fsync_dir", recording)
     monkeypatch.setattr(local, "fsync_dir", recording)
     root = tmp_path / "blobs"
     store = local.LocalBlobStore(root, fsync=True)
     await store.open()
-    first = b"x" * 20_000
-    name = hashlib.sha256(first).hexdigest()
+    assert sorted(p.name for p in root.iterdir() if len(p.name) == 2) == [
+        f"{shard:02x}" for shard in range(256)
+    ]
+    assert root in synced
+    content = b"x" * 20_000
+    name = hashlib.sha256(content).hexdigest()
     synced.clear()
-    await store_verified(store, name, chunks_of(first, 4096))
-    assert synced.count(root) == 1  # the new shard's entry
-    assert root / name[:2] in synced  # the file's entry in the shard
-    (root / name[:2] / name).unlink()
-    synced.clear()
-    await store_verified(store, name, chunks_of(first, 4096))
-    assert root not in synced  # the shard existed: nothing more to make durable
+    await store_verified(store, name, chunks_of(content, 4096))
+    assert synced == [root / name[:2]]  # the file's entry in its shard, nothing more
     await store.close()

@@ -144,6 +144,14 @@ class LocalBlobStore(BlobStore):
     async def open(self) -> None:
         def prepare() -> None:
             self._temp_root.mkdir(parents=True, exist_ok=True)
+            # Every shard made (and made durable) before any upload: one that made its
+            # shard while another wrote into it could otherwise acknowledge a file whose
+            # directory's entry was not durable yet.
+            for shard in range(256):
+                make_dir(self.root / f"{shard:02x}", durable=False)
+            if self.fsync:
+                fsync_dir(self.root)
+                fsync_dir(self.root.parent)
             self._packs.open()
 
         try:
