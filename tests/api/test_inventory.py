@@ -6,6 +6,7 @@ nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -66,6 +67,7 @@ async def test_a_completion_keeps_what_was_recorded_after_the_scan_began(
     """Another run (or client) may record a file under the root while the walk is on,
     in a directory the walk already passed: it exists, so the completion keeps it."""
     await put(api, metadata(b"old", filepath="/srv/old"))
+    await asyncio.sleep(0.01)  # recorded before the scan began, even in MongoDB's ms
     scan = await open_scan(api, "/srv")
     await put(api, metadata(b"meanwhile", filepath="/srv/d/new"))  # not in this scan
     done = (await api.post(f"/scans/{scan}/complete")).json()

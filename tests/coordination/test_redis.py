@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from putplace.coordination.redis import RETRY_SECONDS, TIMEOUT_SECONDS, RedisCoordinator
-from tests.support.redis import redis_server
+from tests.support.redis import DATABASES, redis_server
 from tests.support.servers import free_port
 
 
@@ -121,25 +121,40 @@ async def test_deployments_on_other_databases_of_one_redis_do_not_hear_each_othe
     """Redis shares pub/sub channels across its databases; a key revoked in the
     deployment on database N is announced to that deployment only."""
     server, database = redis_url.rsplit("/", 1)
-    other_url = f"{server}/{(int(database) + 1) % 16}"
-    here, same, other = (RedisCoordinator(url) for url in (redis_url, redis_url, other_url))
+    other_url = f"{server}/{(int(database) + 1) % DATABASES}"
+    here, same, there, other = (
+        RedisCoordinator(url) for url in (redis_url, redis_url, other_url, other_url)
+    )
     heard_same: list[str | None] = []
     heard_other: list[str | None] = []
+
+    async def until_heard(announcer: RedisCoordinator, heard: list[str | None]) -> str:
+        """Announce fresh hashes until one is heard: the listener is subscribed."""
+        for _ in range(100):
+            probe = secrets.token_hex(32)  # not another test's
+            await announcer.announce_key_change(probe)
+            await asyncio.sleep(0.05)
+            if probe in heard:
+                return probe
+        raise AssertionError("the listener never heard its own database")
+
     try:
         here.listen(lambda _: None)
         same.listen(heard_same.append)
         other.listen(heard_other.append)
-        await asyncio.sleep(0.2)  # subscribed
-        changed = secrets.token_hex(32)  # not another test's
+        await until_heard(here, heard_same)
+        await until_heard(there, heard_other)
+        changed = secrets.token_hex(32)
         await here.announce_key_change(changed)
-        for _ in range(50):
+        # Published after it: once the other database's listener hears this, it would
+        # have heard the change first, had it been announced there too.
+        await until_heard(there, heard_other)
+        assert changed not in heard_other
+        for _ in range(100):
             if changed in heard_same:
                 break
             await asyncio.sleep(0.05)
-        assert heard_same == [changed]
-        await asyncio.sleep(0.2)  # what the other database would hear has arrived by now
-        # Another test may be announcing its own keys on that database meanwhile.
-        assert changed not in heard_other
+        assert changed in heard_same
     finally:
-        for coordinator in (here, same, other):
+        for coordinator in (here, same, there, other):
             await coordinator.close()
