@@ -60,14 +60,20 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info is None and safe(message) is message:
-            return super().format(record)  # the common case: nothing to show otherwise
-        # A copy: the record (and the traceback text logging keeps on it) is shared with
-        # any other handler.
+        if record.exc_info is None:  # the common case, formatted as logging does
+            return super().format(record)
+        # A copy: logging keeps a record's traceback text on it, and other handlers
+        # share the record.
         shown = copy.copy(record)
-        shown.msg, shown.args, shown.exc_text = safe(message), None, None
+        shown.exc_text = None
         return super().format(shown)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = safe(record.message)
+        if message is not record.message:  # rarely: a copy, as in format()
+            record = copy.copy(record)
+            record.message = message
+        return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
         lines = super().formatException(ei).split("\n")
