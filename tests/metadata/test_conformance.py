@@ -672,3 +672,42 @@ async def test_a_content_stored_without_a_sender_is_held_once_a_namespace_sends_
     assert await store.put_blobs([blob("unsent", seconds=8)], sent_by="lab") == [False]
     assert await store.possessed(["lab"], [name]) == {name: at(8)}
     assert await store.held_totals(["lab"]) == (1, 10)
+
+
+async def test_only_a_blob_record_nothing_references_is_deleted(store: MetadataStore) -> None:
+    """What gc goes through: a record a file refers to stays whole, with who sent it."""
+    await store.put_blobs([blob("free"), blob("used")], sent_by="lab")
+    await store.add_possession("team", [sha("used")], at(1))
+    used = await put_file(store, meta("h", "/used", sha256=sha("used")), at(2))
+    assert await store.delete_unreferenced_blob(sha("free")) is True
+    assert await store.get_blob(sha("free")) is None
+    assert await store.delete_unreferenced_blob(sha("used")) is False
+    assert await store.get_blob(sha("used")) == blob("used")
+    for namespace in ("lab", "team"):
+        assert sha("used") in await store.possessed([namespace], [sha("used")])
+    # A deleted record holds content only while history keeps it.
+    assert await store.delete_files([used], at(3)) == 1
+    assert await store.delete_unreferenced_blob(sha("used"), by_history=True) is False
+    assert await store.delete_unreferenced_blob(sha("used"), by_history=False) is True
+    assert await store.possessed(["lab", "team"], [sha("used")]) == {}
+
+
+@pytest.mark.parametrize("backend", ["mongodb"])  # SQLite checks and deletes in one transaction
+async def test_a_blob_referenced_while_being_deleted_is_put_back_whole(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB has no transaction across its collections: a file recorded between the
+    check and the deletion must find the record back with who sent it."""
+    await store.put_blobs([blob("raced")], sent_by="lab")
+    await store.add_possession("team", [sha("raced")], at(1))
+    answers = iter([False, True])  # unreferenced when checked; recorded just after
+
+    async def is_referenced(sha256: str, **_: Any) -> bool:
+        return next(answers)
+
+    monkeypatch.setattr(store, "is_referenced", is_referenced)
+    assert await store.delete_unreferenced_blob(sha("raced")) is False
+    assert await store.get_blob(sha("raced")) == blob("raced")
+    for namespace in ("lab", "team"):
+        assert sha("raced") in await store.possessed([namespace], [sha("raced")])
+    assert (await store.totals(None)).blob_count == 1  # counted once, as before

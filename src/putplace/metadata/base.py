@@ -284,6 +284,12 @@ class MetadataStore(ABC):
     async def delete_blob(self, sha256: str) -> bool: ...
 
     @abstractmethod
+    async def delete_unreferenced_blob(self, sha256: str, *, by_history: bool = True) -> bool:
+        """Delete the blob record, and who sent it, unless a file record references the
+        content (:meth:`is_referenced`); True when deleted. A file registered meanwhile
+        finds either the record as it was (its sender and possession kept) or none."""
+
+    @abstractmethod
     async def list_blobs(self, *, after: str | None = None, limit: int = 1000) -> list[BlobRecord]:
         """Blob records ordered by hash, after *after*."""
 

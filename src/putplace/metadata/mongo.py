@@ -1028,6 +1028,32 @@ class MongoMetadataStore(MetadataStore):
                 await self._count_blobs(-1, -int(doc["size"]))
         return doc is not None
 
+    async def delete_unreferenced_blob(self, sha256: str, *, by_history: bool = True) -> bool:
+        # No transaction spans the collections: checked, deleted, checked again, and put
+        # back whole (sender and possession) if a file recorded the content meanwhile.
+        if await self.is_referenced(sha256, by_history=by_history):
+            return False
+        with self._guard("delete_unreferenced_blob"):
+            held = [doc async for doc in self._coll("possession").find({"sha256": sha256})]
+            doc = await self._blobs.find_one({"_id": sha256})
+        if doc is None or not await self.delete_blob(sha256):
+            return False
+        if not await self.is_referenced(sha256, by_history=by_history):
+            return True
+        with self._guard("delete_unreferenced_blob"):
+            try:
+                await self._blobs.insert_one(doc)
+            except DuplicateKeyError:  # recorded afresh meanwhile: that record stands
+                pass
+            else:
+                await self._count_blobs(1, int(doc["size"]))
+            await _upsert_ignoring_races(self._coll("possession"), [
+                UpdateOne({"sha256": d["sha256"], "namespace": d["namespace"]},
+                          {"$setOnInsert": {"since": d["since"]}}, upsert=True)
+                for d in held
+            ])  # fmt: skip
+        return False
+
     async def count_live(self, namespace: str, locations: Collection[tuple[str, str]]) -> int:
         projection = {"deleted_at": 1}
         with self._guard("count_live"):

@@ -785,6 +785,28 @@ def _path_glob(pattern: str, value: str) -> bool:
     return globs.compiled(pattern).matches(value)
 
 
+def _delete_blob(conn: sqlite3.Connection, digest: bytes | str) -> bool:
+    conn.execute(
+        f"DELETE FROM possession WHERE namespace IN ({_POSSESSING_NAMESPACES}) AND sha256 = ?",
+        (digest,),
+    )
+    return conn.execute("DELETE FROM blobs WHERE sha256 = ?", (digest,)).rowcount > 0
+
+
+def _referenced(
+    conn: sqlite3.Connection, sha256: str, by_history: bool, namespaces: Sequence[str]
+) -> bool:
+    """Whether a file record (live, or with *by_history* any) in *namespaces* (empty:
+    any) has this content."""
+    live = "" if by_history else " AND deleted_at IS NULL"
+    within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+    queries = [f"SELECT 1 FROM files WHERE sha256 = ?{live}{within} LIMIT 1"]
+    if by_history:
+        queries.append(f"SELECT 1 FROM file_history WHERE sha256 = ?{within} LIMIT 1")
+    args = (sha256, *namespaces)
+    return any(conn.execute(q, args).fetchone() is not None for q in queries)
+
+
 def _int_id(key_id: str) -> int | None:
     return int(key_id) if key_id.isdecimal() and len(key_id) < 19 else None
 
@@ -1421,16 +1443,7 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def delete_blob(self, sha256: str) -> bool:
         digest = _digest(sha256)
-
-        def delete(conn: sqlite3.Connection) -> bool:
-            conn.execute(
-                f"DELETE FROM possession WHERE namespace IN ({_POSSESSING_NAMESPACES}) "
-                "AND sha256 = ?",
-                (digest,),
-            )
-            return conn.execute("DELETE FROM blobs WHERE sha256 = ?", (digest,)).rowcount > 0
-
-        return await self._write(delete)
+        return await self._write(lambda conn: _delete_blob(conn, digest))
 
     async def count_live(self, namespace: str, locations: Collection[tuple[str, str]]) -> int:
         wanted = list(dict.fromkeys(locations))
@@ -1501,15 +1514,16 @@ class SQLiteMetadataStore(MetadataStore):
     async def is_referenced(
         self, sha256: str, *, by_history: bool = True, namespaces: Sequence[str] = ()
     ) -> bool:
-        live = "" if by_history else " AND deleted_at IS NULL"
-        within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
-        queries = [f"SELECT 1 FROM files WHERE sha256 = ?{live}{within} LIMIT 1"]
-        if by_history:
-            queries.append(f"SELECT 1 FROM file_history WHERE sha256 = ?{within} LIMIT 1")
-        args = (sha256, *namespaces)
-        return await self._read(
-            lambda c: any(c.execute(q, args).fetchone() is not None for q in queries)
-        )
+        return await self._read(lambda c: _referenced(c, sha256, by_history, namespaces))
+
+    async def delete_unreferenced_blob(self, sha256: str, *, by_history: bool = True) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            # One transaction of the one writer: no file is recorded between the two.
+            if _referenced(conn, sha256, by_history, ()):
+                return False
+            return _delete_blob(conn, _digest(sha256))
+
+        return await self._write(delete)
 
     # -- API keys --------------------------------------------------------------------
     async def add_api_key(

@@ -176,11 +176,10 @@ async def collect_garbage(
     Only blobs stored more than *min_age_seconds* ago are considered, so content whose
     file record is still on its way is left alone. Deletion is ordered so that a file
     registered meanwhile never ends with a record whose content is gone: the blob record
-    is removed first (new registrations then ask for an upload), references are checked
-    again (and the record restored if one appeared), and only then are the bytes
-    deleted. If a client re-uploaded the same content in the instant between that check
-    and the deletion, its blob record is removed again so the next registration asks for
-    the content once more.
+    is removed first, only while no file references it (:meth:`delete_unreferenced_blob`;
+    new registrations then ask for an upload), and only then are the bytes deleted. If a
+    client re-uploaded the same content in the instant between, its blob record is
+    removed again so the next registration asks for the content once more.
 
     What it found is recorded for ``/metrics``.
     """
@@ -203,10 +202,8 @@ async def collect_garbage(
         report.unreferenced.append(record.sha256)
         if not delete:
             continue
-        await metadata.delete_blob(record.sha256)
-        if await metadata.is_referenced(record.sha256, by_history=by_history):
-            await metadata.put_blob(record)
-            report.kept_after_recheck.append(record.sha256)
+        if not await metadata.delete_unreferenced_blob(record.sha256, by_history=by_history):
+            report.kept_after_recheck.append(record.sha256)  # registered meanwhile
             continue
         await _delete_bytes(metadata, blobs, record.sha256)
         report.deleted.append(record.sha256)
