@@ -85,10 +85,12 @@ is hashed as it arrives, and becomes the blob without being read back."""
 
 
 class Body(Protocol):
-    """A request body that ends, rather than fails, when the client goes away:
-    ``cut_short`` then says so, and what arrived is kept."""
+    """A request body that ends, rather than fails, when the client goes away or stops
+    sending: ``cut_short`` then says so (``client_gone``: it went away), and what arrived
+    is kept."""
 
     cut_short: bool
+    client_gone: bool
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -576,6 +578,30 @@ async def terminate(stores: Stores, upload: Upload) -> None:
     writing it."""
     async with _lease(stores, upload) as lease:
         await _forget(stores, lease.upload)
+
+
+async def append_to_new(
+    stores: Stores,
+    settings: Settings,
+    hashes: RunningHashes,
+    upload: Upload,
+    body: Body,
+    checksum: tuple[str, bytes] | None,
+    declared: int | None,
+) -> Upload | None:
+    """:func:`append` the body of the request that created *upload* (tus
+    creation-with-upload). Its client learns the upload's URL only from the answer: if
+    the append fails, or the client went away (None: nobody to answer), the upload is
+    discarded, since nobody could ever continue or free it."""
+    try:
+        appended = await append(stores, settings, hashes, upload, 0, body, checksum, declared)
+    except BaseException:
+        await discard_new(stores, upload)
+        raise
+    if body.client_gone:
+        await discard_new(stores, appended)
+        return None
+    return appended
 
 
 async def discard_new(stores: Stores, upload: Upload) -> None:

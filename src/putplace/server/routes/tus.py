@@ -237,18 +237,13 @@ async def tus_create(
     create = resumable.create_partial if partial else resumable.create
     upload = await create(state.stores, state.settings, key, target, length, metadata)
     if with_body and not upload.complete:
-        body = _RequestBody(request, state.settings)
-        try:
-            upload = await resumable.append(
-                state.stores, state.settings, state.running_hashes, upload, 0, body,
-                checksum, declared,
-            )  # fmt: skip
-        except BaseException:  # the client never learns its URL: nothing may be left
-            await resumable.discard_new(state.stores, upload)
-            raise
-        if body.client_gone:  # nor here: what arrived could never be continued
-            await resumable.discard_new(state.stores, upload)
-            raise ClientDisconnect
+        appended = await resumable.append_to_new(
+            state.stores, state.settings, state.running_hashes, upload,
+            _RequestBody(request, state.settings), checksum, declared,
+        )  # fmt: skip
+        if appended is None:
+            raise ClientDisconnect  # answered for the log: nobody reads it
+        upload = appended
     return _created(request, upload)
 
 
