@@ -82,6 +82,11 @@ def _parts(pattern: str) -> list[_Part]:
     return parts
 
 
+def _runs(parts: list[_Part]) -> int:
+    """How many wildcard runs (``*``, ``**``) *parts* hold."""
+    return sum(not isinstance(part, _Fixed) for part in parts)
+
+
 #: ``[\s\S]``, not ``.``: a path may hold a newline, which ``.`` does not match.
 _RUN_REGEX: Final = {_ANY_RUN: "[\\s\\S]*", _COMPONENT_RUN: "[^/]*"}
 
@@ -101,7 +106,7 @@ def checked_glob(pattern: str) -> str:
     ``[z-a]``, or a NUL character, which no recorded path holds)."""
     if "\0" in pattern:
         raise ValueError("a glob cannot hold a NUL character")
-    if (runs := sum(not isinstance(part, _Fixed) for part in _parts(pattern))) > MAX_RUNS:
+    if (runs := _runs(_parts(pattern))) > MAX_RUNS:
         raise ValueError(f"a glob may have at most {MAX_RUNS} `*` or `**`, not {runs}")
     try:
         re.compile(glob_regex(pattern))
@@ -120,11 +125,10 @@ class PathGlob:
 
     def __init__(self, pattern: str, regex_runs: int = 1) -> None:
         parts = _parts(pattern)
-        runs = sum(1 for part in parts if not isinstance(part, _Fixed))
-        self._regex = re.compile(_regex(parts)) if runs <= regex_runs else None
+        self._regex = re.compile(_regex(parts)) if _runs(parts) <= regex_runs else None
         self._steps: list[re.Pattern[str] | str] = []
         self._widths: list[int] = []
-        for part in parts:
+        for part in parts if self._regex is None else ():
             if isinstance(part, _Fixed):
                 # A lookahead finds every start, overlapping ones included.
                 self._steps.append(re.compile(f"(?=(?:{part.regex}))"))
