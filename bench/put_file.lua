@@ -1,4 +1,6 @@
 -- wrk script: POST /put_file with a JSON record, a new filepath and sha256 each request.
+-- The counter leads the hash: records differ in their first digits, as real hashes do
+-- (the server indexes records by those).
 -- The key comes from PP_KEY; the hostname is "bench" (counted afterwards by server_load).
 -- PP_RUN names the run, so the paths of runs against one server are all new.
 wrk.method = "POST"
@@ -17,8 +19,8 @@ function request()
   counter = counter + 1
   local body = string.format(
     '{"filepath":"/wrk/%s/%d/%d","hostname":"bench","ip_address":"127.0.0.1",' ..
-    '"sha256":"%08x%056x","file_size":1,"file_mode":33188,"file_uid":0,"file_gid":0,' ..
+    '"sha256":"%08x%08x%048x","file_size":1,"file_mode":33188,"file_uid":0,"file_gid":0,' ..
     '"file_mtime":1.5,"file_atime":1.5,"file_ctime":1.5}',
-    run, id, counter, id, counter)
+    run, id, counter, counter, id, 0)
   return wrk.format(nil, "/put_file", nil, body)
 end

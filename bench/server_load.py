@@ -48,7 +48,6 @@ from bench.common import (
     table,
 )
 from putplace.metadata.sqlite import (
-    SCHEMA,
     WAL_CHECKPOINT_PAGES,
     WRITER_CACHE_KIB,
     SQLiteMetadataStore,
@@ -211,7 +210,6 @@ def bare_sqlite(path: Path, rows: int) -> float:
                    f"cache_size = -{WRITER_CACHE_KIB}",
                    f"wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}"):  # fmt: skip
         conn.execute(f"PRAGMA {pragma}")
-    conn.executescript(SCHEMA)
     SQLiteMetadataStore._migrate(conn)  # the server's tables and indexes as they are now
     stamp = datetime.now(UTC).isoformat()
     spent = 0.0
