@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from putplace.metadata.inventory import FileQuery
-from putplace.metadata.sqlite import SQLiteMetadataStore
+from putplace.metadata.sqlite import MIGRATIONS, SQLiteMetadataStore
 from tests.metadata.test_conformance import at, meta, put_file, sha
 
 Lookup = Callable[[SQLiteMetadataStore, str], Awaitable[Any]]
@@ -94,3 +94,49 @@ async def test_reopening_keeps_only_the_prefix_index(tmp_path: Path) -> None:
         indexes = {name for (name,) in rows}
     assert {"files_sha256_key", "history_sha256_key"} <= indexes
     assert not {"files_sha256", "history_sha256"} & indexes
+
+
+async def test_a_whole_hash_index_made_again_by_an_older_release_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """An older release started on the database (a rollback, an old worker of a rolling
+    upgrade) makes its whole-hash indexes again before it refuses the newer schema; the
+    next open drops them, or every write would pay for them for good."""
+    path = tmp_path / "pp.sqlite3"
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:  # what the older release's first statements do
+        conn.execute("CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256)")
+        conn.execute("CREATE INDEX IF NOT EXISTS history_sha256 ON file_history (sha256)")
+    conn.close()
+    reopened = SQLiteMetadataStore(path)
+    await reopened.open()
+    await reopened.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        indexes = {name for (name,) in rows}
+    conn.close()
+    assert not {"files_sha256", "history_sha256"} & indexes
+    assert {"files_sha256_key", "history_sha256_key"} <= indexes
+
+
+async def test_a_version_8_database_without_the_whole_hash_index_migrates(
+    tmp_path: Path,
+) -> None:
+    """Step 9 drops the whole-hash indexes only if they are there (an operator may have
+    dropped them by hand)."""
+    path = tmp_path / "pp.sqlite3"
+    with sqlite3.connect(path) as conn:
+        SQLiteMetadataStore._migrate(conn)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn.execute("DROP INDEX files_sha256_key")
+        conn.execute("DROP INDEX history_sha256_key")
+    conn.close()
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    try:
+        await store.put_files([meta("h", "/a", sha256=sha("a"))], at(0))
+        assert [x.filepath for x in await store.locations(sha("a"), include_past=True)] == ["/a"]
+    finally:
+        await store.close()

@@ -165,6 +165,13 @@ _BLOB_TOTALS_TRIGGERS = (
 #: (a record's hash is what its client says) are all read by a lookup of any of them.
 _SHA_KEY_DIGITS = 12
 _SHA_KEY = f"substr(sha256, 1, {_SHA_KEY_DIGITS})"
+#: Dropped by step 9, and at every open after it: a release before it, started on the
+#: database (a rollback, or an old worker in a rolling upgrade), makes the whole-hash
+#: index again before it refuses the newer schema, and every write would pay for it.
+_DROP_WHOLE_HASH_INDEXES = (
+    "DROP INDEX IF EXISTS files_sha256",
+    "DROP INDEX IF EXISTS history_sha256",
+)
 #: Schema changes in order; ``PRAGMA user_version`` counts those applied. Each runs in
 #: one transaction, so a database is never half-migrated, and new databases take the
 #: same path as old ones.
@@ -368,9 +375,8 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE possession_v8 RENAME TO possession",
     ],
     [  # 9: records indexed by their hash's first digits (see _SHA_KEY)
-        "DROP INDEX files_sha256",
+        *_DROP_WHOLE_HASH_INDEXES,
         f"CREATE INDEX files_sha256_key ON files ({_SHA_KEY})",
-        "DROP INDEX history_sha256",
         f"CREATE INDEX history_sha256_key ON file_history ({_SHA_KEY})",
     ],
 ]
@@ -1065,6 +1071,8 @@ class SQLiteMetadataStore(MetadataStore):
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
+            for statement in _DROP_WHOLE_HASH_INDEXES:
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
