@@ -82,18 +82,29 @@ async def test_the_answers_match_the_whole_hash_not_its_prefix(tmp_path: Path) -
         await store.close()
 
 
+async def open_and_close(path: Path) -> None:
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    await store.close()
+
+
+def assert_only_the_prefix_indexes(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        indexes = {name for (name,) in rows}
+    finally:
+        conn.close()
+    assert {"files_sha256_key", "history_sha256_key"} <= indexes
+    assert not {"files_sha256", "history_sha256"} & indexes
+
+
 async def test_reopening_keeps_only_the_prefix_index(tmp_path: Path) -> None:
     """The first release's whole-hash index is not made again at every open."""
     path = tmp_path / "pp.sqlite3"
-    for _ in range(2):
-        store = SQLiteMetadataStore(path)
-        await store.open()
-        await store.close()
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
-        indexes = {name for (name,) in rows}
-    assert {"files_sha256_key", "history_sha256_key"} <= indexes
-    assert not {"files_sha256", "history_sha256"} & indexes
+    await open_and_close(path)
+    await open_and_close(path)
+    assert_only_the_prefix_indexes(path)
 
 
 async def test_a_whole_hash_index_made_again_by_an_older_release_is_dropped(
@@ -103,22 +114,13 @@ async def test_a_whole_hash_index_made_again_by_an_older_release_is_dropped(
     upgrade) makes its whole-hash indexes again before it refuses the newer schema; the
     next open drops them, or every write would pay for them for good."""
     path = tmp_path / "pp.sqlite3"
-    store = SQLiteMetadataStore(path)
-    await store.open()
-    await store.close()
+    await open_and_close(path)
     with sqlite3.connect(path) as conn:  # what the older release's first statements do
         conn.execute("CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256)")
         conn.execute("CREATE INDEX IF NOT EXISTS history_sha256 ON file_history (sha256)")
     conn.close()
-    reopened = SQLiteMetadataStore(path)
-    await reopened.open()
-    await reopened.close()
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
-        indexes = {name for (name,) in rows}
-    conn.close()
-    assert not {"files_sha256", "history_sha256"} & indexes
-    assert {"files_sha256_key", "history_sha256_key"} <= indexes
+    await open_and_close(path)
+    assert_only_the_prefix_indexes(path)
 
 
 async def test_a_version_8_database_without_the_whole_hash_index_migrates(
