@@ -91,6 +91,26 @@ async def test_malformed_bundles_are_refused_whole(
     assert words in response.json()["detail"]
 
 
+async def test_a_body_longer_than_its_header_says_is_refused_whole(
+    api: httpx.AsyncClient,
+) -> None:
+    """Bytes after the last member mean the header's lengths do not describe the body (a
+    client's framing is wrong): nothing of it is trusted or stored."""
+    data = os.urandom(3000)
+    await register(api, data)
+    for extra in (b"x", os.urandom(100_000)):  # within the first chunk, and beyond it
+        response = await api.post(
+            "/bundles", content=bundle([(sha(data), data)]) + extra, headers=BUNDLE
+        )
+        assert response.status_code == 400
+        assert "goes on after its last member" in response.json()["detail"]
+        assert await downloaded(api, data) is None
+    again = await api.post("/put_files", json={"files": [metadata(data)]})
+    assert again.json()["results"][0]["file"]["upload_required"] is True
+    stored = await api.post("/bundles", content=bundle([(sha(data), data)]), headers=BUNDLE)
+    assert stored.json()["results"][0]["status"] == "stored"
+
+
 async def test_bundle_cut_short_keeps_whole_members(
     api: httpx.AsyncClient, settings: Settings, stack: str
 ) -> None:

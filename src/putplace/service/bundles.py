@@ -79,8 +79,21 @@ class _Reader:
         except Exception as exc:  # a stalled or dropped client, a body over the limit
             failure = exc
         data, self._buffer = self._buffer, bytearray()
+        self._buffer += data[size:]  # what follows, kept for :meth:`ends`
         del data[size:]
         return data, failure
+
+    async def ends(self) -> tuple[bool, Exception | None]:
+        """Whether the stream ends here, with nothing after what was read; and the
+        failure that stopped reading on, if one did (then what arrived is all there is)."""
+        try:
+            while not self._buffer:
+                self._buffer += await anext(self._chunks)
+        except StopAsyncIteration:
+            return True, None
+        except Exception as exc:
+            return True, exc
+        return False, None
 
 
 async def read_header(reader: _Reader, settings: Settings) -> list[Entry]:
@@ -180,6 +193,18 @@ async def _receive(
     namespace: str,
 ) -> BundleResponse:
     """Read the members, verify each, store those that are whole, and answer."""
+    # The members' bytes in one read (they are all held until stored anyway), then
+    # hashed in one go: per member, a read and an await of its own cost more than
+    # hashing a few KiB (a first ingest of 100,000 small files).
+    total = sum(entry.length for entry in entries)
+    body, failure = await reader.read_upto(total)
+    if failure is None and len(body) == total:
+        ended, failure = await reader.ends()
+        if not ended:  # the header does not describe this body: nothing is trusted
+            raise InvalidInputError(
+                f"the body goes on after its last member: the {len(entries)} entries' "
+                f"lengths add up to {total} bytes; nothing was stored"
+            )
     present = [
         e.sha256 for e, r in zip(entries, results, strict=True)
         if r is not None and r.status is BundleStatus.present
@@ -187,10 +212,6 @@ async def _receive(
     if present and len(settings.trust_domain(namespace)) > 1:
         # Sent by another namespace of the trust domain: this one holds it now too.
         await stores.metadata.add_possession(namespace, present, utcnow())
-    # The members' bytes in one read (they are all held until stored anyway), then
-    # hashed in one go: per member, a read and an await of its own cost more than
-    # hashing a few KiB (a first ingest of 100,000 small files).
-    body, failure = await reader.read_upto(sum(entry.length for entry in entries))
     spans: list[tuple[int, int, int]] = []  # (index, start, end) of whole members to verify
     start = 0
     for index, entry in enumerate(entries):
