@@ -829,13 +829,19 @@ def _same_content(hashes: Sequence[str]) -> tuple[str, list[str]]:
     return f"{_SHA_KEY} IN ({marks}) AND +sha256 IN ({marks})", [*prefixes, *hashes]
 
 
+def _in_namespaces(namespaces: Sequence[str]) -> str:
+    """`` AND namespace IN (?, ...)`` for *namespaces* (their values follow), or nothing
+    for none (any namespace)."""
+    return f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+
+
 def _referenced(
     conn: sqlite3.Connection, sha256: str, by_history: bool, namespaces: Sequence[str]
 ) -> bool:
     """Whether a file record (live, or with *by_history* any) in *namespaces* (empty:
     any) has this content."""
     live = "" if by_history else " AND deleted_at IS NULL"
-    within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+    within = _in_namespaces(namespaces)
     content, args = _same_content([sha256])
     queries = [f"SELECT 1 FROM files WHERE {content}{live}{within} LIMIT 1"]
     if by_history:
@@ -1374,7 +1380,7 @@ class SQLiteMetadataStore(MetadataStore):
         self, sha256: str, *, include_past: bool, namespaces: Sequence[str] = ()
     ) -> list[Location]:
         live = "" if include_past else " AND deleted_at IS NULL"
-        within = f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+        within = _in_namespaces(namespaces)
         content, hashes = _same_content([sha256])
         sql = (
             "SELECT namespace, hostname, filepath, recorded_at, deleted_at, NULL AS valid_to "
