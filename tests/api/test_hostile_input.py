@@ -163,3 +163,46 @@ async def test_ip_address_is_stored_in_canonical_form(api: httpx.AsyncClient) ->
     assert answer.status_code == 201
     assert answer.json()["ip_address"] == "2001:db8::1"
     assert (await put(api, metadata(b"none", ip_address=""))).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain; charset=utf-8", "application/xml", None],
+)
+async def test_a_json_body_declared_as_another_type_gets_415_naming_it(
+    api: httpx.AsyncClient, keys: Keys, content_type: str | None
+) -> None:
+    """``curl -d`` declares a form: the answer names the type to send, not a 422 saying
+    the body "should be a valid dictionary"; and nothing is created."""
+    admin = {"X-API-Key": keys.admin}
+    key_body = '{"name": "declared-otherwise"}'
+    typed = {} if content_type is None else {"Content-Type": content_type}
+    refused = [
+        await api.post("/scans", content='{"hostname": "h", "root": "/"}', headers=typed),
+        await api.post("/api_keys", content=key_body, headers={**admin, **typed}),
+    ]
+    shown = "no Content-Type" if content_type is None else repr(content_type)
+    for response in refused:
+        assert response.status_code == 415, response.text
+        detail = response.json()["detail"]
+        assert "application/json" in detail
+        assert shown in detail
+    names = {key["name"] for key in (await api.get("/api_keys", headers=admin)).json()}
+    assert "declared-otherwise" not in names
+    # The same bodies declared as JSON are taken.
+    json_type = {"Content-Type": "application/problem+json"}
+    scan = await api.post("/scans", content='{"hostname": "h", "root": "/"}', headers=json_type)
+    assert scan.status_code == 201, scan.text
+    key = await api.post("/api_keys", content=key_body, headers={**admin, **json_type})
+    assert key.status_code == 201, key.text
+    # A JSON body that is wrong stays a 422 listing what is wrong.
+    wrong = await api.post("/scans", content='{"hostname": "h"}', headers=json_type)
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "root"]
+
+
+async def test_a_long_declared_type_is_cut_in_the_answer(api: httpx.AsyncClient) -> None:
+    declared = "text/" + "x" * 5000
+    response = await api.post("/scans", content="{}", headers={"Content-Type": declared})
+    assert response.status_code == 415
+    assert len(response.json()["detail"]) < 300

@@ -51,6 +51,8 @@ log = logging.getLogger("putplace.server")
 
 #: Longest input string echoed back in a validation error.
 MAX_ECHO_CHARS = 1024
+#: Longest Content-Type echoed back when a body is refused for its type.
+MAX_SHOWN_TYPE = 100
 #: Levels of an input echoed back in an error; deeper ones become "...".
 MAX_ECHO_DEPTH = 32
 
@@ -142,6 +144,39 @@ def _headers(exc: Exception) -> dict[str, str] | None:
     return None
 
 
+def is_json_type(content_type: str) -> bool:
+    """Whether a Content-Type is one FastAPI parses a declared body from as JSON:
+    ``application/json`` or ``application/<anything>+json``, parameters aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def not_json_detail(content_type: str | None) -> str:
+    if content_type is None:
+        declared = "no Content-Type"
+    else:
+        cut = content_type[:MAX_SHOWN_TYPE] + ("..." if len(content_type) > MAX_SHOWN_TYPE else "")
+        declared = repr(cut)
+    return (
+        f"the body must be JSON, sent with Content-Type: application/json; this request "
+        f"declared {declared}"
+    )
+
+
+def _body_left_unparsed(exc: RequestValidationError) -> bool:
+    """Whether FastAPI handed a declared body on as raw text or bytes: what it does when
+    the request's Content-Type is not JSON or is missing (``curl -d`` sends a form
+    type). Without this, the answer is a 422 saying the body "should be a valid
+    dictionary", which does not name the cause. (Bodies are not parsed whatever their
+    type, as FastAPI's strict content type keeps a browser's form post from being taken
+    for JSON.)"""
+    return any(
+        tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), str | bytes)
+        for error in exc.errors()
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         code = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
@@ -164,8 +199,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # Nobody reads this answer; it keeps the access log honest.
         return JSONResponse({"detail": DISCONNECTED}, status_code=status.HTTP_400_BAD_REQUEST)
 
-    async def validation(_: Request, exc: Exception) -> JSONResponse:
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        declared = request.headers.get("content-type")
+        if _body_left_unparsed(exc) and not is_json_type(declared or ""):
+            return JSONResponse(
+                {"detail": not_json_detail(declared)},
+                status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            )
         errors = jsonable_encoder(json_safe(list(exc.errors())))
         return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
