@@ -195,10 +195,17 @@ async def test_a_json_body_declared_as_another_type_gets_415_naming_it(
     assert scan.status_code == 201, scan.text
     key = await api.post("/api_keys", content=key_body, headers={**admin, **json_type})
     assert key.status_code == 201, key.text
-    # A JSON body that is wrong stays a 422 listing what is wrong.
+    # A JSON body that is wrong stays a 422 listing what is wrong, a JSON string too.
     wrong = await api.post("/scans", content='{"hostname": "h"}', headers=json_type)
     assert wrong.status_code == 422
     assert wrong.json()["detail"][0]["loc"] == ["body", "root"]
+    a_string = await api.post("/scans", content='"abc"', headers=json_type)
+    assert a_string.status_code == 422
+    assert a_string.json()["detail"][0]["loc"] == ["body"]
+    # /put_file parses its body whatever it declares: a JSON string is still a 422.
+    record = await api.post("/put_file", content='"abc"', headers=typed)
+    assert record.status_code == 422
+    assert record.json()["detail"][0]["loc"] == ["body"]
 
 
 async def test_a_long_declared_type_is_cut_in_the_answer(api: httpx.AsyncClient) -> None:
@@ -206,3 +213,6 @@ async def test_a_long_declared_type_is_cut_in_the_answer(api: httpx.AsyncClient)
     response = await api.post("/scans", content="{}", headers={"Content-Type": declared})
     assert response.status_code == 415
     assert len(response.json()["detail"]) < 300
+    empty = await api.post("/scans", content="{}", headers={"Content-Type": ""})
+    assert empty.status_code == 415
+    assert "declared no Content-Type" in empty.json()["detail"]
