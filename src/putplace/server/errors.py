@@ -194,8 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        declared = request.headers.get("content-type") or None  # empty: none, as FastAPI
         if _body_left_unparsed(exc):
+            declared = request.headers.get("content-type") or None  # empty: none, as FastAPI
             return JSONResponse(
                 {"detail": _not_json_detail(declared)},
                 status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
