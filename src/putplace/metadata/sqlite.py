@@ -756,7 +756,7 @@ def _owned_by(hostname: str | None, namespaces: Sequence[str]) -> tuple[str, lis
     """A WHERE clause for rows of *hostname* (if given) in *namespaces* (if any)."""
     clauses, args = ["1"], list(namespaces)
     if namespaces:
-        clauses.append(f"namespace IN ({', '.join('?' * len(namespaces))})")
+        clauses.append(_namespace_in(namespaces))
     if hostname is not None:
         clauses.append("hostname = ?")
         args.append(hostname)
@@ -829,10 +829,15 @@ def _same_content(hashes: Sequence[str]) -> tuple[str, list[str]]:
     return f"{_SHA_KEY} IN ({marks}) AND +sha256 IN ({marks})", [*prefixes, *hashes]
 
 
+def _namespace_in(namespaces: Sequence[str]) -> str:
+    """``namespace IN (?, ...)``, a mark for each of *namespaces* (their values follow)."""
+    return f"namespace IN ({', '.join('?' * len(namespaces))})"
+
+
 def _in_namespaces(namespaces: Sequence[str]) -> str:
     """`` AND namespace IN (?, ...)`` for *namespaces* (their values follow), or nothing
     for none (any namespace)."""
-    return f" AND namespace IN ({', '.join('?' * len(namespaces))})" if namespaces else ""
+    return f" AND {_namespace_in(namespaces)}" if namespaces else ""
 
 
 def _referenced(
@@ -942,7 +947,7 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
     elif query.state is FileState.deleted:
         add("deleted_at IS NOT NULL")
     if query.namespaces:
-        add(f"namespace IN ({', '.join('?' * len(query.namespaces))})", *query.namespaces)
+        add(_namespace_in(query.namespaces), *query.namespaces)
     if query.hostnames:
         add(f"hostname IN ({', '.join('?' * len(query.hostnames))})", *query.hostnames)
     if (bounds := query.prefix_range) is not None:
