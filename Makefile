@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 # Create the virtualenv and install PutPlace with every extra and the test tools (re-run
 # only when pyproject.toml changes; byte-compiled at install, as pip does, so ppclient
 # does not compile its libraries at every start), and the system tools the benchmarks
-# and tests use: restic, wrk, redis-server and promtool (Debian package prometheus),
-# with apt-get and only when one is missing.
+# and tests use: restic, wrk, redis-server, promtool (Debian package prometheus) and
+# valgrind, with apt-get and only when one is missing.
 setup: $(STAMP)
 	@scripts/install-test-tools.sh
 

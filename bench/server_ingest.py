@@ -70,14 +70,21 @@ def _records(first: int, contents: list[bytes]) -> bytes:
     return orjson.dumps({"files": records})
 
 
+#: Random bytes the contents are cut from (at random places and lengths): made once, so
+#: making a step costs little per file (see ``bench/instructions.py``, which counts the
+#: instructions of the whole process, this driver's included).
+POOL_BYTES = 4 << 20
+
+
 def _steps(rng: random.Random, new: int, copies: int) -> tuple[list[Step], list[Step]]:
     """*new* steps of files with contents of their own (1-8 KiB, each with its bundle),
     then *copies* steps of files whose contents are random ones of those: records only,
     as the tree ``make bench`` ingests ends (``bench.small_files.make_tree``)."""
     fresh: list[Step] = []
     stored: list[bytes] = []
+    pool = rng.randbytes(POOL_BYTES)
     for step in range(new):
-        contents = [rng.randbytes(rng.randint(1024, 8192)) for _ in range(FILES_PER_STEP)]
+        contents = [_cut(rng, pool) for _ in range(FILES_PER_STEP)]
         header = b"".join(
             struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents
         )
@@ -89,6 +96,14 @@ def _steps(rng: random.Random, new: int, copies: int) -> tuple[list[Step], list[
         contents = [stored[rng.randrange(len(stored))] for _ in range(FILES_PER_STEP)]
         later.append((_records(step * FILES_PER_STEP, contents), None, 0))
     return fresh, later
+
+
+def _cut(rng: random.Random, pool: bytes) -> bytes:
+    """1-8 KiB of *pool* from a random place: distinct contents (two cuts are the same
+    only at the same place and length)."""
+    size = rng.randint(1024, 8192)
+    start = rng.randrange(len(pool) - size)
+    return pool[start : start + size]
 
 
 Call = Callable[[str, bytes, bytes, bytes], Awaitable[Any]]
@@ -188,11 +203,8 @@ async def _run(steps: int, in_flight: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    steps = int(os.environ.get("BENCH_INPROC_STEPS", "40"))
-    in_flight = int(os.environ.get("BENCH_INPROC_IN_FLIGHT", "4"))
-    if steps < 1 or in_flight < 1:
-        raise SystemExit("BENCH_INPROC_STEPS and BENCH_INPROC_IN_FLIGHT must be at least 1")
+def measure(steps: int, in_flight: int) -> dict[str, Any]:
+    """The run, on a fresh database and blob directory (removed afterwards)."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(
             PUTPLACE_DATABASE_URL=f"sqlite:///{tmp}/putplace.db",
@@ -201,7 +213,15 @@ def main() -> None:
         )
         import uvloop
 
-        result = uvloop.run(_run(steps, in_flight))
+        return uvloop.run(_run(steps, in_flight))
+
+
+def main() -> None:
+    steps = int(os.environ.get("BENCH_INPROC_STEPS", "40"))
+    in_flight = int(os.environ.get("BENCH_INPROC_IN_FLIGHT", "4"))
+    if steps < 1 or in_flight < 1:
+        raise SystemExit("BENCH_INPROC_STEPS and BENCH_INPROC_IN_FLIGHT must be at least 1")
+    result = measure(steps, in_flight)
     rows = [
         ("server CPU per file", f"{result['cpu_us_per_file']:.1f} us"),
         ("files/s (in process)", f"{result['files_per_s']:,}"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system tools the benchmarks and tests use as peers or services:
 #   restic (backup peer), wrk (HTTP load generator), redis-server, promtool (checks and
-#   unit-tests the Prometheus alert rules in deploy/prometheus).
+#   unit-tests the Prometheus alert rules in deploy/prometheus), valgrind (counts the
+#   instructions of bench/instructions.py).
 # Idempotent and quick when they are present: only `command -v` checks run then.
 # When they cannot be installed (no apt-get, or not root and no sudo) it names the
 # missing packages and exits 0, except in CI (CI=true), where it exits 1 so nothing is
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 # command=Debian package that provides it.
-TOOLS=(restic=restic wrk=wrk redis-server=redis-server promtool=prometheus)
+TOOLS=(restic=restic wrk=wrk redis-server=redis-server promtool=prometheus valgrind=valgrind)
 
 missing=()
 for entry in "${TOOLS[@]}"; do

@@ -8,12 +8,15 @@ import asyncio
 import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.common import create_key, ppserver, server_env
 from bench.ingest_at_scale import fill
+from bench.instructions import count
+from bench.server_ingest import measure
 from bench.server_load import bare_sqlite, count_present, wrk
 from bench.store_ingest import files_of, run
 
@@ -75,3 +78,26 @@ def test_each_wrk_run_records_new_locations(tmp_path: Path) -> None:
         assert all(run["acknowledged"] > 0 for run in runs)
         # A request wrk had in flight when it stopped is stored but not counted by wrk.
         assert acknowledged <= count_present(server.url, key) <= acknowledged + 2 * 4
+
+
+def test_the_in_process_ingest_stores_each_steps_contents() -> None:
+    """``bench/server_ingest.py`` (which ``bench/instructions.py`` counts) checks every
+    answer itself: each step's records ask for its 1,000 contents and its bundle stores
+    them all, so contents cut from its random pool must all differ."""
+    result = measure(4, 2)
+    assert result["files"] == 4000
+    assert result["cpu_us_per_file"] > 0
+
+
+def test_instruction_counts_leave_out_openssl(tmp_path: Path) -> None:
+    """``bench/instructions.py`` reads callgrind's totals; hashing a MiB is most of a
+    small program's instructions, and all of it is OpenSSL's share, which is left out."""
+    if not shutil.which("valgrind"):
+        why = "valgrind is not installed (`apt-get install valgrind`, or `make setup`)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; in CI the instruction counts must be tested")
+        pytest.skip(why)
+    hashing = "import hashlib; hashlib.sha256(bytes(1 << 20)).digest()"
+    total, without = count([sys.executable, "-c", hashing], tmp_path)
+    idle_total, idle_without = count([sys.executable, "-c", "import hashlib"], tmp_path)
+    assert total - idle_total > 10 * (without - idle_without) > 0

@@ -1,0 +1,162 @@
+"""Instructions per file, counted by valgrind: a figure this shared machine cannot blur.
+
+Not part of ``make bench`` (it has no peer, and valgrind runs code ~50 times slower). On
+this 2-core machine the same first ingest takes 6.6 to 10.4 s within an hour, so a change
+worth a few percent cannot be told from the noise by timing it (see the README). Counting
+the instructions a run executes (``valgrind --tool=callgrind``) gives the same figure to
+within 0.2% from run to run, whatever else the machine is doing, so two versions of the
+code can be compared on it.
+
+Two figures, each the difference between a larger and a smaller run of the same work
+(so start-up, imports and set-up cancel out), divided by the files that make the
+difference:
+
+- server: ``bench/server_ingest.py``'s in-process first ingest (``POST /put_files``, then
+  ``POST /bundles`` of the contents; no HTTP, no client), BENCH_INSTR_STEPS (default 6)
+  steps of 1,000 files against 2. The driver's own work (cutting contents from a random
+  pool, building the bodies) is in the count, the same for every version of the server.
+- client: ``ppclient --dry-run`` (walk, read, hash, records, the local cache) over a
+  tree of BENCH_INSTR_FILES (default 10,000) files made like the small-files
+  benchmark's, against a tree of one file.
+
+Each is also shown without OpenSSL's share: under valgrind, SHA-256 runs without the
+CPU's SHA instructions (valgrind does not offer them), so its count says nothing of
+what hashing costs on the machine (about 0.3 ns a byte here).
+
+Compare with another checkout: ``python -m bench.instructions --against ../other``
+counts both with this checkout's drivers, one after the other, and prints the ratios.
+Needs valgrind (``scripts/install-test-tools.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, have, record, table
+from bench.small_files import make_tree
+
+#: Shared objects whose instructions do not stand for their time on this machine.
+NOT_COUNTED = ("libcrypto",)
+_TOTAL = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+PROGRAM TOTALS", re.M)
+_LINE = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+\S.*\[(?P<object>[^\]]+)\]\s*$", re.M)
+
+
+def count(command: list[str], src: Path, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """Instructions *command* executes (with *src* first on its path), in all and without
+    :data:`NOT_COUNTED`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            env={**os.environ, **(env or {}), "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        report = subprocess.run(
+            ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    match = _TOTAL.search(report)
+    if match is None:
+        raise RuntimeError("callgrind_annotate printed no total")
+    total = _number(match.group(1))
+    left_out = sum(
+        _number(line.group(1))
+        for line in _LINE.finditer(report)
+        if any(name in line.group("object") for name in NOT_COUNTED)
+    )
+    return total, total - left_out
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def per_file(larger: tuple[int, int], smaller: tuple[int, int], files: int) -> list[int]:
+    """Instructions per file between two runs: in all, and without :data:`NOT_COUNTED`."""
+    return [round((a - b) / files) for a, b in zip(larger, smaller, strict=True)]
+
+
+def server(src: Path, steps: int) -> list[int]:
+    def run(n: int) -> tuple[int, int]:
+        code = f"from bench.server_ingest import measure; measure({n}, 4)"
+        return count([sys.executable, "-c", code], src)
+
+    return per_file(run(steps), run(2), (steps - 2) * 1000)
+
+
+def client(src: Path, trees: tuple[Path, Path], files: int) -> list[int]:
+    def run(tree: Path) -> tuple[int, int]:
+        code = "import sys; from putplace.client.cli import main; sys.exit(main())"
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, "-c", code, "--dry-run", "--no-progress",
+                       "--url", "http://127.0.0.1:9", "--cache-file",
+                       f"{tmp}/cache.sqlite3", str(tree)]  # fmt: skip
+            return count(command, src, {"PUTPLACE_API_KEY": "unused-in-a-dry-run"})
+
+    return per_file(run(trees[0]), run(trees[1]), files - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", type=Path, help="another checkout to compare with")
+    args = parser.parse_args()
+    steps = int(os.environ.get("BENCH_INSTR_STEPS", "6"))
+    files = int(os.environ.get("BENCH_INSTR_FILES", "10000"))
+    if steps < 3 or files < 2:
+        raise SystemExit("BENCH_INSTR_STEPS must be at least 3, BENCH_INSTR_FILES at least 2")
+    if not have("valgrind"):
+        return
+    checkouts = {"this": ROOT / "src"}
+    if args.against is not None:
+        other = args.against.resolve() / "src"
+        if not (other / "putplace").is_dir():
+            raise SystemExit(f"{args.against}: no src/putplace there")
+        checkouts["against"] = other
+    # Compiled first: a module compiled in the larger run of a pair and loaded from its
+    # .pyc in the smaller one would count its compilation as work per file.
+    for src in (*checkouts.values(), ROOT / "bench"):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
+    results: dict[str, Any] = {"server_steps": steps, "client_files": files}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = (Path(tmp) / "tree", Path(tmp) / "one")
+        make_tree(trees[0], files)
+        make_tree(trees[1], 1)
+        for name, src in checkouts.items():
+            server_counts, client_counts = server(src, steps), client(src, trees, files)
+            results[name] = {
+                "server_per_file": server_counts[0],
+                "server_per_file_without_openssl": server_counts[1],
+                "client_dry_run_per_file": client_counts[0],
+                "client_dry_run_per_file_without_openssl": client_counts[1],
+            }
+    rows = []
+    for label, key in (
+        ("server, per file", "server_per_file"),
+        ("  without OpenSSL", "server_per_file_without_openssl"),
+        ("client dry run, per file", "client_dry_run_per_file"),
+        ("  without OpenSSL", "client_dry_run_per_file_without_openssl"),
+    ):
+        shown = f"{results['this'][key]:,}"
+        if "against" in results:
+            other = results["against"][key]
+            results.setdefault("ratio_to_against", {})[key] = round(results["this"][key] / other, 4)
+            shown += f" ({results['this'][key] / other:.3f}x of {other:,})"
+        rows.append((label, shown))
+    table("instructions (valgrind), this checkout" + (" vs --against" if args.against else ""),
+          rows)  # fmt: skip
+    record("instructions", results)
+
+
+if __name__ == "__main__":
+    main()
