@@ -15,9 +15,10 @@ difference:
   ``POST /bundles`` of the contents; no HTTP, no client), BENCH_INSTR_STEPS (default 6)
   steps of 1,000 files against 2. The driver's own work (cutting contents from a random
   pool, building the bodies) is in the count, the same for every version of the server.
-- client: ``ppclient --dry-run`` (walk, read, hash, records, the local cache) over a
-  tree of BENCH_INSTR_FILES (default 10,000) files made like the small-files
-  benchmark's, against a tree of one file.
+- client: ``ppclient``'s first ingest (walk, read, hash, records, the local cache,
+  ``POST /put_files`` and ``/bundles``) of a tree of BENCH_INSTR_FILES (default 10,000)
+  files made like the small-files benchmark's, against a tree of one file, each into a
+  fresh ``ppserver`` (this checkout's, running natively, not counted).
 
 Each is also shown without OpenSSL's share: under valgrind, SHA-256 runs without the
 CPU's SHA instructions (valgrind does not offer them), so its count says nothing of
@@ -39,9 +40,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, have, record, table
+from bench.common import ROOT, create_key, have, ppserver, record, server_env, table
 from bench.small_files import make_tree
 
+PARTS = ("server", "client")
 #: Shared objects whose instructions do not stand for their time on this machine.
 NOT_COUNTED = ("libcrypto",)
 _TOTAL = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+PROGRAM TOTALS", re.M)
@@ -96,13 +98,18 @@ def server(src: Path, steps: int) -> list[int]:
 
 
 def client(src: Path, trees: tuple[Path, Path], files: int) -> list[int]:
+    """A first ingest of each tree into a fresh server (this checkout's, not counted)."""
+
     def run(tree: Path) -> tuple[int, int]:
         code = "import sys; from putplace.client.cli import main; sys.exit(main())"
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, "-c", code, "--dry-run", "--no-progress",
-                       "--url", "http://127.0.0.1:9", "--cache-file",
-                       f"{tmp}/cache.sqlite3", str(tree)]  # fmt: skip
-            return count(command, src, {"PUTPLACE_API_KEY": "unused-in-a-dry-run"})
+            workdir = Path(tmp)
+            env = server_env(workdir)
+            key = create_key(workdir, env)
+            with ppserver(workdir, env) as running:
+                command = [sys.executable, "-c", code, "--no-progress", "--url", running.url,
+                           "--cache-file", f"{tmp}/cache.sqlite3", str(tree)]  # fmt: skip
+                return count(command, src, {"PUTPLACE_API_KEY": key})
 
     return per_file(run(trees[0]), run(trees[1]), files - 1)
 
@@ -110,7 +117,10 @@ def client(src: Path, trees: tuple[Path, Path], files: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", type=Path, help="another checkout to compare with")
+    parser.add_argument("--part", choices=PARTS, action="append",
+                        help="count only this part (repeatable; default: both)")  # fmt: skip
     args = parser.parse_args()
+    parts = args.part or list(PARTS)
     steps = int(os.environ.get("BENCH_INSTR_STEPS", "6"))
     files = int(os.environ.get("BENCH_INSTR_FILES", "10000"))
     if steps < 3 or files < 2:
@@ -133,20 +143,24 @@ def main() -> None:
         make_tree(trees[0], files)
         make_tree(trees[1], 1)
         for name, src in checkouts.items():
-            server_counts, client_counts = server(src, steps), client(src, trees, files)
-            results[name] = {
-                "server_per_file": server_counts[0],
-                "server_per_file_without_openssl": server_counts[1],
-                "client_dry_run_per_file": client_counts[0],
-                "client_dry_run_per_file_without_openssl": client_counts[1],
-            }
+            results[name] = {}
+            if "server" in parts:
+                counts = server(src, steps)
+                results[name]["server_per_file"] = counts[0]
+                results[name]["server_per_file_without_openssl"] = counts[1]
+            if "client" in parts:
+                counts = client(src, trees, files)
+                results[name]["client_per_file"] = counts[0]
+                results[name]["client_per_file_without_openssl"] = counts[1]
     rows = []
     for label, key in (
         ("server, per file", "server_per_file"),
         ("  without OpenSSL", "server_per_file_without_openssl"),
-        ("client dry run, per file", "client_dry_run_per_file"),
-        ("  without OpenSSL", "client_dry_run_per_file_without_openssl"),
+        ("client, per file", "client_per_file"),
+        ("  without OpenSSL", "client_per_file_without_openssl"),
     ):
+        if key not in results["this"]:
+            continue
         shown = f"{results['this'][key]:,}"
         if "against" in results:
             other = results["against"][key]

@@ -52,9 +52,9 @@ def test_registration_hashing_and_uploads_run_at_the_same_time(
         hashing.read_whole, ApiClient.put_files, ApiClient.put_bundle
     )  # fmt: skip
 
-    def read_whole(entry: FileEntry, stop: Any = None) -> bytes:
+    def read_whole(entry: FileEntry) -> bytes:
         hashed.add()
-        return real_read(entry, stop)
+        return real_read(entry)
 
     def put_files(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
         registering.add()

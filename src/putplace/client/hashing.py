@@ -52,13 +52,13 @@ def hash_entry(entry: FileEntry, stop: threading.Event | None = None) -> str:
     return hasher.hexdigest()
 
 
-def read_whole(entry: FileEntry, stop: threading.Event | None = None) -> bytes:
-    """The bytes of the regular file *entry* (meant for small files: all in memory).
+def read_whole(entry: FileEntry) -> bytes:
+    """The bytes of the regular file *entry* (meant for small files: all in memory; one
+    read, so the caller checks for a stop before it, not this).
 
     Raises like :func:`hash_entry`: :class:`FileChangedError` when the file is not the
     size and mtime it was scanned with, ``OSError`` when it cannot be read.
     """
-    check(stop)
     size = entry.stat.st_size
     # One fstat, after the read, checks both that this is the scanned file and that it did
     # not change meanwhile: each system call also hands the GIL to another thread. Reading
@@ -107,11 +107,19 @@ def open_descriptor(entry: FileEntry) -> int:
     return fd
 
 
+#: Never through a symlink, never blocking (each where the OS has the flag).
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
 def open_nofollow(entry: FileEntry) -> int:
     """Every read of a file starts here: never through a symlink, never blocking."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        return os.open(entry.path, flags | getattr(os, "O_BINARY", 0))
+        return os.open(entry.path, _READ_FLAGS)
     except OSError as exc:
         if os.path.islink(entry.path):
             raise FileChangedError("replaced by a symlink since it was scanned") from exc

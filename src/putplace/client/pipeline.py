@@ -40,7 +40,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from putplace.client.ahead import SendingAhead
@@ -137,14 +137,13 @@ class _Item:
     once the server asks for them, or freed."""
     queued: bool = False
     """Its size is already in the progress bar's upload total."""
+    # The record's, taken once: the stages of a run ask for them ten times a file.
+    sha256: str = field(init=False)
+    size: int = field(init=False)
 
-    @property
-    def sha256(self) -> str:
-        return str(self.record["sha256"])
-
-    @property
-    def size(self) -> int:
-        return int(self.record["file_size"])
+    def __post_init__(self) -> None:
+        self.sha256 = self.record["sha256"]
+        self.size = self.record["file_size"]
 
 
 def default_ip() -> str:
@@ -649,7 +648,7 @@ class Run:
             data: bytes | None = None
             if self._keeps(entry):
                 kept = entry.stat.st_size
-                data = read_whole(entry, self.stop)
+                data = read_whole(entry)
                 sha = hashlib.sha256(data).hexdigest()
             elif self._sends_unhashed(entry):
                 self._register_apart(self._send_and_register, entry, root)
@@ -988,7 +987,6 @@ class Run:
         try:
             members: list[tuple[_Item, bytes]] = []
             for item in items:
-                check(self.stop)
                 data = self._bytes_of(item)
                 if data is not None:
                     members.append((item, data))
@@ -1002,9 +1000,10 @@ class Run:
         """The content of a small item: kept from hashing, or read now (None: reported)."""
         if item.data is not None:
             return item.data
+        check(self.stop)  # a read from disk: a run being stopped does not wait for it
         entry = item.entry
         try:
-            return link_bytes(entry) if entry.is_symlink else read_whole(entry, self.stop)
+            return link_bytes(entry) if entry.is_symlink else read_whole(entry)
         except FileChangedError as exc:
             self._upload_failed(item, str(exc))
         except OSError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from putplace.patterns import excluder
 
@@ -30,10 +30,11 @@ class FileEntry:
     stat: os.stat_result
     link_target: str | None = None
     """``os.readlink(path)`` for a symlink, read once during the walk; else None."""
+    is_symlink: bool = field(init=False)
+    """Worked out once: every stage of a run asks, five times a file in all."""
 
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.stat.st_mode)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_symlink", stat.S_ISLNK(self.stat.st_mode))
 
 
 def walk(

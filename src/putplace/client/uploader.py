@@ -169,10 +169,10 @@ def _bundle_body(
     pending: list[bytes] = []
     size = 0
     for _, data in members:
-        check(stop)
         pending.append(data)
         size += len(data)
         if size >= _BUNDLE_PIECE:
+            check(stop)  # a piece at a time: a member at a time cost a call per file
             yield b"".join(pending)
             progress(size)
             pending, size = [], 0
