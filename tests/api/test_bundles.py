@@ -150,3 +150,19 @@ async def test_bundles_need_a_write_key(api: httpx.AsyncClient, keys: object) ->
     no_key = {**BUNDLE, "X-API-Key": ""}
     assert (await api.post("/bundles", content=body, headers=no_key)).status_code == 401
     assert await downloaded(api, content) is None
+
+
+async def test_each_members_outcome_is_logged_at_debug_level(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access log shows one POST per bundle; at debug level the server also says what
+    each member was."""
+    quiet, told = b"sent at info level", b"sent at debug level"
+    await register(api, quiet, told)
+    with caplog.at_level("INFO", logger="putplace.service"):
+        await api.post("/bundles", content=bundle([(sha(quiet), quiet)]), headers=BUNDLE)
+    assert not [r for r in caplog.records if "bundle member" in r.getMessage()]
+    with caplog.at_level("DEBUG", logger="putplace.service"):
+        await api.post("/bundles", content=bundle([(sha(told), told)]), headers=BUNDLE)
+    lines = [r.getMessage() for r in caplog.records if "bundle member" in r.getMessage()]
+    assert lines == [f"bundle member {sha(told)} ({len(told)} bytes): stored"]
