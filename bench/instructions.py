@@ -4,7 +4,7 @@ Not part of ``make bench`` (it has no peer, and valgrind runs code ~50 times slo
 this 2-core machine the same first ingest takes 6.6 to 10.4 s within an hour, so a change
 worth a few percent cannot be told from the noise by timing it (see the README). Counting
 the instructions a run executes (``valgrind --tool=callgrind``) gives the same figure to
-within 0.2% from run to run, whatever else the machine is doing, so two versions of the
+within 0.5% from run to run, whatever else the machine is doing, so two versions of the
 code can be compared on it.
 
 Two figures, each the difference between a larger and a smaller run of the same work
@@ -53,21 +53,28 @@ _LINE = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+\S.*\[(?P<object>[^\]]+)\]\s*$", r
 def count(command: list[str], src: Path, env: dict[str, str] | None = None) -> tuple[int, int]:
     """Instructions *command* executes (with *src* first on its path), in all and without
     :data:`NOT_COUNTED`."""
+    # The caller's PutPlace settings left out (as for a benchmark's ppserver), and one
+    # string hash seed: dict and set layouts then do not differ from run to run.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")}
+    path = f"{src}{os.pathsep}{ROOT}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        subprocess.run(
+        run = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
-            env={**os.environ, **(env or {}), "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"},
-            check=True,
+            env={**base, **(env or {}), "PYTHONHASHSEED": "0", "PYTHONPATH": path},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        if run.returncode:
+            raise RuntimeError(f"{command[-1]} failed under valgrind: {run.stderr[-2000:]}")
         report = subprocess.run(
-            ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)],
+            ["callgrind_annotate", "--inclusive=no", "--threshold=100", "--show-percs=yes",
+             str(out)],
             check=True,
             capture_output=True,
             text=True,
-        ).stdout
+        ).stdout  # fmt: skip
     match = _TOTAL.search(report)
     if match is None:
         raise RuntimeError("callgrind_annotate printed no total")
@@ -123,8 +130,13 @@ def main() -> None:
     parts = args.part or list(PARTS)
     steps = int(os.environ.get("BENCH_INSTR_STEPS", "6"))
     files = int(os.environ.get("BENCH_INSTR_FILES", "10000"))
-    if steps < 3 or files < 2:
-        raise SystemExit("BENCH_INSTR_STEPS must be at least 3, BENCH_INSTR_FILES at least 2")
+    if steps < 6 or steps % 4 != 2 or files < 2:
+        # Against 2 steps, 6, 10, 14... add new files and copies as the tree has them
+        # (3:1); other counts would measure another mix.
+        raise SystemExit(
+            "BENCH_INSTR_STEPS must be 6, 10, 14, ... (2 more than a multiple of 4), "
+            "BENCH_INSTR_FILES at least 2"
+        )
     if not have("valgrind"):
         return
     checkouts = {"this": ROOT / "src"}
@@ -163,9 +175,9 @@ def main() -> None:
             continue
         shown = f"{results['this'][key]:,}"
         if "against" in results:
-            other = results["against"][key]
-            results.setdefault("ratio_to_against", {})[key] = round(results["this"][key] / other, 4)
-            shown += f" ({results['this'][key] / other:.3f}x of {other:,})"
+            ours, theirs = results["this"][key], results["against"][key]
+            results.setdefault("ratio_to_against", {})[key] = round(ours / theirs, 4)
+            shown += f" ({ours / theirs:.3f}x of {theirs:,})"
         rows.append((label, shown))
     table("instructions (valgrind), this checkout" + (" vs --against" if args.against else ""),
           rows)  # fmt: skip

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from bench.common import record, table
+from putplace.config import Settings
 
 FILES_PER_STEP = 1000
 COPY_SHARE = 4  # the last quarter of the steps are copies of earlier contents
@@ -84,7 +85,8 @@ def _steps(rng: random.Random, new: int, copies: int) -> tuple[list[Step], list[
     stored: list[bytes] = []
     pool = rng.randbytes(POOL_BYTES)
     for step in range(new):
-        contents = [_cut(rng, pool) for _ in range(FILES_PER_STEP)]
+        first = step * FILES_PER_STEP
+        contents = [_cut(rng, pool, n) for n in range(first, first + FILES_PER_STEP)]
         header = b"".join(
             struct.pack(">32sQ", hashlib.sha256(c).digest(), len(c)) for c in contents
         )
@@ -98,12 +100,12 @@ def _steps(rng: random.Random, new: int, copies: int) -> tuple[list[Step], list[
     return fresh, later
 
 
-def _cut(rng: random.Random, pool: bytes) -> bytes:
-    """1-8 KiB of *pool* from a random place: distinct contents (two cuts are the same
-    only at the same place and length)."""
+def _cut(rng: random.Random, pool: bytes, number: int) -> bytes:
+    """Content *number*: 1-8 KiB, its number then bytes of *pool* from a random place (the
+    number makes each distinct: two cuts could otherwise meet at one place and length)."""
     size = rng.randint(1024, 8192)
     start = rng.randrange(len(pool) - size)
-    return pool[start : start + size]
+    return number.to_bytes(8, "big") + pool[start : start + size - 8]
 
 
 Call = Callable[[str, bytes, bytes, bytes], Awaitable[Any]]
@@ -149,12 +151,12 @@ def _caller(app: Any, key: str) -> Call:
     return call
 
 
-async def _run(steps: int, in_flight: int) -> dict[str, Any]:
+async def _run(steps: int, in_flight: int, settings: Settings) -> dict[str, Any]:
     from putplace.models import ApiKeyCreate
     from putplace.server.app import create_app
     from putplace.service import keys
 
-    app = create_app()
+    app = create_app(settings)
     copies = steps // COPY_SHARE
     # One more step of new contents than measured: the first warms up.
     (warm_up, *fresh), later = _steps(random.Random(7), steps - copies + 1, copies)
@@ -204,16 +206,17 @@ async def _run(steps: int, in_flight: int) -> dict[str, Any]:
 
 
 def measure(steps: int, in_flight: int) -> dict[str, Any]:
-    """The run, on a fresh database and blob directory (removed afterwards)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update(
-            PUTPLACE_DATABASE_URL=f"sqlite:///{tmp}/putplace.db",
-            PUTPLACE_STORAGE_URL=f"file://{tmp}/blobs",
-            PUTPLACE_LOG_LEVEL="warning",
-        )
-        import uvloop
+    """The run, on a fresh database and blob directory (removed afterwards); the other
+    settings from the environment, as ``ppserver serve`` takes them."""
+    import uvloop
 
-        return uvloop.run(_run(steps, in_flight))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp}/putplace.db",
+            storage_url=f"file://{tmp}/blobs",
+            log_level="warning",
+        )
+        return uvloop.run(_run(steps, in_flight, settings))
 
 
 def main() -> None:

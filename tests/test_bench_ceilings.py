@@ -80,13 +80,16 @@ def test_each_wrk_run_records_new_locations(tmp_path: Path) -> None:
         assert acknowledged <= count_present(server.url, key) <= acknowledged + 2 * 4
 
 
-def test_the_in_process_ingest_stores_each_steps_contents() -> None:
+def test_the_in_process_ingest_runs_and_leaves_the_environment_alone() -> None:
     """``bench/server_ingest.py`` (which ``bench/instructions.py`` counts) checks every
-    answer itself: each step's records ask for its 1,000 contents and its bundle stores
-    them all, so contents cut from its random pool must all differ."""
+    answer itself, raising otherwise: each step's records ask for its 1,000 contents and
+    its bundle stores them all, so contents cut from its random pool must all differ. It
+    runs inside this test process, whose environment later tests read their settings
+    from: it must not change it."""
+    before = dict(os.environ)
     result = measure(4, 2)
-    assert result["files"] == 4000
-    assert result["cpu_us_per_file"] > 0
+    assert dict(os.environ) == before
+    assert {"MainThread", "sqlite-writer"} <= set(result["threads_us_per_file"])
 
 
 def test_instruction_counts_leave_out_openssl(tmp_path: Path) -> None:
