@@ -63,9 +63,14 @@ def hold_lock(path: str, *, wait: bool) -> int | None:
     return fd
 
 
+def marks(count: int) -> str:
+    """``?, ?, ...``: *count* parameter marks, for an ``IN (...)`` list or a row."""
+    return ", ".join("?" * count)
+
+
 def values(width: int, rows: int) -> str:
     """``VALUES (?, ...), ...`` for *rows* rows of *width* columns."""
-    one = f"({', '.join('?' * width)})"
+    one = f"({marks(width)})"
     return f"VALUES {', '.join([one] * rows)}"
 
 

@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from putplace.blobs.fsio import DIRECT_BUFFER, FileAppender, fsync_dir
 from putplace.sequences import chunked
-from putplace.sqlite_files import connect, execute_rows, setting_up, values
+from putplace.sqlite_files import connect, execute_rows, marks, setting_up, values
 
 PACK_DIR = "packs"
 INDEX_NAME = "index.sqlite3"
@@ -178,7 +178,7 @@ class Packs:
                 row[0].hex()
                 for digests in chunked([bytes.fromhex(sha256) for sha256, _ in contents], 500)
                 for row in db.execute(
-                    f"SELECT digest FROM packed WHERE digest IN ({', '.join('?' * len(digests))})",  # noqa: S608
+                    f"SELECT digest FROM packed WHERE digest IN ({marks(len(digests))})",  # noqa: S608
                     digests,
                 )
             }

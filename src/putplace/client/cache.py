@@ -24,7 +24,7 @@ import platformdirs
 
 from putplace.client.scanner import FileEntry
 from putplace.sequences import chunked
-from putplace.sqlite_files import execute_rows, hold_lock, json_row, values
+from putplace.sqlite_files import execute_rows, hold_lock, json_row, marks, values
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hashes (
@@ -147,7 +147,7 @@ class ClientCache:
                         self._db,
                         "SELECT json_group_array(json_array(ino, size, mtime_ns, ctime_ns, "  # noqa: S608
                         "sha256)) FROM hashes "
-                        f"WHERE dev = ? AND ino IN ({', '.join('?' * len(chunk))})",
+                        f"WHERE dev = ? AND ino IN ({marks(len(chunk))})",
                         (device, *chunk),
                     )
                     known.update(((device, *row[:4]), row[4]) for row in rows)
@@ -177,12 +177,12 @@ class ClientCache:
         found: dict[str, str] = {}
         with self._lock:
             for chunk in chunked(keys, 500):
-                marks = ", ".join("?" * len(chunk))
+                listed = marks(len(chunk))
                 found.update(
                     json_row(
                         self._db,
                         f"SELECT json_group_object({key}, {value}) FROM {table} "  # noqa: S608
-                        f"WHERE server = ? AND hostname = ? AND {key} IN ({marks})",
+                        f"WHERE server = ? AND hostname = ? AND {key} IN ({listed})",
                         (server, hostname, *chunk),
                     )
                 )

@@ -78,6 +78,7 @@ from putplace.sqlite_files import (
     execute_rows,
     json_row,
     json_text,
+    marks,
     setting_up,
     values,
 )
@@ -436,7 +437,7 @@ _UPSERT_FILE_CONFLICT = (
 _UPSERT_FILE_ROWS = 500
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted, "
-    f"namespace) VALUES ({', '.join('?' * (len(FILE_FIELDS) + 5))})"
+    f"namespace) VALUES ({marks(len(FILE_FIELDS) + 5)})"
 )
 _ADD_GROWTH = (
     "INSERT INTO growth VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, namespace, hostname) "
@@ -624,10 +625,10 @@ def _select_at(
     """Rows at these locations of *namespace*, through the unique location index."""
     for hostname, paths in _by_host(locations).items():
         for chunk in chunked(paths, _SQLITE_VARIABLE_CHUNK):
-            marks = ", ".join("?" * len(chunk))
+            listed = marks(len(chunk))
             sql = (
                 f"SELECT {columns} FROM files WHERE namespace = ? AND hostname = ? "
-                f"AND filepath IN ({marks})"
+                f"AND filepath IN ({listed})"
             )
             yield from conn.execute(sql, [namespace, hostname, *chunk])
 
@@ -678,7 +679,7 @@ def _ids_at(
             found = json_row(
                 conn,
                 "SELECT json_group_object(filepath, id) FROM files WHERE namespace = ? "
-                f"AND hostname = ? AND filepath IN ({', '.join('?' * len(chunk))})",
+                f"AND hostname = ? AND filepath IN ({marks(len(chunk))})",
                 [namespace, hostname, *chunk],
             )
             ids.update(((hostname, path), str(i)) for path, i in found.items())
@@ -723,7 +724,7 @@ def _blob_states(conn: sqlite3.Connection, keys: Sequence[bytes | str]) -> dict[
             json_row(
                 conn,
                 f"SELECT json_group_object({_BLOB_KEY_TEXT}, state) FROM blobs "
-                f"WHERE sha256 IN ({', '.join('?' * len(chunk))})",
+                f"WHERE sha256 IN ({marks(len(chunk))})",
                 chunk,
             )
         )
@@ -790,7 +791,7 @@ def _select_blobs(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, 
             conn,
             f"SELECT json_group_array(json_object('sha256', {_BLOB_KEY_TEXT}, 'size', size, "
             f"'state', state, 'stored_at', stored_at)) FROM blobs "
-            f"WHERE sha256 IN ({', '.join('?' * len(chunk))})",
+            f"WHERE sha256 IN ({marks(len(chunk))})",
             chunk,
         )
         found.update((blob.sha256, blob) for blob in _BLOB_LIST.validate_json(text))
@@ -824,14 +825,14 @@ def _same_content(hashes: Sequence[str]) -> tuple[str, list[str]]:
     The whole hash is compared as ``+sha256``: given ``sha256 = ?`` (one hash), SQLite
     puts the value for the column in the prefix's expression too, which then no longer
     names the index, and every record is scanned."""
-    marks = ", ".join("?" * len(hashes))
+    listed = marks(len(hashes))
     prefixes = [sha[:_SHA_KEY_DIGITS] for sha in hashes]
-    return f"{_SHA_KEY} IN ({marks}) AND +sha256 IN ({marks})", [*prefixes, *hashes]
+    return f"{_SHA_KEY} IN ({listed}) AND +sha256 IN ({listed})", [*prefixes, *hashes]
 
 
 def _namespace_in(namespaces: Sequence[str]) -> str:
     """``namespace IN (?, ...)``, a mark for each of *namespaces* (their values follow)."""
-    return f"namespace IN ({', '.join('?' * len(namespaces))})"
+    return f"namespace IN ({marks(len(namespaces))})"
 
 
 def _in_namespaces(namespaces: Sequence[str]) -> str:
@@ -949,7 +950,7 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
     if query.namespaces:
         add(_namespace_in(query.namespaces), *query.namespaces)
     if query.hostnames:
-        add(f"hostname IN ({', '.join('?' * len(query.hostnames))})", *query.hostnames)
+        add(f"hostname IN ({marks(len(query.hostnames))})", *query.hostnames)
     if (bounds := query.prefix_range) is not None:
         add("(filepath = ? OR (filepath >= ? AND filepath < ?))", *bounds)
     if query.path_glob is not None:
@@ -1340,9 +1341,9 @@ class SQLiteMetadataStore(MetadataStore):
             # Only records still as read: one reported again since stays live.
             current: list[FileRecord] = []
             for chunk in chunked(ids, _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
+                listed = marks(len(chunk))
                 for row in conn.execute(
-                    f"{_SELECT_FILE} WHERE id IN ({marks}) AND deleted_at IS NULL", chunk
+                    f"{_SELECT_FILE} WHERE id IN ({listed}) AND deleted_at IS NULL", chunk
                 ):
                     record = _file_from_row(row)
                     if record.updated_at == reported[record.id]:
@@ -1478,7 +1479,7 @@ class SQLiteMetadataStore(MetadataStore):
                     for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
                         conn.execute(
                             "INSERT OR IGNORE INTO possession SELECT sha256, ?, ? FROM blobs "
-                            f"WHERE sha256 IN ({', '.join('?' * len(chunk))}) "
+                            f"WHERE sha256 IN ({marks(len(chunk))}) "
                             "AND sender IS NOT ?",
                             (sent_by, stamp, *chunk, sent_by),
                         )
@@ -1522,20 +1523,20 @@ class SQLiteMetadataStore(MetadataStore):
         hashes = list(dict.fromkeys(sha256s))
         if not hashes or not namespaces:
             return {}
-        within = ", ".join("?" * len(namespaces))
+        within = marks(len(namespaces))
 
         def query(conn: sqlite3.Connection) -> dict[str, datetime]:
             found: dict[str, datetime] = {}
             for chunk in chunked(_digests(hashes), _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
+                listed = marks(len(chunk))
                 # Sent first (the blob's sender) or later (a possession row). One JSON
                 # row: a row per content would be a step each (see _select_blobs).
                 sql = (
                     f"SELECT json_group_object({_BLOB_KEY_TEXT}, since) FROM ("
                     "SELECT sha256, MIN(since) AS since FROM ("
-                    f"SELECT sha256, since FROM possession WHERE sha256 IN ({marks}) "
+                    f"SELECT sha256, since FROM possession WHERE sha256 IN ({listed}) "
                     f"AND namespace IN ({within}) UNION ALL "
-                    f"SELECT sha256, sent_at FROM blobs WHERE sha256 IN ({marks}) "
+                    f"SELECT sha256, sent_at FROM blobs WHERE sha256 IN ({listed}) "
                     f"AND sender IN ({within})) GROUP BY sha256)"
                 )
                 sent = json_row(conn, sql, (*chunk, *namespaces) * 2)
@@ -1545,7 +1546,7 @@ class SQLiteMetadataStore(MetadataStore):
         return await self._read(query)
 
     async def held_totals(self, namespaces: Sequence[str]) -> tuple[int, int]:
-        within = ", ".join("?" * len(namespaces))
+        within = marks(len(namespaces))
         sql = (
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE state = 'present' "
             f"AND (sender IN ({within}) "
@@ -1680,7 +1681,7 @@ class SQLiteMetadataStore(MetadataStore):
     # -- resumable uploads -------------------------------------------------------------
     async def create_upload(self, upload: Upload) -> None:
         row = _upload_row(upload)
-        sql = f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        sql = f"INSERT INTO uploads ({', '.join(row)}) VALUES ({marks(len(row))})"
         await self._write(lambda c: c.execute(sql, tuple(row.values())))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
@@ -1726,9 +1727,9 @@ class SQLiteMetadataStore(MetadataStore):
         def delete(conn: sqlite3.Connection) -> int:
             removed = 0
             for chunk in chunked(ids, _SQLITE_VARIABLE_CHUNK):
-                marks = ", ".join("?" * len(chunk))
+                listed = marks(len(chunk))
                 removed += conn.execute(
-                    f"DELETE FROM uploads WHERE id IN ({marks})", chunk
+                    f"DELETE FROM uploads WHERE id IN ({listed})", chunk
                 ).rowcount
             return removed
 
