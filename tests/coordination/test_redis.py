@@ -89,6 +89,40 @@ async def test_a_hanging_redis_leaves_no_quota_taken_and_delays_one_request_at_a
             await there.close()
 
 
+async def test_health_asks_redis_itself_and_does_not_report_one_missed_answer(
+    tmp_path: Path,
+) -> None:
+    """A request that missed Redis' deadline (a loaded machine, a stall) puts requests on
+    this process' limits for a while, but health asks Redis again at once: it reports
+    what Redis does now. And a health check that misses one deadline tries once more."""
+    with redis_server(tmp_path) as url:
+        limits = RedisCoordinator(url)
+        try:
+            process = await _redis_process(url)
+            os.kill(process, signal.SIGSTOP)
+            try:
+                await limits.take("key:a", 1, 5)  # times out: requests fall back
+                assert limits.describe()["status"] == "unavailable"
+            finally:
+                os.kill(process, signal.SIGCONT)
+            assert await limits.ping()  # well within RETRY_SECONDS of the timeout
+            assert limits.describe()["status"] == "healthy"
+            assert sample("putplace_redis_up") == 1
+
+            os.kill(process, signal.SIGSTOP)  # stalls for less than two deadlines
+            try:
+                waking = asyncio.get_running_loop().call_later(
+                    TIMEOUT_SECONDS * 1.2, os.kill, process, signal.SIGCONT
+                )
+                assert await limits.ping()
+                assert limits.describe()["status"] == "healthy"
+            finally:
+                waking.cancel()
+                os.kill(process, signal.SIGCONT)
+        finally:
+            await limits.close()
+
+
 async def _timed(call: Awaitable[object]) -> float:
     started = time.monotonic()
     await call
