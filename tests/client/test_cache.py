@@ -49,6 +49,21 @@ def test_fingerprints_of_many_hostile_paths_come_back_as_stored(tmp_path: Path) 
     assert reopened.sent_fingerprints("srv", "other-host", paths[:3]) == {}
 
 
+def test_the_cache_says_whether_it_holds_anything_of_a_host_on_a_server(tmp_path: Path) -> None:
+    """What lets a first run skip asking it about each file."""
+    cache = ClientCache(tmp_path / "cache.db")
+    assert not cache.holds_hashes()
+    assert not cache.holds_records("srv", "host")
+    cache.store_hash(stat_like(1), "a" * 64)
+    cache.remember_listings("srv", "host", [("/data", "signature")])
+    assert cache.holds_hashes()
+    assert cache.holds_records("srv", "host")
+    cache.mark_sent("srv", "other-host", "/data/f", "fp")
+    assert cache.holds_records("srv", "other-host")
+    assert not cache.holds_records("other-server", "host")
+    cache.close()
+
+
 def test_a_hash_is_found_only_while_the_files_identity_is_unchanged(tmp_path: Path) -> None:
     cache = ClientCache(tmp_path / "cache.db")
     stats = [stat_like(1_000 + i, size=i) for i in range(1_200)]

@@ -85,6 +85,41 @@ def test_registration_hashing_and_uploads_run_at_the_same_time(
     }
 
 
+def test_a_run_reads_only_the_files_the_cache_does_not_know(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run (an empty cache) reads every file once; the next, after one file is
+    added to the directory, reads that one only: the others' hashes come from the cache
+    (a first run skips asking it, and must not make later runs skip it too)."""
+    tree, cache = tmp_path / "tree", tmp_path / "cache.sqlite3"
+    tree.mkdir()
+    make_files(tree, 30)
+    read: list[str] = []
+    real_read, real_hash = hashing.read_whole, hashing.hash_entry
+
+    def read_whole(entry: FileEntry) -> bytes:
+        read.append(entry.path)
+        return real_read(entry)
+
+    def hash_entry(entry: FileEntry, *args: Any) -> str:
+        read.append(entry.path)
+        return real_hash(entry, *args)
+
+    monkeypatch.setattr(pipeline, "read_whole", read_whole)
+    monkeypatch.setattr(pipeline, "hash_entry", hash_entry)
+    run = ["--url", "", "--api-key", KEY, "--no-progress", "--hostname", "h1",
+           "--cache-file", str(cache), "--batch-size", "10", str(tree)]  # fmt: skip
+    with fake_server() as server:
+        run[1] = server.url
+        assert main(run) == 0
+        assert sorted(read) == sorted(str(path) for path in tree.iterdir())
+        read.clear()
+        (tree / "new").write_bytes(b"new content")
+        assert main(run) == 0
+        assert read == [str(tree / "new")]
+        assert len(server.files("h1")) == 31
+
+
 def test_a_stalled_server_does_not_let_the_walk_run_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -130,6 +130,22 @@ class ClientCache:
         self._db.executescript(SCHEMA)
         self._db.execute("BEGIN")
 
+    def holds_hashes(self) -> bool:
+        with self._lock:
+            return bool(self._db.execute("SELECT EXISTS (SELECT 1 FROM hashes)").fetchone()[0])
+
+    def holds_records(self, server: str, hostname: str) -> bool:
+        """Whether anything was remembered as registered for *hostname* on *server*."""
+        with self._lock:
+            return any(
+                self._db.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {table} "  # noqa: S608
+                    "WHERE server = ? AND hostname = ?)",
+                    (server, hostname),
+                ).fetchone()[0]
+                for table in ("sent", "listings")
+            )
+
     def lookup_hashes(self, stats: list[os.stat_result]) -> list[str | None]:
         """The cached hash of each file whose identity is unchanged, else None (one query
         per 500 files of a device)."""

@@ -346,6 +346,9 @@ class Run:
         self._listed: dict[str, str] = {}
         self._unconfirmed: set[str] = set()
         self._listing_lock = threading.Lock()
+        # What the cache held when the run began (see _what_the_cache_knows).
+        self._hashes_cached = True
+        self._records_cached = True
 
     # -- the run -----------------------------------------------------------------------
     def execute(self) -> None:
@@ -359,6 +362,7 @@ class Run:
             walker = threading.Thread(target=self._walk, args=(hashers,), name="walk", daemon=True)
             self._uploaders, self._hashers, self._senders = uploaders, hashers, senders
             try:
+                self._what_the_cache_knows()
                 self._open_scans()
                 walker.start()
                 hashing: deque[_Hashing] = deque()
@@ -390,6 +394,19 @@ class Run:
                 raise
         walker.join()
         self.cache.commit()
+
+    def _what_the_cache_knows(self) -> None:
+        """Whether the cache holds hashes, and records of this host on this server, as
+        the run begins. What it lacks now it can only learn from this run, and the walk
+        meets each path once: a first run asks it nothing of its files' records, and of
+        their hashes only for files with other hard links (which it may have just read
+        under another name). Asking, to find nothing, was 3% of a first ingest's client
+        instructions."""
+        self._hashes_cached = self.cache.holds_hashes()
+        if self.api is not None:
+            self._records_cached = self.cache.holds_records(
+                self.api.cache_key, self.options.hostname
+            )
 
     def _raise_fatal(self) -> None:
         if self._fatal is not None:
@@ -511,7 +528,7 @@ class Run:
             return
         assert self.api is not None
         known: set[str] = set()
-        if not (self.options.rehash or self.options.resend):
+        if self._records_cached and not (self.options.rehash or self.options.resend):
             known = self.cache.unchanged_listings(
                 self.api.cache_key, self.options.hostname, {d: sig for d, _, sig in group}
             )
@@ -585,9 +602,9 @@ class Run:
         """Walking thread: look *batch* up in the cache and hash the files that must be
         read, a few at a time (one task per file costs more than hashing a small file):
         small ones here and now (see :data:`SMALL_FILE`), others on *hashers*."""
-        cached: list[str | None] = [None] * len(batch)
-        if not self.options.rehash:
-            cached = self.cache.lookup_hashes([entry.stat for entry in batch])
+        cached: list[str | None] = (
+            [None] * len(batch) if self.options.rehash else self._cached_hashes(batch)
+        )
         misses = [e for e, sha in zip(batch, cached, strict=True) if sha is None or e.is_symlink]
         futures: list[Future[list[_Item | None]]] = []
         for chunk in _chunks(misses):
@@ -598,6 +615,16 @@ class Run:
             else:
                 futures.append(hashers.submit(self._hash_some, chunk, root))
         return _Hashing(batch, cached, futures, root)
+
+    def _cached_hashes(self, batch: list[FileEntry]) -> list[str | None]:
+        if self._hashes_cached:
+            return self.cache.lookup_hashes([entry.stat for entry in batch])
+        cached: list[str | None] = [None] * len(batch)
+        if linked := [i for i, entry in enumerate(batch) if entry.stat.st_nlink > 1]:
+            found = self.cache.lookup_hashes([batch[i].stat for i in linked])
+            for index, sha in zip(linked, found, strict=True):
+                cached[index] = sha
+        return cached
 
     def _collect(self, hashing: _Hashing) -> list[_Item]:
         """The batch's items in walk order (cache hits without reading the file)."""
@@ -844,7 +871,7 @@ class Run:
         into *handed_on*)."""
         assert self.api is not None
         server, host = self.api.cache_key, self.options.hostname
-        if not self.options.resend:
+        if self._records_cached and not self.options.resend:
             known = self.cache.sent_fingerprints(
                 server, host, (i.record["filepath"] for i in items)
             )
