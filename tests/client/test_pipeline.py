@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from putplace.client import hashing, pipeline
 from putplace.client.cli import main
@@ -199,3 +202,30 @@ def test_fingerprints_keep_the_form_caches_already_hold(mtime: float, ctime: flo
     }  # fmt: skip
     expected = f"{'ab' * 32}|12|33188|1000|100|{mtime!r}|{ctime!r}|None|192.0.2.1"
     assert pipeline.fingerprint(record) == expected
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=1e-4, max_value=1e16),
+        st.floats(min_value=-1e16, max_value=-1e-4),
+        st.integers(min_value=0, max_value=4 * 10**18).map(lambda ns: ns / 1e9),
+        st.sampled_from(
+            [
+                1e-4,
+                math.nextafter(1e-4, 0),
+                1e16,
+                math.nextafter(1e16, 0),
+                -1e-4,
+                0.1,
+                1.0,
+                123456789.0,
+                1.7e9 + 0.1,
+            ]
+        ),
+    )
+)
+def test_times_are_shown_as_repr_shows_them(value: float) -> None:
+    """Fingerprints held by caches show times as ``repr``: the faster form must match it
+    for every float, a file time's (seconds with nanoseconds) above all."""
+    assert pipeline.shown_time(value) == repr(value)

@@ -43,6 +43,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
+import orjson
+
 from putplace.client.ahead import SendingAhead
 from putplace.client.cache import ClientCache, listing_signature
 from putplace.client.cancel import Cancelled, check
@@ -176,14 +178,26 @@ def record_for(entry: FileEntry, sha256: str, hostname: str, ip_address: str) ->
     }
 
 
+def shown_time(value: float) -> str:
+    """``repr(value)``, the form every client's cache holds fingerprints in. Between 1e-4
+    and 1e16 (every file time since 1970 written with its nanoseconds), where neither
+    writes an exponent, orjson writes the very same characters: both give the fewest
+    digits that read back as the value, the nearest where several would. orjson takes a
+    fifth of the time; repr's arbitrary-precision arithmetic was 4% of a first ingest's
+    client instructions (13,000 a file)."""
+    if 1e-4 <= abs(value) < 1e16:
+        return orjson.dumps(value).decode()
+    return repr(value)
+
+
 def fingerprint(record: dict[str, Any]) -> str:
     """What must be unchanged for a record not to be sent again (atime excluded)."""
     r = record  # one f-string: a third of the cost of joining a generator, for each file
     mtime, ctime = r["file_mtime"], r["file_ctime"]
     # Showing a float is most of the cost (11% of a rescan's CPU); a file written once
     # has the same mtime and ctime, so it is shown once (not for 0, which may be -0.0).
-    shown_mtime = f"{mtime}"
-    shown_ctime = shown_mtime if ctime == mtime and mtime else f"{ctime}"
+    shown_mtime = shown_time(mtime)
+    shown_ctime = shown_mtime if ctime == mtime and mtime else shown_time(ctime)
     return (
         f"{r['sha256']}|{r['file_size']}|{r['file_mode']}|{r['file_uid']}|{r['file_gid']}|"
         f"{shown_mtime}|{shown_ctime}|{r['link_target']}|{r['ip_address']}"
