@@ -4,7 +4,7 @@ each beside its peers in the same run.
 BENCH_FILES (default 100000) files of 1-8 KiB in a nested tree, a quarter of them
 duplicates of other files' content. Prints files/s end to end for each pass, and for the
 same tree: ``restic backup`` to a fresh local repository (first and second, unchanged,
-backup) and ``cp -a`` + ``sync``. BENCH_SMALL_ROUNDS (default 3) rounds, each side fresh
+backup) and ``cp -a`` + ``sync``. BENCH_SMALL_ROUNDS (default 5) rounds, each side fresh
 in each, the side going first turning from round to round; the medians are compared (on
 this shared machine one first ingest of the same tree took from 9.2 to 13.7 s within an
 hour). Every side reads a warm tree.
@@ -134,7 +134,7 @@ def median_of(values: list[float | None]) -> float | None:
 
 def main() -> None:
     count = int(os.environ.get("BENCH_FILES", "100000"))
-    rounds = int(os.environ.get("BENCH_SMALL_ROUNDS", "3"))
+    rounds = int(os.environ.get("BENCH_SMALL_ROUNDS", "5"))
     if rounds < 1:
         raise SystemExit("BENCH_SMALL_ROUNDS must be at least 1")
     with tempfile.TemporaryDirectory(prefix="pp-bench-small-") as tmp:
