@@ -94,11 +94,12 @@ async def test_health_asks_redis_itself_and_does_not_report_one_missed_answer(
 ) -> None:
     """A request that missed Redis' deadline (a loaded machine, a stall) puts requests on
     this process' limits for a while, but health asks Redis again at once: it reports
-    what Redis does now. And a health check that misses one deadline tries once more."""
+    what Redis does now. A health check that misses one deadline tries once more; once
+    health found Redis hung, the checks of the next seconds say so without waiting."""
     with redis_server(tmp_path) as url:
         limits = RedisCoordinator(url)
+        process = await _redis_process(url)
         try:
-            process = await _redis_process(url)
             os.kill(process, signal.SIGSTOP)
             try:
                 await limits.take("key:a", 1, 5)  # times out: requests fall back
@@ -110,17 +111,39 @@ async def test_health_asks_redis_itself_and_does_not_report_one_missed_answer(
             assert sample("putplace_redis_up") == 1
 
             os.kill(process, signal.SIGSTOP)  # stalls for less than two deadlines
+            waking = asyncio.get_running_loop().call_later(
+                TIMEOUT_SECONDS * 1.2, os.kill, process, signal.SIGCONT
+            )
             try:
-                waking = asyncio.get_running_loop().call_later(
-                    TIMEOUT_SECONDS * 1.2, os.kill, process, signal.SIGCONT
-                )
-                assert await limits.ping()
+                answer, waited = await _timed_answer(limits.ping())
+                assert answer  # asked again after the first deadline passed
+                assert waited >= TIMEOUT_SECONDS
                 assert limits.describe()["status"] == "healthy"
             finally:
                 waking.cancel()
                 os.kill(process, signal.SIGCONT)
+
+            os.kill(process, signal.SIGSTOP)  # hung for good
+            try:
+                assert (await _timed_answer(limits.ping()))[0] is False
+                assert limits.describe()["status"] == "unavailable"
+                answer, waited = await _timed_answer(limits.ping())
+                assert answer is False
+                assert waited < TIMEOUT_SECONDS / 2  # the last check's finding stands
+            finally:
+                os.kill(process, signal.SIGCONT)
+            await asyncio.sleep(RETRY_SECONDS + 0.1)
+            assert await limits.ping()
+            assert limits.describe()["status"] == "healthy"
         finally:
+            os.kill(process, signal.SIGCONT)
             await limits.close()
+
+
+async def _timed_answer(call: Awaitable[bool]) -> tuple[bool, float]:
+    started = time.monotonic()
+    answer = await call
+    return answer, time.monotonic() - started
 
 
 async def _timed(call: Awaitable[object]) -> float:

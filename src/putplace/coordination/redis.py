@@ -119,6 +119,8 @@ class RedisCoordinator(Coordinator):
         self._local = LocalCoordinator()
         self._down = False
         self._down_until = 0.0
+        # Until when a ping that found Redis not answering stands for the next pings.
+        self._ping_down_until = 0.0
         # Reservations Redis may hold that nobody will release there: released while
         # Redis did not answer, or asked for when the answer timed out. Deleted at the
         # next chance, so a short outage does not leave quota taken for an hour.
@@ -133,23 +135,31 @@ class RedisCoordinator(Coordinator):
         self._listening = asyncio.create_task(self._listen())
 
     async def ping(self) -> bool:
-        """Ask Redis now, even while requests fall back (a health check is the probe
-        an operator waits on), and once more after a timeout: a loaded machine can miss
-        one deadline, and one missed answer should not mark this instance degraded.
-        A refused connection answers at once, so an outage is reported without delay."""
-        for attempt in range(2):
+        """Ask Redis now, even while requests fall back: a request's timeout (a loaded
+        machine, a stall) must not make health report an outage that is not there.
+        From a healthy state a timed-out ping is asked once more, since one missed
+        deadline should not mark the instance degraded. Once a ping itself found Redis
+        not answering, the pings of the next ``RETRY_SECONDS`` say so at once, so a hung
+        Redis costs health checks one deadline (two from healthy) per period, not every
+        check its own; a refused connection answers at once."""
+        if self._down and time.monotonic() < self._ping_down_until:
+            FALLBACKS.labels("ping").inc()
+            return False
+        attempts = 1 if self._down else 2
+        for attempt in range(attempts):
             try:
-                answered = bool(await self._redis.ping())
+                await self._redis.ping()
             except (RedisTimeoutError, TimeoutError) as exc:
-                if attempt == 0:
+                if attempt + 1 < attempts:
                     continue
                 self._went_down(exc)
             except (RedisError, OSError) as exc:
                 self._went_down(exc)
             else:
-                self._came_back()
-                return answered
+                await self._answered()
+                return True
             break
+        self._ping_down_until = time.monotonic() + RETRY_SECONDS
         FALLBACKS.labels("ping").inc()
         return False
 
@@ -186,12 +196,17 @@ class RedisCoordinator(Coordinator):
             except (RedisError, OSError) as exc:
                 self._went_down(exc)
             else:
-                self._came_back()
-                if self._orphans:
-                    await self._release_orphans()
+                await self._answered()
                 return result
         FALLBACKS.labels(operation).inc()
         return await fallback()
+
+    async def _answered(self) -> None:
+        """Redis answered: limits are shared again, and what it may hold that nobody
+        will release there is deleted now."""
+        self._came_back()
+        if self._orphans:
+            await self._release_orphans()
 
     def _went_down(self, exc: BaseException) -> None:
         if not self._down:
