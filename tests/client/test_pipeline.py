@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -88,15 +89,8 @@ def test_registration_hashing_and_uploads_run_at_the_same_time(
     }
 
 
-def test_a_run_reads_only_the_files_the_cache_does_not_know(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A first run (an empty cache) reads every file once; the next, after one file is
-    added to the directory, reads that one only: the others' hashes come from the cache
-    (a first run skips asking it, and must not make later runs skip it too)."""
-    tree, cache = tmp_path / "tree", tmp_path / "cache.sqlite3"
-    tree.mkdir()
-    make_files(tree, 30)
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose bytes the run reads (to hash them), in the order read."""
     read: list[str] = []
     real_read, real_hash = hashing.read_whole, hashing.hash_entry
 
@@ -110,17 +104,66 @@ def test_a_run_reads_only_the_files_the_cache_does_not_know(
 
     monkeypatch.setattr(pipeline, "read_whole", read_whole)
     monkeypatch.setattr(pipeline, "hash_entry", hash_entry)
-    run = ["--url", "", "--api-key", KEY, "--no-progress", "--hostname", "h1",
-           "--cache-file", str(cache), "--batch-size", "10", str(tree)]  # fmt: skip
+    return read
+
+
+def cached_run(url: str, cache: Path, *args: str) -> int:
+    return main(["--url", url, "--api-key", KEY, "--no-progress", "--hostname", "h1",
+                 "--cache-file", str(cache), "--batch-size", "10", *args])  # fmt: skip
+
+
+def test_a_run_reads_only_the_files_the_cache_does_not_know(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run (an empty cache) reads every file once; the next, after one file is
+    added to the directory, reads that one only: the others' hashes come from the cache
+    (a first run skips asking it, and must not make later runs skip it too)."""
+    tree, cache = tmp_path / "tree", tmp_path / "cache.sqlite3"
+    tree.mkdir()
+    make_files(tree, 30)
+    read = record_reads(monkeypatch)
     with fake_server() as server:
-        run[1] = server.url
-        assert main(run) == 0
+        assert cached_run(server.url, cache, str(tree)) == 0
         assert sorted(read) == sorted(str(path) for path in tree.iterdir())
         read.clear()
         (tree / "new").write_bytes(b"new content")
-        assert main(run) == 0
+        assert cached_run(server.url, cache, str(tree)) == 0
         assert read == [str(tree / "new")]
         assert len(server.files("h1")) == 31
+
+
+def test_a_first_run_reads_a_hard_linked_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run asks the cache only about files with other hard links: one met again
+    thirty batches later, under another name, is found hashed and not read again."""
+    tree, cache = tmp_path / "tree", tmp_path / "cache.sqlite3"
+    tree.mkdir()
+    make_files(tree, 300)
+    os.link(tree / "f0000", tree / "z-link")  # named last: its batch is the last
+    read = record_reads(monkeypatch)
+    with fake_server() as server:
+        assert cached_run(server.url, cache, str(tree)) == 0
+        files = server.files("h1")
+    assert str(tree / "z-link") not in read
+    assert len(read) == 300
+    assert files[str(tree / "z-link")]["sha256"] == files[str(tree / "f0000")]["sha256"]
+
+
+def test_a_first_run_over_nested_roots_reads_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ppclient tree/sub tree`` meets sub's files twice: a first run asks the cache
+    about each file then, as any run does, and the second time finds them hashed."""
+    tree, cache = tmp_path / "tree", tmp_path / "cache.sqlite3"
+    (tree / "sub").mkdir(parents=True)
+    make_files(tree / "sub", 10)
+    make_files(tree, 200)  # twenty batches between sub's two turns
+    read = record_reads(monkeypatch)
+    with fake_server() as server:
+        assert cached_run(server.url, cache, str(tree / "sub"), str(tree)) == 0
+        assert len(server.files("h1")) == 210
+    assert sorted(read) == sorted(str(p) for p in tree.rglob("f*"))
 
 
 def test_a_stalled_server_does_not_let_the_walk_run_ahead(
@@ -229,3 +272,10 @@ def test_times_are_shown_as_repr_shows_them(value: float) -> None:
     """Fingerprints held by caches show times as ``repr``: the faster form must match it
     for every float, a file time's (seconds with nanoseconds) above all."""
     assert pipeline.shown_time(value) == repr(value)
+
+
+def test_a_time_of_a_float_subclass_is_shown_as_repr_shows_it() -> None:
+    class Seconds(float):
+        pass
+
+    assert pipeline.shown_time(Seconds(1.7e9 + 0.1)) == repr(1.7e9 + 0.1)
