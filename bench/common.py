@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -175,6 +176,12 @@ def have(tool: str) -> bool:
         f"skipped: {tool} not installed (apt-get install {tool}, or scripts/install-test-tools.sh)"
     )
     return False
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process' children that ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def timed(*command: str | Path, env: dict[str, str] | None = None) -> float:

@@ -7,7 +7,8 @@ same tree: ``restic backup`` to a fresh local repository (first and second, unch
 backup) and ``cp -a`` + ``sync``. BENCH_SMALL_ROUNDS (default 5) rounds, each side fresh
 in each, the side going first turning from round to round; the medians are compared (on
 this shared machine one first ingest of the same tree took from 9.2 to 13.7 s within an
-hour). Every side reads a warm tree.
+hour). Every side reads a warm tree. Also the files per CPU-second of each first ingest
+(PutPlace: server and client together), which the machine's other load moves less.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from bench.common import (
     Restic,
+    children_cpu,
     cp_sync,
     create_key,
     have,
@@ -66,8 +68,10 @@ class Round:
     """Seconds of each side in one round (None: restic is not installed)."""
 
     first: float | None = None
+    first_cpu: float | None = None  # CPU seconds of server and client together
     rescan: float | None = None
     restic_first: float | None = None
+    restic_first_cpu: float | None = None
     restic_rescan: float | None = None
     copy: float | None = None
 
@@ -88,16 +92,20 @@ def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Rou
     def putplace() -> None:
         with ppserver(place, env) as server:
             warm(tree)
+            client, serving = children_cpu(), server.cpu_seconds()
             result.first, _, _ = run_client(
                 server.url, key, "--cache-file", cache, *EXTRA, str(tree)
             )
+            result.first_cpu = children_cpu() - client + server.cpu_seconds() - serving
             warm(tree)
             result.rescan, _, _ = run_client(server.url, key, "--cache-file", cache, str(tree))
 
     def restic() -> None:
         if have("restic"):
             repository = Restic(place)
+            before = children_cpu()
             result.restic_first = repository.backup(tree)
+            result.restic_first_cpu = children_cpu() - before
             result.restic_rescan = repository.backup(tree)
 
     def copy() -> None:
@@ -153,6 +161,12 @@ def main() -> None:
     restic_ingest = per_s(count, median_of([r.restic_first for r in runs]))
     copy_ingest = per_s(count, median_of([r.copy for r in runs]))
     restic_unchanged = per_s(count, median_of([r.restic_rescan for r in runs]))
+    # Files per CPU-second (PutPlace: server and client together): what the ingest costs
+    # the machine, which its other load moves less than the wall time, and which bounds
+    # the rate when, as here, both sides keep the two cores about equally busy.
+    per_cpu = per_s(count, median_of([r.first_cpu for r in runs]))
+    restic_per_cpu = per_s(count, median_of([r.restic_first_cpu for r in runs]))
+    cpu_to_restic = ratio(per_cpu, restic_per_cpu)
     to_restic = ratio(ingest, restic_ingest)
     to_copy = ratio(ingest, copy_ingest)
     rescan_to_restic = ratio(unchanged, restic_unchanged)
@@ -168,6 +182,8 @@ def main() -> None:
             {
                 "files_per_s": per_s(count, r.first),
                 "restic_files_per_s": per_s(count, r.restic_first),
+                "files_per_cpu_s": per_s(count, r.first_cpu),
+                "restic_files_per_cpu_s": per_s(count, r.restic_first_cpu),
                 "cp_sync_files_per_s": per_s(count, r.copy),
                 "rescan_files_per_s": per_s(count, r.rescan),
                 "restic_rescan_files_per_s": per_s(count, r.restic_rescan),
@@ -181,6 +197,9 @@ def main() -> None:
             "cp_sync_files_per_s": copy_ingest,
             "ratio_to_restic": to_restic,
             "ratio_to_cp_sync": to_copy,
+            "files_per_cpu_s": per_cpu,
+            "restic_files_per_cpu_s": restic_per_cpu,
+            "cpu_ratio_to_restic": cpu_to_restic,
         },
         "unchanged_rescan": {
             "files_per_s": unchanged,
@@ -201,6 +220,9 @@ def main() -> None:
             ("  cp -a + sync", show(copy_ingest, "files/s")),
             ("  ratio to restic", show_ratio(to_restic)),
             ("  ratio to cp -a + sync", show_ratio(to_copy)),
+            ("  files per CPU-s (server + client)", show(per_cpu, "files/CPU-s")),
+            ("  restic, files per CPU-s", show(restic_per_cpu, "files/CPU-s")),
+            ("  ratio to restic", show_ratio(cpu_to_restic)),
             ("unchanged rescan", show(unchanged, "files/s")),
             ("  restic, second backup", show(restic_unchanged, "files/s")),
             ("  ratio to restic", show_ratio(rescan_to_restic)),
