@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -17,6 +18,8 @@ from redis.asyncio import Redis
 from putplace.coordination.redis import RETRY_SECONDS, TIMEOUT_SECONDS, RedisCoordinator
 from tests.support.redis import DATABASES, redis_server
 from tests.support.servers import free_port
+
+T = TypeVar("T")
 
 
 def sample(name: str, **labels: str) -> float:
@@ -140,16 +143,15 @@ async def test_health_asks_redis_itself_and_does_not_report_one_missed_answer(
             await limits.close()
 
 
-async def _timed_answer(call: Awaitable[bool]) -> tuple[bool, float]:
+async def _timed_answer(call: Awaitable[T]) -> tuple[T, float]:
+    """What *call* answered, and the seconds it took."""
     started = time.monotonic()
     answer = await call
     return answer, time.monotonic() - started
 
 
 async def _timed(call: Awaitable[object]) -> float:
-    started = time.monotonic()
-    await call
-    return time.monotonic() - started
+    return (await _timed_answer(call))[1]
 
 
 async def _redis_process(url: str) -> int:

@@ -207,10 +207,7 @@ def fingerprint(record: dict[str, Any]) -> str:
 def _nested(roots: Iterable[str]) -> bool:
     """Whether a root is another, or inside another (``ppclient /data /data/logs``)."""
     absolute = [os.path.abspath(root) for root in roots]
-    return any(
-        a == b or os.path.commonpath([a, b]) in (a, b)
-        for a, b in itertools.combinations(absolute, 2)
-    )
+    return any(os.path.commonpath([a, b]) in (a, b) for a, b in itertools.combinations(absolute, 2))
 
 
 def _batches(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:

@@ -145,23 +145,25 @@ class RedisCoordinator(Coordinator):
         if self._down and time.monotonic() < self._ping_down_until:
             FALLBACKS.labels("ping").inc()
             return False
-        attempts = 1 if self._down else 2
-        for attempt in range(attempts):
+        try:
+            await self._ping_redis(tries=1 if self._down else 2)
+        except (RedisError, OSError) as exc:  # OSError: TimeoutError and refusals too
+            self._went_down(exc)
+            self._ping_down_until = time.monotonic() + RETRY_SECONDS
+            FALLBACKS.labels("ping").inc()
+            return False
+        await self._answered()
+        return True
+
+    async def _ping_redis(self, tries: int) -> None:
+        """PING, asked again after a timeout while *tries* last; raises as Redis does."""
+        for left in range(tries - 1, -1, -1):
             try:
                 await self._redis.ping()
-            except (RedisTimeoutError, TimeoutError) as exc:
-                if attempt + 1 < attempts:
-                    continue
-                self._went_down(exc)
-            except (RedisError, OSError) as exc:
-                self._went_down(exc)
-            else:
-                await self._answered()
-                return True
-            break
-        self._ping_down_until = time.monotonic() + RETRY_SECONDS
-        FALLBACKS.labels("ping").inc()
-        return False
+                return
+            except (RedisTimeoutError, TimeoutError):
+                if not left:
+                    raise
 
     async def close(self) -> None:
         if self._listening is not None:
