@@ -1,0 +1,117 @@
+"""The floor client of ``bench/floor.py``: the least a client must do for a first ingest,
+and nothing else. Not ``ppclient``: no cache (so no fast rescan), scans, progress,
+excludes, retries, large-file paths or error reports.
+
+One thread walks the tree, reads each file whole, hashes it and makes its record; batches
+of 1,000 records go to ``POST /put_files?brief=true``, then the contents the server asks
+for (each once) in one ``POST /bundles``, from FLOOR_SENDERS (default 2) threads, each
+with a connection of its own (``http.client``, kept alive).
+
+    python -m bench.floor_client URL KEY TREE
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import queue
+import socket
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from putplace.client.uploader import bundle_header
+
+BATCH = 1000
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+Batch = tuple[list[dict[str, Any]], dict[str, bytes]]
+
+
+def walk(top: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file under *top* with its lstat (no symlink followed)."""
+    stack = [top]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry.path, entry.stat(follow_symlinks=False)
+
+
+def send(url: str, key: str, batches: queue.Queue[Batch | None]) -> None:
+    """Sender thread: each batch's records, then the contents the server lacks."""
+    where = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port)
+    json_headers = {"Content-Type": "application/json", "X-API-Key": key}
+    bundle_headers = {"Content-Type": "application/octet-stream", "X-API-Key": key}
+    while (batch := batches.get()) is not None:
+        records, contents = batch
+        connection.request("POST", "/put_files?brief=true", orjson.dumps({"files": records}),
+                           json_headers)  # fmt: skip
+        answers = _answer(connection)["results"]
+        needed = dict.fromkeys(
+            r["sha256"]
+            for r, a in zip(records, answers, strict=True)
+            if a["file"]["upload_required"]
+        )
+        if needed:
+            members = [(sha, contents[sha]) for sha in needed]
+            body = bundle_header(members) + b"".join(data for _, data in members)
+            connection.request("POST", "/bundles", body, bundle_headers)
+            _answer(connection)
+
+
+def _answer(connection: http.client.HTTPConnection) -> Any:
+    response = connection.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise SystemExit(f"the server answered {response.status}: {body[:500]!r}")
+    return orjson.loads(body)
+
+
+def main() -> None:
+    url, key, tree = sys.argv[1:4]
+    hostname, address = socket.gethostname(), "127.0.0.1"
+    batches: queue.Queue[Batch | None] = queue.Queue(4)
+    senders = [
+        threading.Thread(target=send, args=(url, key, batches))
+        for _ in range(int(os.environ.get("FLOOR_SENDERS", "2")))
+    ]
+    for sender in senders:
+        sender.start()
+    records: list[dict[str, Any]] = []
+    contents: dict[str, bytes] = {}
+    for path, st in walk(tree):
+        fd = os.open(path, _READ_FLAGS)
+        try:
+            data = os.read(fd, st.st_size)
+        finally:
+            os.close(fd)
+        sha = hashlib.sha256(data).hexdigest()
+        contents[sha] = data
+        records.append({
+            "filepath": path, "hostname": hostname, "ip_address": address, "sha256": sha,
+            "file_size": st.st_size, "file_mode": st.st_mode, "file_uid": st.st_uid,
+            "file_gid": st.st_gid, "file_mtime": st.st_mtime, "file_atime": st.st_atime,
+            "file_ctime": st.st_ctime, "is_symlink": False, "link_target": None,
+        })  # fmt: skip
+        if len(records) == BATCH:
+            batches.put((records, contents))
+            records, contents = [], {}
+    if records:
+        batches.put((records, contents))
+    for _ in senders:
+        batches.put(None)
+    for sender in senders:
+        sender.join()
+
+
+if __name__ == "__main__":
+    main()
