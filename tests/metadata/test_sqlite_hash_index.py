@@ -71,10 +71,15 @@ async def test_the_answers_match_the_whole_hash_not_its_prefix(tmp_path: Path) -
     try:
         one, two = "ab" * 8 + "0" * 48, "ab" * 8 + "1" * 48
         await store.put_files(
-            [meta("h", "/one", sha256=one, file_size=1), meta("h", "/two", sha256=two)], at(0)
+            [
+                meta("h", "/one", sha256=one, file_size=1),
+                meta("h", "/two", sha256=two, file_size=2),
+            ],
+            at(0),
         )
         assert [x.filepath for x in await store.locations(one, include_past=True)] == ["/one"]
-        assert await store.registered_sizes([one]) == {one: 1}
+        unrecorded = "ab" * 8 + "2" * 48
+        assert await store.registered_sizes([one, two, unrecorded]) == {one: 1, two: 2}
         found = await store.search_files(FileQuery(sha256=two), None, 10)
         assert [f.record.filepath for f in found] == ["/two"]
         assert not await store.is_referenced("ab" * 8 + "2" * 48)

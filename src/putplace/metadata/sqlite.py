@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import TypeAdapter
 
 from putplace.metadata import globs
@@ -462,6 +463,17 @@ _SEEN_PATHS = (
     "FROM scan_seen AS s, json_each(s.names) AS j, "
     "(SELECT '' AS prefix UNION ALL SELECT '//') AS other "
     "WHERE s.scan_id = :scan AND s.dir = '/'"
+)
+#: Per hash (a JSON array of them), the size of its oldest record in a namespace, or null:
+#: one seek of the prefix index per hash, which stops at the first record (the index
+#: keeps a prefix's records in id order). Grouping every matching record by hash to take
+#: the oldest sorted them all in a temporary b-tree: 5.4 against 2.3 us a hash, measured
+#: on the database of a first ingest of 100,000 files (every bundle asks for each of its
+#: members). The whole hash is compared as ``+sha256`` (see :func:`_same_content`).
+_REGISTERED_SIZES = (
+    "SELECT json_group_object(j.value, (SELECT file_size FROM files "
+    f"WHERE {_SHA_KEY} = substr(j.value, 1, {_SHA_KEY_DIGITS}) AND +sha256 = j.value "
+    "AND namespace = ? ORDER BY id LIMIT 1)) FROM json_each(?) AS j"
 )
 #: Live records under a scan's root (from the location index, in path order) that the
 #: scan did not see. SQLite builds the set of seen paths once per statement: a rescan of
@@ -1232,18 +1244,8 @@ class SQLiteMetadataStore(MetadataStore):
         hashes = list(dict.fromkeys(sha256s))
 
         def query(conn: sqlite3.Connection) -> dict[str, int]:
-            found: dict[str, int] = {}
-            for chunk in chunked(hashes, _SQLITE_VARIABLE_CHUNK):
-                content, args = _same_content(chunk)
-                # With MIN(id), SQLite takes the bare column from that row; the prefix
-                # index serves the lookup. One row per statement (see _upsert_files).
-                sql = (
-                    "SELECT json_group_object(sha256, file_size) FROM (SELECT sha256, "
-                    f"file_size, MIN(id) FROM files WHERE {content} "
-                    "AND namespace = ? GROUP BY sha256)"
-                )
-                found.update(json_row(conn, sql, (*args, namespace)))
-            return found
+            sizes = json_row(conn, _REGISTERED_SIZES, (namespace, orjson.dumps(hashes).decode()))
+            return {sha: size for sha, size in sizes.items() if size is not None}
 
         return await self._read(query)
 
