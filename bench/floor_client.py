@@ -3,9 +3,10 @@ and nothing else. Not ``ppclient``: no cache (so no fast rescan), scans, progres
 excludes, retries, large-file paths or error reports.
 
 One thread walks the tree, reads each file whole, hashes it and makes its record; batches
-of 1,000 records go to ``POST /put_files?brief=true``, then the contents the server asks
-for (each once) in one ``POST /bundles``, from FLOOR_SENDERS (default 2) threads, each
-with a connection of its own (``http.client``, kept alive).
+of FLOOR_BATCH (default 1,000, as ``ppclient`` sends) records go to
+``POST /put_files?brief=true``, then the contents the server asks for (each once) in one
+``POST /bundles``, from FLOOR_SENDERS (default 2) threads, each with a connection of its
+own (``http.client``, kept alive).
 
     python -m bench.floor_client URL KEY TREE
 """
@@ -27,7 +28,7 @@ import orjson
 
 from putplace.client.uploader import bundle_header
 
-BATCH = 1000
+BATCH = int(os.environ.get("FLOOR_BATCH", "1000"))  # ppclient --batch-size, servers take 1,000
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 Batch = tuple[list[dict[str, Any]], dict[str, bytes]]
