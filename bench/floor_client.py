@@ -46,34 +46,44 @@ def walk(top: str) -> Iterator[tuple[str, os.stat_result]]:
                     yield entry.path, entry.stat(follow_symlinks=False)
 
 
-def send(url: str, key: str, batches: queue.Queue[Batch | None]) -> None:
-    """Sender thread: each batch's records, then the contents the server lacks."""
+def send(url: str, key: str, batches: queue.Queue[Batch | None], errors: list[str]) -> None:
+    """Sender thread: each batch's records, then the contents the server lacks. After a
+    failure (in *errors*) it only takes batches off the queue, so the walk never waits on
+    a full queue."""
     where = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port)
-    json_headers = {"Content-Type": "application/json", "X-API-Key": key}
-    bundle_headers = {"Content-Type": "application/octet-stream", "X-API-Key": key}
     while (batch := batches.get()) is not None:
-        records, contents = batch
-        connection.request("POST", "/put_files?brief=true", orjson.dumps({"files": records}),
-                           json_headers)  # fmt: skip
-        answers = _answer(connection)["results"]
-        needed = dict.fromkeys(
-            r["sha256"]
-            for r, a in zip(records, answers, strict=True)
-            if a["file"]["upload_required"]
-        )
-        if needed:
-            members = [(sha, contents[sha]) for sha in needed]
-            body = bundle_header(members) + b"".join(data for _, data in members)
-            connection.request("POST", "/bundles", body, bundle_headers)
-            _answer(connection)
+        if not errors:
+            try:
+                _send(connection, key, *batch)
+            except (OSError, RuntimeError) as exc:
+                errors.append(str(exc))
+
+
+def _send(
+    connection: http.client.HTTPConnection,
+    key: str,
+    records: list[dict[str, Any]],
+    contents: dict[str, bytes],
+) -> None:
+    headers = {"Content-Type": "application/json", "X-API-Key": key}
+    connection.request("POST", "/put_files?brief=true", orjson.dumps({"files": records}), headers)
+    answers = _answer(connection)["results"]
+    pairs = zip(records, answers, strict=True)
+    needed = dict.fromkeys(r["sha256"] for r, a in pairs if a["file"]["upload_required"])
+    if needed:
+        members = [(sha, contents[sha]) for sha in needed]
+        body = bundle_header(members) + b"".join(data for _, data in members)
+        headers = {"Content-Type": "application/octet-stream", "X-API-Key": key}
+        connection.request("POST", "/bundles", body, headers)
+        _answer(connection)
 
 
 def _answer(connection: http.client.HTTPConnection) -> Any:
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
-        raise SystemExit(f"the server answered {response.status}: {body[:500]!r}")
+        raise RuntimeError(f"the server answered {response.status}: {body[:500]!r}")
     return orjson.loads(body)
 
 
@@ -81,8 +91,9 @@ def main() -> None:
     url, key, tree = sys.argv[1:4]
     hostname, address = socket.gethostname(), "127.0.0.1"
     batches: queue.Queue[Batch | None] = queue.Queue(4)
+    errors: list[str] = []
     senders = [
-        threading.Thread(target=send, args=(url, key, batches))
+        threading.Thread(target=send, args=(url, key, batches, errors))
         for _ in range(int(os.environ.get("FLOOR_SENDERS", "2")))
     ]
     for sender in senders:
@@ -112,6 +123,8 @@ def main() -> None:
         batches.put(None)
     for sender in senders:
         sender.join()
+    if errors:
+        raise SystemExit(f"floor client: {errors[0]}")
 
 
 if __name__ == "__main__":

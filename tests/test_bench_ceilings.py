@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from bench.common import create_key, ppserver, server_env
+from bench.floor import floor_client, floor_server
 from bench.ingest_at_scale import fill
 from bench.instructions import count
 from bench.server_ingest import measure
 from bench.server_load import bare_sqlite, count_present, wrk
+from bench.small_files import make_tree
 from bench.store_ingest import files_of, run
 
 
@@ -45,6 +47,35 @@ def test_the_store_side_of_an_ingest_stores_every_record_and_each_content_once(
         ).fetchone() == (600,)
     with sqlite3.connect(tmp_path / "blobs" / "packs" / "index.sqlite3") as conn:
         assert conn.execute("SELECT COUNT(*) FROM packed").fetchone() == (600,)
+
+
+def test_the_floor_client_stores_every_record_and_each_content_once_on_either_server(
+    tmp_path: Path,
+) -> None:
+    """``bench/floor.py`` times its client against its own server and against
+    ``ppserver``: both must end up holding every record and each distinct content (the
+    floor server writes the server's own schema with the store's own statements)."""
+    tree = tmp_path / "tree"
+    make_tree(tree, 400)  # 300 distinct contents
+    floor, real = tmp_path / "floor", tmp_path / "real"
+    with floor_server(floor) as server:
+        floor_client(server.url, "-", tree)
+    with sqlite3.connect(floor / "putplace.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM files").fetchone() == (400,)
+        assert conn.execute("SELECT COUNT(*) FROM blobs WHERE state = 'present'").fetchone() == (
+            300,
+        )  # fmt: skip
+        assert conn.execute("SELECT COUNT(*) FROM pack_index").fetchone() == (300,)
+    real.mkdir()
+    env = server_env(real)
+    key = create_key(real, env)
+    with ppserver(real, env) as server:
+        floor_client(server.url, key, tree)
+    with sqlite3.connect(real / "putplace.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM files").fetchone() == (400,)
+        assert conn.execute("SELECT COUNT(*) FROM blobs WHERE state = 'present'").fetchone() == (
+            300,
+        )  # fmt: skip
 
 
 def test_the_filled_server_holds_other_hosts_records_and_their_contents(tmp_path: Path) -> None:
