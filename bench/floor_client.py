@@ -56,8 +56,8 @@ def send(url: str, key: str, batches: queue.Queue[Batch | None], errors: list[st
         if not errors:
             try:
                 _send(connection, key, *batch)
-            except (OSError, RuntimeError) as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # any failure ends the run with its reason
+                errors.append(f"{type(exc).__name__}: {exc}")
 
 
 def _send(
@@ -76,7 +76,9 @@ def _send(
         body = bundle_header(members) + b"".join(data for _, data in members)
         headers = {"Content-Type": "application/octet-stream", "X-API-Key": key}
         connection.request("POST", "/bundles", body, headers)
-        _answer(connection)
+        statuses = {r["status"] for r in _answer(connection)["results"]}
+        if statuses - {"stored", "present"}:
+            raise RuntimeError(f"bundle members not stored: {sorted(statuses)}")
 
 
 def _answer(connection: http.client.HTTPConnection) -> Any:

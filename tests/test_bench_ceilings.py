@@ -50,11 +50,13 @@ def test_the_store_side_of_an_ingest_stores_every_record_and_each_content_once(
 
 
 def test_the_floor_client_stores_every_record_and_each_content_once_on_either_server(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``bench/floor.py`` times its client against its own server and against
     ``ppserver``: both must end up holding every record and each distinct content (the
-    floor server writes the server's own schema with the store's own statements)."""
+    floor server writes the server's own schema with the store's own statements). Small
+    batches: both senders work, and contents recur across batches."""
+    monkeypatch.setenv("FLOOR_BATCH", "64")
     tree = tmp_path / "tree"
     make_tree(tree, 400)  # 300 distinct contents
     floor, real = tmp_path / "floor", tmp_path / "real"

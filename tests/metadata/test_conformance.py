@@ -626,6 +626,11 @@ async def test_registered_sizes_from_the_oldest_record(store: MetadataStore) -> 
     many = [sha(i) for i in range(600)]  # more than one lookup chunk
     assert await store.registered_sizes([a, b, sha("none"), a, *many]) == {a: 10, b: 7}
     assert await store.registered_sizes([]) == {}
+    # Only the namespace asked about: another's records of a content register nothing.
+    theirs = sha("theirs")
+    await store.put_files([meta("h1", "/t", sha256=theirs, file_size=5)], at(3), namespace="x")
+    assert await store.registered_sizes([a, theirs]) == {a: 10}
+    assert await store.registered_sizes([a, theirs], "x") == {theirs: 5}
 
 
 async def test_put_blobs_records_who_sent_them_in_the_same_write(store: MetadataStore) -> None:
