@@ -530,7 +530,7 @@ def _put_files(conn: sqlite3.Connection, puts: Sequence[_FilesPut]) -> list[list
             for m, r in plan.records
         )
     ids = {location: record.id for location, record in current.items()}
-    ids.update(_upsert_files(conn, namespace, rows))
+    ids.update(_upsert_files(conn, namespace, rows, all_new=not current))
     for put in puts:
         if put.scan is not None:
             _add_seen(conn, put.scan, [m.filepath for m in put.files])
@@ -669,17 +669,37 @@ def _upsert_blobs_sql(rows: int) -> str:
 
 
 def _upsert_files(
-    conn: sqlite3.Connection, namespace: str, rows: Sequence[Sequence[Any]]
+    conn: sqlite3.Connection, namespace: str, rows: Sequence[Sequence[Any]], *, all_new: bool
 ) -> dict[tuple[str, str], str]:
     """Insert or update *rows* (records of *namespace*, in the upsert's column order:
-    filepath, hostname, ...); the id of the record at each of their locations.
+    filepath, hostname, ...; no location twice); the id of the record at each of their
+    locations. *all_new*: no record is at any of them (read in this transaction).
 
     The ids are read back by location, a statement per 500 and one row each, not with
     ``RETURNING``: that hands back a row per record, and Python's sqlite3 lets go of the
-    GIL at each (see :func:`putplace.sqlite_files.execute_rows`).
+    GIL at each (see :func:`putplace.sqlite_files.execute_rows`). When every location is
+    new (a host's first ingest), nothing is read back: a statement that inserts all of
+    its rows gives them consecutive ids in their order (``AUTOINCREMENT``: each new id is
+    one more than the largest yet, and no other write runs inside the transaction), the
+    last of which SQLite reports. Reading them back was 0.3 s of the writer's 4 CPU-s in
+    a first ingest of 100,000 files.
     """
-    execute_rows(conn, _upsert_files_sql, rows, _UPSERT_FILE_ROWS)
-    return _ids_at(conn, namespace, [(row[1], row[0]) for row in rows])
+    if not all_new:
+        execute_rows(conn, _upsert_files_sql, rows, _UPSERT_FILE_ROWS)
+        return _ids_at(conn, namespace, [(row[1], row[0]) for row in rows])
+    ids: dict[tuple[str, str], str] = {}
+    for chunk in chunked(rows, _UPSERT_FILE_ROWS):
+        (before,) = conn.execute(_LAST_FILE_ID).fetchone()
+        cursor = conn.execute(_upsert_files_sql(len(chunk)), [v for row in chunk for v in row])
+        if cursor.lastrowid != before + len(chunk):  # not one new id each, in order: ask
+            ids.update(_ids_at(conn, namespace, [(row[1], row[0]) for row in chunk]))
+            continue
+        ids.update(((row[1], row[0]), str(before + 1 + i)) for i, row in enumerate(chunk))
+    return ids
+
+
+#: The largest id a record of files was ever given (``AUTOINCREMENT`` keeps it), 0 if none.
+_LAST_FILE_ID = "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'files'"
 
 
 def _ids_at(
