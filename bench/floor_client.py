@@ -29,6 +29,7 @@ import orjson
 from putplace.client.uploader import bundle_header
 
 BATCH = int(os.environ.get("FLOOR_BATCH", "1000"))  # ppclient --batch-size, servers take 1,000
+SENDERS = int(os.environ.get("FLOOR_SENDERS", "2"))
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 Batch = tuple[list[dict[str, Any]], dict[str, bytes]]
@@ -90,13 +91,14 @@ def _answer(connection: http.client.HTTPConnection) -> Any:
 
 
 def main() -> None:
+    if BATCH < 1 or SENDERS < 1:
+        raise SystemExit("FLOOR_BATCH and FLOOR_SENDERS must be at least 1")
     url, key, tree = sys.argv[1:4]
     hostname, address = socket.gethostname(), "127.0.0.1"
     batches: queue.Queue[Batch | None] = queue.Queue(4)
     errors: list[str] = []
     senders = [
-        threading.Thread(target=send, args=(url, key, batches, errors))
-        for _ in range(int(os.environ.get("FLOOR_SENDERS", "2")))
+        threading.Thread(target=send, args=(url, key, batches, errors)) for _ in range(SENDERS)
     ]
     for sender in senders:
         sender.start()

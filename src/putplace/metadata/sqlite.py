@@ -465,8 +465,8 @@ _SEEN_PATHS = (
     "WHERE s.scan_id = :scan AND s.dir = '/'"
 )
 #: Per hash (a JSON array of them), the size of its oldest record in a namespace, or null:
-#: one seek of the prefix index per hash, which stops at the first record (the index
-#: keeps a prefix's records in id order). Grouping every matching record by hash to take
+#: one seek of the prefix index per hash, which stops at that hash's first record (the
+#: index keeps a prefix's records in id order). Grouping every matching record by hash to take
 #: the oldest sorted them all in a temporary b-tree: 5.4 against 2.3 us a hash, measured
 #: on the database of a first ingest of 100,000 files (every bundle asks for each of its
 #: members). The whole hash is compared as ``+sha256`` (see :func:`_same_content`).
@@ -678,7 +678,7 @@ def _upsert_files(
     The ids are read back by location, a statement per 500 and one row each, not with
     ``RETURNING``: that hands back a row per record, and Python's sqlite3 lets go of the
     GIL at each (see :func:`putplace.sqlite_files.execute_rows`). When every location is
-    new (a host's first ingest), nothing is read back: a statement that inserts all of
+    new (a host's first ingest), the records are not read back: a statement that inserts all of
     its rows gives them consecutive ids in their order (``AUTOINCREMENT``: each new id is
     one more than the largest yet, and no other write runs inside the transaction), the
     last of which SQLite reports. Reading them back was 0.3 s of the writer's 4 CPU-s in
