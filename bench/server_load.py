@@ -48,12 +48,14 @@ from bench.common import (
     table,
 )
 from putplace.metadata.sqlite import (
+    WAL_CHECKPOINT_MIN_PAGES,
     WAL_CHECKPOINT_PAGES,
     WRITER_CACHE_KIB,
     SQLiteMetadataStore,
 )
 from putplace.metadata.sqlite import _upsert_files as upsert_files  # the server's statement
 from putplace.models import DEFAULT_NAMESPACE, FileMetadata
+from putplace.sqlite_files import CheckpointInterval
 
 LUA = Path(__file__).with_name("put_file.lua")
 BATCH = 1000
@@ -203,14 +205,15 @@ def alternated_wrk(
 
 def bare_sqlite(path: Path, rows: int) -> float:
     """Records/s of the server's files upsert in a bare loop: one transaction per BATCH
-    rows, the server's own multi-row statement, schema and writer PRAGMAs (only the SQLite
-    time is counted, not building the rows)."""
+    rows, the server's own multi-row statement, schema, writer PRAGMAs and checkpoint
+    interval (only the SQLite time is counted, not building the rows)."""
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON",
-                   f"cache_size = -{WRITER_CACHE_KIB}",
-                   f"wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}"):  # fmt: skip
+                   f"cache_size = -{WRITER_CACHE_KIB}"):  # fmt: skip
         conn.execute(f"PRAGMA {pragma}")
     SQLiteMetadataStore._migrate(conn)  # the server's tables and indexes as they are now
+    checkpoints = CheckpointInterval(WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES)
+    checkpoints.apply(conn)  # the writer's rule: its database's size, within these bounds
     stamp = datetime.now(UTC).isoformat()
     spent = 0.0
     for start in range(0, rows, BATCH):
@@ -229,6 +232,7 @@ def bare_sqlite(path: Path, rows: int) -> float:
         # New locations, as in the load's batches: the server's path for those.
         ids = upsert_files(conn, DEFAULT_NAMESPACE, values, all_new=True)
         conn.execute("COMMIT")
+        checkpoints.after_commit(conn)
         spent += time.perf_counter() - began
         assert len(ids) == len(values)
     conn.close()
