@@ -120,8 +120,9 @@ class CheckpointInterval:
     pays for it. A first ingest into an empty store wrote its whole WAL into memory the
     page cache took for the first time (206 MB of zeros written so: 9-16 us a page on the
     development machine, 2 us into memory a deleted file had just freed), and each commit
-    into a WAL that grew cost more than the last. A large database keeps the long interval, where each
-    checkpoint rewrites fewer of the pages its random-keyed indexes dirty again.
+    into a WAL that grew cost more than the last. A large database keeps the long
+    interval, where each checkpoint rewrites fewer of the pages its random-keyed indexes
+    dirty again.
     """
 
     def __init__(self, lowest: int, highest: int, *, every: int = 16) -> None:
