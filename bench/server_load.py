@@ -47,15 +47,9 @@ from bench.common import (
     show_ratio,
     table,
 )
-from putplace.metadata.sqlite import (
-    WAL_CHECKPOINT_MIN_PAGES,
-    WAL_CHECKPOINT_PAGES,
-    WRITER_CACHE_KIB,
-    SQLiteMetadataStore,
-)
+from putplace.metadata.sqlite import WRITER_CACHE_KIB, SQLiteMetadataStore, writer_checkpoints
 from putplace.metadata.sqlite import _upsert_files as upsert_files  # the server's statement
 from putplace.models import DEFAULT_NAMESPACE, FileMetadata
-from putplace.sqlite_files import CheckpointInterval
 
 LUA = Path(__file__).with_name("put_file.lua")
 BATCH = 1000
@@ -212,8 +206,8 @@ def bare_sqlite(path: Path, rows: int) -> float:
                    f"cache_size = -{WRITER_CACHE_KIB}"):  # fmt: skip
         conn.execute(f"PRAGMA {pragma}")
     SQLiteMetadataStore._migrate(conn)  # the server's tables and indexes as they are now
-    checkpoints = CheckpointInterval(WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES)
-    checkpoints.apply(conn)  # the writer's rule: its database's size, within these bounds
+    checkpoints = writer_checkpoints()
+    checkpoints.apply(conn)  # the writer's rule: its database's size, within its bounds
     stamp = datetime.now(UTC).isoformat()
     spent = 0.0
     for start in range(0, rows, BATCH):

@@ -1,5 +1,6 @@
 """SQLite files that several processes open at once: the metadata database and the pack
-index, which every server worker opens at start-up; and how both write many rows."""
+index, which every server worker opens at start-up; how both write many rows; and how
+often a writer checkpoints its WAL (:class:`CheckpointInterval`)."""
 
 from __future__ import annotations
 
@@ -112,17 +113,18 @@ def execute_rows(
 
 class CheckpointInterval:
     """Keeps a connection's ``wal_autocheckpoint`` at the database's size in pages, within
-    ``[lowest, highest]``, re-read every *every* commits (:meth:`after_commit`).
+    ``[lowest, highest]``: set by :meth:`apply`, then re-read after every *every* groups
+    written (:meth:`after_commit`).
 
     A checkpoint copies each page the WAL holds into the database once, so it never copies
-    more than the database has: once the WAL holds more frames than that, it holds the
-    same pages again and again. A small database then gains nothing from a long WAL, and
-    pays for it. A first ingest into an empty store wrote its whole WAL into memory the
-    page cache took for the first time (206 MB of zeros written so: 9-16 us a page on the
-    development machine, 2 us into memory a deleted file had just freed), and each commit
-    into a WAL that grew cost more than the last. A large database keeps the long
-    interval, where each checkpoint rewrites fewer of the pages its random-keyed indexes
-    dirty again.
+    more pages than the database has: once the WAL holds more frames than that, it holds
+    some pages twice. A small database then gains little from a long WAL (a checkpoint
+    fewer now and then) and pays for it: a first ingest into an empty store wrote its
+    whole WAL into memory the page cache took for the first time, and each commit into a
+    WAL that grew cost more than the last. (Writing 206 MB of zeros into such memory took
+    9-16 us a page on the development machine, into memory a deleted file had just freed
+    2 us.) A large database keeps the long interval, where each checkpoint rewrites fewer
+    of the pages its random-keyed indexes dirty again.
     """
 
     def __init__(self, lowest: int, highest: int, *, every: int = 16) -> None:
@@ -131,11 +133,11 @@ class CheckpointInterval:
         self.lowest = lowest
         self.highest = highest
         self._every = every
-        self._commits = 0
+        self._written = 0
         self.pages: int | None = None
 
     def apply(self, conn: sqlite3.Connection) -> int:
-        """Set the interval for the database's size now; the interval set."""
+        """Set *conn*'s interval for the database's size now; the interval set."""
         (size,) = conn.execute("PRAGMA page_count").fetchone()
         pages = min(self.highest, max(self.lowest, int(size)))
         if pages != self.pages:
@@ -144,12 +146,13 @@ class CheckpointInterval:
         return pages
 
     def after_commit(self, conn: sqlite3.Connection) -> None:
-        """Count a commit; re-read the size every *every* of them (a pragma's cost is
-        nothing against a commit's, but a database grows slowly between two)."""
-        self._commits += 1
-        if self._commits >= self._every:
-            self._commits = 0
+        """Count a group written; re-read the size every *every* of them (a pragma costs
+        nothing against a commit, but a database grows slowly between two). Never raises:
+        the group is committed, and its writers must not hear that it failed."""
+        self._written += 1
+        if self._written >= self._every:
+            self._written = 0
             try:
                 self.apply(conn)
-            except sqlite3.Error:  # the commit stands: its writer must not hear it failed
-                self.pages = None  # tried again at the next count
+            except Exception:  # the interval stays as it was; tried again *every* later
+                self.pages = None

@@ -9,11 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from putplace.metadata.sqlite import (
-    WAL_CHECKPOINT_MIN_PAGES,
-    WAL_CHECKPOINT_PAGES,
-    SQLiteMetadataStore,
-)
+from putplace.metadata.sqlite import SQLiteMetadataStore
 from putplace.sqlite_files import CheckpointInterval
 from tests.metadata.test_conformance import at, count_files, meta
 
@@ -80,16 +76,18 @@ def test_bounds_out_of_order_are_refused() -> None:
         CheckpointInterval(0, 5)
 
 
-def test_the_store_uses_the_documented_bounds() -> None:
-    interval = SQLiteMetadataStore("unused.db")._checkpoints
-    assert (interval.lowest, interval.highest) == (WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES)
-    assert WAL_CHECKPOINT_MIN_PAGES < WAL_CHECKPOINT_PAGES
+async def test_a_committed_group_stands_when_reading_the_size_fails(tmp_path: Path) -> None:
+    store = SQLiteMetadataStore(tmp_path / "pp.db")
+    store._checkpoints = CheckpointInterval(50, 10**6, every=1)
+    await store.open()
+    try:
 
+        def fails(conn: sqlite3.Connection) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
 
-def test_a_failed_size_read_after_a_commit_is_not_the_commits_failure(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "gone.db", isolation_level=None)
-    interval = CheckpointInterval(5, 40, every=1)
-    interval.apply(conn)
-    conn.close()  # reading its size now fails
-    interval.after_commit(conn)  # does not raise
-    assert interval.pages is None  # set again at the next count that can read it
+        store._checkpoints.apply = fails  # type: ignore[method-assign]
+        stored = await store.put_files([meta("h", f"/{i}") for i in range(20)], at(0))
+        assert len(stored) == 20  # answered as written...
+        assert await count_files(store) == 20  # ... and written
+    finally:
+        await store.close()

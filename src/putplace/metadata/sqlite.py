@@ -87,10 +87,11 @@ from putplace.sqlite_files import (
 
 T = TypeVar("T")
 WRITER_CACHE_KIB = 32 * 1024
-#: The writer's WAL is checkpointed every this many pages at most (a large database; see
-#: _set_up) and at least (a small one: the interval follows the database's size between
-#: the two, see sqlite_files.CheckpointInterval).
+#: The writer's WAL is checkpointed every this many frames at most: a large database's
+#: interval (see _set_up). Between the two bounds the interval is the database's size in
+#: pages (see writer_checkpoints).
 WAL_CHECKPOINT_PAGES = 50_000
+#: ... and at least: a small database's interval.
 WAL_CHECKPOINT_MIN_PAGES = 10_000
 _SQLITE_VARIABLE_CHUNK = 500
 
@@ -499,6 +500,13 @@ _KEY_COLUMNS = (
 _SELECT_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys"
 
 WriteOp = Callable[[sqlite3.Connection], Any]
+
+
+def writer_checkpoints() -> CheckpointInterval:
+    """The writer's checkpoint interval: the database's size in pages, within
+    [WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES]. Also what bench/server_load.py's
+    bare loop checkpoints by, so that its ceiling is configured as the writer is."""
+    return CheckpointInterval(WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES)
 
 
 @dataclass(frozen=True)
@@ -1060,7 +1068,7 @@ class SQLiteMetadataStore(MetadataStore):
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
         self._write_lock: int | None = None
-        self._checkpoints = CheckpointInterval(WAL_CHECKPOINT_MIN_PAGES, WAL_CHECKPOINT_PAGES)
+        self._checkpoints = writer_checkpoints()
         self._reader: sqlite3.Connection | None = None
         self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -1094,9 +1102,9 @@ class SQLiteMetadataStore(MetadataStore):
         # records, checkpoints every 50,000 pages rather than 10,000 took a bare loop
         # from 8,100-9,000 to 13,100 records/s, and a server's first ingest of 100,000
         # files (four alternated pairs) from 5,100-6,700 to 5,700-6,900 files/s, its
-        # writes from 3.45 to 2.95 GB. A database of fewer pages than the interval gains
-        # nothing from so long a WAL (see CheckpointInterval): its interval is its size,
-        # at least WAL_CHECKPOINT_MIN_PAGES.
+        # writes from 3.45 to 2.95 GB. A database of fewer pages than that gains little
+        # from so long a WAL (see CheckpointInterval): its interval is its size, at least
+        # WAL_CHECKPOINT_MIN_PAGES.
         self._writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._migrate(self._writer)
         self._checkpoints.apply(self._writer)
