@@ -58,7 +58,7 @@ def test_the_interval_is_the_database_size_within_its_bounds(tmp_path: Path) -> 
     conn.execute("CREATE TABLE t (x BLOB)")
     conn.execute("INSERT INTO t VALUES (zeroblob(20 * 4096))")  # about 20 pages
     interval.after_commit(conn)
-    assert interval.pages == 5  # re-read every second commit, not every one
+    assert interval.pages == 5  # re-read after every second group written, not every one
     interval.after_commit(conn)
     (size,) = conn.execute("PRAGMA page_count").fetchone()
     assert 5 < size < 40

@@ -87,11 +87,11 @@ from putplace.sqlite_files import (
 
 T = TypeVar("T")
 WRITER_CACHE_KIB = 32 * 1024
-#: The writer's WAL is checkpointed every this many frames at most: a large database's
-#: interval (see _set_up). Between the two bounds the interval is the database's size in
-#: pages (see writer_checkpoints).
+#: The writer's WAL is checkpointed once it holds this many frames at most: a large
+#: database's interval (see _set_up). Between the two bounds the interval is the
+#: database's size in pages (see writer_checkpoints).
 WAL_CHECKPOINT_PAGES = 50_000
-#: ... and at least: a small database's interval.
+#: ... and once it holds this many at least: a small database's interval.
 WAL_CHECKPOINT_MIN_PAGES = 10_000
 _SQLITE_VARIABLE_CHUNK = 500
 
