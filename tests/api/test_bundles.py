@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -111,6 +112,39 @@ async def test_a_body_longer_than_its_header_says_is_refused_whole(
     assert stored.json()["results"][0]["status"] == "stored"
 
 
+async def chunked(body: bytes, size: int, pause: float = 0) -> AsyncIterator[bytes]:
+    """*body* sent in pieces of *size*, *pause* seconds apart (so that the server, across
+    loopback, reads them apart too)."""
+    for offset in range(0, len(body), size):
+        yield body[offset : offset + size]
+        if pause:
+            await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize(("size", "pause"), [(5, 0), (999, 0.005)])
+async def test_a_bundle_arriving_in_chunks_of_any_size_is_stored_whole(
+    api: httpx.AsyncClient, size: int, pause: float
+) -> None:
+    """Chunk boundaries fall anywhere: inside the header, a member or the bytes after the
+    last one. Every member is stored byte for byte, and bytes after the last member
+    that arrive in the same chunk as its end are still seen."""
+    contents = [os.urandom(n) for n in (1500, 1, 2500, 700)]
+    await register(api, *contents)
+    members = [(sha(data), data) for data in contents]
+    longer = await api.post(
+        "/bundles", content=chunked(bundle(members) + b"extra", size, pause), headers=BUNDLE
+    )
+    assert longer.status_code == 400
+    assert "goes on after its last member" in longer.json()["detail"]
+    response = await api.post(
+        "/bundles", content=chunked(bundle(members), size, pause), headers=BUNDLE
+    )
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["stored"] * 4
+    for data in contents:
+        assert await downloaded(api, data) == data
+
+
 async def test_bundle_cut_short_keeps_whole_members(
     api: httpx.AsyncClient, settings: Settings, stack: str
 ) -> None:
@@ -119,11 +153,7 @@ async def test_bundle_cut_short_keeps_whole_members(
     full = bundle([(sha(first), first), (sha(second), second), (sha(third), third)])
     cut = full[: len(full) - 1000]  # the last member arrives incomplete
 
-    async def body() -> AsyncIterator[bytes]:
-        for offset in range(0, len(cut), 8192):
-            yield cut[offset : offset + 8192]
-
-    response = await api.post("/bundles", content=body(), headers=BUNDLE)
+    response = await api.post("/bundles", content=chunked(cut, 8192), headers=BUNDLE)
     assert response.status_code == 400
     assert "ended inside member 2" in response.json()["detail"]
     assert await downloaded(api, first) == first

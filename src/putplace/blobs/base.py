@@ -126,8 +126,9 @@ class BlobStore(ABC):
 
         *size_hint* is the expected size when known; backends may size their parts by it."""
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes]]) -> None:
-        """Store whole, already verified contents ``(sha256, bytes)`` durably, as a group.
+    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
+        """Store whole, already verified contents ``(sha256, bytes or a view of them)``
+        durably, as a group.
 
         When this returns, every one is durable under its final name; if it raises, each
         is either whole under its final name or absent. Backends override this to share
@@ -137,7 +138,7 @@ class BlobStore(ABC):
         for sha256, data in contents:
             writer = await self.begin(sha256, size_hint=len(data))
             try:
-                await writer.write(data)
+                await writer.write(bytes(data))  # a view of a bundle: writers take bytes
                 await writer.commit()
             except BaseException:
                 await writer.abort()

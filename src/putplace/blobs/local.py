@@ -183,7 +183,7 @@ class LocalBlobStore(BlobStore):
             raise _translate(exc) from exc
         return _LocalWriter(self, sha256, temp, fd)
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes]]) -> None:
+    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
         """One pack file for the whole group: one file created and two fsyncs (pack, then
         index) per group, where a file per content costs a create and a rename each."""
         for sha256, _ in contents:

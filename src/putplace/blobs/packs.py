@@ -72,13 +72,13 @@ Row = tuple[bytes, int, int, int]  # digest, pack, offset, size
 _INSERT_ROWS = 500
 
 
-def _joined(parts: Sequence[bytes], size: int) -> Iterator[bytes]:
+def _joined(parts: Sequence[bytes | memoryview], size: int) -> Iterator[bytes]:
     """*parts* joined into runs of about *size* bytes (a part larger than that alone).
 
     The appender's work per piece, for two pieces per member, cost more than copying the
     group once (1.8 against 3.2 ms of CPU for a pack of 750 members of 1-8 KiB); in runs,
     the copy never holds more than *size* bytes beside the members."""
-    run: list[bytes] = []
+    run: list[bytes | memoryview] = []
     length = 0
     for part in parts:
         if run and length + len(part) > size:
@@ -170,7 +170,7 @@ class Packs:
         return self.directory / pack_name(pack)
 
     # -- writing --------------------------------------------------------------------
-    def write(self, contents: Sequence[tuple[str, bytes]]) -> None:
+    def write(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
         """Store *contents* (valid names, verified bytes) as one new pack, durably.
         Contents already packed are left out, so a pack holds no copy nobody reads."""
         with self._index() as db:
@@ -210,10 +210,12 @@ class Packs:
             # A content packed meanwhile by another process keeps its first copy.
             execute_rows(db, _insert_rows_sql, rows, _INSERT_ROWS)
 
-    def _write_pack(self, contents: Sequence[tuple[str, bytes]]) -> tuple[int, list[Row]]:
+    def _write_pack(
+        self, contents: Sequence[tuple[str, bytes | memoryview]]
+    ) -> tuple[int, list[Row]]:
         """Write *contents* to a new pack file, durably; its id and index rows."""
         rows: list[Row] = []
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         offset = 0
         pack = new_pack_id()
         for sha256, data in contents:

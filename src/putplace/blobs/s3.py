@@ -341,12 +341,12 @@ class S3BlobStore(BlobStore):
         self._writers.add(writer)
         return writer
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes]]) -> None:
+    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
         """One atomic PUT per content, :data:`GROUP_CONCURRENCY` at a time. A PUT either
         makes the whole object visible or nothing, so a failure leaves no partial blob."""
         slots = asyncio.Semaphore(GROUP_CONCURRENCY)
 
-        async def put(key: str, data: bytes) -> None:
+        async def put(key: str, data: bytes | memoryview) -> None:
             async with slots:
                 try:
                     await obstore.put_async(
