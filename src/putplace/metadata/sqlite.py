@@ -93,7 +93,11 @@ WRITER_CACHE_KIB = 32 * 1024
 WAL_CHECKPOINT_PAGES = 50_000
 #: ... and once it holds this many at least: a small database's interval.
 WAL_CHECKPOINT_MIN_PAGES = 10_000
-_SQLITE_VARIABLE_CHUNK = 500
+#: Values per ``IN`` list or multi-row statement (SQLite allows 32,766 variables). A batch
+#: of 1,000 records is one statement each rather than two: every statement is a hop that
+#: lets go of the GIL and waits to take it back (see sqlite_files.execute_rows); the
+#: server's CPU in a first ingest was 0.97x that at 500 (6 alternated pairs, all lower).
+_SQLITE_VARIABLE_CHUNK = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -440,8 +444,9 @@ _UPSERT_FILE_CONFLICT = (
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
     "deleted_at = NULL"
 )
-#: Rows per multi-row upsert: one statement costs less than one execution per row.
-_UPSERT_FILE_ROWS = 500
+#: Rows per multi-row upsert (19,000 variables): one statement costs less than one
+#: execution per row, and a batch of 1,000 records is one.
+_UPSERT_FILE_ROWS = 1000
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted, "
     f"namespace) VALUES ({marks(len(FILE_FIELDS) + 5)})"
@@ -525,7 +530,7 @@ class _FilesPut:
 
 def _put_files(conn: sqlite3.Connection, puts: Sequence[_FilesPut]) -> list[list[StoredFile]]:
     """The writes of *puts* (one namespace, no location in two of them) as one: a query
-    and a statement per 500 records for them all. Under 64 concurrent ``POST /put_file``
+    and a statement per 1,000 records for them all. Under 64 concurrent ``POST /put_file``
     requests, one statement each was most of the writer's time."""
     namespace = puts[0].namespace
     everything = [meta for put in puts for meta in put.files]
@@ -688,7 +693,7 @@ def _upsert_files(
     filepath, hostname, ...; no location twice); the id of the record at each of their
     locations. *all_new*: no record is at any of them (read in this transaction).
 
-    The ids are read back by location, a statement per 500 and one row each, not with
+    The ids are read back by location, a statement per 1,000 and one row each, not with
     ``RETURNING``: that hands back a row per record, and Python's sqlite3 lets go of the
     GIL at each (see :func:`putplace.sqlite_files.execute_rows`). When every location is
     new (a host's first ingest), the records are not read back: a statement that inserts all of
