@@ -69,7 +69,9 @@ def as_sent(blob: BlobRecord | None, sent: Mapping[str, datetime]) -> BlobRecord
     uploaded when it sent it (not when another namespace did)."""
     if blob is None or blob.sha256 not in sent:
         return None
-    return blob.model_copy(update={"stored_at": sent[blob.sha256]})
+    when = sent[blob.sha256]
+    # Its first sender sent it when it was stored: most blobs answered need no copy.
+    return blob if blob.stored_at == when else blob.model_copy(update={"stored_at": when})
 
 
 async def describe_all(store: MetadataStore, records: Sequence[FileRecord]) -> list[FileAnswer]:
