@@ -116,7 +116,12 @@ class Options:
     bundle_threshold: int = 1 * MiB
     """Contents of at most this many bytes go in bundles; 0: no bundles."""
     bundle_bytes: int = 8 * MiB
-    bundle_files: int = 1000
+    bundle_files: int = 2000
+    """Most contents per bundle. 2,000 rather than 1,000: half the bundles, so half the
+    server's per-bundle work (lookups, a pack file, commits) for small files; a first
+    ingest of 100,000 files of 1-8 KiB took 0.95x the time (9 alternated pairs, 8 faster).
+    The server refuses more than ``PUTPLACE_MAX_BUNDLE_FILES`` (default 10,000), and the
+    client halves its bundles when refused."""
     tus_threshold: int = 64 * MiB
     """Contents of at least this many bytes go over tus (resumable); 0: never."""
     tus_parts: int = 1
