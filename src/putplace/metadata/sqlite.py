@@ -444,7 +444,7 @@ _UPSERT_FILE_CONFLICT = (
     + ", updated_at = excluded.updated_at, recorded_at = excluded.recorded_at, "
     "deleted_at = NULL"
 )
-#: Rows per multi-row upsert (19,000 variables): one statement costs less than one
+#: Rows per multi-row upsert (17,000 variables): one statement costs less than one
 #: execution per row, and a batch of 1,000 records is one.
 _UPSERT_FILE_ROWS = 1000
 _INSERT_HISTORY = (

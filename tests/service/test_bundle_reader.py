@@ -1,0 +1,58 @@
+"""How a bundle's body is read, chunk by chunk, with the chunk boundaries placed exactly
+(across loopback, a server reads the socket in pieces of its own choosing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import pytest
+
+from putplace.service.bundles import _Reader
+from putplace.service.errors import StalledError
+
+
+async def stream(chunks: Iterable[bytes], fail: Exception | None = None) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    if fail is not None:
+        raise fail
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"HEAD" + b"abcdefghij" + b"tail"],  # all in one chunk
+        [b"HE", b"ADabc", b"defghijta", b"il"],  # the members' end and what follows share one
+        [b"HEAD", b"a", b"b", b"cdefghij", b"", b"tail"],
+    ],
+)
+async def test_members_are_read_whole_and_what_follows_is_kept(chunks: list[bytes]) -> None:
+    reader = _Reader(stream(chunks))
+    assert await reader.read(4) == b"HEAD"
+    assert await reader.read_upto(10) == (b"abcdefghij", None)
+    assert await reader.ends() == (False, None)  # "tail" is still there: not the end
+    assert await reader.read(4) == b"tail"
+    assert await reader.ends() == (True, None)
+
+
+async def test_a_stream_that_ends_early_gives_what_arrived() -> None:
+    reader = _Reader(stream([b"HEADabc", b"de"]))
+    assert await reader.read(4) == b"HEAD"
+    assert await reader.read_upto(10) == (b"abcde", None)
+    assert await reader.ends() == (True, None)
+
+
+async def test_a_failure_midway_is_returned_with_what_arrived() -> None:
+    stalled = StalledError("no data")
+    reader = _Reader(stream([b"HEADab", b"cd"], fail=stalled))
+    assert await reader.read(4) == b"HEAD"
+    data, failure = await reader.read_upto(10)
+    assert (data, failure) == (b"abcd", stalled)
+
+
+async def test_bytes_read_ahead_with_the_header_are_used_first() -> None:
+    reader = _Reader(stream([b"HEADabcdefghijtail"]))
+    assert await reader.read(4) == b"HEAD"  # the whole chunk is buffered
+    assert await reader.read_upto(3) == (b"abc", None)
+    assert await reader.read_upto(7) == (b"defghij", None)
+    assert await reader.read(4) == b"tail"
