@@ -125,9 +125,11 @@ async def chunked(body: bytes, size: int, pause: float = 0) -> AsyncIterator[byt
 async def test_a_bundle_arriving_in_chunks_of_any_size_is_stored_whole(
     api: httpx.AsyncClient, size: int, pause: float
 ) -> None:
-    """Chunk boundaries fall anywhere: inside the header, a member or the bytes after the
-    last one. Every member is stored byte for byte, and bytes after the last member
-    that arrive in the same chunk as its end are still seen."""
+    """The client's chunk boundaries fall inside the header, a member and the bytes after
+    the last one (the 999-byte pieces, sent apart, reach the server apart; where the
+    reader's own boundaries fall is tested exactly in tests/service/test_bundle_reader).
+    Every member is stored byte for byte, and bytes after the last member that arrive
+    in the same chunk as its end are still seen."""
     contents = [os.urandom(n) for n in (1500, 1, 2500, 700)]
     await register(api, *contents)
     members = [(sha(data), data) for data in contents]
