@@ -1,16 +1,20 @@
 """Several server instances behind a load balancer: with Redis (``PUTPLACE_REDIS_URL``)
 a key's rate limit holds in total and a revocation through one instance is refused by the
 others on their next request; without it each process keeps its own (as documented); and
-Redis going away never takes the API down."""
+Redis going away never takes the API down. The workers of one ``ppserver serve`` share
+theirs through a file it makes for them, which two instances are pointed at here (a
+request cannot choose its worker)."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
+from putplace.coordination.host import POLL_SECONDS, SHARED_FILE_ENV
 from tests.api.test_quotas import race_for_the_last_room
 from tests.conftest import make_settings, seed_keys
 from tests.server.test_metrics import scrape
@@ -21,11 +25,17 @@ from tests.support.servers import free_port, running_server
 BURST = 8
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["redis", "per-process"])
+@pytest.mark.parametrize("sharing", ["redis", "host", "per-process"])
 async def test_two_instances_share_limits_and_revocations(
-    request: pytest.FixtureRequest, tmp_path: Path, shared: bool
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sharing: str,
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if shared else ""
+    shared = sharing != "per-process"
+    redis_url = request.getfixturevalue("redis_url") if sharing == "redis" else ""
+    if sharing == "host":  # what ppserver serve --workers N gives its workers
+        monkeypatch.setenv(SHARED_FILE_ENV, str(tmp_path / "limits.sqlite3"))
     settings = make_settings(
         request, "sqlite-local", tmp_path, redis_url=redis_url,
         rate_limit_per_second=0.01, rate_limit_burst=BURST, key_cache_seconds=300,
@@ -33,7 +43,11 @@ async def test_two_instances_share_limits_and_revocations(
     )  # fmt: skip
     keys = await seed_keys(settings)
     with ExitStack() as stack:
-        first, second = (stack.enter_context(ppserver_process(settings, tmp_path)) for _ in "12")
+        # One process each: what one instance's workers share is the last test's.
+        first, second = (
+            stack.enter_context(ppserver_process(settings, tmp_path, "--workers", "1"))
+            for _ in "12"
+        )
         # The rate limit: the same key, alternating between the instances.
         answers = [
             httpx.get(f"{url}/files", headers={"X-API-Key": keys.read}).status_code
@@ -50,6 +64,8 @@ async def test_two_instances_share_limits_and_revocations(
         (key_id,) = [k["_id"] for k in listed if k["name"] == "write"]
         assert httpx.put(f"{first}/api_keys/{key_id}/revoke", headers=admin).status_code == 200
         assert httpx.get(f"{first}/files", headers=writer).status_code == 401
+        if sharing == "host":  # heard within POLL_SECONDS
+            await asyncio.sleep(4 * POLL_SECONDS)
         refused_by_second = httpx.get(f"{second}/files", headers=writer).status_code
         # Without Redis the second instance honours its cached key until the cache TTL.
         assert refused_by_second == (401 if shared else 200)
@@ -78,3 +94,24 @@ async def test_a_redis_outage_keeps_the_api_up_and_shows(
         assert answer.json()["limits"]["shared"] is False
         assert httpx.get(f"{api}/files", headers={"X-API-Key": keys.read}).status_code == 200
         assert scrape(api, keys.read)["putplace_redis_up"] == 0
+
+
+def test_the_workers_of_one_server_share_their_limits(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Redis, ``ppserver serve --workers 2`` counts a key's requests once for
+    both workers: new connections, spread over them by the kernel, get the burst in all."""
+    monkeypatch.delenv(SHARED_FILE_ENV, raising=False)
+    settings = make_settings(
+        request, "sqlite-local", tmp_path, rate_limit_per_second=0.01, rate_limit_burst=BURST
+    )
+    keys = asyncio.run(seed_keys(settings))
+    with ppserver_process(settings, tmp_path, "--workers", "2") as url:
+        assert httpx.get(f"{url}/health").json()["limits"] == {
+            "type": "host", "shared": True, "status": "healthy"
+        }  # fmt: skip
+        answers = [
+            httpx.get(f"{url}/files", headers={"X-API-Key": keys.read}).status_code
+            for _ in range(5 * BURST)
+        ]
+        assert answers.count(200) == BURST

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from putplace.blobs import create_blob_store
 from putplace.config import Settings, SettingsError, load_settings
 from putplace.coordination import create_coordinator
+from putplace.coordination.host import SHARED_FILE_ENV
 from putplace.metadata import StoreUnavailableError, create_metadata_store
 from putplace.server import keys_cli
 from putplace.service.maintenance import GC_MIN_AGE_SECONDS
@@ -107,6 +109,11 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker writes its metrics here; /metrics sums them (set before they start).
         os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="putplace-metrics-")
+    limits_dir = None
+    if settings.workers > 1 and not settings.redis_url and not os.environ.get(SHARED_FILE_ENV):
+        # Rate limits, quota reservations and key revocations, shared by the workers.
+        limits_dir = tempfile.mkdtemp(prefix="putplace-limits-")
+        os.environ[SHARED_FILE_ENV] = os.path.join(limits_dir, "limits.sqlite3")
     if asyncio.run(_count_keys(settings)) == 0:
         print(
             "ppserver: no API keys yet. Create the first one with:\n"
@@ -127,6 +134,8 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
         access_log=False,  # the app writes one access line per request, with its id
         proxy_headers=True,
     )
+    if limits_dir is not None:
+        shutil.rmtree(limits_dir, ignore_errors=True)
     return 0
 
 
