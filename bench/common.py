@@ -113,9 +113,11 @@ def serve(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Server
 
 
 def ppserver(
-    workdir: Path, env: dict[str, str], workers: int = 1
+    workdir: Path, env: dict[str, str], workers: int | None = None
 ) -> AbstractContextManager[Server]:
-    return serve([str(BIN / "ppserver"), "serve", "--workers", str(workers)], workdir, env)
+    """``ppserver serve`` with *workers* processes; None: as a user gets it (its default)."""
+    chosen = [] if workers is None else ["--workers", str(workers)]
+    return serve([str(BIN / "ppserver"), "serve", *chosen], workdir, env)
 
 
 def run_client(url: str, key: str, *args: str) -> tuple[float, float, str]:

@@ -41,7 +41,9 @@ CLIENTS = 6
 
 def start(settings: Settings, cwd: Path, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [str(BIN / "ppserver"), "serve", "--port", str(port)],
+        # One process: SIGKILL then kills the whole server (workers would outlive their
+        # parent and keep the port), as the kernel's OOM killer or a power cut would.
+        [str(BIN / "ppserver"), "serve", "--port", str(port), "--workers", "1"],
         cwd=cwd, env=settings_env(settings),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
