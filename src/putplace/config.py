@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         1 << 40, description="Largest accepted upload, bytes (default 1 TiB)."
     )
     max_batch_records: Annotated[int, Field(ge=1, le=100_000)] = Field(
-        1000, description="Most records accepted by one POST /put_files."
+        2000, description="Most records accepted by one POST /put_files."
     )
     max_bundle_files: Annotated[int, Field(ge=1, le=100_000)] = Field(
         10_000, description="Most contents accepted by one POST /bundles."

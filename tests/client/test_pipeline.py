@@ -213,6 +213,17 @@ def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path)
         assert sum(len(r.json()["files"]) for r in accepted) == 23
 
 
+def test_a_refused_batch_size_is_not_tried_again(tmp_path: Path) -> None:
+    """After a 413 the client sends no batch that large again: only the batches already
+    on their way (two registrations in flight) are refused, not every one of the run."""
+    make_files(tmp_path, 100)
+    with fake_server(settings={"max_batch_records": 10}) as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "20") == 0
+        assert len(server.files("h1")) == 100
+    refused = [r for r in server.requests if r.path == "/put_files" and r.status == 413]
+    assert 1 <= len(refused) <= pipeline.REGISTER_IN_FLIGHT  # of the 5 batches of 20
+
+
 @pytest.mark.parametrize("answer", [b'{"results": []}', b'{"results": [{"index": 0}]}'])
 def test_a_batch_answer_that_does_not_answer_each_record_is_an_error_of_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes

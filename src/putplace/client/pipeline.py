@@ -107,7 +107,7 @@ class Options:
     excludes: list[str]
     hostname: str
     ip_address: str
-    batch_size: int = 1000
+    batch_size: int = 2000
     hash_workers: int = max(2, min(8, os.cpu_count() or 2))
     upload_workers: int = 4
     dry_run: bool = False
@@ -350,6 +350,8 @@ class Run:
         self._bundle_files = options.bundle_files
         self._bundle_lock = threading.Lock()
         self._single_mode = False  # the server has no /put_files (nor /blobs)
+        #: Records per /put_files a server with a lower limit took (learnt from its 413).
+        self._records_per_request: int | None = None
         self._no_bundles = options.bundle_threshold <= 0  # or the server has no /bundles
         # The server's tus checksum algorithm, asked once (None: not yet); "" without tus.
         self._tus: str | None = None if options.tus_threshold > 0 else ""
@@ -935,6 +937,10 @@ class Run:
     ) -> list[dict[str, Any] | None]:
         """Per record: the server's answer, or None after reporting why it was refused."""
         assert self.api is not None
+        limit = self._records_per_request
+        if limit is not None and len(records) > limit:
+            parts = [list(part) for part in chunked(records, limit)]
+            return [answer for part in parts for answer in self._send(part, scan)]
         if not self._single_mode:
             try:
                 results = self.api.put_files(records, scan)
@@ -945,6 +951,8 @@ class Run:
             except ApiError as exc:
                 if exc.status == 413 and len(records) > 1:  # a server with a lower limit
                     half = len(records) // 2
+                    # Remembered, so later batches are not each refused once first.
+                    self._records_per_request = min(limit or half, half)
                     return self._send(records[:half], scan) + self._send(records[half:], scan)
                 for record in records:
                     self._error(record["filepath"], f"not registered: {exc.detail}")

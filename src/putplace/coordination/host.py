@@ -202,8 +202,7 @@ class HostCoordinator(Coordinator):
         while True:
             await asyncio.sleep(POLL_SECONDS)
             missed = self._failing
-            nothing: list[tuple[int, str, str]] = []
-            rows = self._or_alone(self._announced, lambda: nothing)
+            rows = self._or_alone(self._announced, _none_announced)
             if missed and not self._failing:
                 listener(None)  # read again: announcements made meanwhile were missed
             for seq, key_hash, origin in rows:
@@ -231,6 +230,10 @@ class HostCoordinator(Coordinator):
         if self._failing:
             return {"type": self.kind, "shared": False, "status": "unavailable"}
         return {"type": self.kind, "shared": True, "status": "healthy"}
+
+
+def _none_announced() -> list[tuple[int, str, str]]:
+    return []
 
 
 def shared_file() -> Path | None:

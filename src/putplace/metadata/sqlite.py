@@ -445,7 +445,8 @@ _UPSERT_FILE_CONFLICT = (
     "deleted_at = NULL"
 )
 #: Rows per multi-row upsert (17,000 variables): one statement costs less than one
-#: execution per row, and a batch of 1,000 records is one.
+#: execution per row, and a batch of 1,000 records is one (ppclient's 2,000, two: 34,000
+#: variables would be over SQLite's 32,766).
 _UPSERT_FILE_ROWS = 1000
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (file_id, {_FILE_COLUMNS}, valid_from, valid_to, deleted, "
