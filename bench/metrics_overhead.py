@@ -29,8 +29,10 @@ def main() -> None:
     rates: dict[str, list[float]] = {"key": [], "off": []}
     cpu_us: dict[str, list[float]] = {"key": [], "off": []}
     with tempfile.TemporaryDirectory(prefix="pp-bench-metrics-") as tmp:
-        for _ in range(rounds):
-            for access in rates:
+        for round_number in range(rounds):
+            # Alternated, so neither side always runs first (a warmer or cooler machine).
+            order = list(rates) if round_number % 2 == 0 else list(rates)[::-1]
+            for access in order:
                 work = Path(tmp) / access
                 work.mkdir()
                 env = server_env(work, metrics=access)
