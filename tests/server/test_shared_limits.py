@@ -8,16 +8,19 @@ request cannot choose its worker)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 
 from putplace.coordination.host import POLL_SECONDS, SHARED_FILE_ENV
 from tests.api.test_quotas import race_for_the_last_room
 from tests.conftest import make_settings, seed_keys
-from tests.server.test_metrics import scrape
+from tests.server.test_metrics import scrape, worker_processes
 from tests.support.processes import ppserver_process
 from tests.support.redis import redis_server
 from tests.support.servers import free_port, running_server
@@ -100,7 +103,8 @@ def test_the_workers_of_one_server_share_their_limits(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without Redis, ``ppserver serve --workers 2`` counts a key's requests once for
-    both workers: new connections, spread over them by the kernel, get the burst in all."""
+    both workers: new connections, spread over them by the kernel (both are seen to
+    answer), get the burst in all."""
     monkeypatch.delenv(SHARED_FILE_ENV, raising=False)
     settings = make_settings(
         request, "sqlite-local", tmp_path, rate_limit_per_second=0.01, rate_limit_burst=BURST
@@ -110,8 +114,33 @@ def test_the_workers_of_one_server_share_their_limits(
         assert httpx.get(f"{url}/health").json()["limits"] == {
             "type": "host", "shared": True, "status": "healthy"
         }  # fmt: skip
-        answers = [
-            httpx.get(f"{url}/files", headers={"X-API-Key": keys.read}).status_code
-            for _ in range(5 * BURST)
-        ]
+        workers = worker_processes(url)
+        answered_by: set[int] = set()
+        answers = []
+        for _ in range(5 * BURST):
+            status, worker = answer_and_worker(url, "/files", keys.read, workers)
+            answers.append(status)
+            answered_by.add(worker)
+        assert len(answered_by) == 2
         assert answers.count(200) == BURST
+
+
+def answer_and_worker(
+    url: str, path: str, key: str, workers: list[psutil.Process]
+) -> tuple[int, int]:
+    """The status of GET *path* on a new connection, and the pid of the worker that
+    holds the server's end of that connection."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    connection = http.client.HTTPConnection(str(host), port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"X-API-Key": key})
+        status = connection.getresponse().status
+        assert connection.sock is not None
+        mine = connection.sock.getsockname()[1]
+        for worker in workers:
+            for tcp in worker.net_connections(kind="tcp"):
+                if tcp.raddr and tcp.raddr.port == mine:
+                    return status, worker.pid
+    finally:
+        connection.close()
+    raise AssertionError("no worker holds the connection")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 from putplace.config import Settings
 from putplace.coordination.base import Coordinator, KeyListener, Reservation
 from putplace.coordination.host import HostCoordinator, shared_file
 from putplace.coordination.local import LocalCoordinator
+
+log = logging.getLogger("putplace.coordination")
 
 __all__ = [
     "Coordinator",
@@ -26,5 +31,8 @@ def create_coordinator(settings: Settings) -> Coordinator:
         return RedisCoordinator(settings.redis_url)
     shared = shared_file()
     if shared is not None:
-        return HostCoordinator(shared)
+        try:
+            return HostCoordinator(shared)
+        except (OSError, sqlite3.Error) as exc:  # a helper: never a reason not to start
+            log.warning("cannot share limits with the other workers (%s): %s", shared, exc)
     return LocalCoordinator()

@@ -5,6 +5,7 @@ uploads in flight, and the keys revoked (so caches drop them). One process alone
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,18 @@ KeyListener = Callable[[str | None], None]
 
 #: A reservation of a crashed process lapses after this long.
 RESERVATION_SECONDS = 3600
+
+
+def take_token(
+    tokens: float, at: float, now: float, per_second: float, burst: int
+) -> tuple[float, int]:
+    """A token bucket holding *tokens* at time *at*, refilled at *per_second* up to
+    *burst*, asked for one at *now*: the tokens it holds then, and 0 if one was taken,
+    else the whole seconds until there will be one (at least 1, as ``Retry-After``)."""
+    tokens = min(burst, tokens + max(0.0, now - at) * per_second)
+    if tokens >= 1:
+        return tokens - 1, 0
+    return tokens, max(1, math.ceil((1 - tokens) / per_second))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections import OrderedDict
@@ -12,6 +11,7 @@ from putplace.coordination.base import (
     Coordinator,
     KeyListener,
     Reservation,
+    take_token,
 )
 
 
@@ -39,13 +39,8 @@ class LocalCoordinator(Coordinator):
             return 0
         now = time.monotonic()
         tokens, last = self._buckets.pop(bucket, (float(burst), now))
-        tokens = min(burst, tokens + (now - last) * per_second)
-        if tokens >= 1:
-            self._buckets[bucket] = (tokens - 1, now)
-            wait = 0
-        else:
-            self._buckets[bucket] = (tokens, now)
-            wait = max(1, math.ceil((1 - tokens) / per_second))
+        tokens, wait = take_token(tokens, last, now, per_second, burst)
+        self._buckets[bucket] = (tokens, now)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return wait

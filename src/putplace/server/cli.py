@@ -106,36 +106,43 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     # Worker processes build their own settings from the environment: pass overrides on.
     for name, value in overrides.items():
         os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
+    made: list[str] = []  # temporary directories of this run, removed when it ends
     if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker writes its metrics here; /metrics sums them (set before they start).
-        os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="putplace-metrics-")
-    limits_dir = None
+        made.append(tempfile.mkdtemp(prefix="putplace-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = made[-1]
     if settings.workers > 1 and not settings.redis_url and not os.environ.get(SHARED_FILE_ENV):
         # Rate limits, quota reservations and key revocations, shared by the workers.
-        limits_dir = tempfile.mkdtemp(prefix="putplace-limits-")
-        os.environ[SHARED_FILE_ENV] = os.path.join(limits_dir, "limits.sqlite3")
+        try:
+            made.append(tempfile.mkdtemp(prefix="putplace-limits-"))
+        except OSError as exc:  # a helper: the workers then count alone
+            print(f"ppserver: workers keep their own limits ({exc})", file=sys.stderr)
+        else:
+            os.environ[SHARED_FILE_ENV] = os.path.join(made[-1], "limits.sqlite3")
     if asyncio.run(_count_keys(settings)) == 0:
         print(
             "ppserver: no API keys yet. Create the first one with:\n"
             "  ppserver keys create --name admin --scope admin",
             file=sys.stderr,
         )
-    uvicorn.run(
-        "putplace.server.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        timeout_keep_alive=settings.keepalive_timeout_seconds,
-        ssl_certfile=settings.tls_cert_file,
-        ssl_keyfile=settings.tls_key_file,
-        log_config=None,  # the app configures logging (text or JSON)
-        access_log=False,  # the app writes one access line per request, with its id
-        proxy_headers=True,
-    )
-    if limits_dir is not None:
-        shutil.rmtree(limits_dir, ignore_errors=True)
+    try:
+        uvicorn.run(
+            "putplace.server.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            timeout_keep_alive=settings.keepalive_timeout_seconds,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
+            log_config=None,  # the app configures logging (text or JSON)
+            access_log=False,  # the app writes one access line per request, with its id
+            proxy_headers=True,
+        )
+    finally:  # also when uvicorn exits (a port in use); a SIGKILL leaves them behind
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
