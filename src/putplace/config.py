@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ppserver serve` binds to.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="TCP port to serve on.")
     workers: Annotated[int, Field(ge=1, le=256)] = Field(
-        default_factory=lambda: min(2, os.cpu_count() or 1),
+        default_factory=lambda: min(2, len(os.sched_getaffinity(0))),
         description="uvicorn worker processes for `ppserver serve` (default 2, 1 on a "
         "machine with one CPU). Without `redis_url` they share the rate limit, quota "
         "reservations and key revocations through a file `ppserver serve` makes for them.",

@@ -352,6 +352,7 @@ class Run:
         self._single_mode = False  # the server has no /put_files (nor /blobs)
         #: Records per /put_files a server with a lower limit took (learnt from its 413).
         self._records_per_request: int | None = None
+        self._batch_lock = threading.Lock()
         self._no_bundles = options.bundle_threshold <= 0  # or the server has no /bundles
         # The server's tus checksum algorithm, asked once (None: not yet); "" without tus.
         self._tus: str | None = None if options.tus_threshold > 0 else ""
@@ -952,7 +953,8 @@ class Run:
                 if exc.status == 413 and len(records) > 1:  # a server with a lower limit
                     half = len(records) // 2
                     # Remembered, so later batches are not each refused once first.
-                    self._records_per_request = min(limit or half, half)
+                    with self._batch_lock:  # the smallest refused, of batches in flight
+                        self._records_per_request = min(self._records_per_request or half, half)
                     return self._send(records[:half], scan) + self._send(records[half:], scan)
                 for record in records:
                     self._error(record["filepath"], f"not registered: {exc.detail}")
