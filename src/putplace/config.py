@@ -73,6 +73,15 @@ class MetricsAccess(StrEnum):
     off = "off"
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (a container's or a taskset's limit)
+    where the system has one, else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every server setting. Names map to ``PUTPLACE_<NAME>`` environment variables."""
 
@@ -87,9 +96,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ppserver serve` binds to.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="TCP port to serve on.")
     workers: Annotated[int, Field(ge=1, le=256)] = Field(
-        default_factory=lambda: min(2, len(os.sched_getaffinity(0))),
-        description="uvicorn worker processes for `ppserver serve` (default 2, 1 on a "
-        "machine with one CPU). Without `redis_url` they share the rate limit, quota "
+        default_factory=lambda: min(2, _usable_cpus()),
+        description="uvicorn worker processes for `ppserver serve` (default 2, 1 where it "
+        "may use only one CPU). Without `redis_url` they share the rate limit, quota "
         "reservations and key revocations through a file `ppserver serve` makes for them.",
     )
     database_url: str = Field(
