@@ -64,6 +64,8 @@ class Request:
     status: int | None = None
     """What the client was answered (None: the connection was cut)."""
     answer: bytes = b""
+    client_port: int = 0
+    """The client's end of the connection it came over."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -240,7 +242,8 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             split = urlsplit(self.path)
             request = Request(self.command, split.path, parse_qs(split.query),
-                              dict(self.headers.items()), body)  # fmt: skip
+                              dict(self.headers.items()), body,
+                              client_port=self.client_address[1])  # fmt: skip
             with lock:
                 state.requests.append(request)
                 scripted = next(

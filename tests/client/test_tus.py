@@ -186,8 +186,9 @@ def test_an_expired_upload_starts_again(tmp_path: Path) -> None:
 
 
 def test_ppclient_sends_large_files_over_tus(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tus, "CHUNK", 256 * 1024)  # a dozen PATCHes, not one
     tree = tmp_path / "tree"
     tree.mkdir()
     big, small = os.urandom(3 * MIB), os.urandom(1000)
@@ -202,10 +203,16 @@ def test_ppclient_sends_large_files_over_tus(
         assert {r.method for r in via_tus} >= {"OPTIONS", "POST", "PATCH"}
         # The cheapest checksum the server offers: a request's damage is all it must catch.
         patches = [r for r in via_tus if r.method == "PATCH"]
-        assert patches
+        assert len(patches) > 1
         assert all(r.headers["Upload-Checksum"].startswith("crc32c ") for r in patches)
         assert server.count("/blobs") == 0
         assert server.count("/bundles") == 1  # the small one
+        # The bytes, and the request that joins them, over one connection of their own:
+        # one server worker hashes them as they come and joins them without reading
+        # them back (another worker would).
+        (joined,) = [r for r in via_tus if "final" in r.headers.get("Upload-Concat", "")]
+        (connection,) = {r.client_port for r in [*patches, joined]}
+        assert {r.path[:5] for r in server.requests if r.client_port == connection} == {"/tus/"}
 
 
 @pytest.mark.parametrize(

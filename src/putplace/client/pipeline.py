@@ -826,9 +826,11 @@ class Run:
             sha = upload.send()
             check_unchanged(entry)
         except (AuthError, Cancelled):
+            upload.close()
             raise
         except ApiError as exc:
             if exc.status is None and upload.url is not None:
+                upload.close()
                 # Given up after the retries (the link or the server down), part of the
                 # file on the server: kept (its URL stays in the cache under the file's
                 # identity) for the next run to continue, not freed and sent again from

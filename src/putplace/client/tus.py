@@ -110,6 +110,9 @@ class ResumableUpload:
         checksum: str = "sha256",
     ) -> None:
         self.api = api
+        #: What the upload's requests go over: the shared pool, or (while one upload is
+        #: sent as one stream) a connection of its own (see ApiClient.own_connection).
+        self._http = api.http
         self.cache = cache
         self.sha256 = sha256
         self.size = size
@@ -147,8 +150,9 @@ class ResumableUpload:
         if urls is None or len(urls) not in (1, len(self.ranges)):
             urls = self._create()
         ranges = self.ranges if len(urls) == len(self.ranges) else [(0, self.size)]
-        if len(urls) == 1:
-            self._send(urls[0], *ranges[0])
+        if len(urls) == 1:  # its last PATCH completes it, in the worker that hashed it all
+            with self._connection():
+                self._send(urls[0], *ranges[0])
             return
         with ThreadPoolExecutor(len(urls), thread_name_prefix="tus-part") as pool:
             futures = [
@@ -157,6 +161,16 @@ class ResumableUpload:
             for future in futures:
                 future.result()
         self._join(urls)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[None]:
+        """The upload's requests over a connection of their own, until the block ends."""
+        with self.api.own_connection() as own:
+            self._http = own
+            try:
+                yield
+            finally:
+                self._http = self.api.http
 
     def _join(self, urls: list[str]) -> None:
         """The final upload joining the complete parts at *urls*, in order, as the
@@ -167,7 +181,7 @@ class ResumableUpload:
             "Upload-Concat": "final;" + " ".join(urls),
             "Upload-Metadata": _metadata(sha256=self.sha256),
         }
-        final = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
+        final = self._retrying(lambda: self._http.post("/tus/", headers=headers))
         if final.status_code in (404, 410):
             raise UploadGoneError(final.status_code, error_detail(final))
         if final.status_code != 201:
@@ -190,7 +204,7 @@ class ResumableUpload:
         return urls
 
     def _created(self, headers: dict[str, str]) -> str:
-        response = self._retrying(lambda: self.api.http.post("/tus/", headers=headers))
+        response = self._retrying(lambda: self._http.post("/tus/", headers=headers))
         if response.status_code != 201 or "Location" not in response.headers:
             raise ApiError(response.status_code, error_detail(response))
         # Resolved against the URL posted to (RFC 3986), not joined onto the base URL's
@@ -234,7 +248,7 @@ class ResumableUpload:
                     "Upload-Checksum": f"{self.checksum} {digest}",
                 }
                 try:
-                    response = self.api.http.patch(
+                    response = self._http.patch(
                         url, headers=headers, content=self._feed(source, start + offset, size)
                     )
                 except httpx.TransportError as exc:
@@ -259,7 +273,7 @@ class ResumableUpload:
             offset = self._offset(url)
             headers = {**TUS_HEADERS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE}
             try:
-                response = self.api.http.patch(url, headers=headers, content=b"")
+                response = self._http.patch(url, headers=headers, content=b"")
             except httpx.TransportError as exc:
                 failures = self._failed(failures, None, str(exc) or type(exc).__name__)
                 continue
@@ -280,7 +294,7 @@ class ResumableUpload:
             raise ApiError(status, error_detail(response))
 
     def _offset(self, url: str) -> int:
-        response = self._retrying(lambda: self.api.http.head(url, headers=TUS_HEADERS))
+        response = self._retrying(lambda: self._http.head(url, headers=TUS_HEADERS))
         if response.status_code in (404, 410):
             raise UploadGoneError(response.status_code, "the server no longer has the upload")
         if response.status_code != 200:
@@ -375,9 +389,14 @@ class UnhashedUpload(ResumableUpload):
         super().__init__(api, cache, "", size, opener, parts=1, **options)
         self.identity = identity
         self.url: str | None = None
+        self._own: httpx.Client | None = None
 
     def send(self) -> str:
-        """Send every byte; the content's hex SHA-256."""
+        """Send every byte; the content's hex SHA-256. The bytes and the request joining
+        them (:meth:`finish`) go over one connection of their own, so that the server
+        worker that hashed them joins them; :meth:`finish` or :meth:`abandon` closes it."""
+        self._own = self.api.own_connection()
+        self._http = self._own
         urls = self.cache.unfinished_upload(self.api.cache_key, self.identity, self.size)
         try:
             self._send_to(urls[0] if urls and len(urls) == 1 else self._create_whole())
@@ -406,15 +425,28 @@ class UnhashedUpload(ResumableUpload):
         """Join the sent bytes as the content the file's record names (registered now).
         Raises :class:`UploadGoneError` if the server no longer has them."""
         assert self.url is not None
-        self._join([self.url])
+        try:
+            self._join([self.url])
+        finally:
+            self.close()
 
     def abandon(self) -> None:
         """Free the sent bytes (tus termination): the server did not need them. Best
         effort: what is not freed expires on the server."""
         self.cache.forget_upload(self.api.cache_key, self.identity)
-        if self.url is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                self.api.http.delete(self.url, headers=TUS_HEADERS)
+        try:
+            if self.url is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    self._http.delete(self.url, headers=TUS_HEADERS)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the upload's own connection; what follows goes over the pool."""
+        self._http = self.api.http
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
 
 def file_identity(st: os.stat_result) -> str:
