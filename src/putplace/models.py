@@ -196,6 +196,11 @@ class ScanRecord(BaseModel):
     finished_at: datetime | None = None
     state: ScanState = ScanState.open
     deleted: int = Field(0, description="Records this scan marked deleted when completed.")
+    had_records: bool = Field(
+        True,
+        description="Whether the host had live records under the root when the scan opened. "
+        "A scan that found none cannot miss any: completing it marks nothing deleted.",
+    )
 
 
 class BlobState(StrEnum):

@@ -75,6 +75,30 @@ async def test_a_completion_keeps_what_was_recorded_after_the_scan_began(
     assert await live(api) == ["/srv/d/new"]
 
 
+async def test_a_first_scan_of_a_root_says_so_and_a_rescan_finds_what_went(
+    api: httpx.AsyncClient,
+) -> None:
+    """A host's first scan of a root (nothing live under it) tells the client so, keeps
+    all it was sent; the next one, over the records the first left, finds the one
+    gone."""
+    await put(api, metadata(b"x", filepath="/srvx/elsewhere"))
+    first = await api.post("/scans", json={"hostname": "host-a", "root": "/srv"})
+    assert first.json()["had_records"] is False
+    scan = str(first.json()["scan_id"])
+    await put_in_scan(
+        api, scan, metadata(b"a", filepath="/srv/a"), metadata(b"b", filepath="/srv/b")
+    )
+    done = (await api.post(f"/scans/{scan}/complete")).json()
+    assert (done["state"], done["deleted"], done["had_records"]) == ("completed", 0, False)
+    again = await api.post("/scans", json={"hostname": "host-a", "root": "/srv"})
+    assert again.json()["had_records"] is True
+    rescan = str(again.json()["scan_id"])
+    await put_in_scan(api, rescan, metadata(b"a", filepath="/srv/a"))
+    done = (await api.post(f"/scans/{rescan}/complete")).json()
+    assert (done["state"], done["deleted"]) == ("completed", 1)
+    assert await live(api) == ["/srv/a", "/srvx/elsewhere"]
+
+
 async def test_an_abandoned_or_open_scan_deletes_nothing(api: httpx.AsyncClient) -> None:
     await put(api, metadata(b"a", filepath="/srv/a"))
     abandoned = await open_scan(api, "/srv")

@@ -111,6 +111,25 @@ async def test_a_scan_lifecycle_finishes_once(store: MetadataStore) -> None:
     assert await store.get_scan("nope") is None
 
 
+async def test_a_scan_knows_whether_its_root_held_live_records(store: MetadataStore) -> None:
+    """Only a live record of the scan's host and namespace, at or under its root, counts."""
+    for host, path in [("h", "/srvx/a"), ("h", "/other"), ("g", "/srv/a")]:
+        await put_file(store, meta(host, path), at(0))
+    await store.put_files([meta("h", "/srv/e")], at(0), namespace="team-b")
+    await put_file(store, meta("h", "/srv/was"), at(0))
+    [was] = [r for r in await store.list_files(hostname="h") if r.filepath == "/srv/was"]
+    assert await store.delete_files([was], at(1)) == 1
+    first = await store.create_scan("h", "/srv", [], at(2))
+    assert first.had_records is False
+    assert (await store.get_scan(first.id)) == first
+    await put_file(store, meta("h", "/srv/d/new"), at(3))
+    assert (await store.create_scan("h", "/srv/", [], at(4))).had_records is True
+    assert (await store.create_scan("h", "/srv/d/new", [], at(4))).had_records is True
+    assert (await store.create_scan("h", "/srv/d/ne", [], at(4))).had_records is False
+    assert (await store.create_scan("h", "/", [], at(4))).had_records is True
+    assert (await store.create_scan("h", "/srv", [], at(4), namespace="lab")).had_records is False
+
+
 async def test_a_scan_keeps_what_it_saw_by_directory(store: MetadataStore) -> None:
     for host, path in [("h", "/srv"), ("h", "/srv/a"), ("h", "/srv/b"), ("h", "/srv/d/c"),
                        ("h", "/srvx/a"), ("h", "/other"), ("g", "/srv/a")]:  # fmt: skip

@@ -129,16 +129,16 @@ async def test_a_whole_hash_index_made_again_by_an_older_release_is_dropped(
 
 
 async def test_a_version_8_database_without_the_whole_hash_index_migrates(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Step 9 drops the whole-hash indexes only if they are there (an operator may have
     dropped them by hand)."""
     path = tmp_path / "pp.sqlite3"
-    with sqlite3.connect(path) as conn:
-        SQLiteMetadataStore._migrate(conn)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
-        conn.execute("DROP INDEX files_sha256_key")
-        conn.execute("DROP INDEX history_sha256_key")
+    with monkeypatch.context() as patched, sqlite3.connect(path) as conn:
+        patched.setattr("putplace.metadata.sqlite.MIGRATIONS", MIGRATIONS[:8])
+        SQLiteMetadataStore._migrate(conn)  # which drops any whole-hash index
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name LIKE '%sha256%'").fetchall()
     conn.close()
     store = SQLiteMetadataStore(path)
     await store.open()

@@ -195,6 +195,9 @@ async def test_store_operations_and_state_are_exported(
         for root in ("/srv", "/home"):
             scan = client.post("/scans", json={"hostname": "host-a", "root": root})
             assert scan.status_code == 201
+        for root in ("/data", "/empty"):  # the upload's file is under /data
+            scan = client.post("/scans", json={"hostname": "host-a", "root": root})
+            assert client.post(f"/scans/{scan.json()['scan_id']}/complete").status_code == 200
     after = scrape(server_url, keys.read)
     metadata_backend = "sqlite" if settings.database_url.startswith("sqlite") else "mongodb"
     blob_backend = "local" if settings.storage_url.startswith("file") else "s3"
@@ -205,7 +208,10 @@ async def test_store_operations_and_state_are_exported(
         return family(after, timed, **labels) - family(before, timed, **labels)
 
     assert moved("blobs", blob_backend, "writer.commit") == 1  # the one upload
-    assert moved("metadata", metadata_backend, "create_scan") == 2
+    assert moved("metadata", metadata_backend, "create_scan") == 4
+    # Completing a scan looks for what it missed only where there was something to miss:
+    # under /data, a page (the record, now deleted) and the empty page that ends it.
+    assert moved("metadata", metadata_backend, "unseen_under") == 2
     # Every key cache miss is one lookup in the store.
     misses = 'putplace_key_cache_lookups_total{result="miss"}'
     assert moved("metadata", metadata_backend, "get_api_key") == after[misses] - before[misses]

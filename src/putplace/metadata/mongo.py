@@ -727,12 +727,16 @@ class MongoMetadataStore(MetadataStore):
         now: datetime,
         namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord:
-        doc: Document = {
-            "namespace": namespace, "hostname": hostname, "root": root,
-            "excludes": list(excludes), "started_at": now, "finished_at": None,
-            "state": ScanState.open.value, "deleted": 0,
-        }  # fmt: skip
+        live = {"namespace": namespace, "hostname": hostname, **_prefix(root), "deleted_at": None}
         with self._guard("create_scan"):
+            # Before the scan exists. A record written after this may be one the walk
+            # passed before it existed: completion keeps those anyway.
+            had_records = await self._files.find_one(live, {"_id": 1}) is not None
+            doc: Document = {
+                "namespace": namespace, "hostname": hostname, "root": root,
+                "excludes": list(excludes), "started_at": now, "finished_at": None,
+                "state": ScanState.open.value, "deleted": 0, "had_records": had_records,
+            }  # fmt: skip
             result = await self._coll("scans").insert_one(doc)
         return _scan({**doc, "_id": result.inserted_id})
 

@@ -391,6 +391,9 @@ MIGRATIONS: list[list[str]] = [
         f"CREATE INDEX files_sha256_key ON files ({_SHA_KEY})",
         f"CREATE INDEX history_sha256_key ON file_history ({_SHA_KEY})",
     ],
+    [  # 10: whether a scan's root held live records when it opened (ScanRecord)
+        "ALTER TABLE scans ADD COLUMN had_records INTEGER NOT NULL DEFAULT 1",
+    ],
 ]
 
 
@@ -496,6 +499,11 @@ _UNSEEN_UNDER = (
     "AND hostname = :hostname AND (filepath = :exact OR (filepath >= :low AND filepath < "
     f":high)) AND filepath > :after AND deleted_at IS NULL AND filepath NOT IN ({_SEEN_PATHS}) "
     "ORDER BY filepath LIMIT :limit"
+)
+#: Whether a host has a live record under a root, through the location index.
+_LIVE_UNDER = (
+    "SELECT 1 FROM files WHERE hostname = ? AND (filepath = ? OR (filepath >= ? AND "
+    "filepath < ?)) AND namespace = ? AND deleted_at IS NULL LIMIT 1"
 )
 _RECORD_COLUMNS = f"id, {_FILE_COLUMNS}, created_at, updated_at, recorded_at, deleted_at, namespace"
 _SELECT_FILE = f"SELECT {_RECORD_COLUMNS} FROM files"
@@ -925,6 +933,7 @@ def _scan_from_row(row: sqlite3.Row) -> ScanRecord:
     data = dict(row)
     data["id"] = str(data["id"])
     data["excludes"] = json.loads(data["excludes"])
+    data["had_records"] = bool(data["had_records"])
     return ScanRecord.model_validate(data)
 
 
@@ -1319,12 +1328,17 @@ class SQLiteMetadataStore(MetadataStore):
         now: datetime,
         namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord:
+        exact, low, high = prefix_range(root)
+
         def insert(conn: sqlite3.Connection) -> ScanRecord:
+            # In the write that creates the scan. A record written after it may be one
+            # the walk passed before it existed: completion keeps those anyway.
+            found = conn.execute(_LIVE_UNDER, (hostname, exact, low, high, namespace))
             row = conn.execute(
                 "INSERT INTO scans (hostname, root, excludes, started_at, state, deleted, "
-                "namespace) VALUES (?, ?, ?, ?, ?, 0, ?) RETURNING *",
+                "namespace, had_records) VALUES (?, ?, ?, ?, ?, 0, ?, ?) RETURNING *",
                 (hostname, root, json.dumps(list(excludes)), _iso(now), ScanState.open.value,
-                 namespace),
+                 namespace, found.fetchone() is not None),
             ).fetchone()  # fmt: skip
             return _scan_from_row(row)
 
