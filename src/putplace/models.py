@@ -196,10 +196,13 @@ class ScanRecord(BaseModel):
     finished_at: datetime | None = None
     state: ScanState = ScanState.open
     deleted: int = Field(0, description="Records this scan marked deleted when completed.")
+    # Read as the scan opens, not in the same transaction as it: a record committed
+    # meanwhile, stamped before the scan began, and not seen by the walk, is kept (not
+    # marked deleted) until the next scan of the root. Never the other way round.
     had_records: bool = Field(
         True,
         description="Whether the host had live records under the root when the scan opened. "
-        "A scan that found none cannot miss any: completing it marks nothing deleted.",
+        "Completing a scan that found none marks nothing deleted, without looking.",
     )
 
 

@@ -175,6 +175,21 @@ async def test_other_write_errors_are_not_swallowed(
         await mongo_store.put_files([meta("h", "/a")], NOW)
 
 
+async def test_a_scan_an_earlier_release_opened_is_taken_to_have_had_records(
+    mongo_store: MongoMetadataStore,
+) -> None:
+    """Its document has no ``had_records``: its completion looks for what the walk
+    missed, as the release that opened it would have."""
+    scans = mongo_store._coll("scans")
+    inserted = await scans.insert_one(
+        {"namespace": "default", "hostname": "h", "root": "/srv", "excludes": [],
+         "started_at": NOW, "finished_at": None, "state": "open", "deleted": 0}
+    )  # fmt: skip
+    scan = await mongo_store.get_scan(str(inserted.inserted_id))
+    assert scan is not None
+    assert scan.had_records is True
+
+
 async def test_a_database_of_the_previous_release_is_migrated(mongo_uri: str) -> None:
     """Schema 1 (before namespaces): records, history, scans and counters without a
     namespace, and the old unique location index. Opening moves them to ``default``."""

@@ -84,3 +84,36 @@ async def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailableError, match="newer than this release knows"):
         await store.open()
     await store.close()
+
+
+async def test_a_scans_column_added_without_a_version_keeps_older_releases_working(
+    tmp_path: Path,
+) -> None:
+    """``had_records`` is added without raising the schema version, so an older release
+    (which refuses a newer one) still opens the database and rolling back needs no
+    restore: its inserts take the default (its scans are completed as before), and a
+    database without the column gets it at the next open."""
+    assert not any("had_records" in statement for step in MIGRATIONS for statement in step)
+    path = tmp_path / "pp.sqlite3"
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        conn.execute(  # as the older release writes a scan
+            "INSERT INTO scans (hostname, root, excludes, started_at, state, deleted, "
+            "namespace) VALUES ('h', '/srv', '[]', ?, 'open', 0, 'default')",
+            (at(0).isoformat(),),
+        )
+        (older,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        conn.execute("ALTER TABLE scans DROP COLUMN had_records")  # as the older made it
+    conn.close()
+    reopened = SQLiteMetadataStore(path)
+    await reopened.open()
+    try:
+        scan = await reopened.get_scan(str(older))
+        assert scan is not None
+        assert scan.had_records is True
+        assert (await reopened.create_scan("h", "/srv", [], at(1))).had_records is False
+    finally:
+        await reopened.close()

@@ -729,8 +729,8 @@ class MongoMetadataStore(MetadataStore):
     ) -> ScanRecord:
         live = {"namespace": namespace, "hostname": hostname, **_prefix(root), "deleted_at": None}
         with self._guard("create_scan"):
-            # Before the scan exists. A record written after this may be one the walk
-            # passed before it existed: completion keeps those anyway.
+            # Before the scan exists. A record committed meanwhile is kept by the
+            # completion until the next scan (see ScanRecord.had_records).
             had_records = await self._files.find_one(live, {"_id": 1}) is not None
             doc: Document = {
                 "namespace": namespace, "hostname": hostname, "root": root,

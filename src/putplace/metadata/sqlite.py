@@ -391,10 +391,22 @@ MIGRATIONS: list[list[str]] = [
         f"CREATE INDEX files_sha256_key ON files ({_SHA_KEY})",
         f"CREATE INDEX history_sha256_key ON file_history ({_SHA_KEY})",
     ],
-    [  # 10: whether a scan's root held live records when it opened (ScanRecord)
-        "ALTER TABLE scans ADD COLUMN had_records INTEGER NOT NULL DEFAULT 1",
-    ],
 ]
+
+#: Columns added without a schema version: an older release reads and writes the tables
+#: as before (its inserts take the default, its reads ignore the column), so rolling
+#: back needs no restore. ``(table, column, definition)``.
+_ADDED_COLUMNS = [
+    # Whether a scan's root held live records when it opened (ScanRecord.had_records).
+    ("scans", "had_records", "INTEGER NOT NULL DEFAULT 1"),
+]
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def _digest(sha256: str) -> bytes | str:
@@ -1148,6 +1160,7 @@ class SQLiteMetadataStore(MetadataStore):
                 conn.execute(f"PRAGMA user_version = {number}")
             for statement in _DROP_WHOLE_HASH_INDEXES:
                 conn.execute(statement)
+            _add_missing_columns(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -1329,16 +1342,23 @@ class SQLiteMetadataStore(MetadataStore):
         namespace: str = DEFAULT_NAMESPACE,
     ) -> ScanRecord:
         exact, low, high = prefix_range(root)
+        # Read before the write, not in it: the walk through the host's index entries
+        # under the root (deleted ones, other namespaces') holds no writer up. A record
+        # committed meanwhile is kept by the completion until the next scan (see
+        # ScanRecord.had_records), never wrongly deleted.
+        had_records = await self._read(
+            lambda c: (
+                c.execute(_LIVE_UNDER, (hostname, exact, low, high, namespace)).fetchone()
+                is not None
+            )
+        )
 
         def insert(conn: sqlite3.Connection) -> ScanRecord:
-            # In the write that creates the scan. A record written after it may be one
-            # the walk passed before it existed: completion keeps those anyway.
-            found = conn.execute(_LIVE_UNDER, (hostname, exact, low, high, namespace))
             row = conn.execute(
                 "INSERT INTO scans (hostname, root, excludes, started_at, state, deleted, "
                 "namespace, had_records) VALUES (?, ?, ?, ?, ?, 0, ?, ?) RETURNING *",
                 (hostname, root, json.dumps(list(excludes)), _iso(now), ScanState.open.value,
-                 namespace, found.fetchone() is not None),
+                 namespace, had_records),
             ).fetchone()  # fmt: skip
             return _scan_from_row(row)
 

@@ -134,8 +134,6 @@ async def register(
         scan = await scans.open_scan_named(store, scan_id, writer)
         if scan.namespace != namespace:
             raise InvalidInputError(f"the scan is of namespace {scan.namespace!r}")
-        if not scan.had_records:
-            scan_id = None  # what it sees is never compared with anything (complete_scan)
     unique = dedupe_by_location(files)
     locations = [(m.hostname, m.filepath) for m in unique]
     room = quotas.holding_files(store, coordination, quota, namespace, locations)
