@@ -1,4 +1,5 @@
-"""Metric values under several workers: the process id prometheus-client checks before
+"""Metric values under several workers: kept in memory and written to the worker's file
+within a quarter of a second and on exit; the process id prometheus-client checks before
 each write is cached, and a forked child still counts into files of its own."""
 
 from __future__ import annotations
@@ -6,7 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess
 
 CHILD_AND_PARENT = """
 import os
@@ -32,10 +36,12 @@ assert asked == 0, "an increment asked the kernel for the process id"
 child = os.fork()
 if child == 0:
     counted.inc(5)
+    metric_values.flush()  # os._exit skips what a normal exit writes
     os._exit(0 if metric_values.process_id() == os.getpid() else 3)
 _, status = os.waitpid(child, 0)
 assert os.waitstatus_to_exitcode(status) == 0, "the child kept its parent's id"
 counted.inc()
+metric_values.flush()  # as a scrape does first
 registry = CollectorRegistry()
 multiprocess.MultiProcessCollector(registry)
 print(registry.get_sample_value("forked_work_total"), child)
@@ -51,3 +57,44 @@ def test_a_forked_child_counts_into_its_own_files(tmp_path: Path) -> None:
     total, child = done.stdout.split()
     assert float(total) == 7.0  # the parent's 2 and the child's 5, none lost
     assert (tmp_path / f"counter_{child}.db").exists()
+
+
+COUNTING = """
+import sys, time
+from prometheus_client import Counter
+import putplace.metric_values
+
+Counter("answered", "Requests answered.").inc(3)
+print("counted", flush=True)
+if sys.argv[1] == "stay":
+    time.sleep(30)
+"""
+
+
+def _total(directory: Path) -> float | None:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(directory))  # type: ignore[no-untyped-call]
+    return registry.get_sample_value("answered_total")
+
+
+def test_a_running_worker_s_counts_reach_other_workers_scrapes(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", COUNTING, "stay"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "counted\n"
+        deadline = time.monotonic() + 5
+        while _total(tmp_path) != 3.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _total(tmp_path) == 3.0  # written while the worker still runs
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_worker_that_exits_writes_its_last_counts(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", COUNTING, "leave"], env=env, check=True)
+    assert _total(tmp_path) == 3.0

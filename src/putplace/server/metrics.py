@@ -28,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.registry import REGISTRY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
+from putplace import metric_values  # sets how values are kept, before any metric is made
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 #: Requests that matched no route share one label value.
@@ -205,6 +205,7 @@ def exposition() -> tuple[bytes, str]:
     """Every metric in the text format, summed over the server's processes."""
     if directory := os.environ.get(MULTIPROCESS_DIR):
         observe_process()
+        metric_values.flush()  # this worker's counts, complete; the others' as last written
         _forget_dead_workers(directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
