@@ -1,5 +1,5 @@
 """How metric values are kept under several server workers: in memory, written to
-prometheus-client's per-process files at most every :data:`FLUSH_SECONDS`.
+prometheus-client's per-process files about :data:`FLUSH_SECONDS` after they change.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps each value in a per-process
 memory-mapped file that ``/metrics`` sums over the workers, and writes the file at every
@@ -9,9 +9,10 @@ in-flight gauge and the store operations' timers), so writing them all was a thi
 what metrics cost a request. Here an increment changes the value in memory, and a thread
 writes the values that changed since the last write (a few per route, not one per
 request) :data:`FLUSH_SECONDS` later. A scrape writes the answering worker's own values
-first, so it sees every request that worker answered, and the other workers' as of at
-most :data:`FLUSH_SECONDS` before. A worker that exits writes its values on the way out;
-one killed (``SIGKILL``) loses at most its last :data:`FLUSH_SECONDS` of counts.
+first, so it sees every request that worker answered, and the other workers' as of
+about :data:`FLUSH_SECONDS` before. A worker writes its values as it stops (the app's
+shutdown, and atexit); one killed (``SIGKILL``) loses about its last
+:data:`FLUSH_SECONDS` of counts.
 
 prometheus-client compares ``os.getpid()`` with the process it opened the files for
 before every write, to notice a fork. The id is cached here instead and renewed in a
@@ -24,12 +25,15 @@ class is read when a metric is made.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
 from typing import Any
 
 from prometheus_client import values
+
+log = logging.getLogger("putplace.metrics")
 
 #: Longest a change waits before it is written where other workers' scrapes read it.
 FLUSH_SECONDS = 0.25
@@ -52,19 +56,31 @@ class _Pending:
         self.writer: threading.Thread | None = None
 
     def add(self, value: DeferredValue) -> None:
-        """Called with :attr:`lock` held, for a value not yet pending."""
+        """Called with :attr:`lock` held, for a value not queued yet."""
         self.changed.append(value)
-        if self.writer is None:
-            self.writer = threading.Thread(target=self._write_later, name="metrics", daemon=True)
-            self.writer.start()
+        if self.writer is None or not self.writer.is_alive():
+            writer = threading.Thread(target=self._write_later, name="metrics", daemon=True)
+            writer.start()
+            self.writer = writer
         self.woken.set()
 
     def _write_later(self) -> None:
+        failing = False
         while True:
             self.woken.wait()
             time.sleep(FLUSH_SECONDS)  # a burst of requests is written once, not per request
+            # Cleared before the write takes the values: a change made from here on sets
+            # the event again and is written next time, never missed.
             self.woken.clear()
-            flush()
+            try:
+                flush()
+            except Exception:  # a full disk: what was not written stays queued; retried
+                if not failing:  # logged once per outage, not every quarter second
+                    log.warning("metrics: writing this worker's values failed", exc_info=True)
+                failing = True
+                self.woken.set()
+            else:
+                failing = False
 
 
 _pending = _Pending()
@@ -89,28 +105,31 @@ class DeferredValue:
         multiprocess_mode: str = "",
         **kwargs: Any,
     ) -> None:
-        self._file = _files(
-            typ, metric_name, name, labelnames, labelvalues, help_text,
-            multiprocess_mode=multiprocess_mode, **kwargs,
-        )  # fmt: skip
-        self._value: float = self._file.get()
-        self._timestamp: float | None = None
-        self._pending = False
-        _made.append(self)
+        # Under the lock, as every use of the files is: a fork then never finds
+        # prometheus-client's own lock held by another thread (see _before_fork).
+        with _pending.lock:
+            self._file = _files(
+                typ, metric_name, name, labelnames, labelvalues, help_text,
+                multiprocess_mode=multiprocess_mode, **kwargs,
+            )  # fmt: skip
+            self._value: float = self._file.get()
+            self._timestamp: float | None = None
+            self._queued = False
+            _made.append(self)
 
     def inc(self, amount: float) -> None:
         with _pending.lock:
             self._value += amount
-            if not self._pending:
-                self._pending = True
+            if not self._queued:
+                self._queued = True
                 _pending.add(self)
 
     def set(self, value: float, timestamp: float | None = None) -> None:
         with _pending.lock:
             self._value = value
             self._timestamp = timestamp
-            if not self._pending:
-                self._pending = True
+            if not self._queued:
+                self._queued = True
                 _pending.add(self)
 
     def set_exemplar(self, exemplar: Any) -> None:
@@ -126,16 +145,30 @@ class DeferredValue:
         """In a forked child: start again from this process's own file."""
         self._value = self._file.get()
         self._timestamp = None
-        self._pending = False
+        self._queued = False
 
 
 def flush() -> None:
-    """Write every value changed since the last write to this process's files now."""
+    """Write every value changed since the last write to this process's files now. If a
+    write fails, the values not written stay queued and the error is raised."""
     with _pending.lock:
-        changed, _pending.changed = _pending.changed, []
-        for value in changed:
-            value._pending = False
-            value._file.set(value._value, value._timestamp)
+        changed = _pending.changed
+        for done, value in enumerate(changed):
+            try:
+                value._file.set(value._value, value._timestamp)
+            except BaseException:
+                _pending.changed = changed[done:]
+                raise
+            value._queued = False
+        _pending.changed = []
+
+
+def _before_fork() -> None:
+    _pending.lock.acquire()  # no write half done in the files a child inherits
+
+
+def _after_fork_in_parent() -> None:
+    _pending.lock.release()
 
 
 def _forked() -> None:
@@ -146,7 +179,9 @@ def _forked() -> None:
         value._restart()
 
 
-os.register_at_fork(after_in_child=_forked)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_forked
+)
 if values.ValueClass is not values.MutexValue:  # the multiprocess mode, chosen from the env
     _files = values.MultiProcessValue(process_identifier=process_id)  # type: ignore[no-untyped-call]
     values.ValueClass = DeferredValue

@@ -14,7 +14,7 @@ from fastapi.openapi.models import OpenAPI
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 
-from putplace import __version__, gctune
+from putplace import __version__, gctune, metric_values
 from putplace.auth import KeyCache
 from putplace.config import MetricsAccess, Settings, load_settings
 from putplace.models import FileMetadata
@@ -89,6 +89,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             sweeper.cancel()
             reporter.cancel()
             await asyncio.gather(sweeper, reporter, return_exceptions=True)
+            # Answered requests counted: uvicorn ends a worker stopped with SIGTERM by the
+            # signal itself once its requests are done, so atexit would not run.
+            metric_values.flush()
 
 
 async def _observe_process_every(seconds: float) -> None:
