@@ -74,7 +74,7 @@ class _Pending:
             self.woken.clear()
             try:
                 flush()
-            except Exception:  # a full disk: what was not written stays queued; retried
+            except Exception:  # what was not written stays queued, and is tried again
                 if not failing:  # logged once per outage, not every quarter second
                     log.warning("metrics: writing this worker's values failed", exc_info=True)
                 failing = True
@@ -161,6 +161,15 @@ def flush() -> None:
                 raise
             value._queued = False
         _pending.changed = []
+
+
+def flush_or_log() -> None:
+    """:func:`flush` for a scrape or a worker's shutdown: a write that raises is logged,
+    not passed on (what was not written stays queued for the writer thread)."""
+    try:
+        flush()
+    except Exception:
+        log.warning("metrics: writing this worker's values failed", exc_info=True)
 
 
 def _before_fork() -> None:

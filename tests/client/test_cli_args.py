@@ -158,3 +158,24 @@ def test_start_up_leaves_the_display_and_pattern_libraries_until_needed() -> Non
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.strip()  # fmt: skip
     assert loaded == "[]"
+
+
+def test_a_summary_nobody_reads_ends_the_run_quietly(tmp_path: Path) -> None:
+    """stdout a pipe whose reader left (``ppclient ... | head -0``): exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a").write_text("a")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "ppclient"), "--dry-run", "--no-cache",
+             "--no-progress", str(tmp_path)],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert done.stderr == ""

@@ -34,6 +34,7 @@ asked = 0
 counted.inc()
 metric_values.flush()
 assert asked == 0, "an increment or its write asked the kernel for the process id"
+counted.inc()  # not written yet: the child must not write it as its own
 child = os.fork()
 if child == 0:
     counted.inc(5)
@@ -56,7 +57,7 @@ def test_a_forked_child_counts_into_its_own_files(tmp_path: Path) -> None:
         check=True, timeout=60,
     )  # fmt: skip
     total, child = done.stdout.split()
-    assert float(total) == 7.0  # the parent's 2 and the child's 5, none lost
+    assert float(total) == 8.0  # the parent's 3 and the child's 5, none lost or doubled
     assert (tmp_path / f"counter_{child}.db").exists()
 
 
@@ -137,3 +138,49 @@ def test_a_worker_that_stops_writes_its_counts_before_it_ends(tmp_path: Path) ->
     multiprocess.MultiProcessCollector(registry, str(metrics))  # type: ignore[no-untyped-call]
     labels = {"route": "/files", "method": "GET", "status": "200"}
     assert registry.get_sample_value("putplace_http_requests_total", labels) == 1.0
+
+
+FAILING_WRITES = """
+import sys, time
+from prometheus_client import CollectorRegistry, Counter, multiprocess
+from putplace import metric_values
+
+counter = Counter("answered", "Requests answered.")
+value = counter._value
+real_set = value._file.set
+failures = 0
+
+
+def set_failing(*args):
+    global failures
+    if failures < 3:
+        failures += 1
+        raise OSError("no room")
+    real_set(*args)
+
+
+value._file.set = set_failing
+counter.inc(2)
+metric_values.flush_or_log()  # a scrape: logged, not raised; the value stays queued
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    if registry.get_sample_value("answered_total") == 2.0:
+        print("written after", failures, "failures")
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit("never written")
+"""
+
+
+def test_a_write_that_fails_is_tried_again_and_logged_once(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_WRITES], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "written after 3 failures"
+    # Once by the scrape's flush, once by the writer thread for its whole outage.
+    assert done.stderr.count("writing this worker's values failed") == 2

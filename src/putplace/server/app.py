@@ -91,7 +91,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(sweeper, reporter, return_exceptions=True)
             # Answered requests counted: uvicorn ends a worker stopped with SIGTERM by the
             # signal itself once its requests are done, so atexit would not run.
-            metric_values.flush()
+            metric_values.flush_or_log()
 
 
 async def _observe_process_every(seconds: float) -> None:

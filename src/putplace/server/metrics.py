@@ -205,7 +205,7 @@ def exposition() -> tuple[bytes, str]:
     """Every metric in the text format, summed over the server's processes."""
     if directory := os.environ.get(MULTIPROCESS_DIR):
         observe_process()
-        metric_values.flush()  # this worker's counts, complete; the others' as last written
+        metric_values.flush_or_log()  # this worker's counts, complete; the others' as last written
         _forget_dead_workers(directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
