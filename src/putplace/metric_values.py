@@ -72,15 +72,12 @@ class _Pending:
             # Cleared before the write takes the values: a change made from here on sets
             # the event again and is written next time, never missed.
             self.woken.clear()
-            try:
-                flush()
-            except Exception:  # what was not written stays queued, and is tried again
-                if not failing:  # logged once per outage, not every quarter second
-                    log.warning("metrics: writing this worker's values failed", exc_info=True)
-                failing = True
+            # Logged once per outage, not every quarter second; what was not written stays
+            # queued, and is tried again.
+            written = flush_or_log(quiet=failing)
+            failing = not written
+            if failing:
                 self.woken.set()
-            else:
-                failing = False
 
 
 _pending = _Pending()
@@ -163,13 +160,17 @@ def flush() -> None:
         _pending.changed = []
 
 
-def flush_or_log() -> None:
-    """:func:`flush` for a scrape or a worker's shutdown: a write that raises is logged,
-    not passed on (what was not written stays queued for the writer thread)."""
+def flush_or_log(*, quiet: bool = False) -> bool:
+    """:func:`flush`, for a scrape, a worker's shutdown or the writer thread: whether it
+    wrote everything. A write that raises is logged (unless *quiet*), not passed on; what
+    was not written stays queued."""
     try:
         flush()
     except Exception:
-        log.warning("metrics: writing this worker's values failed", exc_info=True)
+        if not quiet:
+            log.warning("metrics: writing this worker's values failed", exc_info=True)
+        return False
+    return True
 
 
 def _before_fork() -> None:
