@@ -16,7 +16,9 @@ fresh, the first turning from round to round:
 - PutPlace: ``ppclient`` against ``ppserver``.
 
 Wall-clock seconds and CPU-seconds (server and client together) of each; the medians
-are compared with restic's. Each side reads a warm tree. Not part of ``make bench``.
+are compared with restic's. The client's and the server's CPU-seconds are also shown
+apart, so the distance from the floor can be put on one side or the other (restic's is
+all its own process's). Each side reads a warm tree. Not part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ LABELS = {
     "floor_client_ppserver": "floor client -> ppserver",
     "putplace": "ppclient -> ppserver",
 }
-#: A side's wall-clock and CPU seconds.
-Timing = tuple[float, float]
+#: A side's wall-clock seconds, client CPU-seconds and server CPU-seconds.
+Timing = tuple[float, float, float]
 
 
 def floor_client(url: str, key: str, tree: Path) -> None:
@@ -76,13 +78,14 @@ def floor_server(place: Path) -> AbstractContextManager[Server]:
 
 
 def timed_ingest(server: Server, ingest: Callable[[], object], tree: Path) -> Timing:
-    """Seconds and CPU-seconds (the server's and this process' children's) of *ingest*."""
+    """Seconds, and the client's (this process' children's) and the server's
+    CPU-seconds, of *ingest*."""
     warm(tree)
-    cpu = children_cpu() + server.cpu_seconds()
+    client, served = children_cpu(), server.cpu_seconds()
     started = time.perf_counter()
     ingest()
     seconds = time.perf_counter() - started
-    return seconds, children_cpu() + server.cpu_seconds() - cpu
+    return seconds, children_cpu() - client, server.cpu_seconds() - served
 
 
 def one_side(side: str, place: Path, tree: Path) -> Timing | None:
@@ -93,7 +96,7 @@ def one_side(side: str, place: Path, tree: Path) -> Timing | None:
         repository = Restic(place)
         before = children_cpu()
         seconds = repository.backup(tree)
-        return seconds, children_cpu() - before
+        return seconds, children_cpu() - before, 0.0
     if side == "floor":
         with floor_server(place) as server:
             return timed_ingest(server, lambda: floor_client(server.url, "-", tree), tree)
@@ -130,22 +133,33 @@ def main() -> None:
                     timings[side].append(timing)
     results: dict[str, object] = {"files": count, "rounds": rounds}
     rows = []
-    restic_rate = per_s(count, median([s for s, _ in timings["restic"]]))
-    restic_per_cpu = per_s(count, median([c for _, c in timings["restic"]]))
+    restic_rate = per_s(count, median([s for s, _, _ in timings["restic"]]))
+    restic_per_cpu = per_s(count, median([c + v for _, c, v in timings["restic"]]))
     for side in SIDES:
-        rate = per_s(count, median([s for s, _ in timings[side]]))
-        per_cpu = per_s(count, median([c for _, c in timings[side]]))
+        rate = per_s(count, median([s for s, _, _ in timings[side]]))
+        per_cpu = per_s(count, median([c + v for _, c, v in timings[side]]))
+        client_cpu = median([c for _, c, _ in timings[side]])
+        server_cpu = median([v for _, _, v in timings[side]])
         results[side] = {
             "files_per_s": rate,
             "files_per_cpu_s": per_cpu,
             "ratio_to_restic": ratio(rate, restic_rate),
             "cpu_ratio_to_restic": ratio(per_cpu, restic_per_cpu),
+            "client_cpu_seconds": None if client_cpu is None else round(client_cpu, 2),
+            "server_cpu_seconds": None if server_cpu is None else round(server_cpu, 2),
             "rounds": [
-                {"seconds": round(s, 2), "cpu_seconds": round(c, 2)} for s, c in timings[side]
+                {
+                    "seconds": round(s, 2),
+                    "client_cpu_seconds": round(c, 2),
+                    "server_cpu_seconds": round(v, 2),
+                }
+                for s, c, v in timings[side]
             ],
         }
         rows.append((LABELS[side], show(rate, "files/s")))
         rows.append(("  files per CPU-s", show(per_cpu, "files/CPU-s")))
+        if side != "restic" and client_cpu is not None and server_cpu is not None:
+            rows.append(("  client, server CPU-s", f"{client_cpu:.2f}, {server_cpu:.2f}"))
         if side != "restic":
             rows.append(("  rate / restic's", show_ratio(ratio(rate, restic_rate))))
             rows.append(("  files per CPU-s / restic's",
