@@ -860,10 +860,15 @@ class Run:
             and self._keep.take(size)
         )
 
-    def _drop_data(self, item: _Item) -> None:
-        if item.data is not None:
-            self._keep.give(len(item.data))
-            item.data = None
+    def _drop_data(self, items: Iterable[_Item]) -> None:
+        """Free the kept bytes of *items*: one turn of the budget's lock for them all."""
+        freed = 0
+        for item in items:
+            if item.data is not None:
+                freed += len(item.data)
+                item.data = None
+        if freed:
+            self._keep.give(freed)
 
     # -- registering -------------------------------------------------------------------
     def _pass_on(self, hashing: _Hashing, registrars: ThreadPoolExecutor) -> None:
@@ -893,10 +898,10 @@ class Run:
         try:
             self._register(items, handed_on, scan)
         finally:
-            for item in items:
-                if id(item) not in handed_on:
-                    self._drop_data(item)
-                    self._abandon(item)
+            kept = [item for item in items if id(item) not in handed_on]
+            self._drop_data(kept)
+            for item in kept:
+                self._abandon(item)
 
     def _register(self, items: list[_Item], handed_on: set[int], scan: str | None) -> None:
         """Register *items* (seen by *scan*); queue the content the server lacks (ids
@@ -921,9 +926,8 @@ class Run:
         self.cache.mark_all_sent(
             server, host, ((i.record["filepath"], i.fingerprint) for i in present)
         )
-        for item, answer in accepted:
-            if answer["upload_required"] and self._queue_upload(item):
-                handed_on.add(id(item))
+        needed = [item for item, answer in accepted if answer["upload_required"]]
+        handed_on.update(id(item) for item in self._queue_uploads(needed))
 
     def _still_recorded(self, items: list[_Item], fresh: list[_Item], scan: str | None) -> bool:
         """Name the unchanged files (not sent again) to the scan; False when the server
@@ -982,34 +986,46 @@ class Run:
         return single
 
     # -- uploading ---------------------------------------------------------------------
-    def _queue_upload(self, item: _Item) -> bool:
-        """Send *item*'s content (in a bundle or alone), unless this run already is.
+    def _queue_uploads(self, items: list[_Item]) -> list[_Item]:
+        """Send the content of *items* (in bundles or alone), each content once in this
+        run; the items handed on (their kept bytes now belong to the upload).
 
-        True when the item was handed on (its kept bytes now belong to the upload).
+        A batch at a time: one turn of each lock and one report for the batch, not one
+        per item (each file's share of the registering threads' work).
         """
+        fresh: list[_Item] = []
+        sent: list[_Item] = []
+        waiting = 0
         with self._upload_lock:
-            if item.sha256 in self._uploading:  # same content seen twice in this run
-                self._uploading[item.sha256].append(item)
-                self.summary.add(already_on_server=1)
-                return False
-            sent = item.sha256 in self._sent  # uploaded since the server answered
-            if not sent:
-                self._uploading[item.sha256] = []
+            for item in items:
+                if item.sha256 in self._uploading:  # same content seen twice in this run
+                    self._uploading[item.sha256].append(item)
+                    waiting += 1
+                elif item.sha256 in self._sent:  # uploaded since the server answered
+                    sent.append(item)
+                else:
+                    self._uploading[item.sha256] = []
+                    fresh.append(item)
+        if waiting or sent:
+            self.summary.add(already_on_server=waiting + len(sent))
         if sent:
             assert self.api is not None
-            self.summary.add(already_on_server=1)
-            self.cache.mark_sent(
-                self.api.cache_key, self.options.hostname, item.record["filepath"], item.fingerprint
+            self.cache.mark_all_sent(
+                self.api.cache_key,
+                self.options.hostname,
+                ((item.record["filepath"], item.fingerprint) for item in sent),
             )
-            return False
-        if not item.queued:
-            self.reporter.upload_queued(item.size)
-        if item.sent is None and self._bundles_it(item):
-            self._add_to_bundle(item)
-        else:
-            self._drop_data(item)  # streamed from disk
+        if unreported := sum(item.size for item in fresh if not item.queued):
+            self.reporter.upload_queued(unreported)
+        bundled: list[_Item] = []
+        alone: list[_Item] = []
+        for item in fresh:
+            (bundled if item.sent is None and self._bundles_it(item) else alone).append(item)
+        self._drop_data(alone)  # streamed from disk
+        self._add_to_bundles(bundled)
+        for item in alone:
             self._submit(self._upload_alone, item)
-        return True
+        return fresh
 
     def _bundles_it(self, item: _Item) -> bool:
         return (
@@ -1028,17 +1044,22 @@ class Run:
             self._uploading_now.leave()
             raise
 
-    def _add_to_bundle(self, item: _Item) -> None:
+    def _add_to_bundles(self, items: list[_Item]) -> None:
+        """Put *items* into bundles; send each bundle that is full."""
         ready: list[list[_Item]] = []
         with self._bundle_lock:
-            if self._bundle and self._bundle_size + item.size > self._bundle_bytes:
-                ready.append(self._bundle)
-                self._bundle, self._bundle_size = [], 0
-            self._bundle.append(item)
-            self._bundle_size += item.size
-            if len(self._bundle) >= self._bundle_files or self._bundle_size >= self._bundle_bytes:
-                ready.append(self._bundle)
-                self._bundle, self._bundle_size = [], 0
+            for item in items:
+                if self._bundle and self._bundle_size + item.size > self._bundle_bytes:
+                    ready.append(self._bundle)
+                    self._bundle, self._bundle_size = [], 0
+                self._bundle.append(item)
+                self._bundle_size += item.size
+                if (
+                    len(self._bundle) >= self._bundle_files
+                    or self._bundle_size >= self._bundle_bytes
+                ):
+                    ready.append(self._bundle)
+                    self._bundle, self._bundle_size = [], 0
         for bundle in ready:
             self._submit(self._send_bundle, bundle)
 
@@ -1059,8 +1080,7 @@ class Run:
             if members:
                 self._deliver(members)
         finally:
-            for item in items:
-                self._drop_data(item)
+            self._drop_data(items)
 
     def _bytes_of(self, item: _Item) -> bytes | None:
         """The content of a small item: kept from hashing, or read now (None: reported)."""
