@@ -220,6 +220,31 @@ def test_files_above_the_threshold_are_sent_alone(tmp_path: Path) -> None:
     assert {u.via for u in server.uploads} == {"blobs"}
 
 
+def test_every_byte_kept_for_a_bundle_is_released_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes read while hashing are kept against a budget until their bundle is sent, or
+    freed at once for a copy of content already going up and for a file sent alone. A
+    leak would leave later files to be read twice; a double release would let the client
+    keep more than its budget."""
+    budgets: list[pipeline._Budget] = []
+
+    class Recorded(pipeline._Budget):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            budgets.append(self)
+
+    monkeypatch.setattr(pipeline, "_Budget", Recorded)
+    files = small_tree(tmp_path, 120, duplicates=30)  # copies in the same batches
+    (tmp_path / "alone").write_bytes(os.urandom(MiB // 2))  # over the threshold below
+    with fake_server() as server:
+        args = ("--bundle-files", "16", "--bundle-threshold", "256K", "--batch-size", "40")
+        assert ppclient(server.url, str(tmp_path), *args) == 0
+        assert all_stored(server, {**files, tmp_path / "alone": (tmp_path / "alone").read_bytes()})
+    assert {u.via for u in server.uploads} == {"bundles", "blobs"}
+    assert [budget._left for budget in budgets] == [pipeline.KEEP_BUDGET]
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_bundle_with_a_refused_key_stops_the_run(
     tmp_path: Path, status: int, capsys: pytest.CaptureFixture[str]

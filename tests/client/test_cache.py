@@ -58,7 +58,7 @@ def test_the_cache_says_whether_it_holds_anything_of_a_host_on_a_server(tmp_path
     cache.remember_listings("srv", "host", [("/data", "signature")])
     assert cache.holds_hashes()
     assert cache.holds_records("srv", "host")
-    cache.mark_sent("srv", "other-host", "/data/f", "fp")
+    cache.mark_all_sent("srv", "other-host", [("/data/f", "fp")])
     assert cache.holds_records("srv", "other-host")
     assert not cache.holds_records("other-server", "host")
     cache.close()

@@ -217,9 +217,6 @@ class ClientCache:
                 [(server, hostname, d) for d in directories],
             )
 
-    def mark_sent(self, server: str, hostname: str, path: str, fingerprint: str) -> None:
-        self.mark_all_sent(server, hostname, [(path, fingerprint)])
-
     def mark_all_sent(self, server: str, hostname: str, sent: Iterable[tuple[str, str]]) -> None:
         """Remember each ``(path, fingerprint)`` as registered with its content present."""
         self._replace("sent", [(server, hostname, path, fp) for path, fp in sent])

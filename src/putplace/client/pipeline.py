@@ -923,11 +923,9 @@ class Run:
         accepted = [(i, a) for i, a in zip(items, answers, strict=True) if a is not None]
         present = [i for i, a in accepted if not a["upload_required"]]
         self.summary.add(metadata_sent=len(accepted), already_on_server=len(present))
-        self.cache.mark_all_sent(
-            server, host, ((i.record["filepath"], i.fingerprint) for i in present)
-        )
+        self._mark_sent(present)
         needed = [item for item, answer in accepted if answer["upload_required"]]
-        handed_on.update(id(item) for item in self._queue_uploads(needed))
+        self._queue_uploads(needed, handed_on)
 
     def _still_recorded(self, items: list[_Item], fresh: list[_Item], scan: str | None) -> bool:
         """Name the unchanged files (not sent again) to the scan; False when the server
@@ -986,12 +984,14 @@ class Run:
         return single
 
     # -- uploading ---------------------------------------------------------------------
-    def _queue_uploads(self, items: list[_Item]) -> list[_Item]:
+    def _queue_uploads(self, items: list[_Item], handed_on: set[int]) -> None:
         """Send the content of *items* (in bundles or alone), each content once in this
-        run; the items handed on (their kept bytes now belong to the upload).
+        run; the ids of the items handed on (their kept bytes now belong to the upload)
+        go into *handed_on* as each is, so a failure part-way frees only the others.
 
         A batch at a time: one turn of each lock and one report for the batch, not one
-        per item (each file's share of the registering threads' work).
+        per item (each file's share of the registering threads' work). A batch's
+        bundles are sent before its files that go alone.
         """
         fresh: list[_Item] = []
         sent: list[_Item] = []
@@ -1008,13 +1008,7 @@ class Run:
                     fresh.append(item)
         if waiting or sent:
             self.summary.add(already_on_server=waiting + len(sent))
-        if sent:
-            assert self.api is not None
-            self.cache.mark_all_sent(
-                self.api.cache_key,
-                self.options.hostname,
-                ((item.record["filepath"], item.fingerprint) for item in sent),
-            )
+        self._mark_sent(sent)
         if unreported := sum(item.size for item in fresh if not item.queued):
             self.reporter.upload_queued(unreported)
         bundled: list[_Item] = []
@@ -1022,10 +1016,10 @@ class Run:
         for item in fresh:
             (bundled if item.sent is None and self._bundles_it(item) else alone).append(item)
         self._drop_data(alone)  # streamed from disk
-        self._add_to_bundles(bundled)
+        self._add_to_bundles(bundled, handed_on)
         for item in alone:
             self._submit(self._upload_alone, item)
-        return fresh
+            handed_on.add(id(item))
 
     def _bundles_it(self, item: _Item) -> bool:
         return (
@@ -1044,8 +1038,9 @@ class Run:
             self._uploading_now.leave()
             raise
 
-    def _add_to_bundles(self, items: list[_Item]) -> None:
-        """Put *items* into bundles; send each bundle that is full."""
+    def _add_to_bundles(self, items: list[_Item], handed_on: set[int]) -> None:
+        """Put *items* into bundles (handed on: their bundle sends or frees their bytes);
+        send each bundle that is full."""
         ready: list[list[_Item]] = []
         with self._bundle_lock:
             for item in items:
@@ -1060,6 +1055,7 @@ class Run:
                 ):
                     ready.append(self._bundle)
                     self._bundle, self._bundle_size = [], 0
+        handed_on.update(id(item) for item in items)
         for bundle in ready:
             self._submit(self._send_bundle, bundle)
 
@@ -1222,10 +1218,17 @@ class Run:
                 self._sent[item.sha256] = None
             while len(self._sent) > RECENTLY_SENT:
                 self._sent.popitem(last=False)
+        self._mark_sent(done)
+
+    def _mark_sent(self, items: list[_Item]) -> None:
+        """Remember in the cache that *items* are registered with their content present."""
+        if not items:
+            return
+        assert self.api is not None
         self.cache.mark_all_sent(
             self.api.cache_key,
             self.options.hostname,
-            ((d.record["filepath"], d.fingerprint) for d in done),
+            ((item.record["filepath"], item.fingerprint) for item in items),
         )
 
     def _upload_failed(self, item: _Item, detail: str) -> None:
