@@ -18,7 +18,8 @@ fresh, the first turning from round to round:
 Wall-clock seconds and CPU-seconds (server and client together) of each; the medians
 are compared with restic's. The client's and the server's CPU-seconds are also shown
 apart, so the distance from the floor can be put on one side or the other (restic's is
-all its own process's). Each side reads a warm tree. Not part of ``make bench``.
+all its own process's); each is the median of its own rounds, so the two need not add
+up to the median total. Each side reads a warm tree. Not part of ``make bench``.
 """
 
 from __future__ import annotations
