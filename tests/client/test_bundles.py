@@ -224,9 +224,9 @@ def test_every_byte_kept_for_a_bundle_is_released_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bytes read while hashing are kept against a budget until their bundle is sent, or
-    freed at once for a copy of content already going up and for a file sent alone. A
-    leak would leave later files to be read twice; a double release would let the client
-    keep more than its budget."""
+    freed at once for a copy of content already going up (a file over the threshold is
+    not kept at all). A leak would leave later files to be read twice; a double release
+    would let the client keep more than its budget."""
     budgets: list[pipeline._Budget] = []
 
     class Recorded(pipeline._Budget):
