@@ -184,19 +184,6 @@ _DROP_WHOLE_HASH_INDEXES = (
     "DROP INDEX IF EXISTS files_sha256",
     "DROP INDEX IF EXISTS history_sha256",
 )
-#: The least size of a file in the size index. What sorting and filtering by size are for
-#: is the large files ("the largest first", "over 100 MB"); a first ingest is mostly small
-#: files, each of which put an entry at a random place of a full size index: every page of
-#: that index was written again at every commit. Measured on a first ingest of 100,000
-#: files of 1-8 KiB against a full index (4 alternated pairs of whole runs): the writer's
-#: CPU 1.77-1.81 against 1.87-1.94 s, the server's 5.04-5.08 against 5.13-5.28. Searches
-#: that reach below it (by size ascending, or past the last large file) read the small
-#: files in one pass each.
-SIZE_INDEX_FROM = 65536
-#: Written as literals: SQLite uses a partial index for a query only when the query's
-#: WHERE holds the index's own condition, term for term.
-_LARGE = f"file_size >= {SIZE_INDEX_FROM}"
-_SMALL = f"file_size < {SIZE_INDEX_FROM}"
 #: Schema changes in order; ``PRAGMA user_version`` counts those applied. Each runs in
 #: one transaction, so a database is never half-migrated, and new databases take the
 #: same path as old ones.
@@ -403,10 +390,6 @@ MIGRATIONS: list[list[str]] = [
         *_DROP_WHOLE_HASH_INDEXES,
         f"CREATE INDEX files_sha256_key ON files ({_SHA_KEY})",
         f"CREATE INDEX history_sha256_key ON file_history ({_SHA_KEY})",
-    ],
-    [  # 10: only files of SIZE_INDEX_FROM bytes or more in the size index (see there)
-        "DROP INDEX files_size",
-        f"CREATE INDEX files_size_large ON files (file_size) WHERE {_LARGE}",
     ],
 ]
 
@@ -995,21 +978,15 @@ _SORT_COLUMNS = {
 }  # fmt: skip
 
 
-def _search_sql(
-    query: FileQuery, after: Cursor | None, band: str | None = None
-) -> tuple[str, list[Any]]:
+def _search_sql(query: FileQuery, after: Cursor | None, limit: int) -> tuple[str, list[Any]]:
     """One SELECT per source (history only "as of" a time), each using the indexes its
-    filters allow, merged by SQLite in the query's order; of the files in *band* (a
-    condition on their size, see :func:`_size_bands`) if given. Its last parameter, the
-    limit, is the caller's to add."""
+    filters allow, merged by SQLite in the query's order."""
     sources = [CURRENT, HISTORY] if query.as_of is not None else [CURRENT]
     field = SORT_FIELDS[query.sort]
     parts: list[str] = []
     params: list[Any] = []
     for source in sources:
         clauses, args = _filters(query, source)
-        if band is not None:
-            clauses.append(band)
         if after is not None:
             clause, extra = _after(query, after, source, field)
             clauses.append(clause)
@@ -1021,25 +998,7 @@ def _search_sql(
     order = [f"{field}{direction}"] if field else []
     order += [f"source{direction}", f"row_id{direction}"]
     sql = " UNION ALL ".join(parts) if len(parts) > 1 else parts[0]
-    return f"{sql} ORDER BY {', '.join(order)} LIMIT ?", params
-
-
-def _size_bands(query: FileQuery, after: Cursor | None) -> list[str | None]:
-    """The parts of a search to run in turn, until a page is full: for a search by size,
-    the files in the size index and those below it (:data:`SIZE_INDEX_FROM`), in the
-    query's order, without those its filters or cursor have passed; else the whole."""
-    if SORT_FIELDS[query.sort] != "file_size":
-        return [None]
-    large = query.max_size is None or query.max_size >= SIZE_INDEX_FROM
-    small = query.min_size is None or query.min_size < SIZE_INDEX_FROM
-    value = None if after is None else after.value
-    if type(value) is int:  # a cursor's value is what a client sent back: maybe anything
-        if query.descending:
-            large = large and value >= SIZE_INDEX_FROM
-        else:
-            small = small and value < SIZE_INDEX_FROM
-    bands: list[str | None] = [b for b, wanted in ((_SMALL, small), (_LARGE, large)) if wanted]
-    return bands[::-1] if query.descending else bands
+    return f"{sql} ORDER BY {', '.join(order)} LIMIT ?", [*params, limit]
 
 
 def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
@@ -1071,8 +1030,6 @@ def _filters(query: FileQuery, source: int) -> tuple[list[str], list[Any]]:
     if query.sha256 is not None:
         content, hashes = _same_content([query.sha256])
         add(content, *hashes)
-    if query.min_size is not None and query.min_size >= SIZE_INDEX_FROM:
-        add(_LARGE)  # implied: and it lets SQLite use the size index
     for clause, value in (
         ("file_size >= ?", query.min_size),
         ("file_size <= ?", query.max_size),
@@ -1360,20 +1317,17 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def search_files(self, query: FileQuery, after: Cursor | None, limit: int) -> list[Found]:
         check_limit(limit)
-        statements = [_search_sql(query, after, band) for band in _size_bands(query, after)]
+        sql, params = _search_sql(query, after, limit)
         field = SORT_FIELDS[query.sort]
 
         def run(conn: sqlite3.Connection) -> list[Found]:
             found: list[Found] = []
-            for sql, params in statements:
-                for row in conn.execute(sql, [*params, limit - len(found)]):
-                    data = dict(row)
-                    source, row_id = data.pop("source"), str(data.pop("row_id"))
-                    record = _file_from_row(data)
-                    value = None if field is None else data[field]
-                    found.append(Found(record, Cursor(value, source, row_id)))
-                if len(found) == limit:
-                    break
+            for row in conn.execute(sql, params):
+                data = dict(row)
+                source, row_id = data.pop("source"), str(data.pop("row_id"))
+                record = _file_from_row(data)
+                value = None if field is None else data[field]
+                found.append(Found(record, Cursor(value, source, row_id)))
             return found
 
         return await self._read(run)
