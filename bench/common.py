@@ -84,6 +84,18 @@ class Server:
             total += times.user + times.system
         return total
 
+    def written_bytes(self) -> int:
+        """Bytes the server and its live workers have written so far (``write_chars``:
+        to files and sockets alike, whether or not they reached the disk yet)."""
+        proc = psutil.Process(self.process.pid)
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.io_counters().write_chars
+            except psutil.Error:
+                continue
+        return total
+
 
 @contextmanager
 def serve(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Server]:

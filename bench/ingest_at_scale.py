@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.common import create_key, ppserver, record, run_client, server_env, table
 from bench.small_files import make_tree
 from putplace.metadata.sqlite import SQLiteMetadataStore
@@ -78,13 +76,13 @@ def ingest(tree: Path, count: int, database: Path | None) -> dict[str, float]:
         env = server_env(work)
         key = create_key(work, env)
         with ppserver(work, env) as server:
-            process = psutil.Process(server.process.pid)
-            cpu, written = server.cpu_seconds(), process.io_counters().write_chars
+            # The workers' (the server's own process only starts them).
+            cpu, written = server.cpu_seconds(), server.written_bytes()
             seconds, _, _ = run_client(
                 server.url, key, "--cache-file", str(work / "cache.sqlite3"), str(tree)
             )
             cpu = server.cpu_seconds() - cpu
-            written = process.io_counters().write_chars - written
+            written = server.written_bytes() - written
     return {
         "files_per_s": round(count / seconds, 1),
         "server_cpu_s": round(cpu, 2),
