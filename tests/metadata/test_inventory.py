@@ -24,6 +24,7 @@ async def search(store: MetadataStore, page: int = 1000, **filters: Any) -> list
     cursor: Cursor | None = None
     for _ in range(100):  # every test stores far fewer records: a cursor that repeats
         batch = await store.search_files(query, cursor, page)
+        assert len(batch) <= page
         found += [f.record for f in batch]
         if len(batch) < page:
             return found
