@@ -146,18 +146,26 @@ class DeferredValue:
 
 
 def flush() -> None:
-    """Write every value changed since the last write to this process's files now. If a
-    write fails, the values not written stay queued and the error is raised."""
+    """Write every value changed since the last write to this process's files now. A value
+    whose write fails stays queued, to be tried again, and the first such error is raised
+    once every other value is written: one value that cannot be written (its file damaged,
+    say) does not hold the others back."""
+    failure: Exception | None = None
     with _pending.lock:
-        changed = _pending.changed
+        changed, _pending.changed = _pending.changed, []
         for done, value in enumerate(changed):
             try:
                 value._file.set(value._value, value._timestamp)
-            except BaseException:
-                _pending.changed = changed[done:]
+            except Exception as exc:
+                _pending.changed.append(value)
+                failure = failure or exc
+                continue
+            except BaseException:  # interrupted: what is not written yet stays queued
+                _pending.changed.extend(changed[done:])
                 raise
             value._queued = False
-        _pending.changed = []
+    if failure is not None:
+        raise failure
 
 
 def flush_or_log(*, quiet: bool = False) -> bool:

@@ -184,3 +184,35 @@ def test_a_write_that_fails_is_tried_again_and_logged_once(tmp_path: Path) -> No
     assert done.stdout.strip() == "written after 3 failures"
     # Once by the scrape's flush, once by the writer thread for its whole outage.
     assert done.stderr.count("writing this worker's values failed") == 2
+
+
+ONE_VALUE_NEVER_WRITTEN = """
+from prometheus_client import CollectorRegistry, Counter, multiprocess
+from putplace import metric_values
+
+broken = Counter("broken", "A value whose file cannot be written.")
+answered = Counter("answered", "Requests answered.")
+
+
+def never(*args):
+    raise OSError("damaged")
+
+
+broken._value._file.set = never
+broken.inc()  # queued first: before the fix, every value after it waited on it
+answered.inc(3)
+written = metric_values.flush_or_log()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print(written, registry.get_sample_value("answered_total"))
+"""
+
+
+def test_a_value_that_cannot_be_written_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_VALUE_NEVER_WRITTEN], env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "3.0"]  # not all written, but "answered" was
