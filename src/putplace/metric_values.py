@@ -153,17 +153,22 @@ def flush() -> None:
     failure: Exception | None = None
     with _pending.lock:
         changed, _pending.changed = _pending.changed, []
-        for done, value in enumerate(changed):
-            try:
-                value._file.set(value._value, value._timestamp)
-            except Exception as exc:
-                _pending.changed.append(value)
-                failure = failure or exc
-                continue
-            except BaseException:  # interrupted: what is not written yet stays queued
-                _pending.changed.extend(changed[done:])
-                raise
-            value._queued = False
+        handled = 0
+        try:
+            for value in changed:
+                try:
+                    value._file.set(value._value, value._timestamp)
+                except Exception as exc:
+                    _pending.changed.append(value)
+                    failure = failure or exc
+                else:
+                    value._queued = False
+                handled += 1
+        finally:
+            # Interrupted (KeyboardInterrupt, SystemExit) anywhere in the loop: what was
+            # not handled yet goes back in the queue. A value may then be queued twice,
+            # and written twice, which is harmless; none is left out.
+            _pending.changed.extend(changed[handled:])
     if failure is not None:
         raise failure
 
