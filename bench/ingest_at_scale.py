@@ -76,7 +76,7 @@ def ingest(tree: Path, count: int, database: Path | None) -> dict[str, float]:
         env = server_env(work)
         key = create_key(work, env)
         with ppserver(work, env) as server:
-            # The workers' (the server's own process only starts them).
+            # The server's process and its workers' (the workers do the writing).
             cpu, written = server.cpu_seconds(), server.written_bytes()
             seconds, _, _ = run_client(
                 server.url, key, "--cache-file", str(work / "cache.sqlite3"), str(tree)
