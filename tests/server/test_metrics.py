@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from putplace.blobs.base import BlobNotFoundError
@@ -31,7 +30,7 @@ from putplace.service.errors import TooLargeError
 from putplace.service.stores import Stores
 from tests.conftest import Keys, make_settings, seed_keys
 from tests.support.payloads import metadata
-from tests.support.processes import ppserver_process, run_ppserver
+from tests.support.processes import ppserver_process, run_ppserver, worker_processes
 from tests.support.servers import running_server
 
 SAMPLE = re.compile(r"^([a-z_]+)(\{.*\})? (\S+)$", re.MULTILINE)
@@ -128,18 +127,6 @@ def test_workers_are_summed(request: pytest.FixtureRequest, tmp_path: Path) -> N
         assert seen["process_resident_memory_bytes"] == pytest.approx(resident, rel=0.25)
         assert seen["process_cpu_seconds_total"] > 0
         assert seen["process_open_fds"] > 2 * 5
-
-
-def worker_processes(url: str) -> list[psutil.Process]:
-    """The uvicorn workers of the ``ppserver serve`` listening at *url*."""
-    port = url.rpartition(":")[2]
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "serve" in cmdline and port in cmdline:
-            return [
-                child for child in process.children() if "spawn_main" in " ".join(child.cmdline())
-            ]
-    raise AssertionError(f"no ppserver on port {port}")
 
 
 def content_workload(client: httpx.Client, content: bytes, directory: str) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 from putplace.config import Settings
 from tests.support.servers import free_port
@@ -98,3 +99,15 @@ def wait_until_healthy(
             pass
         time.sleep(0.1)
     raise TimeoutError(f"ppserver at {url} not healthy after {timeout} s")
+
+
+def worker_processes(url: str) -> list[psutil.Process]:
+    """The uvicorn workers of the ``ppserver serve`` listening at *url*."""
+    port = url.rpartition(":")[2]
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "serve" in cmdline and port in cmdline:
+            return [
+                child for child in process.children() if "spawn_main" in " ".join(child.cmdline())
+            ]
+    raise AssertionError(f"no ppserver on port {port}")

@@ -26,6 +26,7 @@ from putplace.server.metrics import MetricsMiddleware, observe_certificate, obse
 from putplace.server.routes import content, files, inventory, keys, metrics, root, scans, tus
 from putplace.server.state import AppState
 from putplace.server.store_metrics import measured
+from putplace.server.supervisor import stop_when_orphaned, supervisor_pid
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
 from putplace.service.resumable import reclaim_expired
@@ -73,6 +74,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _reclaim_uploads(stores)
         sweeper = asyncio.create_task(_reclaim_uploads_every(stores, UPLOAD_SWEEP_SECONDS))
         reporter = asyncio.create_task(_observe_process_every(PROCESS_REPORT_SECONDS))
+        tasks = [sweeper, reporter]
+        if (parent := supervisor_pid()) is not None:
+            tasks.append(asyncio.create_task(stop_when_orphaned(parent)))
         key_cache = KeyCache(settings.key_cache_seconds)
         # Keys revoked, rotated or deleted through any instance leave this one's cache.
         stores.coordination.listen(key_cache.forget)
@@ -86,9 +90,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            sweeper.cancel()
-            reporter.cancel()
-            await asyncio.gather(sweeper, reporter, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             # Answered requests counted: uvicorn ends a worker stopped with SIGTERM by the
             # signal itself once its requests are done, so atexit would not run.
             metric_values.flush_or_log()

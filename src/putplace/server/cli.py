@@ -20,6 +20,7 @@ from putplace.coordination import create_coordinator
 from putplace.coordination.host import SHARED_FILE_ENV
 from putplace.metadata import StoreUnavailableError, create_metadata_store
 from putplace.server import keys_cli
+from putplace.server.supervisor import SUPERVISOR_ENV
 from putplace.service.maintenance import GC_MIN_AGE_SECONDS
 from putplace.service.stores import open_metadata, open_stores
 
@@ -107,6 +108,10 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     for name, value in overrides.items():
         os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
     made: list[str] = []  # temporary directories of this run, removed when it ends
+    if settings.workers > 1:  # its workers stop if this process is killed
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    else:  # one process: none to watch (a value inherited from elsewhere is not ours)
+        os.environ.pop(SUPERVISOR_ENV, None)
     if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker writes its metrics here; /metrics sums them (set before they start).
         made.append(tempfile.mkdtemp(prefix="putplace-metrics-"))

@@ -1,0 +1,45 @@
+"""``ppserver serve --workers N`` killed with SIGKILL (the OOM killer, a hard stop) takes
+its workers with it: they stop within seconds and the port is free for the next start.
+A server of one process never stops because of who started it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from putplace.server.supervisor import CHECK_SECONDS, SUPERVISOR_ENV
+from tests.conftest import make_settings
+from tests.support.processes import ppserver_process, worker_processes
+
+
+def test_workers_stop_when_their_supervisor_is_killed(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = make_settings(request, "sqlite-local", tmp_path)
+    with ppserver_process(settings, tmp_path, "--workers", "2") as url:
+        workers = worker_processes(url)
+        assert len(workers) == 2
+        supervisor = workers[0].parent()
+        assert supervisor is not None
+        supervisor.kill()  # SIGKILL: it cannot stop them itself
+        _, alive = psutil.wait_procs(workers, timeout=10 * CHECK_SECONDS + 10)
+        for worker in alive:  # not left running by a failing test
+            worker.kill()
+        assert not alive, [w.pid for w in alive]
+        with pytest.raises(httpx.ConnectError):  # nobody holds the port any more
+            httpx.get(f"{url}/health", timeout=5)
+
+
+def test_a_single_process_server_ignores_a_supervisor_it_does_not_have(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value inherited from elsewhere (an exported variable) names no parent of it."""
+    monkeypatch.setenv(SUPERVISOR_ENV, "1")
+    settings = make_settings(request, "sqlite-local", tmp_path)
+    with ppserver_process(settings, tmp_path, "--workers", "1") as url:
+        time.sleep(3 * CHECK_SECONDS)  # a supervised worker would have stopped by now
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
