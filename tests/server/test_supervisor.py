@@ -16,9 +16,22 @@ from tests.conftest import make_settings
 from tests.support.processes import ppserver_process, worker_processes
 
 
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of *processes* still running (an exited one nobody reaped is a zombie)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def test_workers_stop_when_their_supervisor_is_killed(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a killed run leaves, left here
     settings = make_settings(request, "sqlite-local", tmp_path)
     with ppserver_process(settings, tmp_path, "--workers", "2") as url:
         workers = worker_processes(url)
@@ -26,7 +39,9 @@ def test_workers_stop_when_their_supervisor_is_killed(
         supervisor = workers[0].parent()
         assert supervisor is not None
         supervisor.kill()  # SIGKILL: it cannot stop them itself
-        _, alive = psutil.wait_procs(workers, timeout=10 * CHECK_SECONDS + 10)
+        deadline = time.monotonic() + 10 * CHECK_SECONDS + 10
+        while (alive := running(workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for worker in alive:  # not left running by a failing test
             worker.kill()
         assert not alive, [w.pid for w in alive]
@@ -38,7 +53,7 @@ def test_a_single_process_server_ignores_a_supervisor_it_does_not_have(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A value inherited from elsewhere (an exported variable) names no parent of it."""
-    monkeypatch.setenv(SUPERVISOR_ENV, "1")
+    monkeypatch.setenv(SUPERVISOR_ENV, str(2**22 + 1))  # above any process id Linux gives
     settings = make_settings(request, "sqlite-local", tmp_path)
     with ppserver_process(settings, tmp_path, "--workers", "1") as url:
         time.sleep(3 * CHECK_SECONDS)  # a supervised worker would have stopped by now

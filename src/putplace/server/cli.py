@@ -110,8 +110,6 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     made: list[str] = []  # temporary directories of this run, removed when it ends
     if settings.workers > 1:  # its workers stop if this process is killed
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
-    else:  # one process: none to watch (a value inherited from elsewhere is not ours)
-        os.environ.pop(SUPERVISOR_ENV, None)
     if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker writes its metrics here; /metrics sums them (set before they start).
         made.append(tempfile.mkdtemp(prefix="putplace-metrics-"))

@@ -7,13 +7,15 @@ the run's temporary directories stayed in use. ``ppserver serve`` names itself t
 workers (:data:`SUPERVISOR_ENV`); each worker checks every :data:`CHECK_SECONDS` that
 its parent is still that process and, once it is not, stops as on SIGTERM (the requests
 in flight are answered first). A server of one process has no supervisor and never
-checks: its parent (a shell, a service manager) may come and go.
+checks: its parent (a shell, a service manager) may come and go. A run killed so still
+leaves its temporary directories behind (its own cleanup never runs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 
@@ -26,11 +28,15 @@ CHECK_SECONDS = 1.0
 
 
 def supervisor_pid() -> int | None:
-    """The process id of this worker's supervisor; None outside a supervised worker."""
+    """The process id of this worker's supervisor; None outside a supervised worker: the
+    variable must name the process that started this one as a multiprocessing child (an
+    app made in a process of its own with the variable inherited is no worker)."""
     try:
-        return int(os.environ[SUPERVISOR_ENV])
+        named = int(os.environ[SUPERVISOR_ENV])
     except (KeyError, ValueError):
         return None
+    parent = multiprocessing.parent_process()
+    return named if parent is not None and parent.pid == named else None
 
 
 async def stop_when_orphaned(supervisor: int, seconds: float = CHECK_SECONDS) -> None:
