@@ -97,25 +97,17 @@ def restore(url: str, key: str, *args: str) -> int:
 
 
 def downloads(caplog: pytest.LogCaptureFixture, status: int | None = None) -> list[str]:
-    """Paths of the ``GET /download/...`` requests the server answered (with *status*)."""
-    found = []
-    for record in caplog.records:
-        line = record.getMessage()
-        wanted = status is None or f'" {status} ' in line
-        if record.name == "putplace.access" and '"GET /download/' in line and wanted:
-            found.append(line.split('"GET ', 1)[1].split(" ", 1)[0])
-    return found
-
-
-def fetched(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Paths of the ``GET /download/...`` requests the client made, as httpx logs each
-    answer it gets: all of them before the run returns. (The server's access line of a
-    request may come a moment after the client has its answer, from the server's thread:
-    a first run's last lines could then land among a second run's.)"""
+    """Paths of the ``GET /download/...`` requests the client made (answered with
+    *status*), as httpx logs each answer it gets: all of them before the run returns.
+    (The server's access line of a request may come a moment after the client has its
+    answer, from the server's thread: a run's last lines could land after it returned,
+    among the next run's, or be missed.)"""
     found = []
     for record in caplog.records:
         words = record.getMessage().split()
-        if record.name == "httpx" and words[2:3] == ["GET"] and "/download/" in words[3]:
+        if record.name != "httpx" or words[2:3] != ["GET"] or "/download/" not in words[3]:
+            continue
+        if status is None or words[5:6] == [str(status)]:  # ... "HTTP/1.1 206 Partial..."
             found.append(urllib.parse.urlsplit(words[3]).path)
     return found
 
@@ -171,7 +163,7 @@ def test_a_second_run_skips_what_is_there_and_repairs_the_rest(
         assert restore(server_url, keys.read, *args) == 0
         summary = counts(capsys.readouterr().out)
         assert any("GET" in r.getMessage() for r in caplog.records)  # the requests are seen
-        assert fetched(caplog) == []  # nothing fetched again
+        assert downloads(caplog) == []  # nothing fetched again
     assert summary["Files restored"] == 0
     assert summary["Skipped (already matching)"] == len(source.files) + len(source.links)
 
@@ -340,7 +332,7 @@ def test_partial_files_of_an_interrupted_run_are_resumed_or_replaced(
     (out / "a" / "b" / "c").mkdir(parents=True)
     (out / "a" / "b" / "c" / temp_name("deep.bin")).write_bytes(deep[:100_000])
     (out / temp_name("top.txt")).write_bytes(b"not the start of top.txt at all")
-    with caplog.at_level(logging.INFO, logger="putplace.access"):
+    with caplog.at_level(logging.INFO, logger="httpx"):
         assert restore(server_url, keys.read, "--hostname", "src", str(source.root),
                        "--to", str(out)) == 0  # fmt: skip
     assert_restored(source, out)
