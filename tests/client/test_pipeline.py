@@ -200,6 +200,36 @@ def test_a_stalled_server_does_not_let_the_walk_run_ahead(
     assert walked.value == 400
 
 
+def test_the_first_batch_reaches_the_server_while_the_walk_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are hashed as they are walked, so their batch is registered at once:
+    the server starts on it while the client still walks (it used to wait until the
+    walk had filled the hashing look-ahead, three batches on)."""
+    make_files(tmp_path, 40)
+    registering = threading.Event()
+    seen_while_walking: list[bool] = []
+    real_start, real_put_files = pipeline.Run._start_hashing, ApiClient.put_files
+    started = Counter()
+
+    def slow_third(self: pipeline.Run, root: str, batch: list[FileEntry], *rest: Any) -> Any:
+        started.add()
+        if started.value == 3:  # the walk stays on its third batch until the first is sent
+            seen_while_walking.append(registering.wait(WAIT / 2))
+        return real_start(self, root, batch, *rest)
+
+    def noticed(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
+        registering.set()
+        return real_put_files(self, records, scan)
+
+    monkeypatch.setattr(pipeline.Run, "_start_hashing", slow_third)
+    monkeypatch.setattr(ApiClient, "put_files", noticed)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "10") == 0
+        assert len(server.files("h1")) == 40
+    assert seen_while_walking == [True]
+
+
 def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path) -> None:
     make_files(tmp_path, 23)
     with fake_server(settings={"max_batch_records": 4}) as server:

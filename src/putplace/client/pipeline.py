@@ -295,6 +295,11 @@ class _Hashing:
     root: str
 
 
+def _hashed(hashing: _Hashing) -> bool:
+    """Whether every file of *hashing*'s batch is hashed already."""
+    return all(future.done() for future in hashing.futures)
+
+
 @dataclass
 class _Unchanged:
     """Directories of one root found as they were when all their files were last known
@@ -391,15 +396,20 @@ class Run:
             self._uploaders, self._hashers, self._senders = uploaders, hashers, senders
             try:
                 self._what_the_cache_knows()
-                self._open_scans()
+                # The walk starts while the scans open (a request each): batches are
+                # registered only below, by this thread, once they are open.
                 walker.start()
+                self._open_scans()
                 hashing: deque[_Hashing] = deque()
                 while (walked := self._next_walked()) is not None:
                     if isinstance(walked, _Unchanged):
                         self._register_later(registrars, self._confirm_unchanged, walked)
                         continue
                     hashing.append(walked)
-                    if len(hashing) > HASH_AHEAD:
+                    # In order; a batch already hashed goes on at once (small files are
+                    # hashed by the walker), so the server gets the first batch without
+                    # waiting for the walker to fill the pool's look-ahead.
+                    while hashing and (len(hashing) > HASH_AHEAD or _hashed(hashing[0])):
                         self._pass_on(hashing.popleft(), registrars)
                 while hashing:
                     self._pass_on(hashing.popleft(), registrars)
