@@ -10,18 +10,24 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from putplace.config import LogFormat, Settings
+from putplace.config import LogFormat, MetricsAccess, Settings
 from putplace.server.logs import TextFormatter
 from tests.support.payloads import metadata
 from tests.support.processes import ppserver_process, run_ppserver
 
 
-def test_json_access_log_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("metrics", [MetricsAccess.key, MetricsAccess.off])
+def test_json_access_log_with_request_ids_and_no_secrets(
+    tmp_path: Path, metrics: MetricsAccess
+) -> None:
+    """Logged and given ids alike whether the requests are also counted or not."""
     settings = Settings(
         database_url=f"sqlite:///{tmp_path}/putplace.db",
         storage_url=f"file://{tmp_path}/blobs",
         log_format=LogFormat.json,
+        metrics=metrics,
     )
     created = run_ppserver(settings, "keys", "create", "--name", "logs", "--json", cwd=tmp_path)
     key = json.loads(created.stdout)["api_key"]

@@ -19,7 +19,8 @@ from putplace.blobs.local import LocalBlobStore
 from putplace.config import Settings
 from putplace.metadata.base import StoreUnavailableError
 from putplace.metadata.sqlite import SQLiteMetadataStore
-from putplace.server.metrics import MetricsMiddleware, exposition
+from putplace.server.metrics import RequestMetrics, exposition
+from putplace.server.observe import ObserveRequestsMiddleware
 from putplace.server.store_metrics import (
     STORE_UP,
     UNFINISHED_UPLOADS,
@@ -340,7 +341,7 @@ async def test_a_method_of_the_clients_own_gets_one_label() -> None:
     before = samples(exposition()[0].decode()).get(other, 0)
     for method in ("BREW", "WHEN"):
         scope = {"type": "http", "method": method, "path": "/x", "headers": []}
-        await MetricsMiddleware(app)(scope, receive, send)
+        await ObserveRequestsMiddleware(app, RequestMetrics())(scope, receive, send)
     after = samples(exposition()[0].decode())
     assert after[other] - before == 2
     assert not any("BREW" in name or "WHEN" in name for name in after)

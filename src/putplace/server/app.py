@@ -18,11 +18,13 @@ from putplace import __version__, gctune, metric_values
 from putplace.auth import KeyCache
 from putplace.config import MetricsAccess, Settings, load_settings
 from putplace.models import FileMetadata
+from putplace.server import tally
 from putplace.server.cors import add_cors
 from putplace.server.errors import install_error_handlers
 from putplace.server.limits import BodyLimitMiddleware
-from putplace.server.logs import AccessLogMiddleware, configure_logging
-from putplace.server.metrics import MetricsMiddleware, observe_certificate, observe_process
+from putplace.server.logs import configure_logging
+from putplace.server.metrics import RequestMetrics, observe_certificate, observe_process
+from putplace.server.observe import ObserveRequestsMiddleware
 from putplace.server.routes import content, files, inventory, keys, metrics, root, scans, tus
 from putplace.server.state import AppState
 from putplace.server.store_metrics import measured
@@ -95,6 +97,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(*tasks, return_exceptions=True)
             # Answered requests counted: uvicorn ends a worker stopped with SIGTERM by the
             # signal itself once its requests are done, so atexit would not run.
+            tally.fold()
             metric_values.flush_or_log()
 
 
@@ -148,9 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=settings.max_json_bytes,
         idle_seconds=settings.upload_idle_timeout_seconds,
     )
-    app.add_middleware(AccessLogMiddleware)
-    if settings.metrics is not MetricsAccess.off:
-        app.add_middleware(MetricsMiddleware)
+    counted = None if settings.metrics is MetricsAccess.off else RequestMetrics()
+    app.add_middleware(ObserveRequestsMiddleware, metrics=counted)
     if settings.cors_origins.strip():
         add_cors(app, settings.cors_origins)
     install_error_handlers(app)

@@ -14,7 +14,7 @@ import re
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from putplace.config import LogFormat, Settings
 from putplace.display import safe
@@ -94,46 +94,19 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # AccessLogMiddleware writes the access lines (with request ids); silence uvicorn's.
+    # ObserveRequestsMiddleware writes the access lines (with request ids); silence uvicorn's.
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False
 
 
-class AccessLogMiddleware:
-    """Give every request an id (``X-Request-ID``, honoured if sane) and log it once."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        given_id = given.decode("latin-1")
-        request_id = given_id if _REQUEST_ID.fullmatch(given_id) else _new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):  # the line costs as much as the rest
-                _log_access(scope, status, started, request_id)
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's id: the client's ``X-Request-ID`` if it is sane, else a new one."""
+    given = next((v for k, v in headers if k == b"x-request-id"), b"").decode("latin-1")
+    return given if _REQUEST_ID.fullmatch(given) else _new_request_id()
 
 
-def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+def log_access(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    """The request's access line (``ObserveRequestsMiddleware`` calls it once answered)."""
     client = scope.get("client")
     key_id = scope["state"].get("api_key_id")
     access_log.info(
@@ -143,7 +116,7 @@ def _log_access(scope: Scope, status: int, started: float, request_id: str) -> N
         scope["path"],
         scope.get("http_version", "1.1"),
         status,
-        (time.perf_counter() - started) * 1000,
+        seconds * 1000,
         request_id,
         key_id or "-",
         extra={
@@ -151,7 +124,7 @@ def _log_access(scope: Scope, status: int, started: float, request_id: str) -> N
             "method": scope["method"],
             "path": scope["path"],
             "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             "client": client[0] if client else None,
             "key_id": key_id,
         },

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import os
 import re
-import time
 from pathlib import Path
 
 from prometheus_client import (
@@ -26,9 +25,11 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.registry import REGISTRY
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from putplace import metric_values  # sets how values are kept, before any metric is made
+from putplace.server import tally
+from putplace.server.tally import TalliedCounter, TalliedHistogram
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 #: Requests that matched no route share one label value.
@@ -76,61 +77,43 @@ def route_of(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED
 
 
-class MetricsMiddleware:
-    """Count every HTTP request once it is answered (or failed)."""
+class RequestMetrics:
+    """Count every HTTP request: what ``ObserveRequestsMiddleware`` saw of it (tallied:
+    see :mod:`putplace.server.tally`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
+        self._in_flight = TalliedCounter(IN_FLIGHT)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        received = served = 0
+    def started(self) -> None:
+        self._in_flight.inc(1)
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, served
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                served += len(message.get("body", b""))
-            await send(message)
-
-        IN_FLIGHT.inc()
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            IN_FLIGHT.dec()
-            method = scope["method"]
-            requests, duration, received_bytes, served_bytes = _children(
-                route_of(scope), method if method in _METHODS else "other", status
-            )
-            requests.inc()
-            duration.observe(time.perf_counter() - started)
-            if received:
-                received_bytes.inc(received)
-            if served:
-                served_bytes.inc(served)
+    def answered(
+        self, scope: Scope, status: int, seconds: float, received: int, served: int
+    ) -> None:
+        self._in_flight.inc(-1)
+        method = scope["method"]
+        requests, duration, received_bytes, served_bytes = _children(
+            route_of(scope), method if method in _METHODS else "other", status
+        )
+        requests.inc(1)
+        duration.observe(seconds)
+        if received:
+            received_bytes.inc(received)
+        if served:
+            served_bytes.inc(served)
 
 
 @functools.cache
-def _children(route: str, method: str, status: int) -> tuple[Counter, Histogram, Counter, Counter]:
+def _children(
+    route: str, method: str, status: int
+) -> tuple[TalliedCounter, TalliedHistogram, TalliedCounter, TalliedCounter]:
     """The labelled series of one kind of answer, looked up once (``labels()`` costs as much
     as the increment itself). Bounded: routes, methods and status codes are fixed sets."""
     return (
-        REQUESTS.labels(route, method, str(status)),
-        DURATION.labels(route, method),
-        RECEIVED.labels(route),
-        SERVED.labels(route),
+        TalliedCounter(REQUESTS.labels(route, method, str(status))),
+        TalliedHistogram(DURATION.labels(route, method)),
+        TalliedCounter(RECEIVED.labels(route)),
+        TalliedCounter(SERVED.labels(route)),
     )
 
 
@@ -203,6 +186,7 @@ def _forget_dead_workers(directory: str) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """Every metric in the text format, summed over the server's processes."""
+    tally.fold()  # this worker's requests, up to the last one answered
     if directory := os.environ.get(MULTIPROCESS_DIR):
         observe_process()
         metric_values.flush_or_log()  # this worker's counts, complete; the others' as last written

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 import putplace.metric_values  # noqa: F401 (sets how values are kept, before any metric is made)
 from putplace.blobs.base import BlobWriter, StorageFullError, StorageUnavailableError
 from putplace.metadata.base import StoreUnavailableError
+from putplace.server.tally import TalliedHistogram
 from putplace.service.stores import Stores
 
 S = TypeVar("S")
@@ -113,7 +114,7 @@ class _Measured:
         return wrapped
 
     def _timed(self, call: Callable[..., Awaitable[Any]], operation: str) -> Callable[..., Any]:
-        timer = OPERATION_SECONDS.labels(*self._labels, operation)
+        timer = TalliedHistogram(OPERATION_SECONDS.labels(*self._labels, operation))
         errors = ERRORS.labels(*self._labels, operation)
         store, backend = self._labels
 
