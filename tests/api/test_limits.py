@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,36 @@ async def test_stalled_upload_is_408_and_abandoned_one_stores_nothing(
         assert (await client.get("/")).status_code == 200
         done = await client.put(f"/blobs/{body['sha256']}", content=content)
         assert done.status_code == 201
+
+
+async def test_a_stalled_json_body_is_408_within_the_idle_timeout_and_stores_nothing(
+    limited: tuple[str, Any],
+) -> None:
+    """A record sent in part, then nothing: answered 408 once the body has been idle for
+    the timeout (0.5 s here; stalls are checked every quarter of it), and not stored.
+    Requests beside it are answered meanwhile."""
+    url, keys = limited
+    record = json.dumps(metadata(b"never finished")).encode()
+    host, port = url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": keys.write}) as client:
+        for _ in range(2):  # the second after a quiet second: the watch starts again
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST /put_file HTTP/1.1\r\nHost: x\r\nX-API-Key: {keys.write}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(record)}\r\n\r\n".encode()
+                + record[:40]
+            )
+            await writer.drain()
+            started = time.monotonic()
+            assert (await client.get("/files")).json() == []  # served while that one waits
+            answer = await asyncio.wait_for(reader.read(4096), 10)
+            waited = time.monotonic() - started
+            assert b" 408 " in answer.split(b"\r\n")[0]
+            assert 0.45 < waited < 2.0
+            assert (await client.get("/files")).json() == []
+            writer.close()
+            await asyncio.sleep(1)
 
 
 @pytest.mark.parametrize("stack", ["sqlite-local", "mongodb-local"], indirect=True)
