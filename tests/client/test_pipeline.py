@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from putplace.client import hashing, pipeline
 from putplace.client.cli import main
 from putplace.client.scanner import FileEntry
-from putplace.client.uploader import ApiClient
+from putplace.client.uploader import ApiClient, AuthError
 from tests.client.fake_server import KEY, fake_server
 
 WAIT = 10.0
@@ -228,6 +229,34 @@ def test_the_first_batch_reaches_the_server_while_the_walk_goes_on(
         assert ppclient(server.url, str(tmp_path), "--batch-size", "10") == 0
         assert len(server.files("h1")) == 40
     assert seen_while_walking == [True]
+
+
+def test_a_run_whose_scan_is_refused_ends_with_its_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk starts while the scans open; when opening one fails (here a key the
+    server refuses), the run stops the walk and waits for it before it returns, so
+    nothing reads files or writes the cache after the run has reported."""
+    make_files(tmp_path, 40)
+    walking = threading.Event()
+    real_start = pipeline.Run._start_hashing
+
+    def slow(self: pipeline.Run, root: str, batch: list[FileEntry], *rest: Any) -> Any:
+        walking.set()
+        time.sleep(0.2)  # a walk still going when the scan is refused
+        return real_start(self, root, batch, *rest)
+
+    def refused(self: ApiClient, hostname: str, root: str, excludes: list[str]) -> str:
+        assert walking.wait(WAIT)
+        raise AuthError(401, "Invalid API key")
+
+    monkeypatch.setattr(pipeline.Run, "_start_hashing", slow)
+    monkeypatch.setattr(ApiClient, "open_scan", refused)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path), "--batch-size", "5") != 0
+        walkers = [t for t in threading.enumerate() if t.name == "walk" and t.is_alive()]
+        assert walkers == []
+        assert not server.files("h1")  # nothing registered without its scan
 
 
 def test_a_batch_too_large_for_the_server_is_split_until_it_fits(tmp_path: Path) -> None:

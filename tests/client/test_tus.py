@@ -557,3 +557,39 @@ def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:
             r.status for r in server.requests if r.headers.get("Upload-Concat", "")[:6] == "final;"
         ]
         assert finals == [423, 201]
+
+
+def test_a_large_file_sent_before_the_scans_open_is_registered_with_its_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file is sent while it is hashed, apart from the batches, and the walk
+    starts while the scans open: should its upload end first, its record must still
+    name its scan, or completing the scan would take the file for deleted."""
+    tree, _ = tree_with_big_file(tmp_path)
+    sent = threading.Event()
+    real_send, real_put_files = pipeline.Run._hash_while_sending, ApiClient.put_files
+
+    def sending(self: pipeline.Run, entry: FileEntry) -> Any:
+        try:
+            return real_send(self, entry)
+        finally:
+            sent.set()
+
+    def slow_scan(self: ApiClient, hostname: str, root: str, excludes: list[str]) -> str:
+        assert sent.wait(10)  # the upload is over before the scan opens
+        time.sleep(0.3)  # time to register the file, were that not waiting for the scan
+        return "scan-1"
+
+    named: list[tuple[str, Any]] = []
+
+    def noted(self: ApiClient, records: list[dict[str, Any]], scan: Any = None) -> Any:
+        named.extend((record["filepath"], scan) for record in records)
+        return real_put_files(self, records)  # the fake server knows no scans
+
+    monkeypatch.setattr(pipeline.Run, "_hash_while_sending", sending)
+    monkeypatch.setattr(ApiClient, "open_scan", slow_scan)
+    monkeypatch.setattr(ApiClient, "put_files", noted)
+    monkeypatch.setattr(ApiClient, "finish_scan", lambda *_, **__: {"deleted": 0})
+    with fake_server() as server:
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+    assert named == [(str(tree / "big"), "scan-1")]

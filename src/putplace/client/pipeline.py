@@ -339,6 +339,10 @@ class Run:
         self._walked: queue.Queue[_Hashing | object] = queue.Queue(WALK_AHEAD)
         # root walked -> its open scan on the server (roots that are directories)
         self._scans: dict[str, str] = {}
+        # Set once the scans are open: the walk starts before, and a file sent apart (a
+        # large one) may finish its upload first; its record must still name its scan,
+        # or completing the scan would take that file for deleted.
+        self._scans_open = threading.Event()
         self._keep = _Budget(KEEP_BUDGET)
         self._registering = _InFlight(REGISTER_IN_FLIGHT, self.stop)
         self._uploading_now = _InFlight(options.upload_workers * 2, self.stop)
@@ -396,10 +400,11 @@ class Run:
             self._uploaders, self._hashers, self._senders = uploaders, hashers, senders
             try:
                 self._what_the_cache_knows()
-                # The walk starts while the scans open (a request each): batches are
-                # registered only below, by this thread, once they are open.
+                # The walk starts while the scans open (a request each): nothing is
+                # registered before they are (see _scan_of).
                 walker.start()
                 self._open_scans()
+                self._scans_open.set()
                 hashing: deque[_Hashing] = deque()
                 while (walked := self._next_walked()) is not None:
                     if isinstance(walked, _Unchanged):
@@ -427,6 +432,8 @@ class Run:
                 self._finish_scans(completed=False)
                 for pool in (hashers, registrars, uploaders, senders):
                     pool.shutdown(wait=False, cancel_futures=True)
+                if walker.is_alive():  # it sees the stop within a batch
+                    walker.join()
                 if isinstance(exc, Cancelled) and self._fatal is not None:
                     raise self._fatal from None
                 raise
@@ -587,7 +594,7 @@ class Run:
         again, as in any batch whose files the server lost."""
         assert self.api is not None
         entries = [e for _, listing, _ in unchanged.listings for e in listing.entries]
-        scan = self._scans.get(unchanged.root)
+        scan = self._scan_of(unchanged.root)
         paths = [wire_path(entry.path) for entry in entries]
         if scan is None or self._seen(scan, paths) == len(paths):
             self.summary.add(files_seen=len(entries), unchanged=len(entries))
@@ -802,7 +809,14 @@ class Run:
 
     def _register_one(self, item: _Item, root: str) -> None:
         self.cache.store_hashes([(item.entry.stat, item.sha256)])
-        self._register_batch(([item], self._scans.get(root)))
+        self._register_batch(([item], self._scan_of(root)))
+
+    def _scan_of(self, root: str) -> str | None:
+        """The scan of *root* once the scans are open (None: the server has none), waiting
+        for them if need be; :class:`Cancelled` if the run stops meanwhile."""
+        while not self._scans_open.wait(0.1):
+            check(self.stop)
+        return self._scans.get(root)
 
     def _hash_while_sending(self, entry: FileEntry) -> _Item:
         """The item of a large file whose bytes are sent as it is hashed (read once). If
@@ -887,9 +901,7 @@ class Run:
         self.cache.commit()
         if self.options.dry_run or not items:
             return
-        self._register_later(
-            registrars, self._register_batch, (items, self._scans.get(hashing.root))
-        )
+        self._register_later(registrars, self._register_batch, (items, self._scan_of(hashing.root)))
 
     def _register_later(
         self, registrars: ThreadPoolExecutor, task: Callable[[Any], None], job: object
