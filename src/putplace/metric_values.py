@@ -1,18 +1,19 @@
 """How metric values are kept under several server workers: in memory, written to
 prometheus-client's per-process files about :data:`FLUSH_SECONDS` after they change.
 
-With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps each value in a per-process
-memory-mapped file that ``/metrics`` sums over the workers, and writes the file at every
-increment: 0.7 us an increment, 1.5 us a histogram observation, against 0.1 us for a
-value in memory. A ``POST /put_file`` makes about fifteen (its counters, duration,
-in-flight gauge and the store operations' timers), so writing them all was a third of
-what metrics cost a request. Here an increment changes the value in memory, and a thread
-writes the values that changed since the last write (a few per route, not one per
-request) :data:`FLUSH_SECONDS` later. A scrape writes the answering worker's own values
-first, so it sees every request that worker answered, and the other workers' as of
-about :data:`FLUSH_SECONDS` before. A worker writes its values as it stops (the app's
-shutdown, and atexit); one killed (``SIGKILL``) loses about its last
-:data:`FLUSH_SECONDS` of counts.
+With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps each value in a
+per-process memory-mapped file that ``/metrics`` sums over the workers, and writes the
+file at every increment: 0.7 us an increment, 1.5 us a histogram observation, against
+0.1 us for a value in memory. A ``POST /put_file`` made about fifteen (its counters,
+duration, in-flight gauge and the store operations' timers), so writing them all was a
+third of what metrics cost a request. (Those per-request values are now tallied on the
+event loop first and added here every 0.1 s: ``putplace.server.tally``.) Here an
+increment changes the value in memory, and a thread writes the values that changed since
+the last write (a few per route, not one per request) :data:`FLUSH_SECONDS` later. A
+scrape writes the answering worker's own values first, so it sees every request that
+worker answered, and the other workers' as of about :data:`FLUSH_SECONDS` before. A
+worker writes its values as it stops (the app's shutdown, and atexit); one killed
+(``SIGKILL``) loses about its last :data:`FLUSH_SECONDS` of counts.
 
 prometheus-client compares ``os.getpid()`` with the process it opened the files for
 before every write, to notice a fork. The id is cached here instead and renewed in a

@@ -68,6 +68,7 @@ endpoint but `/` and `/health` needs an `X-API-Key` header; keys have a scope of
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    tally.fold()  # what an earlier event loop of this process left (tests run several)
     async with open_stores(settings) as opened:
         stores = opened if settings.metrics is MetricsAccess.off else measured(opened)
         if settings.tls_cert_file is not None and settings.metrics is not MetricsAccess.off:

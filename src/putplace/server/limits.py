@@ -62,12 +62,16 @@ class _StallWatch:
         if watching is None or watching.done() or watching.get_loop() is not loop:
             self.watching = loop.create_task(self._watch(loop))
         try:
-            return await receive()
+            message = await receive()
         except asyncio.CancelledError:
             # Cancelled here: a stall, unless someone else (a shutdown) cancelled it too.
             if task in self.stalled and task.uncancel() == 0:
                 raise _Stalled from None
             raise
+        else:
+            if task in self.stalled:  # a receive that swallowed the cancel: take it back
+                task.uncancel()
+            return message
         finally:
             del self.waiting[task]
             self.stalled.discard(task)

@@ -1,8 +1,8 @@
 """Every request seen once, from outside the app: its id, its status, how long it took and
 the bytes it moved, handed to the access log and, when metrics are on, to the request
-metrics. One layer serves both because each layer of ASGI middleware costs a request its
-own pair of wrapped ``receive``/``send`` coroutines: as two layers, the access log and
-the metrics were each timing the request and catching its status apart."""
+metrics. One layer serves both: as two layers of ASGI middleware, the access log and the
+metrics each wrapped ``send`` (the metrics ``receive`` too), timed the request and caught
+its status apart."""
 
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ class ObserveRequestsMiddleware:
             await self.app(scope, receive if metrics is None else counted_receive, observed_send)
         finally:
             seconds = time.perf_counter() - started
-            if metrics is not None:
-                metrics.answered(scope, status, seconds, received, served)
-            if access_log.isEnabledFor(logging.INFO):  # the line costs as much as the rest
-                log_access(scope, status, seconds, request_id)
+            try:
+                if access_log.isEnabledFor(logging.INFO):  # the line costs as much as the rest
+                    log_access(scope, status, seconds, request_id)
+            finally:
+                if metrics is not None:
+                    metrics.answered(scope, status, seconds, received, served)

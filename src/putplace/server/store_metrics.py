@@ -9,6 +9,7 @@ and the operation: a method name of the store interface, a small fixed set.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -114,7 +115,7 @@ class _Measured:
         return wrapped
 
     def _timed(self, call: Callable[..., Awaitable[Any]], operation: str) -> Callable[..., Any]:
-        timer = TalliedHistogram(OPERATION_SECONDS.labels(*self._labels, operation))
+        timer = _timer(*self._labels, operation)
         errors = ERRORS.labels(*self._labels, operation)
         store, backend = self._labels
 
@@ -151,6 +152,13 @@ class _Measured:
     def _handing_out(self, call: Callable[..., Any], prefix: str) -> Callable[..., Any]:
         store, backend = self._labels
         return lambda *args, **kwargs: _Measured(call(*args, **kwargs), store, backend, prefix)
+
+
+@functools.cache
+def _timer(store: str, backend: str, operation: str) -> TalliedHistogram:
+    """One tally per timed operation, shared by every wrapper that times it (a blob
+    store hands out a writer per upload, each measured)."""
+    return TalliedHistogram(OPERATION_SECONDS.labels(store, backend, operation))
 
 
 def measured(stores: Stores) -> Stores:

@@ -9,7 +9,11 @@ is an addition to a Python number, and a fold adds each series' total once, a hi
 bucket at a time.
 
 Only the event loop's thread tallies and folds (the fold is a ``call_later`` on that
-loop, and scrapes and shutdown run there too), so neither needs a lock. A worker killed
+loop, and scrapes and shutdown run there too), so neither needs a lock: one loop per
+process, as each uvicorn worker has. The app's start folds what an earlier loop of the
+same process left (tests run several), whose scheduled fold never ran. This sits on
+top of ``metric_values``, which keeps the values these fold into and writes them for
+the other workers' scrapes about a quarter of a second later. A worker killed
 with ``SIGKILL`` loses the last :data:`FOLD_SECONDS` of tallies on top of what
 ``metric_values`` says it loses.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 from bisect import bisect_left
 from typing import Any, Protocol
 
@@ -31,6 +36,8 @@ FOLD_SECONDS = 0.1
 
 class _Tallied(Protocol):
     def _fold(self) -> None: ...
+
+    def _forget(self) -> None: ...
 
 
 _unfolded: list[_Tallied] = []
@@ -58,6 +65,17 @@ def fold() -> None:
 atexit.register(fold)  # registered after metric_values' flush, so it runs before it
 
 
+def _forked() -> None:
+    """In a forked child: the tallies not folded yet are the parent's to count."""
+    global _fold_scheduled_on
+    _fold_scheduled_on = None
+    while _unfolded:
+        _unfolded.pop()._forget()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class TalliedCounter:
     """A labelled counter (or gauge: *amount* may then be negative) counted here."""
 
@@ -79,6 +97,9 @@ class TalliedCounter:
         if amount:
             self._metric.inc(amount)
 
+    def _forget(self) -> None:
+        self._amount, self._changed = 0.0, False
+
 
 class TalliedHistogram:
     """A labelled histogram observed here, as counts per bucket and a sum."""
@@ -89,7 +110,7 @@ class TalliedHistogram:
         self._metric = metric
         # prometheus-client keeps a histogram's bounds (the last one +Inf), its buckets'
         # values and its sum under these names; Histogram.observe has no "n at once".
-        # tests/server/test_metrics.py checks that tallies fold to what observe() gives.
+        # tests/server/test_tally.py checks that tallies fold to what observe() gives.
         internals: Any = metric
         self._bounds: list[float] = list(internals._upper_bounds)
         self._counts = [0] * len(self._bounds)
@@ -112,3 +133,6 @@ class TalliedHistogram:
         for bucket, count in zip(internals._buckets, counts, strict=True):
             if count:
                 bucket.inc(count)
+
+    def _forget(self) -> None:
+        self._counts, self._sum, self._changed = [0] * len(self._counts), 0.0, False
