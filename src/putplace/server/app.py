@@ -157,7 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins.strip():
         add_cors(app, settings.cors_origins)
     install_error_handlers(app)
-    # Requests are matched router by router, in this order: the busiest first.
+    # Requests are matched router by router, in this order: the busiest first, and
+    # before them the one request existing clients send once per file.
+    app.router.routes.extend(files.PLAIN_ROUTES)
     for module in (files, content, tus, scans, inventory, keys):
         app.include_router(module.router, responses=COMMON_ERRORS)
     app.include_router(root.router)
