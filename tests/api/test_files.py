@@ -7,6 +7,7 @@ import json
 
 import httpx
 
+from putplace.server.routes.files import PLAIN_ROUTES
 from tests.conftest import Keys
 from tests.support.payloads import metadata, put, store
 
@@ -147,6 +148,25 @@ async def test_put_file_is_described_in_the_openapi_document(api: httpx.AsyncCli
     assert {"filepath", "hostname", "sha256", "file_size"} <= set(schema["required"])
     assert [p["name"] for p in operation["parameters"]] == ["scan", "namespace"]
     assert operation["security"] == [{"APIKeyHeader": []}]
+
+
+async def test_every_route_served_outside_fastapi_is_in_the_openapi_document(
+    api: httpx.AsyncClient,
+) -> None:
+    """Requests to these paths never reach their FastAPI twins, which stay only to describe
+    them: a path or method changed on one side alone would serve what is not documented."""
+    document = (await api.get("/openapi.json")).json()
+    for route in PLAIN_ROUTES:
+        assert route.methods, route.path
+        documented = {method.upper() for method in document["paths"][route.path]}
+        assert route.methods - {"HEAD"} <= documented, route.path
+
+
+async def test_put_file_with_another_method_is_405_naming_post(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/put_file")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert (await api.get("/files")).json() == []
 
 
 async def test_get_file_by_hash(api: httpx.AsyncClient) -> None:

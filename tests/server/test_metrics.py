@@ -66,6 +66,7 @@ async def test_counters_move_by_what_the_workload_did(server_url: str, keys: Key
             assert client.post("/put_file", content=sent, headers=json_type).status_code == 201
         assert client.get(f"/get_file/{'ab' * 32}").status_code == 404
         assert client.get("/no/such/path/for/metrics").status_code == 404
+        assert client.get("/put_file").status_code == 405
     after = scrape(server_url, keys.read)
     assert (
         requests(after, "/put_file", "POST", 201) - requests(before, "/put_file", "POST", 201) == 4
@@ -78,6 +79,8 @@ async def test_counters_move_by_what_the_workload_did(server_url: str, keys: Key
     # A path no route knows is counted under one label, never under its own path.
     assert requests(after, "unmatched", "GET", 404) - requests(before, "unmatched", "GET", 404) == 1
     assert not any("/no/such/path" in name for name in after)
+    # A known path with a method it does not take is counted under its route.
+    assert requests(after, "/put_file", "GET", 405) - requests(before, "/put_file", "GET", 405) == 1
     count = 'putplace_http_request_duration_seconds_count{method="POST",route="/put_file"}'
     assert after[count] - before.get(count, 0) == 4
     received = 'putplace_http_received_bytes_total{route="/put_file"}'
