@@ -16,8 +16,9 @@ never asks for a symlink's content, refuses content whose hash or size is wrong,
 ``script`` maps a path prefix (or ``METHOD /prefix``) to the answers to give first, in
 order: ``None`` (pass the request on as usual), an HTTP status, ``bytes`` (pass the
 request on, then answer 200 with those bytes as its JSON body instead of the real
-answer), or ``CUT`` (pass the first half of the body on, as if the connection broke
-there, and close the connection without answering).
+answer), ``CUT`` (pass the first half of the body on, as if the connection broke
+there, and close the connection without answering), or ``DAMAGE`` (pass the body on
+with one byte changed, as a link could that TCP's checksum does not catch).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tests.support.servers import running_server
 KEY = "c0ffee42" * 8
 """The write key the stand-in's server knows by default."""
 CUT = "cut"
+DAMAGE = "damage"
 LEGACY_ONLY = ("/put_file", "/upload_file")
 """What an older server has; everything else answers as an unknown path there."""
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -255,6 +257,8 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                 self._forward(request, body[: len(body) // 2])
                 self.close_connection = True  # no answer: the client sees a broken link
                 return
+            if action == DAMAGE and body:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
             if isinstance(action, int):
                 extra = {"Retry-After": state.retry_after} if state.retry_after else {}
                 payload = json.dumps({"detail": f"scripted {action}"}).encode()

@@ -5,12 +5,14 @@ single upload."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -32,7 +34,7 @@ from putplace.client.tus import (
     tus_checksum,
 )
 from putplace.client.uploader import ApiClient
-from tests.client.fake_server import CUT, KEY, FakeServer, fake_server
+from tests.client.fake_server import CUT, DAMAGE, KEY, FakeServer, fake_server
 from tests.client.helpers import counts, ppclient
 
 MIB = 1024 * 1024
@@ -191,27 +193,40 @@ def test_ppclient_sends_large_files_over_tus(
     monkeypatch.setattr(tus, "CHUNK", 256 * 1024)  # a dozen PATCHes, not one
     tree = tmp_path / "tree"
     tree.mkdir()
-    big, small = os.urandom(3 * MIB), os.urandom(1000)
-    (tree / "big").write_bytes(big)
+    # "a" is sent while it is hashed; "b", of the same size, is hashed first (the server
+    # may hold its content by then) and sent after.
+    big, twin, small = os.urandom(3 * MIB), os.urandom(3 * MIB), os.urandom(1000)
+    (tree / "a").write_bytes(big)
+    (tree / "b").write_bytes(twin)
     (tree / "small").write_bytes(small)
     with fake_server() as server:
         code = ppclient(server.url, "--tus-threshold", "2M", str(tree))
         assert code == 0
-        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 2
+        assert counts(capsys.readouterr().out)["Content uploaded (files)"] == 3
         assert server.content(hashlib.sha256(big).hexdigest()) == big
+        assert server.content(hashlib.sha256(twin).hexdigest()) == twin
         via_tus = [r for r in server.requests if r.path.startswith("/tus")]
         assert {r.method for r in via_tus} >= {"OPTIONS", "POST", "PATCH"}
-        # The cheapest checksum the server offers: a request's damage is all it must catch.
+        (joined,) = [r for r in via_tus if "final" in r.headers.get("Upload-Concat", "")]
+        (part_url,) = joined.headers["Upload-Concat"].removeprefix("final;").split()
+        part = urlsplit(part_url).path
         patches = [r for r in via_tus if r.method == "PATCH"]
-        assert len(patches) > 1
-        assert all(r.headers["Upload-Checksum"].startswith("crc32c ") for r in patches)
+        sent_while_hashed = [r for r in patches if r.path == part]
+        hashed_first = [r for r in patches if r.path != part]
+        assert len(sent_while_hashed) > 1
+        assert len(hashed_first) > 1
+        # Sent while hashed, each byte is read once: no checksum can go before it (the
+        # server checks the whole content's SHA-256 at the join instead).
+        assert not [r for r in sent_while_hashed if "Upload-Checksum" in r.headers]
+        # Otherwise the cheapest checksum the server offers: a request's damage is all it
+        # must catch.
+        assert all(r.headers["Upload-Checksum"].startswith("crc32c ") for r in hashed_first)
         assert server.count("/blobs") == 0
         assert server.count("/bundles") == 1  # the small one
         # The bytes, and the request that joins them, over one connection of their own:
         # one server worker hashes them as they come and joins them without reading
         # them back (another worker would).
-        (joined,) = [r for r in via_tus if "final" in r.headers.get("Upload-Concat", "")]
-        (connection,) = {r.client_port for r in [*patches, joined]}
+        (connection,) = {r.client_port for r in [*sent_while_hashed, joined]}
         assert {r.path[:5] for r in server.requests if r.client_port == connection} == {"/tus/"}
 
 
@@ -534,10 +549,85 @@ def test_bytes_sent_while_hashing_before_the_link_failed_are_kept_for_the_next_r
         assert main(args) == 0
         assert server.content(hashlib.sha256(big).hexdigest()) == big
         again = [r for r in server.requests[first_run:] if r.method == "PATCH"]
-        assert sum(len(r.body) for r in again) == len(big) - MIB
+        # Sent without checksums, the half of the second chunk that arrived is kept too.
+        assert sum(len(r.body) for r in again) == len(big) - MIB - MIB // 2
         part, final = tus_creations(server)  # the first run's part, continued, then joined
         assert part["Upload-Concat"] == "partial"
         assert final["Upload-Concat"].startswith("final;")
+
+
+class CountedReads:
+    """Opens a file whose reads are counted in :attr:`read` (bytes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.read = 0
+
+    def __call__(self) -> io.FileIO:
+        counter = self
+
+        class Counted(io.FileIO):
+            def read(self, size: int = -1, /) -> bytes:
+                data = super().read(size)
+                counter.read += len(data)
+                return data
+
+        return Counted(self.path)
+
+
+def test_a_request_sent_while_hashed_and_cut_goes_on_from_what_arrived(tmp_path: Path) -> None:
+    """Without checksums the server keeps the half of a cut request that arrived, so the
+    next request starts inside bytes already read and hashed: each is hashed once, and
+    only the lost half is read again."""
+    content = os.urandom(4 * MIB)
+    path = source(tmp_path, content)
+    opener = CountedReads(path)
+    with fake_server(script={"PATCH /tus": [CUT]}) as server:
+        with ApiClient(server.url, KEY, retries=3, sleep=lambda _: None) as api:
+            upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
+                                    len(content), opener, chunk=MIB)  # fmt: skip
+            assert upload.send() == hashlib.sha256(content).hexdigest()
+            register(server.backend, content)
+            upload.finish()
+        assert server.content(upload.sha256) == content
+        offsets = [int(r.headers["Upload-Offset"]) for r in server.requests if r.body]
+        assert offsets[:3] == [0, MIB // 2, MIB // 2 + MIB]
+        assert upload.bytes_sent == len(content) + MIB // 2  # the half that was lost
+    assert opener.read == len(content) + MIB // 2
+
+
+def test_a_file_sent_while_hashed_is_read_once(tmp_path: Path) -> None:
+    content = os.urandom(5 * MIB + 123)
+    path = source(tmp_path, content)
+    opener = CountedReads(path)
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
+                                len(content), opener, chunk=MIB)  # fmt: skip
+        assert upload.send() == hashlib.sha256(content).hexdigest()
+        register(server.backend, content)
+        upload.finish()
+        assert server.content(upload.sha256) == content
+    assert opener.read == len(content)
+
+
+def test_bytes_damaged_on_the_way_are_sent_again_with_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent while hashed, without checksums, a damaged request is found when the server
+    checks the whole content at the join: the file is sent again in the same run, with a
+    checksum per request, and the run succeeds."""
+    tree, big = tree_with_big_file(tmp_path)
+    monkeypatch.setattr(tus, "chunk_for", lambda _: MIB)
+    with fake_server(script={"PATCH /tus": [None, DAMAGE]}) as server:
+        assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
+        assert server.content(hashlib.sha256(big).hexdigest()) == big
+        finals = [r for r in server.requests if r.headers.get("Upload-Concat", "")[:6] == "final;"]
+        assert [r.status for r in finals] == [400]
+        patches = [r for r in server.requests if r.method == "PATCH"]
+        unchecked = [r for r in patches if "Upload-Checksum" not in r.headers]
+        checked = [r for r in patches if "Upload-Checksum" in r.headers]
+        assert sum(len(r.body) for r in unchecked) == len(big)
+        assert sum(len(r.body) for r in checked) == len(big)
 
 
 def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:

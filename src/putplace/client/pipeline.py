@@ -60,6 +60,7 @@ from putplace.client.names import wire_path
 from putplace.client.progress import Reporter
 from putplace.client.scanner import FileEntry, Listing, walk_listings
 from putplace.client.tus import (
+    ContentRefusedError,
     ResumableUpload,
     UnhashedUpload,
     UploadGoneError,
@@ -829,7 +830,7 @@ class Run:
             upload = UnhashedUpload(
                 self.api, self.cache, file_identity(entry.stat), entry.stat.st_size,
                 lambda: open_scanned(entry), progress=self.reporter.upload_progress,
-                stop=self.stop, checksum=self._tus or "sha256",
+                stop=self.stop,
             )  # fmt: skip
             sha = self._sent_while_hashed(entry, upload)
         finally:
@@ -1201,13 +1202,14 @@ class Run:
 
     def _join_sent(self, item: _Item, opener: Opener) -> None:
         """Make the bytes sent while hashing *item* its content on the server; sent
-        again if the server lost them meanwhile (expired)."""
+        again if the server lost them meanwhile (expired), or refused them (damaged on
+        the way: they went without checksums, and now go with one per request)."""
         assert self.api is not None
         assert item.sent is not None
         sent, item.sent = item.sent, None
         try:
             sent.finish()
-        except UploadGoneError:
+        except (UploadGoneError, ContentRefusedError):
             ResumableUpload(
                 self.api, self.cache, item.sha256, item.size, opener,
                 progress=self.reporter.upload_progress, stop=self.stop,
