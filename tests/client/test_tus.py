@@ -26,6 +26,7 @@ from putplace.client.scanner import FileEntry
 from putplace.client.tus import (
     CHUNK,
     MAX_CHUNK,
+    MAX_UNCHECKED_CHUNK,
     ResumableUpload,
     UnhashedUpload,
     chunk_for,
@@ -267,6 +268,20 @@ def test_an_upload_goes_in_about_16_patches_of_32_to_128_mib() -> None:
     assert chunk_for(1024 * MIB) == 64 * MIB
     assert chunk_for(2048 * MIB) == MAX_CHUNK == 128 * MIB
     assert chunk_for(100 * 1024 * MIB) == MAX_CHUNK
+
+
+def test_an_upload_without_checksums_goes_in_about_4_patches_of_32_to_512_mib() -> None:
+    # A request cut short keeps what arrived: only a server dying mid-request costs one.
+    assert chunk_for(10 * MIB, checked=False) == CHUNK
+    assert chunk_for(1024 * MIB, checked=False) == 256 * MIB
+    assert chunk_for(2048 * MIB, checked=False) == MAX_UNCHECKED_CHUNK == 512 * MIB
+    assert chunk_for(100 * 1024 * MIB, checked=False) == MAX_UNCHECKED_CHUNK
+    with ApiClient("http://127.0.0.1:9", KEY) as api:  # nothing is sent
+        opener = Path(__file__).open
+        sent_while_hashed = UnhashedUpload(api, ClientCache(None), "file:1", 2048 * MIB, opener)
+        hashed_first = ResumableUpload(api, ClientCache(None), "ab" * 32, 2048 * MIB, opener)
+    assert sent_while_hashed.chunk == MAX_UNCHECKED_CHUNK
+    assert hashed_first.chunk == MAX_CHUNK
 
 
 def tus_creations(server: FakeServer) -> list[dict[str, str]]:
@@ -535,7 +550,7 @@ def test_bytes_sent_while_hashing_before_the_link_failed_are_kept_for_the_next_r
     """Retries used up part-way: the file is an error of this run, and the next run sends
     only what the server does not have (not everything again)."""
     tree, big = tree_with_big_file(tmp_path)
-    monkeypatch.setattr(tus, "chunk_for", lambda _: MIB)  # 3 chunks
+    monkeypatch.setattr(tus, "chunk_for", lambda *_, **__: MIB)  # 3 chunks
     args = ["--url", "", "--api-key", KEY, "--no-progress", "--hostname", "h1",
             "--cache-file", str(tmp_path / "cache.db"), "--retries", "0",
             "--tus-threshold", "2M", str(tree)]  # fmt: skip
@@ -617,7 +632,7 @@ def test_bytes_damaged_on_the_way_are_sent_again_with_checksums(
     checks the whole content at the join: the file is sent again in the same run, with a
     checksum per request, and the run succeeds."""
     tree, big = tree_with_big_file(tmp_path)
-    monkeypatch.setattr(tus, "chunk_for", lambda _: MIB)
+    monkeypatch.setattr(tus, "chunk_for", lambda *_, **__: MIB)
     with fake_server(script={"PATCH /tus": [None, DAMAGE]}) as server:
         assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
         assert server.content(hashlib.sha256(big).hexdigest()) == big

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from putplace.client.cache import ClientCache
-from putplace.client.tus import ResumableUpload, UnhashedUpload, chunk_for
+from putplace.client.tus import ResumableUpload, UnhashedUpload
 from putplace.client.uploader import ApiClient
 from tests.conftest import make_settings
 from tests.faults.test_crash import start
@@ -103,7 +103,7 @@ def test_kill_9_mid_upload_resumes_from_the_acknowledged_offset(
         assert failure == []
         # At most the request in flight: sent whole, perhaps, but never acknowledged.
         resent = upload.bytes_sent - size
-        assert 0 <= resent <= chunk_for(size), (resent, sent_before)
+        assert 0 <= resent <= upload.chunk, (resent, sent_before)
         with httpx.stream("GET", f"{url}/download/{sha}", headers={"X-API-Key": key},
                           timeout=120) as download:  # fmt: skip
             assert download.status_code == 200
