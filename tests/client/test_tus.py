@@ -590,21 +590,29 @@ class CountedReads:
         return Counted(self.path)
 
 
+def send_while_hashed(
+    api: ApiClient, server: FakeServer, content: bytes, opener: CountedReads
+) -> UnhashedUpload:
+    """Send *content* (the file *opener* opens) in 1 MiB requests while hashing it, then
+    register it and join it; the upload, once the server holds the content."""
+    upload = UnhashedUpload(api, ClientCache(None), file_identity(opener.path.stat()),
+                            len(content), opener, chunk=MIB)  # fmt: skip
+    assert upload.send() == hashlib.sha256(content).hexdigest()
+    register(server.backend, content)
+    upload.finish()
+    assert server.content(upload.sha256) == content
+    return upload
+
+
 def test_a_request_sent_while_hashed_and_cut_goes_on_from_what_arrived(tmp_path: Path) -> None:
     """Without checksums the server keeps the half of a cut request that arrived, so the
     next request starts inside bytes already read and hashed: each is hashed once, and
     only the lost half is read again."""
     content = os.urandom(4 * MIB)
-    path = source(tmp_path, content)
-    opener = CountedReads(path)
+    opener = CountedReads(source(tmp_path, content))
     with fake_server(script={"PATCH /tus": [CUT]}) as server:
         with ApiClient(server.url, KEY, retries=3, sleep=lambda _: None) as api:
-            upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
-                                    len(content), opener, chunk=MIB)  # fmt: skip
-            assert upload.send() == hashlib.sha256(content).hexdigest()
-            register(server.backend, content)
-            upload.finish()
-        assert server.content(upload.sha256) == content
+            upload = send_while_hashed(api, server, content, opener)
         offsets = [int(r.headers["Upload-Offset"]) for r in server.requests if r.body]
         assert offsets[:3] == [0, MIB // 2, MIB // 2 + MIB]
         assert upload.bytes_sent == len(content) + MIB // 2  # the half that was lost
@@ -613,15 +621,9 @@ def test_a_request_sent_while_hashed_and_cut_goes_on_from_what_arrived(tmp_path:
 
 def test_a_file_sent_while_hashed_is_read_once(tmp_path: Path) -> None:
     content = os.urandom(5 * MIB + 123)
-    path = source(tmp_path, content)
-    opener = CountedReads(path)
+    opener = CountedReads(source(tmp_path, content))
     with fake_server() as server, ApiClient(server.url, KEY) as api:
-        upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
-                                len(content), opener, chunk=MIB)  # fmt: skip
-        assert upload.send() == hashlib.sha256(content).hexdigest()
-        register(server.backend, content)
-        upload.finish()
-        assert server.content(upload.sha256) == content
+        send_while_hashed(api, server, content, opener)
     assert opener.read == len(content)
 
 
