@@ -21,12 +21,13 @@ from putplace.client import pipeline, tus
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import Cancelled
 from putplace.client.cli import main
-from putplace.client.hashing import hash_entry
+from putplace.client.hashing import FileChangedError, hash_entry
 from putplace.client.scanner import FileEntry
 from putplace.client.tus import (
     CHUNK,
     MAX_CHUNK,
     MAX_UNCHECKED_CHUNK,
+    ContentRefusedError,
     ResumableUpload,
     UnhashedUpload,
     chunk_for,
@@ -34,7 +35,7 @@ from putplace.client.tus import (
     split,
     tus_checksum,
 )
-from putplace.client.uploader import ApiClient
+from putplace.client.uploader import ApiClient, ApiError
 from tests.client.fake_server import CUT, DAMAGE, KEY, FakeServer, fake_server
 from tests.client.helpers import counts, ppclient
 
@@ -554,8 +555,9 @@ def test_bytes_sent_while_hashing_before_the_link_failed_are_kept_for_the_next_r
     args = ["--url", "", "--api-key", KEY, "--no-progress", "--hostname", "h1",
             "--cache-file", str(tmp_path / "cache.db"), "--retries", "0",
             "--tus-threshold", "2M", str(tree)]  # fmt: skip
-    # The first chunk arrives; the connection breaks in the second.
-    with fake_server(script={"PATCH /tus": [None, CUT]}) as server:
+    # The first chunk arrives; the connection breaks in the second, and the server is not
+    # reached again (its HEAD is cut too: the first one, before any bytes, is answered).
+    with fake_server(script={"PATCH /tus": [None, CUT], "HEAD /tus": [None, CUT]}) as server:
         args[1] = server.url
         assert main(args) == 1
         assert "the bytes the server has are kept" in capsys.readouterr().err
@@ -628,16 +630,19 @@ def test_a_file_sent_while_hashed_is_read_once(tmp_path: Path) -> None:
 
 
 def test_bytes_damaged_on_the_way_are_sent_again_with_checksums(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Sent while hashed, without checksums, a damaged request is found when the server
     checks the whole content at the join: the file is sent again in the same run, with a
-    checksum per request, and the run succeeds."""
+    checksum per request, the run succeeds, and the user is told."""
     tree, big = tree_with_big_file(tmp_path)
     monkeypatch.setattr(tus, "chunk_for", lambda *_, **__: MIB)
     with fake_server(script={"PATCH /tus": [None, DAMAGE]}) as server:
         assert ppclient(server.url, "--tus-threshold", "2M", str(tree)) == 0
         assert server.content(hashlib.sha256(big).hexdigest()) == big
+        warned = capsys.readouterr().err
+        assert "warning" in warned
+        assert "big: the server refused the bytes sent (content hashes to" in warned
         finals = [r for r in server.requests if r.headers.get("Upload-Concat", "")[:6] == "final;"]
         assert [r.status for r in finals] == [400]
         patches = [r for r in server.requests if r.method == "PATCH"]
@@ -645,6 +650,52 @@ def test_bytes_damaged_on_the_way_are_sent_again_with_checksums(
         checked = [r for r in patches if "Upload-Checksum" in r.headers]
         assert sum(len(r.body) for r in unchecked) == len(big)
         assert sum(len(r.body) for r in checked) == len(big)
+
+
+def test_a_final_request_refused_for_another_reason_is_not_taken_for_damage(
+    tmp_path: Path,
+) -> None:
+    """Only a content the server refused and freed is sent again: any other 400 is the
+    caller's error, and the bytes sent stay on the server."""
+    content = os.urandom(2 * MIB)
+    path = source(tmp_path, content)
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        upload = UnhashedUpload(api, ClientCache(None), file_identity(path.stat()),
+                                len(content), lambda: path.open("rb"))  # fmt: skip
+        upload.send()
+        register(server.backend, content)
+        server.script["POST /tus"] = [400]
+        with pytest.raises(ApiError) as refused:
+            upload.finish()
+        assert not isinstance(refused.value, ContentRefusedError)
+        assert refused.value.status == 400
+        assert upload.url is not None
+        assert api.http.head(upload.url, headers={"Tus-Resumable": "1.0.0"}).status_code == 200
+
+
+def test_a_file_that_shrinks_while_sent_is_an_error_of_its_own(tmp_path: Path) -> None:
+    """Without a checksum pass before it, the sending pass is the one that finds the file
+    shorter: it says so (and the pipeline frees the bytes sent), rather than leaving the
+    HTTP client with a request shorter than it declared."""
+    content = os.urandom(3 * MIB)
+    with fake_server() as server, ApiClient(server.url, KEY) as api:
+        upload = UnhashedUpload(api, ClientCache(None), "file:1", len(content),
+                                lambda: io.BytesIO(content[: 2 * MIB]), chunk=MIB)  # fmt: skip
+        with pytest.raises(FileChangedError, match="shorter"):
+            upload.send()
+
+
+def test_a_link_that_cuts_every_request_still_gets_the_file_through(tmp_path: Path) -> None:
+    """Each cut request moves the upload on (the server keeps what arrived, there being
+    no checksum), so the failures in a row never reach the retries, however many cuts."""
+    content = os.urandom(4 * MIB)
+    opener = CountedReads(source(tmp_path, content))
+    # Each cut is followed by the empty PATCH that asks whether the server takes bytes.
+    with fake_server(script={"PATCH /tus": [CUT, None] * 5}) as server:
+        with ApiClient(server.url, KEY, retries=2, sleep=lambda _: None) as api:
+            send_while_hashed(api, server, content, opener)
+        cut = [r for r in server.requests if r.method == "PATCH" and r.status is None]
+        assert len(cut) == 5
 
 
 def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:

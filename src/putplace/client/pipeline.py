@@ -1209,12 +1209,18 @@ class Run:
         sent, item.sent = item.sent, None
         try:
             sent.finish()
-        except (UploadGoneError, ContentRefusedError):
-            ResumableUpload(
-                self.api, self.cache, item.sha256, item.size, opener,
-                progress=self.reporter.upload_progress, stop=self.stop,
-                checksum=self._tus or "sha256",
-            ).run()  # fmt: skip
+            return
+        except UploadGoneError:
+            pass
+        except ContentRefusedError as exc:
+            message = f"the server refused the bytes sent ({exc.detail}): sending them again"
+            self.reporter.warn(item.entry.path, message + ", with a checksum per request")
+        self.reporter.upload_queued(item.size)
+        ResumableUpload(
+            self.api, self.cache, item.sha256, item.size, opener,
+            progress=self.reporter.upload_progress, stop=self.stop,
+            checksum=self._tus or "sha256",
+        ).run()  # fmt: skip
 
     def _speaks_tus(self, size: int) -> bool:
         """Contents of *size* go over tus: large enough, and the server speaks it (asked

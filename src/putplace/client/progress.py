@@ -135,12 +135,19 @@ class Reporter(TransferBars):
 
     def error(self, path: str, message: str) -> None:
         self.summary.add(errors=1)
+        self._say("[red]error[/]", path, message)
+
+    def warn(self, path: str, message: str) -> None:
+        """Something a user should know about *path* that the run got over."""
+        self._say("[yellow]warning[/]", path, message)
+
+    def _say(self, label: str, path: str, message: str) -> None:
         from rich.markup import escape
 
         # Markup escaped for rich, then control characters for the terminal: the path and
         # the message (which may quote the server) name what others chose.
         shown = f"{escape(safe(path))}: {escape(safe(message))}"
-        self.console.print(f"[red]error[/]: {shown}", soft_wrap=True)
+        self.console.print(f"{label}: {shown}", soft_wrap=True)
 
     def skip(self, path: str, kind: str) -> None:
         self.summary.add(skipped=1)

@@ -26,6 +26,7 @@ import httpx
 
 from putplace.client.cache import ClientCache
 from putplace.client.cancel import check
+from putplace.client.hashing import FileChangedError
 from putplace.client.uploader import (
     ApiClient,
     ApiError,
@@ -49,7 +50,7 @@ MAX_UNCHECKED_CHUNK: Final = 512 * MiB
 """Bytes per PATCH, at most, of an upload sent without checksums (about 4 PATCHes): the
 server keeps what arrived of such a request when it is cut, so its size bounds only what
 a server that dies mid-request costs. A 2 GiB file in 4 PATCHes rather than 16, 3
-alternated pairs: 506-538 -> 568-580 MiB/s (and in 1, 541-569: no better)."""
+alternated pairs: 484-512 -> 538-563 MiB/s (in 1, no faster than in 4)."""
 MIN_PART: Final = 64 * MiB
 """A file is split into parallel parts only this large or larger."""
 FEED: Final = 1 * MiB
@@ -75,8 +76,8 @@ class UploadGoneError(ApiError):
 
 
 class ContentRefusedError(ApiError):
-    """The server refused the joined bytes as the content the upload names (400): they
-    do not hash to it, or are not its size. It keeps nothing of them."""
+    """The server refused the bytes sent as the content they were joined as, and freed
+    them: they do not hash to it (see :meth:`UnhashedUpload.finish`)."""
 
 
 def tus_checksum(api: ApiClient) -> str | None:
@@ -143,8 +144,8 @@ class ResumableUpload:
         self.bytes_sent = 0
         self._lock = threading.Lock()
         #: SHA-256 of the file's first ``_whole_at`` bytes, when the hash is not known
-        #: yet (:class:`UnhashedUpload`): fed, in order, by the pass that reads each byte
-        #: first (the checksums' when there are any, else the sending).
+        #: yet (:class:`UnhashedUpload`, which sends no checksums): fed, in order, by the
+        #: pass that sends the bytes.
         self._whole: hashlib._Hash | None = None
         self._whole_at = 0
 
@@ -200,8 +201,6 @@ class ResumableUpload:
         final = self._retrying(lambda: self._http.post("/tus/", headers=headers))
         if final.status_code in (404, 410):
             raise UploadGoneError(final.status_code, error_detail(final))
-        if final.status_code == 400:
-            raise ContentRefusedError(final.status_code, error_detail(final))
         if final.status_code != 201:
             raise ApiError(final.status_code, error_detail(final))
 
@@ -253,16 +252,29 @@ class ResumableUpload:
                         url, headers=headers, content=self._feed(source, start + offset, size)
                     )
                 except httpx.TransportError as exc:
-                    failures = self._failed(failures, None, str(exc) or type(exc).__name__)
-                    offset = self._ready(url)
+                    detail = str(exc) or type(exc).__name__
+                    offset, failures = self._after_failure(url, offset, failures, None, detail)
                     continue
                 if response.status_code == 204:
                     offset = int(response.headers["Upload-Offset"])
                     failures = 0
                 else:
                     self._refused(response)
-                    failures = self._failed(failures, response, error_detail(response))
-                    offset = self._ready(url)
+                    offset, failures = self._after_failure(
+                        url, offset, failures, response, error_detail(response)
+                    )
+
+    def _after_failure(
+        self, url: str, offset: int, failures: int, response: httpx.Response | None, detail: str
+    ) -> tuple[int, int]:
+        """The offset to go on from after a request at *offset* failed, and the failures
+        in a row. A request that moved the upload on (without a checksum, the server
+        keeps what arrived of it) is progress, not a failure: a link that drops every
+        long request still gets the file through."""
+        if self._offset(url) > offset:
+            return self._ready(url), 0
+        failures = self._failed(failures, response, detail)
+        return self._ready(url), failures
 
     @contextlib.contextmanager
     def _checksums(self, start: int, length: int) -> Iterator[Callable[[int, int], str] | None]:
@@ -367,7 +379,7 @@ class ResumableUpload:
                     check(self.stop)
                     piece = before.read(min(FEED, position - self._whole_at))
                     if not piece:
-                        raise ApiError(None, "the file is shorter than when it was hashed")
+                        raise FileChangedError("the file got shorter since it was hashed")
                     self._hash_whole(piece, self._whole_at)
 
     def _hash_whole(self, piece: bytes, position: int) -> None:
@@ -390,25 +402,23 @@ class ResumableUpload:
             check(self.stop)
             piece = source.read(min(FEED, remaining))
             if not piece:
-                raise ApiError(None, "the file is shorter than when it was hashed")
+                raise FileChangedError("the file got shorter since it was hashed")
             hasher.update(piece)
-            self._hash_whole(piece, position)
-            position += len(piece)
             remaining -= len(piece)
         return base64.b64encode(hasher.digest()).decode()
 
     def _feed(self, source: IO[bytes], position: int, size: int) -> Iterator[bytes]:
         """The chunk in pieces, read as the connection takes them and counted: what a cut
         request really cost, and a progress bar that moves during each chunk. Without
-        checksums, this is the first read of each byte: the whole content's hash is
-        taken from it."""
+        checksums, this is the only read of each byte: the whole content's hash is taken
+        from it. Raises :class:`FileChangedError` if the file runs out first."""
         source.seek(position)
         remaining = size
         while remaining:
             check(self.stop)
             piece = source.read(min(FEED, remaining))
             if not piece:
-                return  # shorter than declared: the server refuses it, the retry says why
+                raise FileChangedError("the file got shorter while it was sent")
             if self.checksum is None:
                 self._hash_whole(piece, position)
             position += len(piece)
@@ -430,8 +440,8 @@ class UnhashedUpload(ResumableUpload):
     Its requests carry no ``Upload-Checksum``: a checksum must be sent before the bytes
     it covers, so computing one would mean reading each chunk twice, and the server
     checks every byte anyway, against the SHA-256 the record names, before the content
-    counts as stored. A 2 GiB file went 431-447 -> 493-511 MiB/s (3 alternated pairs;
-    client CPU 2.5-2.6 -> 2.2-2.3 s, server 4.4-4.6 -> 3.8-4.1 s). What it costs: a
+    counts as stored. A 2 GiB file went 410-421 -> 462-512 MiB/s (3 alternated pairs;
+    client CPU 2.60-2.67 -> 2.24-2.37 s, server 4.67-4.69 -> 3.83-4.12 s). What it costs: a
     request damaged in transit (which TCP's checksum, and TLS's integrity, let through
     only very rarely) is found at :meth:`finish`, which refuses the whole content
     rather than one request; the caller then sends the file again, with checksums.
@@ -483,12 +493,26 @@ class UnhashedUpload(ResumableUpload):
     def finish(self) -> None:
         """Join the sent bytes as the content the file's record names (registered now).
         Raises :class:`UploadGoneError` if the server no longer has them, and
-        :class:`ContentRefusedError` if they are not what was sent (damaged on the way)."""
+        :class:`ContentRefusedError` if it refused them for not hashing to it (they were
+        damaged on the way: the hash was computed from the bytes as they were sent)."""
         assert self.url is not None
         try:
             self._join([self.url])
+        except ApiError as exc:
+            # A 400 may also name a request the server would never take; a refused
+            # content is the one the server frees at once.
+            if exc.status == 400 and self._offset_gone(self.url):
+                raise ContentRefusedError(exc.status, exc.detail) from exc
+            raise
         finally:
             self.close()
+
+    def _offset_gone(self, url: str) -> bool:
+        try:
+            self._offset(url)
+        except UploadGoneError:
+            return True
+        return False
 
     def abandon(self) -> None:
         """Free the sent bytes (tus termination): the server did not need them. Best
