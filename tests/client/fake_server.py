@@ -17,8 +17,10 @@ never asks for a symlink's content, refuses content whose hash or size is wrong,
 order: ``None`` (pass the request on as usual), an HTTP status, ``bytes`` (pass the
 request on, then answer 200 with those bytes as its JSON body instead of the real
 answer), ``CUT`` (pass the first half of the body on, as if the connection broke
-there, and close the connection without answering), or ``DAMAGE`` (pass the body on
-with one byte changed, as a link could that TCP's checksum does not catch).
+there, and close the connection without answering), ``DAMAGE`` (pass the body on
+with one byte changed, as a link could that TCP's checksum does not catch), or a dict
+of headers (answer 200 with them and no body, without passing the request on: a tus
+``HEAD`` answered as at an earlier moment).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class FakeServer:
     tus: bool = True
     api_key: str = KEY
     requests: list[Request] = field(default_factory=list)
-    script: dict[str, list[int | str]] = field(default_factory=dict)
+    script: dict[str, list[int | str | bytes | dict[str, str] | None]] = field(default_factory=dict)
     retry_after: str | None = None
 
     def paths(self) -> list[str]:
@@ -259,6 +261,9 @@ def _handler(state: FakeServer, backend: httpx.Client) -> type[BaseHTTPRequestHa
                 return
             if action == DAMAGE and body:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
+            if isinstance(action, dict):
+                self._answer(request, 200, b"", action)
+                return
             if isinstance(action, int):
                 extra = {"Retry-After": state.retry_after} if state.retry_after else {}
                 payload = json.dumps({"detail": f"scripted {action}"}).encode()

@@ -675,27 +675,53 @@ def test_a_final_request_refused_for_another_reason_is_not_taken_for_damage(
 
 def test_a_file_that_shrinks_while_sent_is_an_error_of_its_own(tmp_path: Path) -> None:
     """Without a checksum pass before it, the sending pass is the one that finds the file
-    shorter: it says so (and the pipeline frees the bytes sent), rather than leaving the
-    HTTP client with a request shorter than it declared."""
+    shorter: it says so, rather than leaving the HTTP client with a request shorter than
+    it declared, and the bytes sent are freed."""
     content = os.urandom(3 * MIB)
-    with fake_server() as server, ApiClient(server.url, KEY) as api:
-        upload = UnhashedUpload(api, ClientCache(None), "file:1", len(content),
-                                lambda: io.BytesIO(content[: 2 * MIB]), chunk=MIB)  # fmt: skip
-        with pytest.raises(FileChangedError, match="shorter"):
-            upload.send()
+    # The DELETE that frees the bytes sent may come while the cut request still holds
+    # the upload (423): it is sent again.
+    with fake_server(script={"DELETE /tus": [423]}) as server:
+        with ApiClient(server.url, KEY, sleep=lambda _: None) as api:
+            upload = UnhashedUpload(api, ClientCache(None), "file:1", len(content),
+                                    lambda: io.BytesIO(content[: 2 * MIB]), chunk=MIB)  # fmt: skip
+            with pytest.raises(FileChangedError, match="shorter"):
+                upload.send()
+            url = upload.url
+            upload.abandon()
+            assert url is not None
+            assert api.http.head(url, headers={"Tus-Resumable": "1.0.0"}).status_code == 404
+        # The scripted 423, perhaps the real server's own (the cut request may still hold
+        # the upload), then the one that frees it.
+        deletes = [r.status for r in server.requests if r.method == "DELETE"]
+        assert deletes[0] == 423
+        assert deletes[-1] == 204
 
 
 def test_a_link_that_cuts_every_request_still_gets_the_file_through(tmp_path: Path) -> None:
     """Each cut request moves the upload on (the server keeps what arrived, there being
-    no checksum), so the failures in a row never reach the retries, however many cuts."""
+    no checksum), so the failures in a row never reach the retries, however many cuts.
+    Right after a cut the server may still answer the offset from before it (it has not
+    seen the request end yet): the progress is the offset it then takes bytes at."""
     content = os.urandom(4 * MIB)
     opener = CountedReads(source(tmp_path, content))
-    # Each cut is followed by the empty PATCH that asks whether the server takes bytes.
-    with fake_server(script={"PATCH /tus": [CUT, None] * 5}) as server:
+    cuts = 5
+    # After each cut: a HEAD answered with the offset before it (the cut request keeps
+    # half of its MiB), an empty PATCH at that offset (409), the real HEAD, an empty PATCH
+    # that is taken (204), then the next data PATCH.
+    stale = [{"Tus-Resumable": "1.0.0", "Upload-Offset": str(k * MIB // 2)} for k in range(cuts)]
+    script: dict[str, list[int | str | bytes | dict[str, str] | None]] = {
+        "PATCH /tus": [CUT, None, None] * cuts,
+        "HEAD /tus": [None] + [entry for answer in stale for entry in (answer, None)],
+    }
+    with fake_server(script=script) as server:
         with ApiClient(server.url, KEY, retries=2, sleep=lambda _: None) as api:
             send_while_hashed(api, server, content, opener)
         cut = [r for r in server.requests if r.method == "PATCH" and r.status is None]
-        assert len(cut) == 5
+        assert len(cut) == cuts
+        assert [r.status for r in server.requests if r.method == "PATCH" and not r.body][:2] == [
+            409,
+            204,
+        ]
 
 
 def test_a_final_request_answered_busy_is_sent_again(tmp_path: Path) -> None:

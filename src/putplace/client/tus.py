@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 import httpx
 
 from putplace.client.cache import ClientCache
-from putplace.client.cancel import check
+from putplace.client.cancel import Cancelled, check
 from putplace.client.hashing import FileChangedError
 from putplace.client.uploader import (
     ApiClient,
@@ -270,11 +270,14 @@ class ResumableUpload:
         """The offset to go on from after a request at *offset* failed, and the failures
         in a row. A request that moved the upload on (without a checksum, the server
         keeps what arrived of it) is progress, not a failure: a link that drops every
-        long request still gets the file through."""
-        if self._offset(url) > offset:
-            return self._ready(url), 0
-        failures = self._failed(failures, response, detail)
-        return self._ready(url), failures
+        long request still gets the file through. The offset is the one the server
+        takes bytes at again (:meth:`_ready`): until the server has seen the request
+        end and kept its bytes, it answers with the offset before it."""
+        ready = self._ready(url)
+        if ready > offset:
+            self.api.wait_to_retry(backoff(0))  # a pause all the same: the link is flaky
+            return ready, 0
+        return ready, self._failed(failures, response, detail)
 
     @contextlib.contextmanager
     def _checksums(self, start: int, length: int) -> Iterator[Callable[[int, int], str] | None]:
@@ -512,6 +515,8 @@ class UnhashedUpload(ResumableUpload):
             self._offset(url)
         except UploadGoneError:
             return True
+        except ApiError:  # cannot tell: the server's refusal stands as it gave it
+            return False
         return False
 
     def abandon(self) -> None:
@@ -520,8 +525,11 @@ class UnhashedUpload(ResumableUpload):
         self.cache.forget_upload(self.api.cache_key, self.identity)
         try:
             if self.url is not None:
-                with contextlib.suppress(httpx.HTTPError):
-                    self._http.delete(self.url, headers=TUS_HEADERS)
+                url = self.url
+                # Again while a request cut just now still holds the upload (423); not
+                # once the run is stopping.
+                with contextlib.suppress(httpx.HTTPError, ApiError, Cancelled):
+                    self._retrying(lambda: self._http.delete(url, headers=TUS_HEADERS))
         finally:
             self.close()
 
