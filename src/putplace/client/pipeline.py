@@ -1213,8 +1213,8 @@ class Run:
         except UploadGoneError:
             pass
         except ContentRefusedError as exc:
-            message = f"the server refused the bytes sent ({exc.detail}): sending them again"
-            self.reporter.warn(item.entry.path, message + ", with a checksum per request")
+            self.reporter.warn(item.entry.path, f"the server refused the bytes sent ({exc.detail}):"
+                               " sending them again, with a checksum per request")  # fmt: skip
         self.reporter.upload_queued(item.size)
         ResumableUpload(
             self.api, self.cache, item.sha256, item.size, opener,

@@ -377,13 +377,23 @@ class ResumableUpload:
         but this pass did not read (sent by an earlier run, or another writer)."""
         if self._whole is not None and self._whole_at < position:
             with self.opener() as before:
-                before.seek(self._whole_at)
-                while self._whole_at < position:
-                    check(self.stop)
-                    piece = before.read(min(FEED, position - self._whole_at))
-                    if not piece:
-                        raise FileChangedError("the file got shorter since it was hashed")
+                start = self._whole_at
+                for piece in self._pieces(before, start, position - start):
                     self._hash_whole(piece, self._whole_at)
+
+    def _pieces(self, source: IO[bytes], position: int, size: int) -> Iterator[bytes]:
+        """``size`` bytes of *source* from *position*, in pieces of at most :data:`FEED`
+        read one at a time (nothing more is held). Raises :class:`FileChangedError` if the
+        file runs out first, and :class:`Cancelled` once the run stops."""
+        source.seek(position)
+        remaining = size
+        while remaining:
+            check(self.stop)
+            piece = source.read(min(FEED, remaining))
+            if not piece:
+                raise FileChangedError("the file got shorter while it was read")
+            remaining -= len(piece)
+            yield piece
 
     def _hash_whole(self, piece: bytes, position: int) -> None:
         """Add to the whole content's hash what *piece*, read at *position*, holds beyond
@@ -398,16 +408,9 @@ class ResumableUpload:
         """``Upload-Checksum``'s digest of ``size`` bytes at *position*: a first read of the
         chunk (the second, to send it, comes from the page cache). Nothing is held."""
         assert self.checksum is not None
-        source.seek(position)
         hasher = new_checksum(self.checksum)
-        remaining = size
-        while remaining:
-            check(self.stop)
-            piece = source.read(min(FEED, remaining))
-            if not piece:
-                raise FileChangedError("the file got shorter since it was hashed")
+        for piece in self._pieces(source, position, size):
             hasher.update(piece)
-            remaining -= len(piece)
         return base64.b64encode(hasher.digest()).decode()
 
     def _feed(self, source: IO[bytes], position: int, size: int) -> Iterator[bytes]:
@@ -415,17 +418,10 @@ class ResumableUpload:
         request really cost, and a progress bar that moves during each chunk. Without
         checksums, this is the only read of each byte: the whole content's hash is taken
         from it. Raises :class:`FileChangedError` if the file runs out first."""
-        source.seek(position)
-        remaining = size
-        while remaining:
-            check(self.stop)
-            piece = source.read(min(FEED, remaining))
-            if not piece:
-                raise FileChangedError("the file got shorter while it was sent")
+        for piece in self._pieces(source, position, size):
             if self.checksum is None:
                 self._hash_whole(piece, position)
             position += len(piece)
-            remaining -= len(piece)
             with self._lock:
                 self.bytes_sent += len(piece)
             self.progress(len(piece))
@@ -513,10 +509,8 @@ class UnhashedUpload(ResumableUpload):
     def _offset_gone(self, url: str) -> bool:
         try:
             self._offset(url)
-        except UploadGoneError:
-            return True
-        except ApiError:  # cannot tell: the server's refusal stands as it gave it
-            return False
+        except ApiError as exc:  # other than gone: cannot tell, the refusal stands
+            return isinstance(exc, UploadGoneError)
         return False
 
     def abandon(self) -> None:
