@@ -34,7 +34,7 @@ def test_defaults() -> None:
     )  # fmt: skip
     assert (args.ca_bundle, args.insecure) == (None, False)  # TLS verified by default
     assert (args.bundle_threshold, args.bundle_bytes, args.bundle_files) == (
-        1024 * 1024, 8 * 1024 * 1024, 2000
+        1024 * 1024, 24 * 1024 * 1024, 5000
     )  # fmt: skip
 
 
