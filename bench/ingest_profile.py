@@ -68,13 +68,25 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 def server_threads(pid: int) -> dict[str, tuple[float, float]]:
-    """(user, system) CPU seconds per server thread so far, largest first."""
-    names = thread_names(pid)
+    """(user, system) CPU seconds per server thread so far, largest first: the threads of
+    the serving process and of each of its worker processes (``--workers`` > 1), named
+    ``worker <n>: <thread>`` for a worker."""
+    root = psutil.Process(pid)
+    processes = [("", root)] + [
+        (f"worker {number}: ", child)
+        for number, child in enumerate(sorted(root.children(recursive=True), key=lambda p: p.pid))
+    ]
     per: dict[str, tuple[float, float]] = {}
-    for thread in psutil.Process(pid).threads():
-        name = names.get(thread.id, f"tid {thread.id}")
-        user, system = per.get(name, (0.0, 0.0))
-        per[name] = (user + thread.user_time, system + thread.system_time)
+    for prefix, process in processes:
+        try:
+            names = thread_names(process.pid)
+            threads = process.threads()
+        except psutil.Error:  # a helper that ended between the listing and the reading
+            continue
+        for thread in threads:
+            name = prefix + names.get(thread.id, f"tid {thread.id}")
+            user, system = per.get(name, (0.0, 0.0))
+            per[name] = (user + thread.user_time, system + thread.system_time)
     return dict(sorted(per.items(), key=lambda kv: -sum(kv[1])))
 
 
