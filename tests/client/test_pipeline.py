@@ -349,3 +349,66 @@ def test_a_time_of_a_float_subclass_is_shown_as_repr_shows_it() -> None:
         pass
 
     assert pipeline.shown_time(Seconds(1.7e9 + 0.1)) == repr(1.7e9 + 0.1)
+
+
+def reads_by_thread(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_read: float
+) -> tuple[list[str], list[int]]:
+    """The threads that read small files whole, in the order read, and the largest number
+    of reads under way at once; each read takes at least *seconds_per_read* (a disk)."""
+    threads: list[str] = []
+    most = [0]
+    now = [0]
+    lock = threading.Lock()
+    real_read = hashing.read_whole
+
+    def read_whole(entry: FileEntry) -> bytes:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+            threads.append(threading.current_thread().name)
+        try:
+            time.sleep(seconds_per_read)
+            return real_read(entry)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(pipeline, "read_whole", read_whole)
+    return threads, most
+
+
+def test_small_files_slow_to_read_are_read_several_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files that are not in the page cache (a host's first ingest) wait on the disk: the
+    # walking thread alone would wait for each in turn.
+    make_files(tmp_path, 600)
+    threads, most = reads_by_thread(monkeypatch, 0.002)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert len(server.files("h1")) == 600
+        assert all(r["has_file_content"] for r in server.files("h1").values())
+    assert most[0] >= 2
+    handed = next(i for i, name in enumerate(threads) if name.startswith("hash"))
+    assert threads[:handed] == ["walk"] * handed  # until it had timed a few chunks
+    # Still a chunk now and then read by the walking thread, to see when reads get fast.
+    assert "walk" in threads[handed:]
+
+
+def test_small_reads_go_back_to_the_walking_thread_once_fast_again() -> None:
+    # Timed here rather than end to end: in the test process the fake server's threads
+    # share the interpreter lock with the client's, and waiting for it slows every read.
+    reads = pipeline._SmallReads()
+    for _ in range(3 * reads.WINDOW):  # from the page cache: all read here
+        assert reads.inline()
+        reads.took(0.00032, 32)
+    reads.took(0.032, 32)  # one slow chunk among fast ones changes nothing
+    assert reads.inline()
+    for _ in range(reads.WINDOW):
+        reads.took(0.0032, 32)  # 100 us a file: from the disk
+    handed = [reads.inline() for _ in range(2 * reads.SAMPLE_EVERY)]
+    assert handed.count(True) == 2  # one chunk in eight still read here
+    for _ in range(reads.WINDOW // 2 + 1):
+        reads.took(0.00032, 32)  # 10 us a file: from the page cache
+    assert all(reads.inline() for _ in range(reads.SAMPLE_EVERY))
