@@ -281,7 +281,7 @@ class _SmallReads:
 
     def took(self, seconds: float, files: int) -> None:
         """A chunk of *files* read here took *seconds*."""
-        self._recent.append(seconds / max(1, files))
+        self._recent.append(seconds / files)  # chunks are never empty (_chunks)
         self._slow = (
             len(self._recent) == self.WINDOW
             and statistics.median(self._recent) > self.SLOW_PER_FILE
