@@ -142,6 +142,14 @@ class Settings(BaseSettings):
         description="Largest total of contents in one POST /bundles, bytes (held in memory "
         "until the bundle is stored).",
     )
+    request_memory_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = Field(
+        128 * 1024 * 1024,
+        description="Bytes each server process holds at once for the request bodies it is "
+        "handling: a bundle counts its contents, a JSON body of 64 KiB or more 16 times its "
+        "length (what parsing and validating it takes). A request waits for room, first "
+        "come first served, and gets 503 with Retry-After if none comes within 10 s. At "
+        "least max_bundle_bytes.",
+    )
     history_keep_versions: Annotated[int, Field(ge=0)] = Field(
         0,
         description="Past versions kept per file location by `ppserver gc --delete`, newest "
@@ -234,6 +242,16 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(
         LogFormat.text, description="`text` or `json` (one object a line)."
     )
+
+    @model_validator(mode="after")
+    def _check_request_memory(self) -> Settings:
+        if self.request_memory_bytes < self.max_bundle_bytes:
+            raise ValueError(
+                f"request_memory_bytes ({self.request_memory_bytes}) must be at least "
+                f"max_bundle_bytes ({self.max_bundle_bytes}): a bundle of the largest size "
+                "accepted would never fit"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -11,6 +11,9 @@ import pytest
 from starlette.requests import Request
 
 from putplace.server.limits import BodyLimitMiddleware
+from putplace.service.memory import MemoryBudget
+
+ROOMY = MemoryBudget(1 << 20)
 
 SCOPE = {"type": "http", "method": "POST", "path": "/put_files", "headers": []}
 
@@ -32,7 +35,8 @@ async def test_a_body_in_several_messages_reaches_the_route_whole() -> None:
     async def send(message: Any) -> None:
         raise AssertionError(f"answered by the middleware: {message}")
 
-    await BodyLimitMiddleware(route, limit=1000, idle_seconds=5)(dict(SCOPE), receive, send)
+    middleware = BodyLimitMiddleware(route, limit=1000, idle_seconds=5, memory=ROOMY)
+    await middleware(dict(SCOPE), receive, send)
     assert seen == [b"".join(pieces)]
 
 
@@ -49,7 +53,7 @@ async def test_a_request_cancelled_while_its_body_is_awaited_is_not_a_stall() ->
     async def send(message: Any) -> None:
         answered.append(message)
 
-    middleware = BodyLimitMiddleware(route, limit=1000, idle_seconds=0.2)
+    middleware = BodyLimitMiddleware(route, limit=1000, idle_seconds=0.2, memory=ROOMY)
     request = asyncio.create_task(middleware(dict(SCOPE), receive, send))
     await asyncio.sleep(0.05)
     request.cancel()
@@ -72,7 +76,7 @@ async def test_a_stalled_body_is_answered_408() -> None:
     async def send(message: Any) -> None:
         answered.append(message)
 
-    middleware = BodyLimitMiddleware(route, limit=1000, idle_seconds=0.2)
+    middleware = BodyLimitMiddleware(route, limit=1000, idle_seconds=0.2, memory=ROOMY)
     await asyncio.wait_for(middleware(dict(SCOPE), receive, send), 5)
     assert answered[0]["status"] == 408
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
+import psutil
 import pytest
 
 from putplace.service.bundles import _Reader
@@ -56,3 +57,15 @@ async def test_bytes_read_ahead_with_the_header_are_used_first() -> None:
     assert await reader.read_upto(3) == (b"abc", None)
     assert await reader.read_upto(7) == (b"defghij", None)
     assert await reader.read(4) == b"tail"
+
+
+async def test_memory_is_taken_for_the_bytes_that_came_not_for_the_size_claimed() -> None:
+    """A header may claim up to PUTPLACE_MAX_BUNDLE_BYTES; a client that then sends a few
+    bytes must not make the server hold the rest."""
+    process = psutil.Process()
+    reader = _Reader(stream([b"abcde"]))
+    before = process.memory_info().rss
+    data, failure = await reader.read_upto(1 << 30)
+    grown = process.memory_info().rss - before
+    assert (bytes(data), failure) == (b"abcde", None)
+    assert grown < 64 << 20, f"{grown} bytes taken for 5 that came"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from fastapi import FastAPI
 
 from putplace.config import Settings
 from putplace.server.app import create_app
@@ -21,12 +22,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(settings: Settings) -> Iterator[str]:
-    """Serve ``create_app(settings)`` on a free loopback port; yield its base URL."""
+def running_server(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """Serve *app* (by default ``create_app(settings)``) on a free loopback port; yield
+    its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+        app or create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+        lifespan="on",
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

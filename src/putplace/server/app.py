@@ -31,6 +31,7 @@ from putplace.server.store_metrics import measured
 from putplace.server.supervisor import stop_when_orphaned, supervisor_pid
 from putplace.service.inventory import DuplicateGroupsCache
 from putplace.service.maintenance import sweep_temporary
+from putplace.service.memory import MemoryBudget
 from putplace.service.resumable import reclaim_expired
 from putplace.service.stores import Stores, open_stores
 
@@ -88,6 +89,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stores=stores,
             key_cache=key_cache,
             duplicate_groups=DuplicateGroupsCache(settings.stats_cache_seconds),
+            request_memory=app.state.request_memory,
         )
         gctune.settle()
         try:
@@ -147,10 +149,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings = settings or load_settings()
     configure_logging(settings)
+    # One budget per process for the request bodies it holds: JSON batches here, bundles
+    # in their route (through AppState).
+    app.state.request_memory = memory = MemoryBudget(settings.request_memory_bytes)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_json_bytes,
         idle_seconds=settings.upload_idle_timeout_seconds,
+        memory=memory,
     )
     counted = None if settings.metrics is MetricsAccess.off else RequestMetrics()
     app.add_middleware(ObserveRequestsMiddleware, metrics=counted)

@@ -39,6 +39,7 @@ from putplace.service.errors import (
     HashMismatchError,
     InvalidInputError,
     NotFoundError,
+    OverloadedError,
     RateLimitedError,
     SizeMismatchError,
     StalledError,
@@ -96,6 +97,7 @@ STATUS: dict[type[Exception], int] = {
     UnsupportedMediaTypeError: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     ChecksumMismatchError: 460,  # tus's "Checksum Mismatch"; before its base class
     GoneError: status.HTTP_410_GONE,
+    OverloadedError: status.HTTP_503_SERVICE_UNAVAILABLE,  # before its base class
     BusyError: status.HTTP_423_LOCKED,
     InvalidInputError: status.HTTP_400_BAD_REQUEST,
     ContentMismatchError: status.HTTP_400_BAD_REQUEST,
@@ -122,6 +124,7 @@ REFUSAL_REASONS: dict[type[Exception], str] = {
     BlobTooLargeError: "too_large",
     QuotaExceededError: "quota",
     StalledError: "stalled",
+    OverloadedError: "overloaded",
 }
 
 

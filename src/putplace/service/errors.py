@@ -72,3 +72,8 @@ class RateLimitedError(ServiceError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class OverloadedError(BusyError):
+    """The server has no room for this request now (memory for uploads); try again in
+    ``retry_after`` seconds."""

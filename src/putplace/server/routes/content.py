@@ -114,6 +114,7 @@ async def put_blob(
     responses={
         400: {"description": "Malformed bundle header, or a body cut short"},
         413: {"description": "More contents or bytes than the server accepts in one bundle"},
+        503: {"description": "No room for the bundle in the server's memory within 10 s"},
         507: {"description": "The blob store is full"},
     },
     openapi_extra={
@@ -131,8 +132,9 @@ async def post_bundle(
     caller: Writer, request: Request, namespace: NamespaceParam = None
 ) -> BundleResponse:
     target = caller.namespace(Scope.write, namespace)
+    state = caller.state
     return await bundles.accept_bundle(
-        caller.state.stores, caller.state.settings, request.stream(), target
+        state.stores, state.settings, state.request_memory, request.stream(), target
     )
 
 
