@@ -28,6 +28,11 @@ UPLOADS_REFUSED = Counter(
     ["reason"],
 )
 RATE_LIMITED = Counter("putplace_rate_limited", "Requests refused by the per-key rate limit.")
+OVERLOADED = Counter(
+    "putplace_overloaded",
+    "Requests answered 503 because their process had no room for their bodies within the "
+    "wait (PUTPLACE_REQUEST_MEMORY_BYTES).",
+)
 KEY_CACHE = Counter(
     "putplace_key_cache_lookups", "API key lookups, by result (hit, miss).", ["result"]
 )

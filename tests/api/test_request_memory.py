@@ -92,6 +92,14 @@ async def started(api: httpx.AsyncClient, held: HeldBundle) -> asyncio.Task[http
     return task
 
 
+async def overloaded(api: httpx.AsyncClient) -> float:
+    response = await api.get("/metrics")
+    for line in response.text.splitlines():
+        if line.startswith("putplace_overloaded_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def a_large_batch() -> list[dict[str, object]]:
     """Records whose JSON body is over 64 KiB: counted at 16 times that, the whole budget."""
     records = [metadata(os.urandom(16)) for _ in range(400)]
@@ -140,6 +148,7 @@ async def test_no_room_in_time_is_503_with_retry_after_and_stores_nothing(
 ) -> None:
     first, second = os.urandom(200 * 1024), os.urandom(100 * 1024)
     await register(api, first, second)
+    overloaded_before = await overloaded(api)
     held = HeldBundle(first)
     holding = await started(api, held)
     refused = await api.post("/bundles", content=bundle([(sha(second), second)]), headers=BUNDLE)
@@ -152,6 +161,7 @@ async def test_no_room_in_time_is_503_with_retry_after_and_stores_nothing(
     assert (await api.get(f"/download/{sha(second)}")).status_code == 404
     found = await api.get("/files", params={"path_prefix": records[0]["filepath"]})
     assert (found.status_code, found.json()) == (200, [])
+    assert await overloaded(api) == overloaded_before + 2  # what operators alert on
 
     held.finish()  # with room again, both go through
     assert (await holding).status_code == 200

@@ -25,8 +25,9 @@ over the first 100,000 or so files of a first ingest, to 200-260 MiB (restic: 11
 for the same 100,000 small files), and little after (249 MiB at 300,000): the client
 cache's page cache fills (up to ``CACHE_KIB``), and glibc keeps the memory of freed
 contents (its arenas held 55-111 MiB free at the peak; ``malloc_trim`` after each
-bundle, tried, gave peaks of 192-229 against 245-259 MiB, and was left out). A stage that is ahead waits for the one behind it; nothing waits for
-a whole earlier stage to finish.
+bundle, tried, gave peaks of 192-229 against 245-259 MiB, and was left out). A stage
+that is ahead waits for the one behind it; nothing waits for a whole earlier stage to
+finish.
 
 Older servers: without ``/put_files`` the run registers one ``POST /put_file`` per file
 and uploads multipart ``POST /upload_file``; without ``/bundles`` it sends every content

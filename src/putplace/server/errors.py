@@ -124,7 +124,6 @@ REFUSAL_REASONS: dict[type[Exception], str] = {
     BlobTooLargeError: "too_large",
     QuotaExceededError: "quota",
     StalledError: "stalled",
-    OverloadedError: "overloaded",
 }
 
 

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from putplace import telemetry
 from putplace.service.errors import OverloadedError
 
 #: Seconds a request waits for room before it is answered 503 (a bundle is stored in
@@ -80,6 +81,7 @@ class MemoryBudget:
                 self._waiting.remove(entry)
             self._wake()  # those behind it may fit now
             if isinstance(exc, TimeoutError):
+                telemetry.OVERLOADED.inc()
                 raise OverloadedError(
                     f"the server holds {self.held} bytes of request bodies, its limit "
                     f"(PUTPLACE_REQUEST_MEMORY_BYTES) is {self.limit}, and {size} more did "
