@@ -4,6 +4,7 @@ A server of one process never stops because of who started it."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,35 @@ def test_workers_stop_when_their_supervisor_is_killed(
         assert not alive, [w.pid for w in alive]
         with pytest.raises(httpx.ConnectError):  # nobody holds the port any more
             httpx.get(f"{url}/health", timeout=5)
+
+
+def test_the_next_server_removes_what_a_killed_one_left(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its metrics and shared-limits directories: a killed serve cannot remove them, and
+    servers restarted after the OOM killer would otherwise fill the temporary directory.
+    Another user's, and a running server's, are left alone."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    settings = make_settings(request, "sqlite-local", tmp_path)
+    live = temporary / f"putplace-limits-{os.getpid()}-x"  # a serve still running
+    unrelated = temporary / "putplace-limits-notes"
+    live.mkdir()
+    unrelated.mkdir()
+    with ppserver_process(settings, tmp_path, "--workers", "2") as url:
+        workers = worker_processes(url)
+        supervisor = workers[0].parent()
+        assert supervisor is not None
+        killed = sorted(temporary.glob(f"putplace-*-{supervisor.pid}-*"))
+        assert [p.name.split("-")[1] for p in killed] == ["limits", "metrics"]
+        supervisor.kill()
+        psutil.wait_procs(workers, timeout=10 * CHECK_SECONDS + 10)
+        assert all(p.exists() for p in killed)  # what a SIGKILL leaves
+    with ppserver_process(settings, tmp_path, "--workers", "2"):
+        left = {p.name for p in temporary.iterdir()}
+    assert not {p.name for p in killed} & left
+    assert {live.name, unrelated.name} <= left
 
 
 def test_a_single_process_server_ignores_a_supervisor_it_does_not_have(

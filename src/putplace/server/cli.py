@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -19,7 +18,7 @@ from putplace.config import Settings, SettingsError, load_settings
 from putplace.coordination import create_coordinator
 from putplace.coordination.host import SHARED_FILE_ENV
 from putplace.metadata import StoreUnavailableError, create_metadata_store
-from putplace.server import keys_cli
+from putplace.server import keys_cli, tempdirs
 from putplace.server.supervisor import SUPERVISOR_ENV
 from putplace.service.maintenance import GC_MIN_AGE_SECONDS
 from putplace.service.stores import open_metadata, open_stores
@@ -108,16 +107,17 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
     for name, value in overrides.items():
         os.environ[f"PUTPLACE_{name.upper()}"] = str(value)
     made: list[str] = []  # temporary directories of this run, removed when it ends
+    tempdirs.sweep_orphans()  # and those of runs killed before they could remove theirs
     if settings.workers > 1:  # its workers stop if this process is killed
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
     if settings.workers > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker writes its metrics here; /metrics sums them (set before they start).
-        made.append(tempfile.mkdtemp(prefix="putplace-metrics-"))
+        made.append(tempdirs.make("putplace-metrics-"))
         os.environ[MULTIPROCESS_DIR] = made[-1]
     if settings.workers > 1 and not settings.redis_url and not os.environ.get(SHARED_FILE_ENV):
         # Rate limits, quota reservations and key revocations, shared by the workers.
         try:
-            made.append(tempfile.mkdtemp(prefix="putplace-limits-"))
+            made.append(tempdirs.make("putplace-limits-"))
         except OSError as exc:  # a helper: the workers then count alone
             print(f"ppserver: workers keep their own limits ({exc})", file=sys.stderr)
         else:
@@ -143,7 +143,7 @@ def _serve(settings: Settings, overrides: dict[str, object]) -> int:
             access_log=False,  # the app writes one access line per request, with its id
             proxy_headers=True,
         )
-    finally:  # also when uvicorn exits (a port in use); a SIGKILL leaves them behind
+    finally:  # also when uvicorn exits (a port in use); after a SIGKILL, the next serve
         for directory in made:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
