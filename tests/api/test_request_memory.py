@@ -16,6 +16,7 @@ import pytest
 
 from putplace.config import Settings
 from putplace.server.app import create_app
+from putplace.service import bundles
 from tests.conftest import Keys, seed_keys
 from tests.support.payloads import bundle, metadata
 from tests.support.servers import running_server
@@ -177,3 +178,46 @@ def test_a_budget_smaller_than_the_largest_bundle_is_refused_at_start(tmp_path: 
             max_bundle_bytes=LIMIT,
             request_memory_bytes=LIMIT - 1,
         )
+
+
+async def test_a_body_that_has_not_arrived_holds_no_room(
+    api: httpx.AsyncClient, server_url: str
+) -> None:
+    """A request without a key that declares a large body and sends none of it (or sends
+    it slowly) does not keep others out: a batch waits for room only once it is read."""
+    host, port = server_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /put_files HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n{"
+    )
+    await writer.drain()
+    try:
+        await asyncio.sleep(0.3)
+        whole = os.urandom(LIMIT)  # takes the whole budget
+        await register(api, whole)
+        response = await asyncio.wait_for(
+            api.post("/bundles", content=bundle([(sha(whole), whole)]), headers=BUNDLE), 5
+        )
+        assert response.status_code == 200, response.text[:300]
+    finally:
+        writer.close()
+
+
+async def test_a_bundle_slow_to_arrive_gives_its_room_back(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client on a slow link does not keep others waiting for as long as its bytes
+    take: after the grace its bundle goes on without room, and others go in."""
+    monkeypatch.setattr(bundles, "ARRIVAL_GRACE_SECONDS", 0.3)
+    slow, other = os.urandom(200 * 1024), os.urandom(100 * 1024)  # 300 KiB > LIMIT
+    await register(api, slow, other)
+    held = HeldBundle(slow)
+    arriving = await started(api, held)
+    response = await asyncio.wait_for(
+        api.post("/bundles", content=bundle([(sha(other), other)]), headers=BUNDLE), 5
+    )
+    assert [r["status"] for r in response.json()["results"]] == ["stored"]
+    assert not arriving.done()  # still arriving, and still accepted once whole
+    held.finish()
+    assert [r["status"] for r in (await arriving).json()["results"]] == ["stored"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterable
 
 import psutil
@@ -69,3 +70,23 @@ async def test_memory_is_taken_for_the_bytes_that_came_not_for_the_size_claimed(
     grown = process.memory_info().rss - before
     assert (bytes(data), failure) == (b"abcde", None)
     assert grown < 64 << 20, f"{grown} bytes taken for 5 that came"
+
+
+async def test_what_a_failed_read_took_is_given_back_at_once() -> None:
+    """The bytes of a bundle cut off midway go back to the system when the request ends,
+    not when the cyclic garbage collector next runs (its room in the budget is free by
+    then)."""
+    piece = b"x" * (1 << 20)
+    process = psutil.Process()
+    gc.disable()
+    try:
+        before = process.memory_info().rss
+        for _ in range(3):
+            reader = _Reader(stream([piece] * 32, fail=StalledError("no data")))
+            data, failure = await reader.read_upto(64 << 20)
+            assert (len(data), type(failure)) == (32 << 20, StalledError)
+            del reader, data, failure
+        grown = process.memory_info().rss - before
+    finally:
+        gc.enable()
+    assert grown < 32 << 20, f"{grown >> 20} MiB still held after three failed reads"

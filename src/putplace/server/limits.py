@@ -105,10 +105,10 @@ class BodyLimitMiddleware:
     streams, and a body that stalls for *idle_seconds* gets 408. Bodies are parsed whole
     anyway, so reading one here (bounded) and handing it on costs nothing extra.
 
-    A body of :data:`COUNTED_BODY` bytes or more (a batch of records) is read only once
-    *memory* has room for what handling it takes (:data:`PARSED_FACTOR` times its length,
-    at most the whole budget); until then it waits in the connection, and after the
-    budget's wait it is answered 503 with Retry-After.
+    A body of :data:`COUNTED_BODY` bytes or more (a batch of records), once read, waits
+    until *memory* has room for what handling it takes (:data:`PARSED_FACTOR` times its
+    length, at most the whole budget), and is answered 503 with Retry-After after the
+    budget's wait.
     """
 
     def __init__(self, app: ASGIApp, limit: int, idle_seconds: float, memory: MemoryBudget) -> None:
@@ -123,32 +123,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        size = int(declared) if declared.isdigit() else None
-        if size is not None and size > self.limit:
+        if declared.isdigit() and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
-        if size is None or size < COUNTED_BODY:  # most requests: nothing to wait for
-            await self._read_then_call(scope, receive, send, counted=size is not None)
-            return
-        taken = self._taken_by(size)
-        try:
-            await self.memory.take(taken)
-        except OverloadedError as exc:  # nothing was read: drop it, then answer
-            await self._drain_and_answer(scope, receive, send, 503, str(exc), _retry(exc))
-            return
-        try:
-            await self._read_then_call(scope, receive, send, counted=True)
-        finally:
-            self.memory.release(taken)
-
-    def _taken_by(self, size: int) -> int:
-        return min(PARSED_FACTOR * size, self.memory.limit)
-
-    async def _read_then_call(
-        self, scope: Scope, receive: Receive, send: Send, *, counted: bool
-    ) -> None:
-        """Read the whole body, then call the app with it; *counted*: its memory is held
-        already or needs none (a body of unknown length is counted once read)."""
         pieces: list[bytes] = []
         size = 0
         while True:
@@ -184,14 +161,18 @@ class BodyLimitMiddleware:
                 return given
             return await receive()
 
-        if counted or size < COUNTED_BODY:
+        if size < COUNTED_BODY:  # most requests: nothing to wait for
             await self.app(scope, replay, send)
             return
-        taken = self._taken_by(size)
+        # Room is taken once the body is here, so a client cannot hold it by sending
+        # slowly (or by merely declaring a length), with or without a valid key.
+        taken = min(PARSED_FACTOR * size, self.memory.limit)
         try:
             await self.memory.take(taken)
         except OverloadedError as exc:
-            await _answer(scope, receive, send, 503, str(exc), _retry(exc))
+            await _answer(
+                scope, receive, send, 503, str(exc), {"Retry-After": str(exc.retry_after)}
+            )
             return
         try:
             await self.app(scope, replay, send)
@@ -201,27 +182,12 @@ class BodyLimitMiddleware:
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, *, drain: bool = True
     ) -> None:
-        detail = f"request body larger than {self.limit} bytes"
-        if drain:
-            await self._drain_and_answer(scope, receive, send, 413, detail)
-        else:
-            await _answer(scope, receive, send, 413, detail)
-
-    async def _drain_and_answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        code: int,
-        detail: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
         # Read (and drop) what the client is still sending, up to a bound, so closing the
-        # connection does not reset it before the client has read the answer.
+        # connection does not reset it before the client has read the 413.
         drained = 0
         try:
             async with asyncio.timeout(self.idle_seconds):
-                while drained < _DRAIN_LIMIT:
+                while drain and drained < _DRAIN_LIMIT:
                     message = await receive()
                     if message["type"] != "http.request":
                         break
@@ -230,11 +196,7 @@ class BodyLimitMiddleware:
                         break
         except TimeoutError:
             pass
-        await _answer(scope, receive, send, code, detail, headers)
-
-
-def _retry(exc: OverloadedError) -> dict[str, str]:
-    return {"Retry-After": str(exc.retry_after)}
+        await _answer(scope, receive, send, 413, f"request body larger than {self.limit} bytes")
 
 
 async def _answer(

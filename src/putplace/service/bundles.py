@@ -18,7 +18,7 @@ import logging
 import mmap
 import struct
 from collections import Counter
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 
 from putplace import telemetry
@@ -40,6 +40,10 @@ from putplace.service.memory import MemoryBudget
 from putplace.service.stores import Stores
 
 log = logging.getLogger("putplace.service")
+
+#: Seconds a bundle's body may take to arrive while it holds room in the process's
+#: memory budget (24 MiB take 2 s at 100 Mbit/s, 20 s at 10).
+ARRIVAL_GRACE_SECONDS = 10.0
 
 MAGIC = b"PPBNDL01"
 _COUNT = struct.Struct(">I")
@@ -96,7 +100,9 @@ class _Reader:
         except StopAsyncIteration:
             pass
         except Exception as exc:  # a stalled or dropped client, a body over the limit
-            failure = exc
+            # Without its traceback: that holds this frame, so ``buffer``, and the map
+            # would stay until the cyclic collector ran (with the budget already free).
+            failure = exc.with_traceback(None)
         return buffer[:have], failure
 
     async def ends(self) -> tuple[bool, Exception | None]:
@@ -195,17 +201,23 @@ async def accept_bundle(
 
     Its bytes are read only once *memory* has room for all of them (until then the body
     waits in the connection), and what is already stored is looked up after that wait.
+    A body still arriving after :data:`ARRIVAL_GRACE_SECONDS` gives its room back: a
+    client on a slow link would otherwise keep faster ones waiting for as long as its
+    bytes take, and its bytes take memory only as fast as they come.
     """
     reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
     entries = await read_header(reader, settings)
-    async with memory.hold(sum(entry.length for entry in entries)):
+    async with memory.hold(sum(entry.length for entry in entries)) as room:
+        slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
         results, held = await _verdicts(stores, settings, entries, namespace)
         arriving = sum(e.length for e, r in zip(entries, results, strict=True) if r is None)
-        room = quotas.holding_bytes(
+        quota = quotas.holding_bytes(
             stores.metadata, stores.coordination, settings.quota(namespace), namespace, arriving
         )
-        async with room:  # held until what arrives is recorded
-            return await _receive(stores, settings, reader, entries, results, held, namespace)
+        async with quota:  # held until what arrives is recorded
+            return await _receive(
+                stores, settings, reader, entries, results, held, namespace, slow.cancel
+            )
 
 
 async def _receive(
@@ -216,13 +228,16 @@ async def _receive(
     results: list[BundleMemberResult | None],
     held: set[str],
     namespace: str,
+    arrived: Callable[[], None],
 ) -> BundleResponse:
-    """Read the members, verify each, store those that are whole, and answer."""
+    """Read the members (calling *arrived* once they are all here), verify each, store
+    those that are whole, and answer."""
     # The members' bytes in one read (they are all held until stored anyway), then
     # hashed in one go: per member, a read and an await of its own cost more than
     # hashing a few KiB (a first ingest of 100,000 small files).
     total = sum(entry.length for entry in entries)
     body, failure = await reader.read_upto(total)
+    arrived()
     if failure is None and len(body) == total:
         ended, failure = await reader.ends()
         if not ended:  # the header does not describe this body: nothing is trusted

@@ -44,13 +44,15 @@ class MemoryBudget:
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
-        """*size* bytes of the budget while the block runs (see :meth:`take`)."""
+    async def hold(self, size: int) -> AsyncIterator[Room]:
+        """*size* bytes of the budget while the block runs (see :meth:`take`), or until
+        it hands them back early with :meth:`Room.give_back`."""
         await self.take(size)
+        room = Room(self, size)
         try:
-            yield
+            yield room
         finally:
-            self.release(size)
+            room.give_back()
 
     async def take(self, size: int) -> None:
         """*size* bytes of the budget, once every request before this one has had its
@@ -102,3 +104,16 @@ class MemoryBudget:
             self._waiting.popleft()
             self.held += size
             turn.set_result(None)
+
+
+class Room:
+    """Bytes taken from a :class:`MemoryBudget`, given back once."""
+
+    def __init__(self, budget: MemoryBudget, size: int) -> None:
+        self._budget = budget
+        self._size = size
+
+    def give_back(self) -> None:
+        if self._size:
+            size, self._size = self._size, 0
+            self._budget.release(size)
