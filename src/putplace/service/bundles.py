@@ -209,15 +209,19 @@ async def accept_bundle(
     entries = await read_header(reader, settings)
     async with memory.hold(sum(entry.length for entry in entries)) as room:
         slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
-        results, held = await _verdicts(stores, settings, entries, namespace)
-        arriving = sum(e.length for e, r in zip(entries, results, strict=True) if r is None)
-        quota = quotas.holding_bytes(
-            stores.metadata, stores.coordination, settings.quota(namespace), namespace, arriving
-        )
-        async with quota:  # held until what arrives is recorded
-            return await _receive(
-                stores, settings, reader, entries, results, held, namespace, slow.cancel
-            )
+        try:
+            results, held = await _verdicts(stores, settings, entries, namespace)
+            arriving = sum(e.length for e, r in zip(entries, results, strict=True) if r is None)
+            quota = quotas.holding_bytes(
+                stores.metadata, stores.coordination, settings.quota(namespace), namespace,
+                arriving,
+            )  # fmt: skip
+            async with quota:  # held until what arrives is recorded
+                return await _receive(
+                    stores, settings, reader, entries, results, held, namespace, slow.cancel
+                )
+        finally:  # a bundle refused before its bytes came leaves no timer behind
+            slow.cancel()
 
 
 async def _receive(

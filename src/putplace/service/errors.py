@@ -75,5 +75,5 @@ class RateLimitedError(ServiceError):
 
 
 class OverloadedError(BusyError):
-    """The server has no room for this request now (memory for uploads); try again in
-    ``retry_after`` seconds."""
+    """The server has no room for this request's body now (``MemoryBudget``); try again
+    in ``retry_after`` seconds."""

@@ -4,9 +4,9 @@ A bundle (``POST /bundles``) is held whole from its first member's bytes until i
 stored, and a batch of records (``POST /put_files``) as parsed and validated objects
 until it is written; requests that wait for the database writer wait holding them.
 Without a bound, a server's memory grew with the number of clients ingesting at once:
-16 clients' first ingests into one server (2 workers) took a worker to 443-481 MiB,
-against 143 MiB for one client. :class:`MemoryBudget` makes a request wait
-until its bytes fit, first come first served; one that cannot get them within
+16 clients' first ingests into one server (2 workers) took a worker to 465-529 MiB
+(284-348 with this budget), 32 clients to 726-947 MiB (404-407). :class:`MemoryBudget`
+makes a request wait until its bytes fit, first come first served; one that cannot get them within
 ``wait_seconds`` is answered 503 with ``Retry-After``, which clients retry.
 """
 
