@@ -9,6 +9,12 @@ peak RSS of server and client. ``cp`` + ``sync`` and a first ingest into a fresh
 alternate BENCH_LARGE_ROUNDS times (default 3) and their medians are compared: one pair
 of runs on this shared machine moved the ratio by a tenth from run to run. restic runs
 once, after them.
+
+It also says what bounds the ingest: the CPU-seconds client and server used, the rate
+they would allow if that work were spread perfectly over every core (the ingest cannot
+go faster on this machine without doing less work), and how much of it is the two
+SHA-256 passes the protocol requires (the client's, for the record, and the server's,
+to verify the content).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from bench.common import (
     Restic,
+    children_cpu,
     cp_sync,
     create_key,
     have,
@@ -66,6 +73,8 @@ def main() -> None:
         copies: list[float] = []
         ingests: list[float] = []
         client_rss = server_rss = 0.0
+        client_cpu: list[float] = []
+        server_cpu: list[float] = []
         for round_number in range(int(os.environ.get("BENCH_LARGE_ROUNDS", "3"))):
             copies.append(cp_sync(data, work / "copy.bin"))
             (work / "copy.bin").unlink()
@@ -75,7 +84,10 @@ def main() -> None:
             key = create_key(served, env)
             with ppserver(served, env) as server:
                 warm(data)
+                client_before, server_before = children_cpu(), server.cpu_seconds()
                 seconds, rss, _ = run_client(server.url, key, "--no-cache", str(data))
+                client_cpu.append(children_cpu() - client_before)
+                server_cpu.append(server.cpu_seconds() - server_before)
                 server_rss = max(server_rss, server.peak_rss_mib())
             client_rss = max(client_rss, rss)
             ingests.append(seconds)
@@ -87,6 +99,11 @@ def main() -> None:
     restic_rate = per_s(mib, restic)
     to_copy = ratio(throughput, copy_rate)
     to_restic = ratio(throughput, restic_rate)
+    cores = os.cpu_count() or 1
+    round_cpu = [c + v for c, v in zip(client_cpu, server_cpu, strict=True)]
+    cpu_seconds = statistics.median(round_cpu)
+    cpu_bound = mib / (cpu_seconds / cores)
+    hashing_cpu = 2 * mib / hash_speed
     results = {
         "size_mib": mib,
         "end_to_end_mib_per_s": round(throughput, 1),
@@ -98,6 +115,13 @@ def main() -> None:
         "ratio_to_sha256": round(throughput / hash_speed, 3),
         "server_peak_rss_mib": round(server_rss, 1),
         "client_peak_rss_mib": round(client_rss, 1),
+        "client_cpu_seconds": round(statistics.median(client_cpu), 2),
+        "server_cpu_seconds": round(statistics.median(server_cpu), 2),
+        "cores": cores,
+        "cpu_bound_mib_per_s": round(cpu_bound, 1),
+        "cpu_bound_ratio_to_cp_sync": ratio(cpu_bound, copy_rate),
+        "sha256_cpu_seconds": round(hashing_cpu, 2),
+        "rounds_cpu_seconds": [round(c, 2) for c in round_cpu],
         "rounds_mib_per_s": [round(mib / s, 1) for s in ingests],
         "rounds_cp_sync_mib_per_s": [round(mib / s, 1) for s in copies],
         "order": "(cp + sync, ppclient) x rounds, restic; medians compared",
@@ -112,6 +136,13 @@ def main() -> None:
             ("  ratio to restic", show_ratio(to_restic)),
             ("hashlib.sha256, one core", show(hash_speed, "MiB/s")),
             ("  ratio to sha256", f"{throughput / hash_speed:.0%}"),
+            (
+                "CPU-s, client + server",
+                f"{statistics.median(client_cpu):.2f} + {statistics.median(server_cpu):.2f}",
+            ),
+            (f"  the most {cores} cores allow", show(cpu_bound, "MiB/s")),
+            ("    ratio to cp + sync", show_ratio(ratio(cpu_bound, copy_rate))),
+            ("  of it two sha256 passes", f"{hashing_cpu:.2f} CPU-s"),
             ("server peak RSS", show(server_rss, "MiB")),
             ("client peak RSS", show(client_rss, "MiB")),
         ],
