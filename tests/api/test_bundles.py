@@ -13,6 +13,8 @@ import pytest
 
 from putplace.blobs.packs import MEMBER_HEADER, PACK_DIR, PACK_SUFFIX
 from putplace.config import Settings
+from putplace.service import bundles
+from putplace.service.spare_maps import SpareMaps
 from tests.support.payloads import bundle, metadata, store
 
 BUNDLE = {"Content-Type": "application/vnd.putplace.bundle"}
@@ -198,3 +200,22 @@ async def test_each_members_outcome_is_logged_at_debug_level(
         await api.post("/bundles", content=bundle([(sha(told), told)]), headers=BUNDLE)
     lines = [r.getMessage() for r in caplog.records if "bundle member" in r.getMessage()]
     assert lines == [f"bundle member {sha(told)} ({len(told)} bytes): stored"]
+
+
+async def test_a_bundles_memory_is_kept_for_the_next_whether_stored_or_cut_short(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server writes the next bundle over the pages the last one faulted in (see
+    ``putplace.service.spare_maps``), so each bundle must give its map back."""
+    maps = SpareMaps(idle_seconds=60)
+    monkeypatch.setattr(bundles, "BUNDLE_MAPS", maps)
+    whole, cut = os.urandom(100_000), os.urandom(50_000)
+    await register(api, whole, cut)
+    stored = await api.post("/bundles", content=bundle([(sha(whole), whole)]), headers=BUNDLE)
+    assert stored.status_code == 200, stored.text
+    assert maps.kept == 1
+    body = bundle([(sha(cut), cut)])
+    refused = await api.post("/bundles", content=chunked(body[:-10], 8192), headers=BUNDLE)
+    assert refused.status_code == 400
+    assert maps.kept == 1  # the same map, taken and given back again
+    maps.trim(force=True)

@@ -37,6 +37,7 @@ from putplace.service.content import proven
 from putplace.service.errors import InvalidInputError, TooLargeError
 from putplace.service.ingest import with_idle_timeout
 from putplace.service.memory import MemoryBudget
+from putplace.service.spare_maps import SpareMaps
 from putplace.service.stores import Stores
 
 log = logging.getLogger("putplace.service")
@@ -44,6 +45,9 @@ log = logging.getLogger("putplace.service")
 #: Seconds a bundle's body may take to arrive while it holds room in the process's
 #: memory budget (24 MiB take 2 s at 100 Mbit/s, 20 s at 10).
 ARRIVAL_GRACE_SECONDS = 10.0
+
+#: The maps this process reads bundles into.
+BUNDLE_MAPS = SpareMaps()
 
 MAGIC = b"PPBNDL01"
 _COUNT = struct.Struct(">I")
@@ -59,9 +63,11 @@ class Entry:
 class _Reader:
     """Exact-size reads from a stream of chunks of any size."""
 
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterable[bytes], maps: SpareMaps = BUNDLE_MAPS) -> None:
         self._chunks = aiter(chunks)
         self._buffer = bytearray()
+        self._maps = maps
+        self._mapped: mmap.mmap | None = None
 
     async def read(self, size: int) -> bytes | None:
         """The next *size* bytes, or None if the stream ends before that many arrive."""
@@ -78,13 +84,16 @@ class _Reader:
         """The next *size* bytes, or fewer when the stream ends or fails first; the
         failure is returned, not raised: the members that arrived whole are kept.
 
-        Read into an anonymous memory map of *size* bytes: the system gives it memory
-        page by page as bytes are written, so a header's claim alone takes none, and
-        each chunk is copied once. Chunks kept and joined at the end (as before) held a
-        bundle twice over while joined; appending each chunk to a growing buffer copied
-        it again at every reallocation. Unmapped, so given back to the system, once the
-        last view of it is gone."""
-        buffer = memoryview(mmap.mmap(-1, size) if size else bytearray())
+        Read into an anonymous memory map (from *maps*, until :meth:`close`): the system
+        gives it memory page by page as bytes are written, so a header's claim alone
+        takes none, and each chunk is copied once. Chunks kept and joined at the end (as
+        before) held a bundle twice over while joined; appending each chunk to a growing
+        buffer copied it again at every reallocation."""
+        if size:
+            self._mapped = self._maps.take(size)
+            buffer = memoryview(self._mapped)[:size]
+        else:
+            buffer = memoryview(bytearray())
         have = min(len(self._buffer), size)
         buffer[:have] = self._buffer[:have]
         del self._buffer[:have]
@@ -104,6 +113,12 @@ class _Reader:
             # would stay until the cyclic collector ran (with the budget already free).
             failure = exc.with_traceback(None)
         return buffer[:have], failure
+
+    def close(self) -> None:
+        """The bytes :meth:`read_upto` gave are no longer used: their map goes back."""
+        if self._mapped is not None:
+            self._maps.give(self._mapped)
+            self._mapped = None
 
     async def ends(self) -> tuple[bool, Exception | None]:
         """Whether the stream ends here, with nothing after what was read; and the
@@ -205,7 +220,8 @@ async def accept_bundle(
     client on a slow link would otherwise keep faster ones waiting for as long as its
     bytes take, and its bytes take memory only as fast as they come.
     """
-    reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds))
+    stream = with_idle_timeout(chunks, settings.upload_idle_timeout_seconds)
+    reader = _Reader(stream, BUNDLE_MAPS)
     entries = await read_header(reader, settings)
     async with memory.hold(sum(entry.length for entry in entries)) as room:
         slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
@@ -222,6 +238,7 @@ async def accept_bundle(
                 )
         finally:  # a bundle refused before its bytes came leaves no timer behind
             slow.cancel()
+            reader.close()
 
 
 async def _receive(
