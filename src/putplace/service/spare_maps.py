@@ -6,9 +6,9 @@ development machine (a virtual machine whose host takes freed memory back) a fau
 costs 2-3 us, and 30-60 us while the host is busy; a first ingest of 100,000 small files
 faulted 119,000-125,000 pages in the server, more than half of them for bundles' maps.
 Kept maps are written over instead: 52,000-64,000 faults, and server and client took
-4% less CPU (4 alternated pairs). What a kept map costs is its pages staying resident: at most ``keep`` maps of
-``size`` bytes a process, each only as much of it as bundles have written, and for no
-longer than ``idle_seconds`` after a bundle last used one.
+4% less CPU (4 alternated pairs). What a kept map costs is its pages staying resident:
+at most ``keep`` maps of ``size`` bytes a process, each only as much of it as bundles
+have written, and for no longer than ``idle_seconds`` after a bundle last used one.
 
 One event loop uses a pool: takes and gives come from its coroutines, trims from its
 timer.
