@@ -22,6 +22,10 @@ async def body(size: int) -> AsyncIterator[bytes]:
         yield PIECE
 
 
+async def body_of(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def read_bundle(maps: SpareMaps, size: int) -> None:
     reader = _Reader(body(size), maps)
     data, failure = await reader.read_upto(size)
@@ -48,16 +52,16 @@ async def test_bundles_after_the_first_fault_no_pages_in() -> None:
 
 async def test_kept_maps_are_unmapped_once_no_bundle_came_for_a_while() -> None:
     process = psutil.Process()
-    maps = SpareMaps(size=32 * MiB, keep=2, idle_seconds=0.2)
+    maps = SpareMaps(size=32 * MiB, keep=2, idle_seconds=1.0)
     before = process.memory_info().rss
     await read_bundle(maps, 32 * MiB)
     assert maps.kept == 1
     assert process.memory_info().rss - before > 24 * MiB  # kept, pages and all
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     await read_bundle(maps, 32 * MiB)  # a bundle came: the map stays a while longer
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.7)  # past the first bundle's idle time, not the second's
     assert maps.kept == 1
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.8)
     assert maps.kept == 0
     assert process.memory_info().rss - before < 8 * MiB, "an idle map's pages were kept"
 
@@ -104,3 +108,44 @@ def test_without_an_event_loop_nothing_is_kept() -> None:
     maps.give(mapped)
     assert maps.kept == 0
     assert mapped.closed
+
+
+async def test_a_reused_map_gives_only_the_bytes_that_arrived() -> None:
+    """A body cut short in a map that held a whole bundle before must not come out padded
+    with that bundle's bytes: they would pass its hash check, and a client could claim
+    content it never sent."""
+    maps = SpareMaps(size=MiB, keep=1, idle_seconds=60)
+    whole = bytes(range(256)) * 1000
+    first = _Reader(body_of(whole), maps)
+    assert bytes((await first.read_upto(len(whole)))[0]) == whole
+    first.close()
+    second = _Reader(body_of(whole[:-10]), maps)
+    data, failure = await second.read_upto(len(whole))
+    assert (bytes(data), failure) == (whole[:-10], None)
+    del data
+    second.close()
+    maps.trim(force=True)
+
+
+async def test_beyond_keep_maps_a_bundle_gets_a_map_of_its_own_size() -> None:
+    """Only maps that can be kept are made at the pool's size: address space is committed
+    memory under strict overcommit."""
+    maps = SpareMaps(size=MiB, keep=1, idle_seconds=60)
+    pooled, own = maps.take(10), maps.take(10)
+    assert (len(pooled), len(own)) == (MiB, 10)
+    maps.give(own)
+    maps.give(pooled)
+    assert (own.closed, maps.kept) == (True, 1)
+    maps.trim(force=True)
+
+
+async def test_an_abandoned_map_is_never_handed_out_again_and_frees_its_place() -> None:
+    maps = SpareMaps(size=MiB, keep=1, idle_seconds=60)
+    abandoned = maps.take(10)
+    maps.abandon(abandoned)
+    assert maps.kept == 0
+    again = maps.take(10)
+    assert again is not abandoned
+    assert len(again) == MiB  # its place among the maps that may be kept is free again
+    maps.give(again)
+    maps.trim(force=True)

@@ -90,6 +90,7 @@ class _Reader:
         before) held a bundle twice over while joined; appending each chunk to a growing
         buffer copied it again at every reallocation."""
         if size:
+            self.close(reuse=False)  # a second read: the bytes of the first may be in use
             self._mapped = self._maps.take(size)
             buffer = memoryview(self._mapped)[:size]
         else:
@@ -114,10 +115,15 @@ class _Reader:
             failure = exc.with_traceback(None)
         return buffer[:have], failure
 
-    def close(self) -> None:
-        """The bytes :meth:`read_upto` gave are no longer used: their map goes back."""
+    def close(self, *, reuse: bool = True) -> None:
+        """The bytes :meth:`read_upto` gave are no longer used, by anyone: their map
+        goes back for the next bundle. Not *reuse*: they may still be read, so the map
+        is never written over and goes with the last view of it."""
         if self._mapped is not None:
-            self._maps.give(self._mapped)
+            if reuse:
+                self._maps.give(self._mapped)
+            else:
+                self._maps.abandon(self._mapped)
             self._mapped = None
 
     async def ends(self) -> tuple[bool, Exception | None]:
@@ -220,8 +226,24 @@ async def accept_bundle(
     client on a slow link would otherwise keep faster ones waiting for as long as its
     bytes take, and its bytes take memory only as fast as they come.
     """
-    stream = with_idle_timeout(chunks, settings.upload_idle_timeout_seconds)
-    reader = _Reader(stream, BUNDLE_MAPS)
+    reader = _Reader(with_idle_timeout(chunks, settings.upload_idle_timeout_seconds), BUNDLE_MAPS)
+    try:
+        response = await _accept(stores, settings, memory, reader, namespace)
+    except Exception:  # every thread given the bundle's bytes has finished with them
+        reader.close()
+        raise
+    except BaseException:
+        # Cancelled: a thread may still be writing them (the pack writer goes on after
+        # its awaiter is cancelled), and must not find the next bundle's bytes there.
+        reader.close(reuse=False)
+        raise
+    reader.close()
+    return response
+
+
+async def _accept(
+    stores: Stores, settings: Settings, memory: MemoryBudget, reader: _Reader, namespace: str
+) -> BundleResponse:
     entries = await read_header(reader, settings)
     async with memory.hold(sum(entry.length for entry in entries)) as room:
         slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
@@ -238,7 +260,6 @@ async def accept_bundle(
                 )
         finally:  # a bundle refused before its bytes came leaves no timer behind
             slow.cancel()
-            reader.close()
 
 
 async def _receive(

@@ -40,6 +40,7 @@ class SpareMaps:
         self.keep = keep
         self.idle_seconds = idle_seconds
         self._spare: list[mmap.mmap] = []
+        self._out = 0  # maps of ``size`` taken and not yet given back or abandoned
         self._last_given = 0.0
         self._trim_on: asyncio.AbstractEventLoop | None = None  # the loop a trim waits on
 
@@ -49,20 +50,23 @@ class SpareMaps:
         return len(self._spare)
 
     def take(self, size: int) -> mmap.mmap:
-        """A map of at least *size* bytes (not 0): a kept one when it is large enough."""
-        if size <= self.size:
+        """A map of at least *size* bytes (not 0): a kept one when it is large enough, a
+        new one of ``size`` bytes while fewer than ``keep`` are out (to be kept when given
+        back), else one of exactly *size* bytes (address space is not free everywhere:
+        with strict overcommit every mapped byte is committed)."""
+        if size <= self.size and (self._spare or self._out < self.keep):
+            self._out += 1
             if self._spare:
                 return self._spare.pop()  # the last given back: its pages are the warmest
             return mmap.mmap(-1, self.size)
         return mmap.mmap(-1, size)
 
     def give(self, mapped: mmap.mmap) -> None:
-        """*mapped* is no longer read or written: kept for the next :meth:`take`, or
-        unmapped. A view of it may outlive this call (a traceback's); it then shows
-        what the next bundle writes, and keeps the pages mapped until it goes."""
-        if mapped.closed:
-            return
-        if len(mapped) != self.size or len(self._spare) >= self.keep:
+        """*mapped* is no longer read or written by anyone, not even a thread: kept for
+        the next :meth:`take`, or unmapped. A view of it may outlive this call (a
+        traceback's); it then shows what the next bundle writes, and keeps the pages
+        mapped until it goes."""
+        if not self._returned(mapped) or len(self._spare) >= self.keep:
             _unmap(mapped)
             return
         self._spare.append(mapped)
@@ -75,6 +79,19 @@ class SpareMaps:
         if self._trim_on is not loop:  # none waits, or on a loop that has gone
             self._trim_on = loop
             loop.call_later(self.idle_seconds, self._trim_later)
+
+    def abandon(self, mapped: mmap.mmap) -> None:
+        """*mapped* may still be read by a thread that outlived its request (a bundle
+        cancelled while its pack was written): never written over, it goes when the
+        last view of it does."""
+        self._returned(mapped)
+
+    def _returned(self, mapped: mmap.mmap) -> bool:
+        """Count *mapped* back in; whether it may be kept."""
+        if len(mapped) != self.size or mapped.closed:
+            return False
+        self._out = max(self._out - 1, 0)
+        return True
 
     def trim(self, *, force: bool = False) -> None:
         """Unmap the kept maps if no bundle gave one back for ``idle_seconds`` (or now,

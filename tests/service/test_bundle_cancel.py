@@ -1,0 +1,72 @@
+"""A bundle whose request is cancelled while its pack is written: the writing thread goes
+on after its awaiter is cancelled, so the bundle's memory must not be handed to the next
+bundle (see ``putplace.service.spare_maps``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from putplace.auth import utcnow
+from putplace.config import Settings
+from putplace.models import DEFAULT_NAMESPACE, FileMetadata
+from putplace.service import bundles
+from putplace.service.memory import MemoryBudget
+from putplace.service.spare_maps import SpareMaps
+from putplace.service.stores import open_stores
+from tests.support.payloads import bundle, metadata
+
+
+async def once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def members(data: bytes) -> bytes:
+    return bundle([(hashlib.sha256(data).hexdigest(), data)])
+
+
+async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    maps = SpareMaps(keep=1, idle_seconds=60)
+    monkeypatch.setattr(bundles, "BUNDLE_MAPS", maps)
+    first, second = b"A" * 100_000, b"B" * 100_000
+    writing, finish, done = threading.Event(), threading.Event(), threading.Event()
+    written: list[bytes] = []
+
+    async def slow_writer(contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
+        def write() -> None:  # as the pack writer's thread: it reads the views late
+            writing.set()
+            finish.wait(10)
+            written.extend(bytes(data) for _, data in contents)
+            done.set()
+
+        await asyncio.get_running_loop().run_in_executor(None, write)
+
+    async with open_stores(settings) as stores:
+        records = [FileMetadata(**metadata(data)) for data in (first, second)]
+        await stores.metadata.put_files(records, utcnow())
+        memory = MemoryBudget(64 << 20)
+        real_writer = stores.blobs.put_many
+        monkeypatch.setattr(stores.blobs, "put_many", slow_writer)
+        cancelled = asyncio.create_task(
+            bundles.accept_bundle(stores, settings, memory, once(members(first)), DEFAULT_NAMESPACE)
+        )
+        assert await asyncio.to_thread(writing.wait, 10)
+        cancelled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        monkeypatch.setattr(stores.blobs, "put_many", real_writer)
+        answer = await bundles.accept_bundle(
+            stores, settings, memory, once(members(second)), DEFAULT_NAMESPACE
+        )
+        assert answer.stored == 1
+        finish.set()
+        assert await asyncio.to_thread(done.wait, 10)
+    assert written == [first], "the cancelled bundle's writer found another bundle's bytes"
+    maps.trim(force=True)
