@@ -100,6 +100,7 @@ def main() -> None:
     to_copy = ratio(throughput, copy_rate)
     to_restic = ratio(throughput, restic_rate)
     cores = os.cpu_count() or 1
+    client_seconds, server_seconds = statistics.median(client_cpu), statistics.median(server_cpu)
     round_cpu = [c + v for c, v in zip(client_cpu, server_cpu, strict=True)]
     cpu_seconds = statistics.median(round_cpu)
     cpu_bound = mib / (cpu_seconds / cores)
@@ -115,8 +116,8 @@ def main() -> None:
         "ratio_to_sha256": round(throughput / hash_speed, 3),
         "server_peak_rss_mib": round(server_rss, 1),
         "client_peak_rss_mib": round(client_rss, 1),
-        "client_cpu_seconds": round(statistics.median(client_cpu), 2),
-        "server_cpu_seconds": round(statistics.median(server_cpu), 2),
+        "client_cpu_seconds": round(client_seconds, 2),
+        "server_cpu_seconds": round(server_seconds, 2),
         "cores": cores,
         "cpu_bound_mib_per_s": round(cpu_bound, 1),
         "cpu_bound_ratio_to_cp_sync": ratio(cpu_bound, copy_rate),
@@ -136,10 +137,7 @@ def main() -> None:
             ("  ratio to restic", show_ratio(to_restic)),
             ("hashlib.sha256, one core", show(hash_speed, "MiB/s")),
             ("  ratio to sha256", f"{throughput / hash_speed:.0%}"),
-            (
-                "CPU-s, client + server",
-                f"{statistics.median(client_cpu):.2f} + {statistics.median(server_cpu):.2f}",
-            ),
+            ("CPU-s, client + server", f"{client_seconds:.2f} + {server_seconds:.2f}"),
             (f"  the most {cores} cores allow", show(cpu_bound, "MiB/s")),
             ("    ratio to cp + sync", show_ratio(ratio(cpu_bound, copy_rate))),
             ("  of it two sha256 passes", f"{hashing_cpu:.2f} CPU-s"),

@@ -40,7 +40,7 @@ class SpareMaps:
         self.keep = keep
         self.idle_seconds = idle_seconds
         self._spare: list[mmap.mmap] = []
-        self._out = 0  # maps of ``size`` taken and not yet given back or abandoned
+        self._lent: list[mmap.mmap] = []  # taken to be kept, not yet back (``keep`` at most)
         self._last_given = 0.0
         self._trim_on: asyncio.AbstractEventLoop | None = None  # the loop a trim waits on
 
@@ -54,11 +54,11 @@ class SpareMaps:
         new one of ``size`` bytes while fewer than ``keep`` are out (to be kept when given
         back), else one of exactly *size* bytes (address space is not free everywhere:
         with strict overcommit every mapped byte is committed)."""
-        if size <= self.size and (self._spare or self._out < self.keep):
-            self._out += 1
-            if self._spare:
-                return self._spare.pop()  # the last given back: its pages are the warmest
-            return mmap.mmap(-1, self.size)
+        if size <= self.size and (self._spare or len(self._lent) < self.keep):
+            # The last given back first: its pages are the warmest.
+            mapped = self._spare.pop() if self._spare else mmap.mmap(-1, self.size)
+            self._lent.append(mapped)
+            return mapped
         return mmap.mmap(-1, size)
 
     def give(self, mapped: mmap.mmap) -> None:
@@ -87,11 +87,13 @@ class SpareMaps:
         self._returned(mapped)
 
     def _returned(self, mapped: mmap.mmap) -> bool:
-        """Count *mapped* back in; whether it may be kept."""
-        if len(mapped) != self.size or mapped.closed:
-            return False
-        self._out = max(self._out - 1, 0)
-        return True
+        """Count *mapped* back in; whether it may be kept (one taken to be kept, and
+        still mapped; a map of another bundle may have the same size)."""
+        for index, lent in enumerate(self._lent):
+            if lent is mapped:
+                del self._lent[index]
+                return not mapped.closed
+        return False
 
     def trim(self, *, force: bool = False) -> None:
         """Unmap the kept maps if no bundle gave one back for ``idle_seconds`` (or now,
