@@ -24,7 +24,7 @@ from pathlib import Path
 
 import configargparse
 
-from putplace import gctune
+from putplace import gctune, malloctune
 from putplace.client.args import (
     byte_size,
     check_connection,
@@ -195,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # usage error (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    malloctune.limit_arenas(malloctune.CLIENT_ARENAS)  # before the run's threads start
     try:
         cache = ClientCache(None if args.no_cache else Path(args.cache_file).expanduser())
     except CacheBusyError as exc:
