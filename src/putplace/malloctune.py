@@ -5,15 +5,16 @@ need not wait for each other's allocations. CPython allocates almost only while 
 the GIL, so the client's threads seldom contend; what the arenas do instead is spread
 the heap: each grows to its own peak, and memory freed in one is not reused by threads
 of another. Every page of that growth is a page fault, and on some virtual machines a
-fault costs 20-70 us (the README's benchmark section). In a first ingest of 100,000
+fault costs 40-55 us when the page's memory was handed back to the host (the README's
+benchmark section: the thirty-second session). In a first ingest of 100,000
 small files, with the walking, hashing, registering and uploading threads each reading
 and freeing file contents, the client touched 56,000-64,000 fresh pages with glibc's
 arenas and 46,000-55,000 with one, at the same CPU (7 alternated pairs).
 
-The server keeps glibc's arenas: with two per process it touched 8,000 fewer pages but
-used 0.16 CPU-s more (4.97 against 4.81, 7 pairs; its SQLite threads allocate without
-the GIL, and the event loop's thread then waits for them), which a fault saved pays
-back only where faults cost over 20 us.
+The server keeps glibc's arenas: with two per process it touched 7,000 fewer pages but
+used 0.17 CPU-s more (4.98 against 4.81 at the mean, 7 pairs; its SQLite threads
+allocate without the GIL, and the event loop's thread then waits for them), which the
+faults saved pay back only where each costs over 24 us.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A fresh map costs a page fault for every 4 KiB as it is first written, and unmapping
 it hands the pages back to the system, so the next bundle faults them in again. On the
-development machine (a virtual machine whose host takes freed memory back) a fault
-costs 2-3 us, and 19-69 us while the host is busy; a first ingest of 100,000 small files
-faulted 119,000-127,000 pages in the server, more than half of them for bundles' maps.
+development machine (a virtual machine whose host takes back free memory) a fault
+costs 2-3 us, and 40-55 us when the host has taken the page's memory back; a first
+ingest of 100,000 small files faulted 119,000-127,000 pages in the server, more than
+half of them for bundles' maps.
 Kept maps are written over instead: 52,000-64,000 faults, and server and client took
 4% less CPU (4 alternated pairs). What a kept map costs is its pages staying resident:
 at most ``keep`` maps of ``size`` bytes a process, each only as much of it as bundles
