@@ -26,20 +26,18 @@ import os
 M_ARENA_MAX = -8
 #: The environment variable through which a user sets it instead (glibc reads it at start).
 ARENA_ENV = "MALLOC_ARENA_MAX"
-#: Arenas for ``ppclient``.
-CLIENT_ARENAS = 1
 
 
-def limit_arenas(count: int) -> bool:
-    """Keep this process's later allocations to *count* arenas, unless the user set
-    :data:`ARENA_ENV`; call before starting threads. Whether glibc took the setting
-    (False elsewhere: musl, macOS and Windows have no arenas to spread)."""
+def one_arena() -> None:
+    """Keep this process's later allocations to glibc's main arena, unless the user set
+    :data:`ARENA_ENV`; call before starting threads. Nothing elsewhere (musl, macOS and
+    Windows have no arenas to spread)."""
     if ARENA_ENV in os.environ:
-        return False
+        return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError):  # no C library to load, or no mallopt
-        return False
+        return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, count))
+    mallopt(M_ARENA_MAX, 1)

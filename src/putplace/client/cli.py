@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # usage error (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    malloctune.limit_arenas(malloctune.CLIENT_ARENAS)  # before the run's threads start
+    malloctune.one_arena()  # before the run's threads start
     try:
         cache = ClientCache(None if args.no_cache else Path(args.cache_file).expanduser())
     except CacheBusyError as exc:
