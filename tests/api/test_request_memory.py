@@ -126,6 +126,27 @@ async def test_a_bundle_waits_until_the_one_before_it_is_stored(api: httpx.Async
     assert (await api.get(f"/download/{sha(second)}")).content == second
 
 
+async def test_a_bundle_holds_room_for_one_slice_not_its_whole_size(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle is read, verified and written a slice at a time: 200 KiB of 50 KiB
+    members (a slice each) still arriving leave room for another such bundle."""
+    monkeypatch.setattr(bundles, "SLICE_BYTES", 64 * 1024)
+    arriving = [os.urandom(50 * 1024) for _ in range(4)]
+    other = [os.urandom(50 * 1024) for _ in range(2)]  # 300 KiB in all > LIMIT
+    await register(api, *arriving, *other)
+    held = HeldBundle(b"")
+    held.body = bundle([(sha(data), data) for data in arriving])
+    holding = await started(api, held)
+    response = await asyncio.wait_for(
+        api.post("/bundles", content=bundle([(sha(d), d) for d in other]), headers=BUNDLE), 5
+    )
+    assert [r["status"] for r in response.json()["results"]] == ["stored"] * 2
+    assert not holding.done()
+    held.finish()
+    assert [r["status"] for r in (await holding).json()["results"]] == ["stored"] * 4
+
+
 async def test_a_large_batch_of_records_waits_for_room_too(api: httpx.AsyncClient) -> None:
     first = os.urandom(200 * 1024)
     await register(api, first)

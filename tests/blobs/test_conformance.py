@@ -7,6 +7,7 @@ bigger than one S3 part, so on S3 they really go up as multipart uploads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import shutil
@@ -438,6 +439,47 @@ async def test_put_many_refuses_a_bad_name_before_storing_any(
     with pytest.raises(InvalidBlobNameError):
         await store.put_many([(sha(good), good), ("../not-a-hash", b"x")])
     assert await leftovers(store) == []
+
+
+async def test_a_group_added_in_parts_is_stored_whole_on_commit(
+    store: BlobStore, leftovers: Callable[..., Any]
+) -> None:
+    """A bundle adds its members a slice at a time from one buffer, which it writes the
+    next slice over as soon as ``add`` returns: the group must have its bytes by then."""
+    parts = [[content(size, seed=size) for size in sizes] for sizes in ((1, 5000), (70_000,))]
+    group = store.group()
+    for part in parts:
+        buffer = bytearray(b"".join(part))
+        views, start = [], 0
+        for data in part:
+            views.append((sha(data), memoryview(buffer)[start : start + len(data)]))
+            start += len(data)
+        await group.add(views)
+        buffer[:] = bytes(len(buffer))  # the next slice, written over this one
+    await group.commit()
+    every = [data for part in parts for data in part]
+    for data in every:
+        assert await read_all(store, sha(data)) == data
+    assert len(await leftovers(store)) == len(every)  # nothing temporary left
+
+
+async def test_an_aborted_group_leaves_nothing_partial(
+    store: BlobStore, leftovers: Callable[..., Any]
+) -> None:
+    """A bundle refused after some members were added (its body went on after its last
+    member): each is gone (local disk: the pack is removed) or whole, never partial."""
+    added = [content(size, seed=size + 7) for size in (3000, 90_000)]
+    group = store.group()
+    await group.add([(sha(data), data) for data in added])
+    await group.abort()
+    await group.abort()  # again: harmless
+    for data in added:
+        with contextlib.suppress(BlobNotFoundError):
+            assert await read_all(store, sha(data)) == data
+    kept = await leftovers(store)
+    assert len(kept) <= len(added)
+    if isinstance(store, LocalBlobStore):
+        assert kept == []
 
 
 async def test_capacity_is_the_disk_or_none(store: BlobStore, tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 
 from putplace.auth import utcnow
+from putplace.blobs.base import Contents, GroupWriter
 from putplace.config import Settings
 from putplace.models import DEFAULT_NAMESPACE, FileMetadata
 from putplace.service import bundles
@@ -39,21 +40,28 @@ async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
     writing, finish, done = threading.Event(), threading.Event(), threading.Event()
     written: list[bytes] = []
 
-    async def slow_writer(contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
-        def write() -> None:  # as the pack writer's thread: it reads the views late
-            writing.set()
-            finish.wait(10)
-            written.extend(bytes(data) for _, data in contents)
-            done.set()
+    class SlowGroup(GroupWriter):
+        async def add(self, contents: Contents) -> None:
+            def write() -> None:  # as the pack writer's thread: it reads the views late
+                writing.set()
+                finish.wait(10)
+                written.extend(bytes(data) for _, data in contents)
+                done.set()
 
-        await asyncio.get_running_loop().run_in_executor(None, write)
+            await asyncio.get_running_loop().run_in_executor(None, write)
+
+        async def commit(self) -> None:
+            pass
+
+        async def abort(self) -> None:
+            pass
 
     async with open_stores(settings) as stores:
         records = [FileMetadata(**metadata(data)) for data in (first, second)]
         await stores.metadata.put_files(records, utcnow())
         memory = MemoryBudget(64 << 20)
-        real_writer = stores.blobs.put_many
-        monkeypatch.setattr(stores.blobs, "put_many", slow_writer)
+        real_group = stores.blobs.group
+        monkeypatch.setattr(stores.blobs, "group", SlowGroup)
         cancelled = asyncio.create_task(
             bundles.accept_bundle(stores, settings, memory, once(members(first)), DEFAULT_NAMESPACE)
         )
@@ -61,7 +69,7 @@ async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
         cancelled.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cancelled
-        monkeypatch.setattr(stores.blobs, "put_many", real_writer)
+        monkeypatch.setattr(stores.blobs, "group", real_group)
         answer = await bundles.accept_bundle(
             stores, settings, memory, once(members(second)), DEFAULT_NAMESPACE
         )

@@ -105,6 +105,45 @@ class BlobWriter(ABC):
         """Discard everything written. Safe to call more than once."""
 
 
+Contents = Sequence[tuple[str, bytes | memoryview]]
+"""Whole, already verified contents: ``(sha256, bytes or a view of them)``."""
+
+
+class GroupWriter(ABC):
+    """A group of contents stored together, added a part at a time, so that whoever adds
+    them (a bundle arriving) need not hold the whole group in memory."""
+
+    @abstractmethod
+    async def add(self, contents: Contents) -> None:
+        """Write *contents* (valid names, verified bytes) into the group. Once this
+        returns their bytes are no longer read: the caller may write over them."""
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Every content added is durable under its final name when this returns."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """End the group without committing it. What was added is gone, or (a store that
+        stores each content as it is added) whole and unrecorded; never partial."""
+
+
+class _StoredAsAdded(GroupWriter):
+    """A group for a store without a group commit: each part stored when it is added."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    async def add(self, contents: Contents) -> None:
+        await self._store.put_many(contents)
+
+    async def commit(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
 class BlobStore(ABC):
     """Stores content under its SHA-256. Backends never hash; :mod:`.ingest` verifies."""
 
@@ -126,7 +165,12 @@ class BlobStore(ABC):
 
         *size_hint* is the expected size when known; backends may size their parts by it."""
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
+    def group(self) -> GroupWriter:
+        """A new group for contents added in parts. Backends with a group commit (local
+        disk: one pack file) override this; by default each part is :meth:`put_many`."""
+        return _StoredAsAdded(self)
+
+    async def put_many(self, contents: Contents) -> None:
         """Store whole, already verified contents ``(sha256, bytes or a view of them)``
         durably, as a group.
 

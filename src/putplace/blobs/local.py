@@ -9,6 +9,7 @@ one per group (:mod:`.packs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -23,10 +24,13 @@ from typing import Any, BinaryIO, TypeVar
 
 from putplace.blobs.base import (
     QUARANTINE_DIR,
+    BlobError,
     BlobNotFoundError,
     BlobStore,
     BlobWriter,
     Capacity,
+    Contents,
+    GroupWriter,
     StorageFullError,
     StorageUnavailableError,
     StoredBlob,
@@ -36,7 +40,7 @@ from putplace.blobs.base import (
 )
 from putplace.blobs.fsio import FileAppender, fsync_dir, make_dir
 from putplace.blobs.local_staging import LocalUploadStaging
-from putplace.blobs.packs import Packs
+from putplace.blobs.packs import Packs, PackWriter
 from putplace.digest import CHUNK_SIZE, INLINE_WORK_LIMIT, is_sha256_hex
 
 TEMP_DIR = ".tmp"
@@ -183,18 +187,28 @@ class LocalBlobStore(BlobStore):
             raise _translate(exc) from exc
         return _LocalWriter(self, sha256, temp, fd)
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
+    def group(self) -> GroupWriter:
         """One pack file for the whole group: one file created and two fsyncs (pack, then
         index) per group, where a file per content costs a create and a rename each."""
-        for sha256, _ in contents:
-            checked_name(sha256)  # all valid, or none stored
-        if not contents:
-            return
+        return _PackGroup(self, self._packs.writer())
+
+    async def put_many(self, contents: Contents) -> None:
+        group = self.group()
+        try:
+            await group.add(contents)
+            await group.commit()
+        except BaseException:
+            await group.abort()
+            raise
+
+    async def _in_group_writer(self, fn: Callable[[], None]) -> None:
+        """Run *fn* on the thread that writes groups; store failures become
+        :class:`BlobError`s."""
         if self._group_writer is None:
             raise StorageUnavailableError("the blob store is not open")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._group_writer, self._packs.write, contents)
+            await loop.run_in_executor(self._group_writer, fn)
         except OSError as exc:
             raise _translate(exc) from exc
         except sqlite3.Error as exc:
@@ -336,3 +350,34 @@ class LocalBlobStore(BlobStore):
             return max((t for t in times if t is not None), default=None)
 
         return await self._guarded(newest)
+
+
+class _PackGroup(GroupWriter):
+    """A group written into one new pack as its parts are added, on the store's group
+    writer thread (so a part's bytes are copied out in the order parts come)."""
+
+    def __init__(self, store: LocalBlobStore, writer: PackWriter) -> None:
+        self._store = store
+        self._writer = writer
+        self._added: set[str] = set()
+
+    async def add(self, contents: Contents) -> None:
+        for sha256, _ in contents:
+            checked_name(sha256)  # all valid, or none added
+        await self._store._in_group_writer(functools.partial(self._append, contents))
+
+    def _append(self, contents: Contents) -> None:
+        fresh = [c for c in self._store._packs.unpacked(contents) if c[0] not in self._added]
+        self._writer.append(fresh)
+        self._added.update(sha256 for sha256, _ in fresh)
+
+    async def commit(self) -> None:
+        await self._store._in_group_writer(
+            functools.partial(self._store._packs.commit, self._writer)
+        )
+
+    async def abort(self) -> None:
+        # Shielded: a cancelled request still removes its pack, once the thread gets to it.
+        # A pack this fails to remove is swept once old (:meth:`Packs.sweep`).
+        with contextlib.suppress(BlobError):
+            await asyncio.shield(self._store._in_group_writer(self._writer.discard))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from putplace.blobs.base import Contents
 from putplace.blobs.fsio import DIRECT_BUFFER, FileAppender, fsync_dir
 from putplace.sequences import chunked
 from putplace.sqlite_files import connect, execute_rows, marks, setting_up, values
@@ -170,9 +171,12 @@ class Packs:
         return self.directory / pack_name(pack)
 
     # -- writing --------------------------------------------------------------------
-    def write(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
-        """Store *contents* (valid names, verified bytes) as one new pack, durably.
-        Contents already packed are left out, so a pack holds no copy nobody reads."""
+    def writer(self) -> PackWriter:
+        """A new pack, written in parts (see :meth:`commit`)."""
+        return PackWriter(self)
+
+    def unpacked(self, contents: Contents) -> list[tuple[str, bytes | memoryview]]:
+        """*contents* without those packed already: a pack holds no copy nobody reads."""
         with self._index() as db:
             known = {
                 row[0].hex()
@@ -182,16 +186,28 @@ class Packs:
                     digests,
                 )
             }
-        fresh = [(sha256, data) for sha256, data in contents if sha256 not in known]
-        if not fresh:
-            return
-        pack, rows = self._write_pack(fresh)
-        path = self.path_of(pack)
+        return [(sha256, data) for sha256, data in contents if sha256 not in known]
+
+    def commit(self, writer: PackWriter) -> None:
+        """Make *writer*'s pack durable, then index its members (see the module's
+        durability order). A failure leaves no pack behind."""
         try:
-            self._commit_rows(rows)
+            rows = writer.seal()
+            if rows:
+                self._commit_rows(rows)
         except BaseException:
-            path.unlink(missing_ok=True)
+            writer.discard()
             raise
+
+    def write(self, contents: Contents) -> None:
+        """Store *contents* (valid names, verified bytes) as one new pack, durably."""
+        writer = self.writer()
+        try:
+            writer.append(self.unpacked(contents))
+        except BaseException:
+            writer.discard()
+            raise
+        self.commit(writer)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -209,44 +225,6 @@ class Packs:
         with self._transaction() as db:
             # A content packed meanwhile by another process keeps its first copy.
             execute_rows(db, _insert_rows_sql, rows, _INSERT_ROWS)
-
-    def _write_pack(
-        self, contents: Sequence[tuple[str, bytes | memoryview]]
-    ) -> tuple[int, list[Row]]:
-        """Write *contents* to a new pack file, durably; its id and index rows."""
-        rows: list[Row] = []
-        parts: list[bytes | memoryview] = []
-        offset = 0
-        pack = new_pack_id()
-        for sha256, data in contents:
-            digest = bytes.fromhex(sha256)
-            header = MEMBER_HEADER.pack(digest, len(data))
-            offset += len(header)
-            rows.append((digest, pack, offset, len(data)))
-            parts += (header, data)
-            offset += len(data)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        while True:
-            path = self.path_of(pack)
-            try:
-                fd = os.open(path, flags, 0o644)
-                break
-            except FileExistsError:  # the same nanosecond in another process
-                pack = new_pack_id() + 1
-                rows = [(digest, pack, at, size) for digest, _, at, size in rows]
-        try:
-            with FileAppender(path, fd, 0, durable=self.fsync) as appender:
-                appender.write(_joined(parts, DIRECT_BUFFER))
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        if self.fsync:
-            fsync_dir(self.directory)
-        return pack, rows
 
     # -- reading --------------------------------------------------------------------
     def locate(self, sha256: str) -> Location | None:
@@ -333,11 +311,17 @@ class Packs:
     def _move(self, old: int, members: list[tuple[str, bytes]]) -> None:
         """Rewrite *members* of pack *old* into a new pack, then delete *old* if no row
         points to it any more."""
-        new, rows = self._write_pack(members)
+        writer = self.writer()
+        try:
+            writer.append(members)
+            rows = writer.seal()
+        except BaseException:
+            writer.discard()
+            raise
         with self._transaction() as db:
             db.executemany(
                 "UPDATE packed SET pack = ?, offset = ? WHERE digest = ? AND pack = ?",
-                [(new, offset, digest, old) for digest, _, offset, _ in rows],
+                [(new, offset, digest, old) for digest, new, offset, _ in rows],
             )
             remaining = db.execute("SELECT 1 FROM packed WHERE pack = ? LIMIT 1", (old,))
             emptied = remaining.fetchone() is None
@@ -365,3 +349,77 @@ class Packs:
             os.unlink(entry.path)
             removed += 1
         return removed
+
+
+class PackWriter:
+    """One new pack file, written a part at a time (from one thread at a time): created
+    with the first member appended, made durable by :meth:`seal`. Its members are found
+    only once :meth:`Packs.commit` indexes them."""
+
+    def __init__(self, packs: Packs) -> None:
+        self._packs = packs
+        self._fd: int | None = None
+        self._appender: FileAppender | None = None
+        self._path: Path | None = None
+        self._pack = 0
+        self._offset = 0
+        self._rows: list[Row] = []
+
+    def append(self, contents: Contents) -> None:
+        """Write *contents* (valid names, verified bytes) after what the pack holds; their
+        bytes are copied (to the disk or a buffer) before this returns."""
+        if not contents:
+            return
+        appender = self._appender or self._create()
+        parts: list[bytes | memoryview] = []
+        for sha256, data in contents:
+            digest = bytes.fromhex(sha256)
+            header = MEMBER_HEADER.pack(digest, len(data))
+            self._offset += len(header)
+            self._rows.append((digest, self._pack, self._offset, len(data)))
+            parts += (header, data)
+            self._offset += len(data)
+        appender.write(_joined(parts, DIRECT_BUFFER))
+
+    def _create(self) -> FileAppender:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        pack = new_pack_id()
+        while True:
+            path = self._packs.path_of(pack)
+            try:
+                self._fd = os.open(path, flags, 0o644)
+                break
+            except FileExistsError:  # the same nanosecond in another process
+                pack = new_pack_id() + 1
+        self._pack, self._path = pack, path
+        self._appender = FileAppender(path, self._fd, 0, durable=self._packs.fsync)
+        return self._appender
+
+    def seal(self) -> list[Row]:
+        """Write what is buffered and make the pack durable (the file and its directory
+        entry); the index rows of its members (none, and no file, if nothing was
+        appended)."""
+        if self._appender is None or self._fd is None:
+            return []
+        self._appender.close()
+        self._appender = None
+        if self._packs.fsync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        if self._packs.fsync:
+            fsync_dir(self._packs.directory)
+        return self._rows
+
+    def discard(self) -> None:
+        """Give up the pack: its file is removed (safe to call more than once, and after
+        :meth:`seal`, as long as no row was committed)."""
+        if self._appender is not None:
+            self._appender.close(keep=False)
+            self._appender = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None

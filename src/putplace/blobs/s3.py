@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ from putplace.blobs.base import (
     BlobStore,
     BlobTooLargeError,
     BlobWriter,
+    Contents,
     StorageFullError,
     StorageUnavailableError,
     StoredBlob,
@@ -341,7 +342,7 @@ class S3BlobStore(BlobStore):
         self._writers.add(writer)
         return writer
 
-    async def put_many(self, contents: Sequence[tuple[str, bytes | memoryview]]) -> None:
+    async def put_many(self, contents: Contents) -> None:
         """One atomic PUT per content, :data:`GROUP_CONCURRENCY` at a time. A PUT either
         makes the whole object visible or nothing, so a failure leaves no partial blob."""
         slots = asyncio.Semaphore(GROUP_CONCURRENCY)

@@ -3,11 +3,14 @@
 The body (see docs/bundle-protocol.md) is a header naming every member (hash, length) and
 then the members' bytes in that order. The header is read first so that one lookup
 answers, for the whole bundle, which contents are already stored and which are
-registered with which size. The members' bytes are then read and hashed; those that verify
-are stored together with :meth:`BlobStore.put_many` (one durability barrier for the
-group) and recorded present in one write. A member that fails is refused alone. A body
-cut short keeps the members that arrived whole: they are stored before the error is
-passed on, and nothing partial is left.
+registered with which size. The members' bytes are then read a slice at a time
+(:data:`SLICE_BYTES` of whole members, into one reused map), hashed, and those that
+verify are added to one :meth:`BlobStore.group` (local disk: one pack file, one
+durability barrier for the whole bundle). Once the last member is in, the group is
+committed and its contents recorded present in one write. A member that fails is
+refused alone. A body cut short keeps the members that arrived whole: they are committed
+and recorded before the error is passed on, and nothing partial is left. A body longer
+than its header says stores nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 from putplace import telemetry
 from putplace.auth import utcnow
+from putplace.blobs.base import GroupWriter
 from putplace.config import Settings
 from putplace.digest import INLINE_WORK_LIMIT
 from putplace.models import (
@@ -46,8 +50,14 @@ log = logging.getLogger("putplace.service")
 #: memory budget (24 MiB take 2 s at 100 Mbit/s, 20 s at 10).
 ARRIVAL_GRACE_SECONDS = 10.0
 
-#: The maps this process reads bundles into.
-BUNDLE_MAPS = SpareMaps()
+#: A bundle's members are read, verified and written this many bytes at a time (whole
+#: members; a larger member alone), so a bundle being stored takes this much memory, not
+#: its whole size (up to ``PUTPLACE_MAX_BUNDLE_BYTES``). Each slice costs a write of the
+#: pack and a hand-over to a thread or two, a few hundred microseconds.
+SLICE_BYTES = 4 * 1024 * 1024
+
+#: The maps this process reads bundles' slices into.
+BUNDLE_MAPS = SpareMaps(size=SLICE_BYTES)
 
 MAGIC = b"PPBNDL01"
 _COUNT = struct.Struct(">I")
@@ -90,7 +100,7 @@ class _Reader:
         before) held a bundle twice over while joined; appending each chunk to a growing
         buffer copied it again at every reallocation."""
         if size:
-            self.close(reuse=False)  # a second read: the bytes of the first may be in use
+            self.close(reuse=False)  # the last read's map was not given back: maybe in use
             self._mapped = self._maps.take(size)
             buffer = memoryview(self._mapped)[:size]
         else:
@@ -245,7 +255,8 @@ async def _accept(
     stores: Stores, settings: Settings, memory: MemoryBudget, reader: _Reader, namespace: str
 ) -> BundleResponse:
     entries = await read_header(reader, settings)
-    async with memory.hold(sum(entry.length for entry in entries)) as room:
+    runs = slices(entries, SLICE_BYTES)
+    async with memory.hold(max(_slice_bytes(entries, run) for run in runs)) as room:
         slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
         try:
             results, held = await _verdicts(stores, settings, entries, namespace)
@@ -256,10 +267,29 @@ async def _accept(
             )  # fmt: skip
             async with quota:  # held until what arrives is recorded
                 return await _receive(
-                    stores, settings, reader, entries, results, held, namespace, slow.cancel
-                )
+                    stores, settings, reader, entries, runs, results, held, namespace,
+                    slow.cancel,
+                )  # fmt: skip
         finally:  # a bundle refused before its bytes came leaves no timer behind
             slow.cancel()
+
+
+def slices(entries: list[Entry], size: int) -> list[range]:
+    """*entries* cut, in order, into runs of whole members of at most *size* bytes (a
+    larger member alone)."""
+    runs: list[range] = []
+    first = length = 0
+    for index, entry in enumerate(entries):
+        if index > first and length + entry.length > size:
+            runs.append(range(first, index))
+            first, length = index, 0
+        length += entry.length
+    runs.append(range(first, len(entries)))
+    return runs
+
+
+def _slice_bytes(entries: list[Entry], run: range) -> int:
+    return sum(entries[index].length for index in run)
 
 
 async def _receive(
@@ -267,6 +297,7 @@ async def _receive(
     settings: Settings,
     reader: _Reader,
     entries: list[Entry],
+    runs: list[range],
     results: list[BundleMemberResult | None],
     held: set[str],
     namespace: str,
@@ -274,56 +305,27 @@ async def _receive(
 ) -> BundleResponse:
     """Read the members (calling *arrived* once they are all here), verify each, store
     those that are whole, and answer."""
-    # The members' bytes in one read (they are all held until stored anyway), then
-    # hashed in one go: per member, a read and an await of its own cost more than
-    # hashing a few KiB (a first ingest of 100,000 small files).
-    total = sum(entry.length for entry in entries)
-    body, failure = await reader.read_upto(total)
-    arrived()
-    if failure is None and len(body) == total:
-        ended, failure = await reader.ends()
-        if not ended:  # the header does not describe this body: nothing is trusted
-            raise InvalidInputError(
-                f"the body goes on after its last member: the {len(entries)} entries' "
-                f"lengths add up to {total} bytes; nothing was stored"
-            )
     present = [
         e.sha256 for e, r in zip(entries, results, strict=True)
         if r is not None and r.status is BundleStatus.present
     ]  # fmt: skip
+    group = stores.blobs.group()
+    try:
+        new, known, failure = await _store_slices(reader, group, entries, runs, results, held)
+        arrived()
+        # Bytes first (durable, final names), records second: never a record without
+        # bytes.
+        await group.commit()
+    except BaseException:
+        await group.abort()
+        raise
     if present and len(settings.trust_domain(namespace)) > 1:
         # Sent by another namespace of the trust domain: this one holds it now too.
         await stores.metadata.add_possession(namespace, present, utcnow())
-    spans: list[tuple[int, int, int]] = []  # (index, start, end) of whole members to verify
-    start = 0
-    for index, entry in enumerate(entries):
-        end = start + entry.length
-        if end > len(body):
-            failure = failure or InvalidInputError(
-                f"bundle ended inside member {index} of {len(entries)}"
-            )
-            break
-        if results[index] is None:  # else known already: the bytes are dropped
-            spans.append((index, start, end))
-        start = end
-    arriving = sum(end - start for _, start, end in spans)
-    if arriving < INLINE_WORK_LIMIT:
-        actuals = _digests(body, spans)
-    else:
-        actuals = await asyncio.to_thread(_digests, body, spans)
-    # Each member a view of the body, not a copy of its bytes.
-    verified: list[tuple[int, memoryview]] = []
-    for (index, start, end), actual in zip(spans, actuals, strict=True):
-        if actual == entries[index].sha256:
-            verified.append((index, body[start:end]))
-        else:
-            results[index] = _refused(
-                entries[index].sha256, f"content hashes to {actual}, not to this hash"
-            )
-    await _store(stores, entries, verified, namespace, held)  # what arrived whole is kept
+    await _record(stores, entries, new, known, namespace)  # what arrived whole is kept
     if failure is not None:
         raise failure
-    for index, _ in verified:
+    for index in (*new, *known):
         results[index] = BundleMemberResult(
             sha256=entries[index].sha256, status=BundleStatus.stored
         )
@@ -341,26 +343,86 @@ async def _receive(
     )
 
 
-async def _store(
-    stores: Stores,
+async def _store_slices(
+    reader: _Reader,
+    group: GroupWriter,
     entries: list[Entry],
-    verified: list[tuple[int, memoryview]],
-    namespace: str,
+    runs: list[range],
+    results: list[BundleMemberResult | None],
     held: set[str],
+) -> tuple[list[int], list[int], Exception | None]:
+    """Read the members a slice at a time (:data:`SLICE_BYTES`) into one reused map,
+    hash each slice in one go (per member, a read and an await of its own cost more than
+    hashing a few KiB), and add the members that verify to *group*, but for content the
+    server held already (sent by another namespace), which is not written again. A
+    member that fails verification is refused in *results*.
+
+    Returns the indexes of the members added and of those held already, and the failure
+    that cut the body short (the members before it arrived whole). A body longer than
+    its header says is refused whole: nothing of it is trusted."""
+    new: list[int] = []
+    known: list[int] = []
+    failure: Exception | None = None
+    for run in runs:
+        size = _slice_bytes(entries, run)
+        body, failure = await reader.read_upto(size)
+        spans: list[tuple[int, int, int]] = []  # (index, start, end) of members to verify
+        start = 0
+        for index in run:
+            end = start + entries[index].length
+            if end > len(body):
+                failure = failure or InvalidInputError(
+                    f"bundle ended inside member {index} of {len(entries)}"
+                )
+                break
+            if results[index] is None:  # else known already: the bytes are dropped
+                spans.append((index, start, end))
+            start = end
+        arriving = sum(end - start for _, start, end in spans)
+        if arriving < INLINE_WORK_LIMIT:
+            actuals = _digests(body, spans)
+        else:
+            actuals = await asyncio.to_thread(_digests, body, spans)
+        added: list[tuple[str, memoryview]] = []  # each a view of the slice, not a copy
+        for (index, start, end), actual in zip(spans, actuals, strict=True):
+            sha256 = entries[index].sha256
+            if actual != sha256:
+                results[index] = _refused(sha256, f"content hashes to {actual}, not to this hash")
+            elif sha256 in held:
+                known.append(index)
+            else:
+                new.append(index)
+                added.append((sha256, body[start:end]))
+        if added:
+            await group.add(added)
+        reader.close()  # the slice's bytes are written: its map takes the next slice
+        if failure is not None:
+            break
+    else:
+        ended, failure = await reader.ends()
+        if not ended:  # the header does not describe this body: nothing is trusted
+            total = sum(entry.length for entry in entries)
+            raise InvalidInputError(
+                f"the body goes on after its last member: the {len(entries)} entries' "
+                f"lengths add up to {total} bytes; nothing was stored"
+            )
+    return new, known, failure
+
+
+async def _record(
+    stores: Stores, entries: list[Entry], new: list[int], known: list[int], namespace: str
 ) -> None:
-    """Bytes first (durable, final names), records second: never a record without bytes.
-    Content the server held already (sent by another namespace) is not written again;
-    the namespace is recorded as having sent all of it, in the same write as the new
-    blob records."""
-    new = [(entries[i].sha256, data) for i, data in verified if entries[i].sha256 not in held]
-    known = [entries[i].sha256 for i, _ in verified if entries[i].sha256 in held]
+    """Record the *new* members' contents (committed to the blob store) present, in one
+    write that also records *namespace* as having sent them, and *known* ones (held
+    already) as sent by *namespace* too."""
     if new:
-        await stores.blobs.put_many(new)
         now = utcnow()
-        await stores.metadata.put_blobs(
-            [BlobRecord(sha256=sha, size=len(data), stored_at=now) for sha, data in new],
-            sent_by=namespace,
-        )
-        telemetry.stored(len(new), sum(len(data) for _, data in new))
+        records = [
+            BlobRecord(sha256=entries[i].sha256, size=entries[i].length, stored_at=now) for i in new
+        ]
+        await stores.metadata.put_blobs(records, sent_by=namespace)
+        telemetry.stored(len(records), sum(record.size for record in records))
     if known:
-        await stores.metadata.add_possession(namespace, known, utcnow())
+        await stores.metadata.add_possession(
+            namespace, [entries[i].sha256 for i in known], utcnow()
+        )
