@@ -139,14 +139,15 @@ class Settings(BaseSettings):
     )
     max_bundle_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = Field(
         32 * 1024 * 1024,
-        description="Largest total of contents in one POST /bundles, bytes (held in memory "
-        "until the bundle is stored).",
+        description="Largest total of contents in one POST /bundles, bytes (read, verified "
+        "and written 4 MiB of members at a time, a larger member alone).",
     )
     request_memory_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = Field(
         128 * 1024 * 1024,
         description="Bytes each server process holds at once for the request bodies it is "
-        "handling: a bundle counts its contents (before they are read; given back if they "
-        "take over 10 s to arrive), a JSON body of 64 KiB or more 16 times its length (once "
+        "handling: a bundle counts its largest slice of members (4 MiB, or its largest "
+        "member; before they are read; given back if they take over 10 s to arrive), a "
+        "JSON body of 64 KiB or more 16 times its length (once "
         "read: what parsing and validating it takes), at most the whole budget. A request "
         "waits for room, first come first served, and gets 503 with Retry-After if none "
         "comes within 10 s. At least max_bundle_bytes.",

@@ -207,7 +207,7 @@ async def test_a_bundles_memory_is_kept_for_the_next_whether_stored_or_cut_short
 ) -> None:
     """The server writes the next bundle over the pages the last one faulted in (see
     ``putplace.service.spare_maps``), so each bundle must give its map back."""
-    maps = SpareMaps(idle_seconds=60)
+    maps = SpareMaps(bundles.SLICE_BYTES, idle_seconds=60)
     monkeypatch.setattr(bundles, "BUNDLE_MAPS", maps)
     whole, cut = os.urandom(100_000), os.urandom(50_000)
     await register(api, whole, cut)

@@ -34,7 +34,7 @@ def members(data: bytes) -> bytes:
 async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    maps = SpareMaps(keep=1, idle_seconds=60)
+    maps = SpareMaps(bundles.SLICE_BYTES, keep=1, idle_seconds=60)
     monkeypatch.setattr(bundles, "BUNDLE_MAPS", maps)
     first, second = b"A" * 100_000, b"B" * 100_000
     writing, finish, done = threading.Event(), threading.Event(), threading.Event()

@@ -1,15 +1,16 @@
-"""Anonymous memory maps that bundles are read into, kept for the next bundles.
+"""Anonymous memory maps that bundles' slices are read into, kept for the next ones.
 
 A fresh map costs a page fault for every 4 KiB as it is first written, and unmapping
 it hands the pages back to the system, so the next bundle faults them in again. On the
 development machine (a virtual machine whose host takes back free memory) a fault
 costs 2-3 us, and 40-55 us when the host has taken the page's memory back; a first
 ingest of 100,000 small files faulted 119,000-127,000 pages in the server, more than
-half of them for bundles' maps.
-Kept maps are written over instead: 52,000-64,000 faults, and server and client took
-4% less CPU (4 alternated pairs). What a kept map costs is its pages staying resident:
-at most ``keep`` maps of ``size`` bytes a process, each only as much of it as bundles
-have written, and for no longer than ``idle_seconds`` after a bundle last used one.
+half of them for bundles' maps (when a bundle was read whole, into a map of up to 32
+MiB). Kept maps are written over instead: 52,000-64,000 faults, and server and client
+took 4% less CPU (4 alternated pairs). What a kept map costs is its pages staying
+resident: at most ``keep`` maps of ``size`` bytes a process, each only as much of it as
+slices have written, and for no longer than ``idle_seconds`` after a bundle last used
+one.
 
 One event loop uses a pool: takes and gives come from its coroutines, trims from its
 timer.
@@ -22,10 +23,6 @@ import contextlib
 import mmap
 import time
 
-#: The default ``PUTPLACE_MAX_BUNDLE_BYTES``: a map this size holds any bundle of a
-#: server on defaults. An untouched page of a map takes no memory, so a small bundle
-#: in a large map costs no more than in its own.
-MAP_BYTES = 32 * 1024 * 1024
 #: Maps kept: as many as bundles one process usually stores at once (a client sends
 #: two at a time, to two processes).
 KEEP = 2
@@ -34,9 +31,9 @@ IDLE_SECONDS = 30.0
 
 
 class SpareMaps:
-    def __init__(
-        self, size: int = MAP_BYTES, keep: int = KEEP, idle_seconds: float = IDLE_SECONDS
-    ) -> None:
+    def __init__(self, size: int, keep: int = KEEP, idle_seconds: float = IDLE_SECONDS) -> None:
+        """Maps of *size* bytes are kept (an untouched page of a map takes no memory, so
+        a smaller slice in a larger map costs no more than in its own)."""
         self.size = size
         self.keep = keep
         self.idle_seconds = idle_seconds
