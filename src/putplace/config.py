@@ -145,8 +145,9 @@ class Settings(BaseSettings):
     request_memory_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = Field(
         128 * 1024 * 1024,
         description="Bytes each server process holds at once for the request bodies it is "
-        "handling: a bundle counts its largest slice of members (4 MiB, or its largest "
-        "member; before they are read; given back if they take over 10 s to arrive), a "
+        "handling: a bundle counts two of its largest slice of members (4 MiB, or its "
+        "largest member), at most its size (before they are read; given back if they take "
+        "over 10 s to arrive), a "
         "JSON body of 64 KiB or more 16 times its length (once "
         "read: what parsing and validating it takes), at most the whole budget. A request "
         "waits for room, first come first served, and gets 503 with Retry-After if none "

@@ -126,11 +126,12 @@ async def test_a_bundle_waits_until_the_one_before_it_is_stored(api: httpx.Async
     assert (await api.get(f"/download/{sha(second)}")).content == second
 
 
-async def test_a_bundle_holds_room_for_one_slice_not_its_whole_size(
+async def test_a_bundle_holds_room_for_two_slices_not_its_whole_size(
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bundle is read, verified and written a slice at a time: 200 KiB of 50 KiB
-    members (a slice each) still arriving leave room for another such bundle."""
+    """A bundle is read, verified and written a slice at a time, one arriving while the
+    one before is written: 200 KiB of 50 KiB members (a slice each) still arriving hold
+    100 KiB, and leave room for another such bundle."""
     monkeypatch.setattr(bundles, "SLICE_BYTES", 64 * 1024)
     arriving = [os.urandom(50 * 1024) for _ in range(4)]
     other = [os.urandom(50 * 1024) for _ in range(2)]  # 300 KiB in all > LIMIT

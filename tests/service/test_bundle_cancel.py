@@ -17,6 +17,7 @@ from putplace.blobs.base import Contents, GroupWriter
 from putplace.config import Settings
 from putplace.models import DEFAULT_NAMESPACE, FileMetadata
 from putplace.service import bundles
+from putplace.service.errors import InvalidInputError
 from putplace.service.memory import MemoryBudget
 from putplace.service.spare_maps import SpareMaps
 from putplace.service.stores import open_stores
@@ -31,9 +32,13 @@ def members(data: bytes) -> bytes:
     return bundle([(hashlib.sha256(data).hexdigest(), data)])
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "refused while its slice is written"])
 async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
+    """Cancelled while its slice is written, or refused then (its body goes on after its
+    last member, which is found while the slice before is still being written): the
+    writing thread goes on reading the slice after the request has ended."""
     maps = SpareMaps(bundles.SLICE_BYTES, keep=1, idle_seconds=60)
     monkeypatch.setattr(bundles, "BUNDLE_MAPS", maps)
     first, second = b"A" * 100_000, b"B" * 100_000
@@ -62,13 +67,24 @@ async def test_a_cancelled_bundles_bytes_are_not_written_over_by_the_next(
         memory = MemoryBudget(64 << 20)
         real_group = stores.blobs.group
         monkeypatch.setattr(stores.blobs, "group", SlowGroup)
+
+        async def more_once_written() -> AsyncIterator[bytes]:
+            yield members(first)
+            await asyncio.to_thread(writing.wait, 10)
+            yield b"more"
+
+        body = once(members(first)) if ending == "cancelled" else more_once_written()
         cancelled = asyncio.create_task(
-            bundles.accept_bundle(stores, settings, memory, once(members(first)), DEFAULT_NAMESPACE)
+            bundles.accept_bundle(stores, settings, memory, body, DEFAULT_NAMESPACE)
         )
         assert await asyncio.to_thread(writing.wait, 10)
-        cancelled.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cancelled
+        if ending == "cancelled":
+            cancelled.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cancelled
+        else:
+            with pytest.raises(InvalidInputError, match="goes on after its last member"):
+                await cancelled
         monkeypatch.setattr(stores.blobs, "group", real_group)
         answer = await bundles.accept_bundle(
             stores, settings, memory, once(members(second)), DEFAULT_NAMESPACE

@@ -56,8 +56,10 @@ ARRIVAL_GRACE_SECONDS = 10.0
 #: pack and a hand-over to a thread or two, a few hundred microseconds.
 SLICE_BYTES = 4 * 1024 * 1024
 
-#: The maps this process reads bundles' slices into.
-BUNDLE_MAPS = SpareMaps(size=SLICE_BYTES)
+#: The maps this process reads bundles' slices into: two a bundle (one arriving while
+#: the one before is written), two bundles at a time (a client sends two at a time, to
+#: two processes).
+BUNDLE_MAPS = SpareMaps(size=SLICE_BYTES, keep=4)
 
 MAGIC = b"PPBNDL01"
 _COUNT = struct.Struct(">I")
@@ -77,7 +79,7 @@ class _Reader:
         self._chunks = aiter(chunks)
         self._buffer = bytearray()
         self._maps = maps
-        self._mapped: mmap.mmap | None = None
+        self._mapped: list[mmap.mmap] = []  # of the reads not given back, oldest first
 
     async def read(self, size: int) -> bytes | None:
         """The next *size* bytes, or None if the stream ends before that many arrive."""
@@ -94,15 +96,16 @@ class _Reader:
         """The next *size* bytes, or fewer when the stream ends or fails first; the
         failure is returned, not raised: the members that arrived whole are kept.
 
-        Read into an anonymous memory map (from *maps*, until :meth:`close`): the system
-        gives it memory page by page as bytes are written, so a header's claim alone
-        takes none, and each chunk is copied once. Chunks kept and joined at the end (as
-        before) held a bundle twice over while joined; appending each chunk to a growing
-        buffer copied it again at every reallocation."""
+        Read into an anonymous memory map of its own (from *maps*, until
+        :meth:`release_oldest` or :meth:`close`): the system gives it memory page by page
+        as bytes are written, so a header's claim alone takes none, and each chunk is
+        copied once. Chunks kept and joined at the end (as before) held a bundle twice
+        over while joined; appending each chunk to a growing buffer copied it again at
+        every reallocation."""
         if size:
-            self.close(reuse=False)  # the last read's map was not given back: maybe in use
-            self._mapped = self._maps.take(size)
-            buffer = memoryview(self._mapped)[:size]
+            mapped = self._maps.take(size)
+            self._mapped.append(mapped)
+            buffer = memoryview(mapped)[:size]
         else:
             buffer = memoryview(bytearray())
         have = min(len(self._buffer), size)
@@ -125,16 +128,21 @@ class _Reader:
             failure = exc.with_traceback(None)
         return buffer[:have], failure
 
+    def release_oldest(self) -> None:
+        """The bytes of the oldest :meth:`read_upto` not given back are no longer used,
+        by anyone: its map goes back for the next read."""
+        self._maps.give(self._mapped.pop(0))
+
     def close(self, *, reuse: bool = True) -> None:
-        """The bytes :meth:`read_upto` gave are no longer used, by anyone: their map
-        goes back for the next bundle. Not *reuse*: they may still be read, so the map
-        is never written over and goes with the last view of it."""
-        if self._mapped is not None:
+        """The bytes :meth:`read_upto` gave are no longer used, by anyone: their maps
+        go back for the next bundle. Not *reuse*: they may still be read, so the maps
+        are never written over and go with the last view of them."""
+        mapped, self._mapped = self._mapped, []
+        for one in mapped:
             if reuse:
-                self._maps.give(self._mapped)
+                self._maps.give(one)
             else:
-                self._maps.abandon(self._mapped)
-            self._mapped = None
+                self._maps.abandon(one)
 
     async def ends(self) -> tuple[bool, Exception | None]:
         """Whether the stream ends here, with nothing after what was read; and the
@@ -256,7 +264,10 @@ async def _accept(
 ) -> BundleResponse:
     entries = await read_header(reader, settings)
     runs = slices(entries, SLICE_BYTES)
-    async with memory.hold(max(_slice_bytes(entries, run) for run in runs)) as room:
+    # Two slices at a time: one arriving while the one before is written.
+    largest = max(_slice_bytes(entries, run) for run in runs)
+    total = sum(entry.length for entry in entries)
+    async with memory.hold(min(total, 2 * largest)) as room:
         slow = asyncio.get_running_loop().call_later(ARRIVAL_GRACE_SECONDS, room.give_back)
         try:
             results, held = await _verdicts(stores, settings, entries, namespace)
@@ -351,11 +362,9 @@ async def _store_slices(
     results: list[BundleMemberResult | None],
     held: set[str],
 ) -> tuple[list[int], list[int], Exception | None]:
-    """Read the members a slice at a time (:data:`SLICE_BYTES`) into one reused map,
-    hash each slice in one go (per member, a read and an await of its own cost more than
-    hashing a few KiB), and add the members that verify to *group*, but for content the
-    server held already (sent by another namespace), which is not written again. A
-    member that fails verification is refused in *results*.
+    """Read the members a slice at a time (:data:`SLICE_BYTES`), each into a map of its
+    own, while the slice before is hashed and added to *group* (see
+    :func:`_verify_and_add`), so that the body keeps arriving while a slice is written.
 
     Returns the indexes of the members added and of those held already, and the failure
     that cut the body short (the members before it arrived whole). A body longer than
@@ -363,50 +372,92 @@ async def _store_slices(
     new: list[int] = []
     known: list[int] = []
     failure: Exception | None = None
-    for run in runs:
-        size = _slice_bytes(entries, run)
-        body, failure = await reader.read_upto(size)
-        spans: list[tuple[int, int, int]] = []  # (index, start, end) of members to verify
-        start = 0
-        for index in run:
-            end = start + entries[index].length
-            if end > len(body):
-                failure = failure or InvalidInputError(
-                    f"bundle ended inside member {index} of {len(entries)}"
-                )
-                break
-            if results[index] is None:  # else known already: the bytes are dropped
-                spans.append((index, start, end))
-            start = end
-        arriving = sum(end - start for _, start, end in spans)
-        if arriving < INLINE_WORK_LIMIT:
-            actuals = _digests(body, spans)
-        else:
-            actuals = await asyncio.to_thread(_digests, body, spans)
-        added: list[tuple[str, memoryview]] = []  # each a view of the slice, not a copy
-        for (index, start, end), actual in zip(spans, actuals, strict=True):
-            sha256 = entries[index].sha256
-            if actual != sha256:
-                results[index] = _refused(sha256, f"content hashes to {actual}, not to this hash")
-            elif sha256 in held:
-                known.append(index)
-            else:
-                new.append(index)
-                added.append((sha256, body[start:end]))
-        if added:
-            await group.add(added)
-        reader.close()  # the slice's bytes are written: its map takes the next slice
-        if failure is not None:
-            break
-    else:
-        ended, failure = await reader.ends()
-        if not ended:  # the header does not describe this body: nothing is trusted
-            total = sum(entry.length for entry in entries)
-            raise InvalidInputError(
-                f"the body goes on after its last member: the {len(entries)} entries' "
-                f"lengths add up to {total} bytes; nothing was stored"
+    writing: asyncio.Task[None] | None = None  # the slice before, being hashed and added
+    try:
+        for run in runs:
+            body, failure = await reader.read_upto(_slice_bytes(entries, run))
+            spans, failure = _whole_members(entries, results, run, body, failure)
+            if writing is not None:
+                await writing  # slices go into the group in order
+                reader.release_oldest()
+            writing = asyncio.create_task(
+                _verify_and_add(group, entries, results, held, body, spans, new, known)
             )
+            if failure is not None:
+                break
+        else:
+            ended, failure = await reader.ends()
+            if not ended:  # the header does not describe this body: nothing is trusted
+                total = sum(entry.length for entry in entries)
+                raise InvalidInputError(
+                    f"the body goes on after its last member: the {len(entries)} entries' "
+                    f"lengths add up to {total} bytes; nothing was stored"
+                )
+        if writing is not None:
+            await writing
+    except BaseException:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            reader.close(reuse=False)  # its threads may still read the maps
+        raise
     return new, known, failure
+
+
+def _whole_members(
+    entries: list[Entry],
+    results: list[BundleMemberResult | None],
+    run: range,
+    body: memoryview,
+    failure: Exception | None,
+) -> tuple[list[tuple[int, int, int]], Exception | None]:
+    """``(index, start, end)`` in *body* of each member of *run* still to verify that
+    arrived whole, and the failure that cut it short, if the body ends inside one."""
+    spans: list[tuple[int, int, int]] = []
+    start = 0
+    for index in run:
+        end = start + entries[index].length
+        if end > len(body):
+            return spans, failure or InvalidInputError(
+                f"bundle ended inside member {index} of {len(entries)}"
+            )
+        if results[index] is None:  # else known already: the bytes are dropped
+            spans.append((index, start, end))
+        start = end
+    return spans, failure
+
+
+async def _verify_and_add(
+    group: GroupWriter,
+    entries: list[Entry],
+    results: list[BundleMemberResult | None],
+    held: set[str],
+    body: memoryview,
+    spans: list[tuple[int, int, int]],
+    new: list[int],
+    known: list[int],
+) -> None:
+    """Hash a slice's members in one go (per member, a read and an await of its own
+    cost more than hashing a few KiB) and add those that verify to *group* (appended to
+    *new*), but for content the server held already (sent by another namespace, appended
+    to *known*), which is not written again. A member that fails is refused in
+    *results*."""
+    arriving = sum(end - start for _, start, end in spans)
+    if arriving < INLINE_WORK_LIMIT:
+        actuals = _digests(body, spans)
+    else:
+        actuals = await asyncio.to_thread(_digests, body, spans)
+    added: list[tuple[str, memoryview]] = []  # each a view of the slice, not a copy
+    for (index, start, end), actual in zip(spans, actuals, strict=True):
+        sha256 = entries[index].sha256
+        if actual != sha256:
+            results[index] = _refused(sha256, f"content hashes to {actual}, not to this hash")
+        elif sha256 in held:
+            known.append(index)
+        else:
+            new.append(index)
+            added.append((sha256, body[start:end]))
+    if added:
+        await group.add(added)
 
 
 async def _record(
