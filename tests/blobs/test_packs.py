@@ -172,7 +172,9 @@ def test_writing_a_large_group_holds_little_beside_its_members(tmp_path: Path) -
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        index.write(contents)
+        writer = index.writer()
+        writer.append(contents)
+        index.commit(writer)
         extra = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()

@@ -2,9 +2,10 @@
 
 A file per small content costs the local store a create, a rename and their journal work
 each (measured on a 30,000-file first ingest: 6.5 s of server CPU with a file per blob,
-2.6 s with one pack per group). A group stored with :meth:`LocalBlobStore.put_many` is
-therefore written as one pack file, ``packs/<id>.pack``: each member is a 40-byte header
-(its SHA-256 and length, so a pack describes itself) followed by its bytes. The index,
+2.6 s with one pack per group). A group stored with :meth:`LocalBlobStore.group` (or
+``put_many``) is therefore written as one pack file, ``packs/<id>.pack``: each member is
+a 40-byte header (its SHA-256 and length, so a pack describes itself) followed by its
+bytes. The index,
 ``packs/index.sqlite3``, maps a hash to ``(pack, offset, size)``.
 
 Durability order: the pack is written and fsynced (and its directory entry), then the
@@ -198,16 +199,6 @@ class Packs:
         except BaseException:
             writer.discard()
             raise
-
-    def write(self, contents: Contents) -> None:
-        """Store *contents* (valid names, verified bytes) as one new pack, durably."""
-        writer = self.writer()
-        try:
-            writer.append(self.unpacked(contents))
-        except BaseException:
-            writer.discard()
-            raise
-        self.commit(writer)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
