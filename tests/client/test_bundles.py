@@ -11,12 +11,16 @@ import os
 import random
 import struct
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from putplace.client import pipeline
+from putplace.client.cancel import Cancelled
 from putplace.client.cli import main
 from putplace.client.uploader import BUNDLE_CONTENT_TYPE, ApiClient, NotSupportedError
 from tests.client.fake_server import CUT, KEY, FakeServer, fake_server, parse_bundle
@@ -230,8 +234,8 @@ def test_every_byte_kept_for_a_bundle_is_released_once(
     budgets: list[pipeline._Budget] = []
 
     class Recorded(pipeline._Budget):
-        def __init__(self, limit: int) -> None:
-            super().__init__(limit)
+        def __init__(self, limit: int, stop: threading.Event) -> None:
+            super().__init__(limit, stop)
             budgets.append(self)
 
     monkeypatch.setattr(pipeline, "_Budget", Recorded)
@@ -243,6 +247,98 @@ def test_every_byte_kept_for_a_bundle_is_released_once(
         assert all_stored(server, {**files, tmp_path / "alone": (tmp_path / "alone").read_bytes()})
     assert {u.via for u in server.uploads} == {"bundles", "blobs"}
     assert [budget._left for budget in budgets] == [pipeline.KEEP_BUDGET]
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Paths read by the run, once per read (kept whole, hashed apart, or read to send)."""
+    reads: Counter[str] = Counter()
+
+    def counted(read: Callable[..., Any]) -> Callable[..., Any]:
+        def reading(entry: Any, *args: Any) -> Any:
+            reads[entry.path] += 1
+            return read(entry, *args)
+
+        return reading
+
+    monkeypatch.setattr(pipeline, "read_whole", counted(pipeline.read_whole))
+    monkeypatch.setattr(pipeline, "hash_entry", counted(pipeline.hash_entry))
+    return reads
+
+
+def test_a_full_budget_waits_for_bundles_being_sent_rather_than_reading_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads slower than the walk: hashing waits for the bundles on their way to give
+    their kept bytes back, and every file is read once, not hashed now and read again to
+    be sent (about 10,000 of 100,000 files in a first ingest did). The budget is more
+    than a filling bundle and the batches between the walk and registration can hold
+    (7 and 25 files of at most 2,000 bytes), so only the tasks giving bytes back can
+    fill it: 16 bundles of 8 files sent or waiting to be (about 130 KiB)."""
+    monkeypatch.setattr(pipeline, "KEEP_BUDGET", 96 * 1024)
+    reads = _count_reads(monkeypatch)
+    real_put_bundle = ApiClient.put_bundle
+
+    def slow_put_bundle(self: ApiClient, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return real_put_bundle(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "put_bundle", slow_put_bundle)
+    files = small_tree(tmp_path, 200)
+    with fake_server() as server:
+        args = ("--bundle-files", "8", "--batch-size", "5", "--upload-workers", "8")
+        assert ppclient(server.url, str(tmp_path), *args) == 0
+        assert all_stored(server, files)
+    assert {u.via for u in server.uploads} == {"bundles"}
+    assert reads == Counter(str(path) for path in files)
+
+
+@pytest.mark.timeout(30)
+def test_a_hasher_waiting_for_room_gets_it_when_given_back_and_stops_with_the_run() -> None:
+    stop = threading.Event()
+    budget = pipeline._Budget(10, stop)
+    assert budget.take(8)
+    budget.returning(1)  # a bundle holding those 8 bytes is being sent
+    outcome: list[object] = []
+
+    def hasher() -> None:
+        try:
+            outcome.append(budget.take(5))
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=hasher)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # no room yet: it waits
+    budget.give(8)
+    budget.returning(-1)
+    waiting.join()
+    assert outcome == [True]
+
+    budget.returning(1)
+    assert budget.take(5)  # room for 5 more, then none
+    waiting = threading.Thread(target=hasher)
+    waiting.start()
+    stop.set()  # Ctrl-C: the waiting hasher gives up
+    waiting.join()
+    assert isinstance(outcome[-1], Cancelled)
+
+
+@pytest.mark.timeout(60)
+def test_a_full_budget_with_no_bundle_being_sent_does_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept bytes that fill the budget while their bundle is still filling would never be
+    given back to a hasher that waited for them: it reads on without keeping (and the
+    file is read again when its bundle goes)."""
+    monkeypatch.setattr(pipeline, "KEEP_BUDGET", 8 * 1024)
+    reads = _count_reads(monkeypatch)
+    files = small_tree(tmp_path, 60)
+    with fake_server() as server:  # one bundle, sent at the end
+        assert ppclient(server.url, str(tmp_path), "--bundle-files", "1000") == 0
+        assert all_stored(server, files)
+    assert len(server.uploads) == len(files)
+    assert max(reads.values()) == 2  # those that did not fit: hashed, then read to be sent
 
 
 @pytest.mark.parametrize("status", [401, 403])
