@@ -8,12 +8,15 @@ import errno
 import hashlib
 import os
 import random
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from putplace.blobs import fsio, local
+from putplace.blobs.base import BlobError
 from putplace.blobs.fsio import DIRECT_ALIGN, DIRECT_BUFFER, WRITEBACK_STEP, FileAppender
 from putplace.service.ingest import store_verified
 
@@ -164,6 +167,90 @@ def test_an_abandoned_appender_writes_nothing_more(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.stat().st_size == 0
+
+
+def needs_direct(directory: Path) -> None:
+    if not direct_possible(directory):
+        pytest.fail(f"{directory} takes no O_DIRECT: put the test directory on a disk")
+
+
+def test_a_durable_writer_flushes_the_disk_as_it_goes_and_close_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct writes may sit in the disk's cache until a flush: flushing only at the end
+    left each 512 MiB request of a large upload idle for most of a second. Flushes start
+    as the bytes go, and close waits for the last, as the caller closes the file next."""
+    needs_direct(tmp_path)
+    monkeypatch.setattr(fsio, "FLUSH_STEP", 2 * DIRECT_BUFFER)
+    flushes: list[str] = []
+    started = threading.Event()
+    real = os.fdatasync
+
+    def slow_flush(fd: int) -> None:
+        flushes.append("started")
+        started.set()
+        time.sleep(0.2)
+        real(fd)
+        flushes.append("done")
+
+    monkeypatch.setattr(fsio.os, "fdatasync", slow_flush)
+    data = os.urandom(9 * DIRECT_BUFFER)
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        appender = FileAppender(path, fd, 0, durable=True)
+        appender.write([data[: 3 * DIRECT_BUFFER]])
+        assert started.wait(5)  # under way while more bytes arrive, before close
+        appender.write([data[3 * DIRECT_BUFFER :]])
+        appender.close()
+        assert flushes[-1:] == ["done"]
+        assert flushes.count("started") == flushes.count("done")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
+def test_a_failed_flush_fails_the_write_even_if_the_last_fsync_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a write error to one fsync of an open file, not to each: if the early
+    flush took it, the caller's fsync would pass and bytes never written count as
+    stored."""
+    needs_direct(tmp_path)
+    monkeypatch.setattr(fsio, "FLUSH_STEP", DIRECT_BUFFER)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fsio.os, "fdatasync", failing)
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        appender = FileAppender(path, fd, 0, durable=True)
+        appender.write([os.urandom(DIRECT_BUFFER)])  # the flush starts, and fails
+        with pytest.raises(OSError, match="Input/output error"):
+            appender.close()
+    finally:
+        os.close(fd)
+
+
+async def test_a_streamed_blob_whose_flush_failed_is_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_direct(tmp_path)
+    monkeypatch.setattr(fsio, "FLUSH_STEP", DIRECT_BUFFER)
+    store = local.LocalBlobStore(tmp_path / "blobs", fsync=True)
+    await store.open()
+    monkeypatch.setattr(
+        fsio.os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "EIO"))
+    )
+    data = os.urandom(3 * DIRECT_BUFFER)
+    name = hashlib.sha256(data).hexdigest()
+    with pytest.raises(BlobError):
+        await store_verified(store, name, chunks_of(data, 256 * 1024))
+    assert not await store.exists(name)
+    await store.close()
 
 
 @pytest.mark.parametrize("fsync", [True, False])

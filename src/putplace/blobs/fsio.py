@@ -9,6 +9,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,37 @@ DIRECT_ALIGN = 4096
 #: Bytes gathered in the aligned buffer before one direct write: 1-8 MiB all wrote 2 GiB
 #: at 1.7-2.1 GB/s on the development disk, so the smallest that does is used.
 DIRECT_BUFFER = 2 * 1024 * 1024
+#: With fsync on, after each this many bytes written direct, the file's ``fdatasync``
+#: starts on a helper thread (one at a time per file), so the disk flushes its write
+#: cache while the next bytes arrive, and the caller's ``fsync`` at the end waits only
+#: for the rest. Direct writes land in the disk's cache: on the development machine each
+#: 512 MiB request of a 2 GiB tus upload ended with a 0.65-0.77 s ``fsync`` (strace)
+#: while nothing was sent. With flushes alongside, 4 rounds each, alternated: every
+#: 32 MiB 319-333 MiB/s, 64 MiB 246-362, 128 MiB 257-374, none 229-288.
+FLUSH_STEP = 32 * 1024 * 1024
+_flushers: ThreadPoolExecutor | None = None
+_flushers_lock = threading.Lock()
+
+
+def _start_flush(fd: int) -> Future[None]:
+    """``fdatasync(fd)`` on a helper thread: made on first use, so a process that forks
+    its workers before any write gives each its own."""
+    global _flushers
+    with _flushers_lock:
+        if _flushers is None:
+            _flushers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pp-flush")
+        return _flushers.submit(os.fdatasync, fd)
+
+
+def _forget_flushers() -> None:
+    """In a forked child the pool's threads do not exist: work given to it would never
+    run, and a writer waiting for its flush would wait for ever."""
+    global _flushers
+    _flushers = None
+
+
+os.register_at_fork(after_in_child=_forget_flushers)
+
 #: Free aligned buffers kept for the next writer (each 2 MiB).
 _SPARE_BUFFERS = 8
 _spare: list[mmap.mmap] = []
@@ -120,12 +152,15 @@ class FileAppender:
     the development machine 2 GiB took 5.0 s of system time to write through the page
     cache and 0.1 s direct. The unaligned head and tail (less than a block each) go
     through the page cache, so the caller's ``fsync`` on *fd* still makes every byte
-    durable. On a file system that refuses ``O_DIRECT`` (tmpfs), on a platform without
-    it, or for a writer that is not *durable*, every byte goes through the page cache
-    (with writeback started as it goes when *durable*).
+    durable. Direct writes may still sit in the disk's own cache, so every FLUSH_STEP
+    bytes an ``fdatasync`` starts alongside (see there). On a file system that refuses
+    ``O_DIRECT`` (tmpfs), on a platform without it, or for a writer that is not
+    *durable*, every byte goes through the page cache (with writeback started as it goes
+    when *durable*).
 
     One writer, one thread at a time. :meth:`close` (or leaving a ``with`` block without
-    an error) writes what is still buffered; the caller then fsyncs and closes *fd*.
+    an error) writes what is still buffered and waits for a flush under way (raising its
+    error); the caller then fsyncs and closes *fd*.
     """
 
     def __init__(
@@ -141,6 +176,8 @@ class FileAppender:
         self._flushed = offset  # writeback started up to here (page-cache writes)
         self.direct_bytes = 0
         """Bytes written with ``O_DIRECT`` so far."""
+        self._flushing: Future[None] | None = None
+        self._flushed_direct = 0  # direct bytes when the last early flush started
         if durable and hasattr(os, "O_DIRECT"):
             try:
                 self._direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -197,12 +234,20 @@ class FileAppender:
             if self._pending and keep:
                 self._drain()
         finally:
+            flushing, self._flushing = self._flushing, None
+            # Waited for even when abandoning: the caller closes *fd* next, and a flush
+            # still running would sync whatever file took its number.
+            failed = flushing.exception() if flushing is not None else None
             if self._direct_fd is not None:
                 os.close(self._direct_fd)
                 self._direct_fd = None
             if self._buffer is not None:
                 _return_buffer(self._buffer)
                 self._buffer = None
+        # A write error the early flush took is not reported again to the caller's fsync
+        # on the same file (Linux reports each once per open file), so it is raised here.
+        if failed is not None and keep:
+            raise failed
 
     def _drain(self) -> None:
         """Write the buffer: its whole blocks direct, a partial last block cached."""
@@ -218,6 +263,20 @@ class FileAppender:
                 pwritev_all(self._fd, [data[done:]], start + done)
             data.release()
         self._pending = 0
+        self._flush_early()
+
+    def _flush_early(self) -> None:
+        """Start the next early flush once FLUSH_STEP more bytes went direct and the one
+        before has finished. Only a head start: the caller's fsync still decides."""
+        if self.direct_bytes - self._flushed_direct < FLUSH_STEP:
+            return
+        if self._flushing is not None:
+            if not self._flushing.done():
+                return
+            if (failed := self._flushing.exception()) is not None:
+                raise failed
+        self._flushing = _start_flush(self._fd)
+        self._flushed_direct = self.direct_bytes
 
     def _write_direct(self, fd: int, data: memoryview, offset: int) -> int:
         """Bytes written direct; on a refusal (some file systems accept ``O_DIRECT`` at
