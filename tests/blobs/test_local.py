@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,31 @@ def test_a_durable_writer_flushes_the_disk_as_it_goes_and_close_waits_for_it(
     assert path.read_bytes() == data
 
 
+@pytest.mark.timeout(30)
+def test_a_flush_still_queued_is_dropped_at_close_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many large uploads at once the helper threads are all busy: an upload ending
+    must not wait its turn for a flush its own fsync is about to do."""
+    needs_direct(tmp_path)
+    monkeypatch.setattr(fsio, "FLUSH_STEP", DIRECT_BUFFER)
+    queued: list[Future[None]] = []
+    monkeypatch.setattr(fsio, "_start_flush", lambda fd: queued.append(Future()) or queued[-1])
+    data = os.urandom(2 * DIRECT_BUFFER)
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        appender = FileAppender(path, fd, 0, durable=True)
+        appender.write([data])
+        appender.close()  # the queued flush never runs: waiting for it would hang
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert len(queued) == 1
+    assert queued[0].cancelled()
+    assert path.read_bytes() == data
+
+
 def test_a_failed_flush_fails_the_write_even_if_the_last_fsync_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,8 +245,10 @@ def test_a_failed_flush_fails_the_write_even_if_the_last_fsync_passes(
     stored."""
     needs_direct(tmp_path)
     monkeypatch.setattr(fsio, "FLUSH_STEP", DIRECT_BUFFER)
+    ran = threading.Event()
 
     def failing(fd: int) -> None:
+        ran.set()
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fsio.os, "fdatasync", failing)
@@ -229,6 +257,7 @@ def test_a_failed_flush_fails_the_write_even_if_the_last_fsync_passes(
     try:
         appender = FileAppender(path, fd, 0, durable=True)
         appender.write([os.urandom(DIRECT_BUFFER)])  # the flush starts, and fails
+        assert ran.wait(5)
         with pytest.raises(OSError, match="Input/output error"):
             appender.close()
     finally:

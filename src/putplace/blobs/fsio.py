@@ -235,9 +235,12 @@ class FileAppender:
                 self._drain()
         finally:
             flushing, self._flushing = self._flushing, None
-            # Waited for even when abandoning: the caller closes *fd* next, and a flush
-            # still running would sync whatever file took its number.
-            failed = flushing.exception() if flushing is not None else None
+            failed: BaseException | None = None
+            # A flush still queued behind other files' is dropped: the caller's fsync
+            # does its work. One under way is waited for even when abandoning: the
+            # caller closes *fd* next, and it would sync whatever file took its number.
+            if flushing is not None and not flushing.cancel():
+                failed = flushing.exception()
             if self._direct_fd is not None:
                 os.close(self._direct_fd)
                 self._direct_fd = None
