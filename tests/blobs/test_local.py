@@ -42,6 +42,11 @@ def direct_possible(directory: Path) -> bool:
     return True
 
 
+def needs_direct(directory: Path) -> None:
+    if not direct_possible(directory):
+        pytest.fail(f"{directory} takes no O_DIRECT: put the test directory on a disk")
+
+
 def no_direct(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every O_DIRECT open fail as on tmpfs."""
     real = os.open
@@ -117,8 +122,7 @@ def test_without_o_direct_every_byte_goes_cached_with_writeback_started(
 def test_a_direct_write_refused_midway_goes_on_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not direct_possible(tmp_path):
-        pytest.fail(f"{tmp_path} takes no O_DIRECT: put the test directory on a disk")
+    needs_direct(tmp_path)
     real = os.pwrite
     calls = 0
 
@@ -168,11 +172,6 @@ def test_an_abandoned_appender_writes_nothing_more(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.stat().st_size == 0
-
-
-def needs_direct(directory: Path) -> None:
-    if not direct_possible(directory):
-        pytest.fail(f"{directory} takes no O_DIRECT: put the test directory on a disk")
 
 
 def test_a_durable_writer_flushes_the_disk_as_it_goes_and_close_waits_for_it(
