@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from putplace.client.hashing import FileChangedError, hash_entry, read_whole
+from putplace.client.hashing import FileChangedError, hash_entry, in_page_cache, read_whole
 from putplace.client.scanner import FileEntry
 from putplace.digest import CHUNK_SIZE
 
@@ -98,3 +98,29 @@ def test_symlink_hash_is_of_its_target_path_not_the_file(tmp_path: Path) -> None
     (tmp_path / "target").write_bytes(b"content")
     (tmp_path / "l").symlink_to("target")
     assert hash_entry(entry(tmp_path / "l")) == hashlib.sha256(b"target").hexdigest()
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="Linux only: preadv2's RWF_NOWAIT")
+def test_the_page_cache_is_asked_whether_it_holds_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5000)
+    entry = FileEntry(str(path), os.lstat(path))
+    read_whole(entry)
+    assert in_page_cache(entry) is True
+    fd = os.open(path, os.O_RDONLY)
+    try:  # written back, then dropped: a read would now wait for the disk
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert in_page_cache(entry) is False
+    read_whole(entry)
+    assert in_page_cache(entry) is True
+
+
+def test_a_file_gone_counts_as_cached_so_its_error_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    entry = FileEntry(str(path), os.lstat(path))
+    path.unlink()
+    assert in_page_cache(entry) in (True, None)

@@ -378,17 +378,44 @@ def reads_by_thread(
     return threads, most
 
 
-def test_small_files_slow_to_read_are_read_several_at_once(
+def test_small_files_not_in_the_page_cache_are_read_several_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Files that are not in the page cache (a host's first ingest) wait on the disk: the
-    # walking thread alone would wait for each in turn.
+    # Files that are not in the page cache (a host's first ingest after a reboot) wait on
+    # the disk: the walking thread alone would wait for each in turn.
     make_files(tmp_path, 600)
+    monkeypatch.setattr(pipeline, "in_page_cache", lambda entry: False)
     threads, most = reads_by_thread(monkeypatch, 0.002)
     with fake_server() as server:
         assert ppclient(server.url, str(tmp_path)) == 0
         assert len(server.files("h1")) == 600
         assert all(r["has_file_content"] for r in server.files("h1").values())
+    assert most[0] >= 2
+    assert all(name.startswith("hash") for name in threads)
+
+
+def test_small_files_in_the_page_cache_are_read_by_the_walking_thread_however_long_it_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read of a cached file that takes long has waited for the GIL, which the run's
+    # other threads hold: handing it to more threads would only make more of them wait.
+    make_files(tmp_path, 600)
+    threads, _ = reads_by_thread(monkeypatch, 0.002)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert len(server.files("h1")) == 600
+    assert threads == ["walk"] * 600
+
+
+def test_small_files_slow_to_read_go_to_the_pool_where_the_os_cannot_tell_if_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_files(tmp_path, 600)
+    monkeypatch.setattr(pipeline, "in_page_cache", lambda entry: None)
+    threads, most = reads_by_thread(monkeypatch, 0.002)
+    with fake_server() as server:
+        assert ppclient(server.url, str(tmp_path)) == 0
+        assert len(server.files("h1")) == 600
     assert most[0] >= 2
     handed = next(i for i, name in enumerate(threads) if name.startswith("hash"))
     assert threads[:handed] == ["walk"] * handed  # until it had timed a few chunks
@@ -396,19 +423,24 @@ def test_small_files_slow_to_read_are_read_several_at_once(
     assert "walk" in threads[handed:]
 
 
-def test_small_reads_go_back_to_the_walking_thread_once_fast_again() -> None:
+def test_small_reads_timed_go_back_to_the_walking_thread_once_fast_again() -> None:
     # Timed here rather than end to end: in the test process the fake server's threads
     # share the interpreter lock with the client's, and waiting for it slows every read.
-    reads = pipeline._SmallReads()
+    reads = pipeline._SmallReads(probe=lambda entry: None)
+    chunk = [FileEntry("/x", os.stat_result((0o100644, 1, 1, 1, 0, 0, 10, 0, 0, 0)))]
+
+    def inline() -> bool:
+        return reads.inline(chunk)
+
     for _ in range(3 * reads.WINDOW):  # from the page cache: all read here
-        assert reads.inline()
+        assert inline()
         reads.took(0.00032, 32)
     reads.took(0.032, 32)  # one slow chunk among fast ones changes nothing
-    assert reads.inline()
+    assert inline()
     for _ in range(reads.WINDOW):
         reads.took(0.0032, 32)  # 100 us a file: from the disk
-    handed = [reads.inline() for _ in range(2 * reads.SAMPLE_EVERY)]
+    handed = [inline() for _ in range(2 * reads.SAMPLE_EVERY)]
     assert handed.count(True) == 2  # one chunk in eight still read here
     for _ in range(reads.WINDOW // 2 + 1):
         reads.took(0.00032, 32)  # 10 us a file: from the page cache
-    assert all(reads.inline() for _ in range(reads.SAMPLE_EVERY))
+    assert all(inline() for _ in range(reads.SAMPLE_EVERY))

@@ -77,6 +77,32 @@ def read_whole(entry: FileEntry) -> bytes:
     return data
 
 
+#: ``preadv2``'s flag to fail a read the page cache cannot answer at once (Linux only).
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def in_page_cache(entry: FileEntry) -> bool | None:
+    """Whether the first bytes of the regular file *entry* are in the page cache (a read
+    would not wait for the disk); None where the OS cannot tell (no ``RWF_NOWAIT``, or a
+    file system that refuses it). A file that cannot be opened counts as cached: reading
+    it fails at once, where its error is reported."""
+    if _NOWAIT is None:
+        return None
+    try:
+        fd = open_nofollow(entry)
+    except (FileChangedError, OSError):
+        return True
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:  # EOPNOTSUPP, EINVAL: this file system cannot say
+        return None
+    finally:
+        os.close(fd)
+    return True
+
+
 def check_unchanged(entry: FileEntry) -> None:
     """Raise :class:`FileChangedError` unless *entry* is still the file it was scanned
     as, with the same size and mtime (after reading it some other way)."""
