@@ -19,7 +19,11 @@ _NO_BODY = {"type": "missing", "loc": ["body"], "msg": "Field required", "input"
 
 async def read_json(request: Request) -> Any:
     """The parsed JSON body; 422 when there is none or it is not JSON."""
-    body = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(body: bytes) -> Any:
+    """*body* parsed as JSON; 422 when it is empty or not JSON."""
     if not body:
         raise RequestValidationError([_NO_BODY])
     try:
