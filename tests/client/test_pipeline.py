@@ -378,18 +378,27 @@ def reads_by_thread(
     return threads, most
 
 
-def test_small_files_not_in_the_page_cache_are_read_several_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Files that are not in the page cache (a host's first ingest after a reboot) wait on
-    # the disk: the walking thread alone would wait for each in turn.
+def ingest_with_slow_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool | None
+) -> tuple[list[str], list[int]]:
+    """A first ingest of 600 small files, each read taking 2 ms, the page cache saying
+    *cached* of every file; as :func:`reads_by_thread`."""
     make_files(tmp_path, 600)
-    monkeypatch.setattr(pipeline, "in_page_cache", lambda entry: False)
+    monkeypatch.setattr(pipeline, "in_page_cache", lambda entry: cached)
     threads, most = reads_by_thread(monkeypatch, 0.002)
     with fake_server() as server:
         assert ppclient(server.url, str(tmp_path)) == 0
         assert len(server.files("h1")) == 600
         assert all(r["has_file_content"] for r in server.files("h1").values())
+    return threads, most
+
+
+def test_small_files_not_in_the_page_cache_are_read_several_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files that are not in the page cache (a host's first ingest after a reboot) wait on
+    # the disk: the walking thread alone would wait for each in turn.
+    threads, most = ingest_with_slow_reads(tmp_path, monkeypatch, cached=False)
     assert most[0] >= 2
     assert all(name.startswith("hash") for name in threads)
 
@@ -399,23 +408,14 @@ def test_small_files_in_the_page_cache_are_read_by_the_walking_thread_however_lo
 ) -> None:
     # A read of a cached file that takes long has waited for the GIL, which the run's
     # other threads hold: handing it to more threads would only make more of them wait.
-    make_files(tmp_path, 600)
-    threads, _ = reads_by_thread(monkeypatch, 0.002)
-    with fake_server() as server:
-        assert ppclient(server.url, str(tmp_path)) == 0
-        assert len(server.files("h1")) == 600
+    threads, _ = ingest_with_slow_reads(tmp_path, monkeypatch, cached=True)
     assert threads == ["walk"] * 600
 
 
 def test_small_files_slow_to_read_go_to_the_pool_where_the_os_cannot_tell_if_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make_files(tmp_path, 600)
-    monkeypatch.setattr(pipeline, "in_page_cache", lambda entry: None)
-    threads, most = reads_by_thread(monkeypatch, 0.002)
-    with fake_server() as server:
-        assert ppclient(server.url, str(tmp_path)) == 0
-        assert len(server.files("h1")) == 600
+    threads, most = ingest_with_slow_reads(tmp_path, monkeypatch, cached=None)
     assert most[0] >= 2
     handed = next(i for i, name in enumerate(threads) if name.startswith("hash"))
     assert threads[:handed] == ["walk"] * handed  # until it had timed a few chunks
