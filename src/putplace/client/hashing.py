@@ -89,8 +89,10 @@ def in_page_cache(entry: FileEntry) -> bool | None:
     if _NOWAIT is None:
         return None
     try:
-        fd = open_nofollow(entry)
-    except (FileChangedError, OSError):
+        # Not open_nofollow, where every read of a file's content starts: this reads no
+        # content (one byte at most, dropped), so it is not counted as a read.
+        fd = os.open(entry.path, _READ_FLAGS)
+    except OSError:
         return True
     try:
         os.preadv(fd, [bytearray(1)], 0, _NOWAIT)
