@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from putplace.idle_watch import Idle, IdleWatch
 from putplace.server.errors import DISCONNECTED
 from putplace.service.errors import OverloadedError
 from putplace.service.memory import MemoryBudget
@@ -35,68 +35,6 @@ def is_streamed_upload(scope: Scope) -> bool:
     )
 
 
-class _Stalled(Exception):
-    """No part of a request body came for the idle timeout."""
-
-
-class _StallWatch:
-    """Requests waiting for more of their body, and a task that ends each wait that has
-    lasted *idle_seconds*: its request is cancelled there and answered 408.
-
-    A timer per wait (``asyncio.timeout``) was scheduled and cancelled on every request,
-    though almost every body has arrived before it is read, and the loop kept sorting
-    the cancelled timers: this middleware cost a ``/put_file`` 8-13 us of CPU in process.
-    Here a wait costs two dictionary operations; stalls are looked for every quarter of
-    the timeout (at most every second), so one is answered after the timeout and before
-    it has passed by a quarter (or a second). The watching task ends once a whole period
-    passes without a wait, and the next wait starts it again.
-    """
-
-    def __init__(self, idle_seconds: float) -> None:
-        self.idle_seconds = idle_seconds
-        self.period = min(1.0, idle_seconds / 4)
-        self.waiting: dict[asyncio.Task[Any], float] = {}  # a request -> since when
-        self.stalled: set[asyncio.Task[Any]] = set()
-        self.waits = 0  # waits begun, ever: whether the last period saw any
-        self.watching: asyncio.Task[None] | None = None
-
-    async def receive(self, receive: Receive) -> Message:
-        """*receive()*, or :class:`_Stalled` after waiting the idle timeout for it."""
-        task = asyncio.current_task()
-        assert task is not None
-        loop = task.get_loop()
-        self.waiting[task] = loop.time()
-        self.waits += 1
-        watching = self.watching
-        if watching is None or watching.done() or watching.get_loop() is not loop:
-            self.watching = loop.create_task(self._watch(loop))
-        try:
-            message = await receive()
-        except asyncio.CancelledError:
-            # Cancelled here: a stall, unless someone else (a shutdown) cancelled it too.
-            if task in self.stalled and task.uncancel() == 0:
-                raise _Stalled from None
-            raise
-        else:
-            if task in self.stalled:  # a receive that swallowed the cancel: take it back
-                task.uncancel()
-            return message
-        finally:
-            del self.waiting[task]
-            self.stalled.discard(task)
-
-    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        waits = -1
-        while self.waiting or self.waits != waits:
-            waits = self.waits
-            await asyncio.sleep(self.period)
-            begun_by = loop.time() - self.idle_seconds
-            for task, since in list(self.waiting.items()):
-                if since <= begun_by and task not in self.stalled:
-                    self.stalled.add(task)
-                    task.cancel()
-
-
 class BodyLimitMiddleware:
     """Bound every request body that is not a streamed upload.
 
@@ -116,7 +54,7 @@ class BodyLimitMiddleware:
         self.limit = limit
         self.idle_seconds = idle_seconds
         self.memory = memory
-        self.stalls = _StallWatch(idle_seconds)
+        self.stalls = IdleWatch(idle_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_streamed_upload(scope):
@@ -130,8 +68,8 @@ class BodyLimitMiddleware:
         size = 0
         while True:
             try:
-                message = await self.stalls.receive(receive)
-            except _Stalled:
+                message = await self.stalls.wait(receive())
+            except Idle:
                 await _answer(
                     scope, receive, send, 408,
                     f"request body stalled: no data for {self.idle_seconds:g} s",

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from putplace.batches import LARGE_BATCHES
 from putplace.blobs.base import BlobStore, BlobWriter, checked_name
 from putplace.digest import INLINE_WORK_LIMIT
+from putplace.idle_watch import Idle, idle_watch
 from putplace.service.errors import (
     HashMismatchError,
     SizeMismatchError,
@@ -23,15 +24,17 @@ from putplace.service.errors import (
 
 
 async def with_idle_timeout(chunks: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:
-    """Pass *chunks* through, raising :class:`StalledError` on a gap over *seconds*."""
+    """Pass *chunks* through, raising :class:`StalledError` once a wait for the next one
+    has lasted *seconds* (looked for by the process's :class:`IdleWatch`, not by a timer
+    per chunk)."""
     iterator = aiter(chunks)
+    watch = idle_watch(seconds)
     while True:
         try:
-            async with asyncio.timeout(seconds):
-                chunk = await anext(iterator)
+            chunk = await watch.wait(anext(iterator))
         except StopAsyncIteration:
             return
-        except TimeoutError:
+        except Idle:
             raise StalledError(f"upload stalled: no data received for {seconds:g} s") from None
         yield chunk
 
