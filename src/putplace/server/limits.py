@@ -9,7 +9,7 @@ import re
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from putplace.idle_watch import Idle, IdleWatch
+from putplace.idle_watch import Idle, idle_watch
 from putplace.server.errors import DISCONNECTED
 from putplace.service.errors import OverloadedError
 from putplace.service.memory import MemoryBudget
@@ -54,7 +54,7 @@ class BodyLimitMiddleware:
         self.limit = limit
         self.idle_seconds = idle_seconds
         self.memory = memory
-        self.stalls = IdleWatch(idle_seconds)
+        self.stalls = idle_watch(idle_seconds)  # one watching task for every body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_streamed_upload(scope):
