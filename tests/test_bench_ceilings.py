@@ -18,7 +18,7 @@ from bench.floor import floor_client, floor_server
 from bench.ingest_at_scale import fill
 from bench.instructions import count
 from bench.server_ingest import measure
-from bench.server_load import bare_sqlite, count_present, wrk
+from bench.server_load import BareUpserts, bare_sqlite, count_present, wrk
 from bench.small_files import make_tree
 from bench.store_ingest import files_of, run
 
@@ -29,6 +29,21 @@ def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> 
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*), MIN(namespace) FROM files").fetchone() == (
             250, "default"
+        )  # fmt: skip
+
+
+def test_each_round_of_the_bare_loop_adds_new_records_to_one_database(tmp_path: Path) -> None:
+    """Alternated with the load, the ceiling's table grows as the server's does: a round's
+    records are new ones, not the first round's written again."""
+    upserts = BareUpserts(tmp_path / "bare.db")
+    try:
+        assert upserts.run(1200) > 0
+        assert upserts.run(300) > 0
+    finally:
+        upserts.close()
+    with sqlite3.connect(tmp_path / "bare.db") as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT filepath) FROM files").fetchone() == (
+            1500, 1500
         )  # fmt: skip
 
 
