@@ -191,11 +191,17 @@ def alternated_wrk(
     for _ in range(rounds):
         bare.append(float(wrk(bare_url, "bare", connections, seconds)["records_per_s"]))
         ours.append(wrk(server_url, key, connections, seconds))
+    return _median_round(ours), sorted(bare)[len(bare) // 2], bare
+
+
+def _median_round(ours: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median rate (the upper one of an even number), with every round's
+    rate and all their acknowledged records."""
     by_rate = sorted(ours, key=lambda run: float(run["records_per_s"]))
     median = dict(by_rate[len(by_rate) // 2])
     median["rounds_records_per_s"] = [run["records_per_s"] for run in ours]
     median["acknowledged"] = sum(int(run["acknowledged"]) for run in ours)
-    return median, sorted(bare)[len(bare) // 2], bare
+    return median
 
 
 class BareUpserts:
@@ -247,15 +253,6 @@ class BareUpserts:
         self.conn.close()
 
 
-def bare_sqlite(path: Path, rows: int) -> float:
-    """Records/s of the server's files upsert of *rows* records into a new database."""
-    bare = BareUpserts(path)
-    try:
-        return bare.run(rows)
-    finally:
-        bare.close()
-
-
 def alternated_batches(
     url: str, key: str, clients: int, procs: int, seconds: float, rounds: int, bare: BareUpserts
 ) -> tuple[dict[str, Any], float | None, list[float]]:
@@ -272,12 +269,8 @@ def alternated_batches(
         ours.append(run)
         if run["acknowledged"]:
             ceiling.append(round(bare.run(int(run["acknowledged"])), 1))
-    by_rate = sorted(ours, key=lambda run: float(run["records_per_s"]))
-    median = dict(by_rate[len(by_rate) // 2])
-    median["rounds_records_per_s"] = [run["records_per_s"] for run in ours]
-    median["acknowledged"] = sum(int(run["acknowledged"]) for run in ours)
     bare_rate = sorted(ceiling)[len(ceiling) // 2] if ceiling else None
-    return median, bare_rate, ceiling
+    return _median_round(ours), bare_rate, ceiling
 
 
 def count_present(url: str, key: str) -> int:

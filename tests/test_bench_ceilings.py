@@ -18,14 +18,18 @@ from bench.floor import floor_client, floor_server
 from bench.ingest_at_scale import fill
 from bench.instructions import count
 from bench.server_ingest import measure
-from bench.server_load import BareUpserts, bare_sqlite, count_present, wrk
+from bench.server_load import BareUpserts, count_present, wrk
 from bench.small_files import make_tree
 from bench.store_ingest import files_of, run
 
 
 def test_the_bare_sqlite_loop_upserts_into_the_servers_table(tmp_path: Path) -> None:
     path = tmp_path / "bare.db"
-    assert bare_sqlite(path, 250) > 0
+    upserts = BareUpserts(path)
+    try:
+        assert upserts.run(250) > 0
+    finally:
+        upserts.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*), MIN(namespace) FROM files").fetchone() == (
             250, "default"
