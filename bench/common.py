@@ -219,6 +219,43 @@ def warm(path: Path) -> None:
                 pass
 
 
+class DiskWrites:
+    """The write requests the disk under *path* served inside a ``with`` block: how many,
+    their mean size and the mean time each took (``/sys/dev/block/MAJ:MIN/stat``, which
+    counts every process's). They showed that the development machine's disk took 5-9 ms
+    a request whatever its size, so the fewer the requests the faster a direct write.
+    :attr:`figures` stays None where the file system has no block device (tmpfs)."""
+
+    def __init__(self, path: Path) -> None:
+        device = os.stat(path).st_dev
+        self._stat = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/stat")
+        self._before: list[int] | None = None
+        self.figures: dict[str, float] | None = None
+
+    def _read(self) -> list[int] | None:
+        try:
+            return [int(field) for field in self._stat.read_text().split()]
+        except OSError:
+            return None
+
+    def __enter__(self) -> DiskWrites:
+        self._before = self._read()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = self._read()
+        if self._before is None or after is None:
+            return
+        # Fields 5, 7 and 8 (Documentation/block/stat.rst): write requests, sectors of
+        # 512 bytes, milliseconds spent on them (summed over requests in flight).
+        requests, sectors, ms = (after[i] - self._before[i] for i in (4, 6, 7))
+        self.figures = {
+            "write_requests": requests,
+            "mean_request_kib": round(sectors / 2 / requests, 1) if requests else 0.0,
+            "mean_request_ms": round(ms / requests, 2) if requests else 0.0,
+        }
+
+
 def cp_sync(source: Path, target: Path) -> float:
     """Seconds for ``cp -a source target`` plus ``sync`` of the target's file system."""
     warm(source)

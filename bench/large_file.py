@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    DiskWrites,
     Restic,
     children_cpu,
     cp_sync,
@@ -59,6 +60,18 @@ def sha256_mib_per_s(seconds: float = 2.0) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _requests(rounds: list[dict[str, float] | None]) -> str:
+    """The median round's write requests, their mean size and time, as one cell."""
+    seen = [r for r in rounds if r is not None]
+    if not seen:
+        return "n/a (no block device)"
+    count, kib, ms = (
+        statistics.median(r[k] for r in seen)
+        for k in ("write_requests", "mean_request_kib", "mean_request_ms")
+    )
+    return f"{count:,.0f} requests of {kib:,.0f} KiB, {ms:.1f} ms each"
+
+
 def main() -> None:
     mib = int(os.environ.get("BENCH_LARGE_MIB", "2048"))
     with tempfile.TemporaryDirectory(prefix="pp-bench-large-") as tmp:
@@ -68,6 +81,9 @@ def main() -> None:
             block = os.urandom(CHUNK)
             for i in range(mib):
                 handle.write(block[:-8] + i.to_bytes(8, "big"))
+        # On the disk before any side is timed: the first cp + sync wrote it otherwise
+        # (4 GiB instead of 2 in its round).
+        os.sync()
         fsync = {"fsync": os.environ["BENCH_FSYNC"]} if "BENCH_FSYNC" in os.environ else {}
         hash_speed = sha256_mib_per_s()
         copies: list[float] = []
@@ -75,8 +91,11 @@ def main() -> None:
         client_rss = server_rss = 0.0
         client_cpu: list[float] = []
         server_cpu: list[float] = []
+        disk: dict[str, list[dict[str, float] | None]] = {"ingest": [], "cp_sync": []}
         for round_number in range(int(os.environ.get("BENCH_LARGE_ROUNDS", "3"))):
-            copies.append(cp_sync(data, work / "copy.bin"))
+            with DiskWrites(work) as copy_writes:
+                copies.append(cp_sync(data, work / "copy.bin"))
+            disk["cp_sync"].append(copy_writes.figures)
             (work / "copy.bin").unlink()
             served = work / f"server-{round_number}"  # a fresh server: the content is new
             served.mkdir()
@@ -85,7 +104,9 @@ def main() -> None:
             with ppserver(served, env) as server:
                 warm(data)
                 client_before, server_before = children_cpu(), server.cpu_seconds()
-                seconds, rss, _ = run_client(server.url, key, "--no-cache", str(data))
+                with DiskWrites(work) as ingest_writes:
+                    seconds, rss, _ = run_client(server.url, key, "--no-cache", str(data))
+                disk["ingest"].append(ingest_writes.figures)
                 client_cpu.append(children_cpu() - client_before)
                 server_cpu.append(server.cpu_seconds() - server_before)
                 server_rss = max(server_rss, server.peak_rss_mib())
@@ -125,6 +146,8 @@ def main() -> None:
         "rounds_cpu_seconds": [round(c, 2) for c in round_cpu],
         "rounds_mib_per_s": [round(mib / s, 1) for s in ingests],
         "rounds_cp_sync_mib_per_s": [round(mib / s, 1) for s in copies],
+        # Each round's write requests to the disk (None without a block device).
+        "rounds_disk_writes": disk,
         "order": "(cp + sync, ppclient) x rounds, restic; medians compared",
     }
     table(
@@ -141,6 +164,8 @@ def main() -> None:
             (f"  the most {cores} cores allow", show(cpu_bound, "MiB/s")),
             ("    ratio to cp + sync", show_ratio(ratio(cpu_bound, copy_rate))),
             ("  of it two sha256 passes", f"{hashing_cpu:.2f} CPU-s"),
+            ("disk writes, ingest", _requests(disk["ingest"])),
+            ("  cp + sync", _requests(disk["cp_sync"])),
             ("server peak RSS", show(server_rss, "MiB")),
             ("client peak RSS", show(client_rss, "MiB")),
         ],

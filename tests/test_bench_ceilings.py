@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import create_key, ppserver, server_env
+from bench.common import DiskWrites, create_key, ppserver, server_env
 from bench.floor import floor_client, floor_server
 from bench.ingest_at_scale import fill
 from bench.instructions import count
@@ -156,3 +156,20 @@ def test_instruction_counts_leave_out_openssl(tmp_path: Path) -> None:
     total, without = count([sys.executable, "-c", hashing], tmp_path)
     idle_total, idle_without = count([sys.executable, "-c", "import hashlib"], tmp_path)
     assert total - idle_total > 10 * (without - idle_without) > 0
+
+
+def test_the_disk_counters_see_the_writes_made_inside_the_block(tmp_path: Path) -> None:
+    """The large-file benchmark reports the disk's write requests per round; the counters
+    are the whole device's, so other writers can only add to what is seen."""
+    writes = DiskWrites(tmp_path)
+    with writes:
+        with (tmp_path / "data").open("wb") as handle:
+            handle.write(os.urandom(8 << 20))
+            os.fsync(handle.fileno())
+    if os.major(tmp_path.stat().st_dev) == 0:  # tmpfs, overlay: no block device to ask
+        assert writes.figures is None
+        return
+    assert writes.figures is not None
+    requests = writes.figures["write_requests"]
+    assert requests >= 1
+    assert requests * writes.figures["mean_request_kib"] >= 8 * 1024
