@@ -162,10 +162,9 @@ def test_the_disk_counters_see_the_writes_made_inside_the_block(tmp_path: Path) 
     """The large-file benchmark reports the disk's write requests per round; the counters
     are the whole device's, so other writers can only add to what is seen."""
     writes = DiskWrites(tmp_path)
-    with writes:
-        with (tmp_path / "data").open("wb") as handle:
-            handle.write(os.urandom(8 << 20))
-            os.fsync(handle.fileno())
+    with writes, (tmp_path / "data").open("wb") as handle:
+        handle.write(os.urandom(8 << 20))
+        os.fsync(handle.fileno())
     if os.major(tmp_path.stat().st_dev) == 0:  # tmpfs, overlay: no block device to ask
         assert writes.figures is None
         return
