@@ -64,7 +64,7 @@ def _requests(rounds: list[dict[str, float] | None]) -> str:
     """The median round's write requests, their mean size and time, as one cell."""
     seen = [r for r in rounds if r is not None]
     if not seen:
-        return "n/a (no block device)"
+        return "n/a (no block device counters)"
     count, kib, ms = (
         statistics.median(r[k] for r in seen)
         for k in ("write_requests", "mean_request_kib", "mean_request_ms")

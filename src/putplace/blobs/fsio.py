@@ -119,23 +119,13 @@ def _forget_flushers() -> None:
 
 os.register_at_fork(after_in_child=_forget_flushers)
 
-#: Free aligned buffers kept for the next writer (each 2 MiB).
-_SPARE_BUFFERS = 8
-_spare: list[mmap.mmap] = []
-_spare_lock = threading.Lock()
+#: A transparent huge page on x86-64 and on arm64 with 4 KiB pages.
+HUGE_PAGE = 2 * 1024 * 1024
 
 
-def _borrow_buffer() -> mmap.mmap:
-    """A page-aligned buffer. Reused: memory touched for the first time costs a page
-    fault per 4 KiB, which is what direct writes are here to avoid."""
-    with _spare_lock:
-        if _spare:
-            return _spare.pop()
-    return _new_buffer()
-
-
-def _new_buffer() -> mmap.mmap:
-    """DIRECT_BUFFER bytes of this process's own memory, asked to be one huge page.
+class DirectBuffer:
+    """DIRECT_BUFFER bytes (:attr:`view`) of this process's own memory, on a 2 MiB
+    boundary and asked to be huge pages.
 
     A direct write hands the disk the buffer's physical pages. From 4 KiB pages scattered
     in memory, a 2 GiB file went to the development machine's (virtual) disk at 225-422
@@ -144,18 +134,45 @@ def _new_buffer() -> mmap.mmap:
     6-9). Private memory, not ``mmap``'s default shared mapping: shared anonymous memory
     is shmem, which the kernel backs with huge pages only where ``shmem_enabled`` says
     so (``never`` here), and a buffer made before a fork would be written by parent and
-    child alike. Where no huge page is to be had (transparent huge pages off, or the
-    mapping not on a 2 MiB boundary, where recent kernels put a mapping of whole huge
-    pages: 6.18 here), the advice changes nothing and the buffer works as before."""
-    buffer = mmap.mmap(-1, DIRECT_BUFFER, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is not None:
-        with contextlib.suppress(OSError):  # EINVAL: a kernel without huge pages
-            buffer.madvise(advice)
-    return buffer
+    child alike. A huge page must start on a 2 MiB boundary: Linux 6.7 and later put a
+    mapping of whole huge pages on one, older kernels (6.1, 5.15) need not, so a huge
+    page more is mapped and the buffer starts at the boundary inside; the rest is never
+    touched and takes no memory. Where no huge page is to be had (transparent huge pages
+    off or compiled out), the advice changes nothing and the buffer works as before."""
+
+    def __init__(self) -> None:
+        private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        self._map = mmap.mmap(-1, DIRECT_BUFFER + HUGE_PAGE, flags=private)
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is not None:
+            with contextlib.suppress(OSError):  # EINVAL: a kernel without huge pages
+                self._map.madvise(advice)
+        # The ctypes object is gone once addressof returns: no export outlives it.
+        start = -ctypes.addressof(ctypes.c_char.from_buffer(self._map)) % HUGE_PAGE
+        self.view = memoryview(self._map)[start : start + DIRECT_BUFFER]
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
 
 
-def _return_buffer(buffer: mmap.mmap) -> None:
+#: Free buffers kept for the next writer (each DIRECT_BUFFER).
+_SPARE_BUFFERS = 8
+_spare: list[DirectBuffer] = []
+_spare_lock = threading.Lock()
+
+
+def _borrow_buffer() -> DirectBuffer:
+    """A buffer for direct writes. Reused: memory touched for the first time costs page
+    faults (for a huge page, the kernel may first gather a free 2 MiB block), which is
+    what direct writes are here to avoid."""
+    with _spare_lock:
+        if _spare:
+            return _spare.pop()
+    return DirectBuffer()
+
+
+def _return_buffer(buffer: DirectBuffer) -> None:
     with _spare_lock:
         if len(_spare) < _SPARE_BUFFERS:
             _spare.append(buffer)
@@ -193,7 +210,7 @@ class FileAppender:
         self.position = offset
         """File offset the next byte goes to."""
         self._direct_fd: int | None = None
-        self._buffer: mmap.mmap | None = None
+        self._buffer: DirectBuffer | None = None
         self._pending = 0  # bytes in the buffer; buffer[0] belongs at position - pending
         self._flushed = offset  # writeback started up to here (page-cache writes)
         self.direct_bytes = 0
@@ -229,7 +246,7 @@ class FileAppender:
             while view:
                 room = DIRECT_BUFFER - self._pending
                 part, view = view[:room], view[room:]
-                self._buffer[self._pending : self._pending + len(part)] = part
+                self._buffer.view[self._pending : self._pending + len(part)] = part
                 self._pending += len(part)
                 self.position += len(part)
                 if self._pending == DIRECT_BUFFER:
@@ -280,7 +297,7 @@ class FileAppender:
         start = self.position - self._pending
         whole = self._pending - self._pending % DIRECT_ALIGN
         done = 0
-        with memoryview(self._buffer) as buffer:
+        with memoryview(self._buffer.view) as buffer:
             data = buffer[: self._pending]
             while done < whole and self._direct_fd is not None:
                 done += self._write_direct(self._direct_fd, data[done:whole], start + done)
