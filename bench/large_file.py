@@ -61,7 +61,8 @@ def sha256_mib_per_s(seconds: float = 2.0) -> float:
 
 
 def _requests(rounds: list[dict[str, float] | None]) -> str:
-    """The median round's write requests, their mean size and time, as one cell."""
+    """The rounds' write requests, their mean size and time (the median of each over the
+    rounds), as one cell."""
     seen = [r for r in rounds if r is not None]
     if not seen:
         return "n/a (no block device counters)"

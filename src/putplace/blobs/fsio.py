@@ -297,13 +297,11 @@ class FileAppender:
         start = self.position - self._pending
         whole = self._pending - self._pending % DIRECT_ALIGN
         done = 0
-        with memoryview(self._buffer.view) as buffer:
-            data = buffer[: self._pending]
+        with self._buffer.view[: self._pending] as data:
             while done < whole and self._direct_fd is not None:
                 done += self._write_direct(self._direct_fd, data[done:whole], start + done)
             if done < self._pending:
                 pwritev_all(self._fd, [data[done:]], start + done)
-            data.release()
         self._pending = 0
         self._flush_early()
 
