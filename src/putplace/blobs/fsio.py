@@ -94,7 +94,9 @@ DIRECT_BUFFER = 2 * 1024 * 1024
 #: for the rest. Direct writes land in the disk's cache: on the development machine each
 #: 512 MiB request of a 2 GiB tus upload ended with a 0.65-0.77 s ``fsync`` (strace)
 #: while nothing was sent. With flushes alongside, 4 rounds each, alternated: every
-#: 32 MiB 319-333 MiB/s, 64 MiB 246-362, 128 MiB 257-374, none 229-288.
+#: 32 MiB 319-333 MiB/s, 64 MiB 246-362, 128 MiB 257-374, none 229-288. Again with the
+#: huge-page buffer (2 GiB ingests, alternated, medians): 128 MiB and none 270 and 269
+#: against 329 (4 rounds); 16 MiB 332 against 325 (6 rounds, within the noise).
 FLUSH_STEP = 32 * 1024 * 1024
 _flushers: ThreadPoolExecutor | None = None
 _flushers_lock = threading.Lock()
@@ -196,6 +198,10 @@ class FileAppender:
     ``O_DIRECT`` (tmpfs), on a platform without it, or for a writer that is not
     *durable*, every byte goes through the page cache (with writeback started as it goes
     when *durable*).
+
+    One direct write at a time: two in flight (two buffers, the writes on helper
+    threads) made a 2 GiB ingest no faster (5 alternated pairs, medians 375 against 387
+    MiB/s), as what the ingest waits for is not the disk.
 
     One writer, one thread at a time. :meth:`close` (or leaving a ``with`` block without
     an error) writes what is still buffered and waits for a flush under way (raising its

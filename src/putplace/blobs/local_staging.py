@@ -95,7 +95,9 @@ class LocalUploadStaging(UploadStaging):
         create = os.O_CREAT if offset == 0 else 0
         fd = await _io(lambda: os.open(path, os.O_WRONLY | create | os.O_CLOEXEC, 0o644))
         # One batch is written on a worker thread while the next is received (double
-        # buffering); each write waits for the one before, so bytes land in order.
+        # buffering); each write waits for the one before, so bytes land in order. Two
+        # or three batches queued for writing instead of one were no faster: a 2 GiB
+        # file, 4 alternated rounds, medians 328 and 323 against 328 MiB/s.
         writing: asyncio.Future[int] | None = None
         appender: FileAppender | None = None
         try:
