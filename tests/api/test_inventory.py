@@ -111,6 +111,21 @@ async def test_an_abandoned_or_open_scan_deletes_nothing(api: httpx.AsyncClient)
     assert await live(api) == ["/srv/a"]  # the refused batch stored nothing
 
 
+async def test_a_scan_not_open_is_a_documented_conflict(api: httpx.AsyncClient) -> None:
+    """Both routes answer 409 for records sent in a closed scan, and the OpenAPI document
+    says so (the fuzz tests refuse any status it does not list)."""
+    closed = await open_scan(api, "/srv")
+    await api.post(f"/scans/{closed}/abandon")
+    one = await api.post("/put_file", params={"scan": closed},
+                         json=metadata(b"b", filepath="/srv/b"))  # fmt: skip
+    many = await api.post("/put_files", params={"scan": closed},
+                          json={"files": [metadata(b"c", filepath="/srv/c")]})  # fmt: skip
+    assert (one.status_code, many.status_code) == (409, 409)
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    assert "409" in paths["/put_file"]["post"]["responses"]
+    assert "409" in paths["/put_files"]["post"]["responses"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [

@@ -36,6 +36,7 @@ from putplace.service.errors import TooLargeError
 router = APIRouter(tags=["files"])
 
 _SCAN_DESCRIPTION = "An open scan (POST /scans) these records were seen by."
+_SCAN_NOT_OPEN: dict[str, Any] = {"description": "The scan named by `scan` is not open"}
 _SCAN_MAX_LENGTH = 64
 ScanParam = Annotated[str | None, Query(max_length=_SCAN_MAX_LENGTH, description=_SCAN_DESCRIPTION)]
 #: Where the OpenAPI document describes a record (see ``app._document_schemas``).
@@ -81,7 +82,11 @@ _PUT_FILE_REQUEST = {
     status_code=status.HTTP_201_CREATED,
     response_model=FileResponse,
     summary="Record where a file lives; learn whether its content must be uploaded",
-    responses={401: {"description": "Missing or bad key"}, 403: {"description": "Read-only key"}},
+    responses={
+        401: {"description": "Missing or bad key"},
+        403: {"description": "Read-only key"},
+        409: _SCAN_NOT_OPEN,
+    },
     openapi_extra=_PUT_FILE_REQUEST,
 )
 async def put_file(request: Request) -> Response:
@@ -163,7 +168,10 @@ def _put_file_request(query: Any, body: Any) -> tuple[_PutFileQuery, FileMetadat
             },
         }
     },
-    responses={413: {"description": "More records than the server accepts in one batch"}},
+    responses={
+        409: _SCAN_NOT_OPEN,
+        413: {"description": "More records than the server accepts in one batch"},
+    },
 )
 async def put_files(
     request: Request,
