@@ -121,6 +121,7 @@ async def test_a_scan_not_open_is_a_documented_conflict(api: httpx.AsyncClient) 
     many = await api.post("/put_files", params={"scan": closed},
                           json={"files": [metadata(b"c", filepath="/srv/c")]})  # fmt: skip
     assert (one.status_code, many.status_code) == (409, 409)
+    assert await live(api) == []  # neither stored anything
     paths = (await api.get("/openapi.json")).json()["paths"]
     assert "409" in paths["/put_file"]["post"]["responses"]
     assert "409" in paths["/put_files"]["post"]["responses"]
