@@ -24,13 +24,13 @@ _TRIES = 5
 def _retried(method: Callable[..., Any], lost: Callable[[Exception], bool]) -> Callable[..., Any]:
     @functools.wraps(method)
     def again(*args: Any, **kwargs: Any) -> Any:
-        for attempt in range(_TRIES):
+        for _ in range(_TRIES - 1):
             try:
                 return method(*args, **kwargs)
             except Exception as exc:
-                if attempt == _TRIES - 1 or not lost(exc):
+                if not lost(exc):
                     raise
-        raise AssertionError("unreachable")
+        return method(*args, **kwargs)  # the last try: whatever it raises goes through
 
     return again
 
