@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import shutil
 import socket
@@ -20,7 +21,13 @@ from typing import Any
 import httpx
 import psutil
 
+#: Where ppserver and ppclient are: beside the interpreter running the benchmark (``make
+#: bench`` runs it on the deployment interpreter, see scripts/find-bench-python.sh).
 BIN = Path(sys.executable).parent
+#: Another virtualenv's bin folder (``make bench``: the development one), whose ppclient and
+#: ppserver the small-files benchmark also runs, so each run shows what the interpreter's
+#: build is worth. Unset: not run.
+ALSO_BIN = Path(os.environ["BENCH_ALSO_BIN"]) if os.environ.get("BENCH_ALSO_BIN") else None
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -46,9 +53,19 @@ def server_env(workdir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def create_key(workdir: Path, env: dict[str, str]) -> str:
+def interpreter(bin_dir: Path = BIN) -> str:
+    """The version and path of the Python that *bin_dir*'s ppserver and ppclient run on."""
+    version = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import platform, sys; "
+         "print(platform.python_version(), sys.base_prefix)"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    return f"Python {version[0]} ({version[1]})"
+
+
+def create_key(workdir: Path, env: dict[str, str], bin_dir: Path = BIN) -> str:
     out = subprocess.run(
-        [str(BIN / "ppserver"), "keys", "create", "--name", "bench", "--json"],
+        [str(bin_dir / "ppserver"), "keys", "create", "--name", "bench", "--json"],
         cwd=workdir, env=env, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     return str(json.loads(out)["api_key"])
@@ -125,19 +142,19 @@ def serve(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Server
 
 
 def ppserver(
-    workdir: Path, env: dict[str, str], workers: int | None = None
+    workdir: Path, env: dict[str, str], workers: int | None = None, bin_dir: Path = BIN
 ) -> AbstractContextManager[Server]:
     """``ppserver serve`` with *workers* processes; None: as a user gets it (its default)."""
     chosen = [] if workers is None else ["--workers", str(workers)]
-    return serve([str(BIN / "ppserver"), "serve", *chosen], workdir, env)
+    return serve([str(bin_dir / "ppserver"), "serve", *chosen], workdir, env)
 
 
-def run_client(url: str, key: str, *args: str) -> tuple[float, float, str]:
+def run_client(url: str, key: str, *args: str, bin_dir: Path = BIN) -> tuple[float, float, str]:
     """Run ppclient; return (seconds, peak RSS MiB, stdout)."""
     env = {**os.environ, "PUTPLACE_API_KEY": key}
     started = time.perf_counter()
     process = psutil.Popen(
-        [str(BIN / "ppclient"), "--url", url, "--no-progress", *args],
+        [str(bin_dir / "ppclient"), "--url", url, "--no-progress", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     peak = [0.0]
@@ -167,7 +184,11 @@ def _watch_peak_rss(pid: int, peak: list[float]) -> None:
 def record(name: str, data: dict[str, Any]) -> None:
     """Merge one benchmark's numbers into bench/results.json."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[name] = {**data, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results[name] = {
+        **data,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": f"Python {platform.python_version()} ({sys.base_prefix})",
+    }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 

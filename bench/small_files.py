@@ -9,6 +9,11 @@ in each, the side going first turning from round to round; the medians are compa
 this shared machine one first ingest of the same tree took from 9.2 to 13.7 s within an
 hour). Every side reads a warm tree. Also the files per CPU-second of each first ingest
 (PutPlace: server and client together), which the machine's other load moves less.
+
+PutPlace runs on the interpreter running this benchmark (``make bench``: the deployment
+one, see scripts/find-bench-python.sh). With BENCH_ALSO_BIN (``make bench``: the
+development virtualenv's bin folder), each round also times one first ingest by that
+folder's ppserver and ppclient, which shows what the interpreter's build is worth.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
+    ALSO_BIN,
+    BIN,
     Restic,
+    Server,
     children_cpu,
     cp_sync,
     create_key,
     have,
+    interpreter,
     per_s,
     ppserver,
     ratio,
@@ -74,6 +83,8 @@ class Round:
     restic_first_cpu: float | None = None
     restic_rescan: float | None = None
     copy: float | None = None
+    also_first: float | None = None  # the first ingest on ALSO_BIN's interpreter
+    also_first_cpu: float | None = None
 
 
 def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Round:
@@ -91,14 +102,21 @@ def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Rou
 
     def putplace() -> None:
         with ppserver(place, env) as server:
-            warm(tree)
-            client, serving = children_cpu(), server.cpu_seconds()
-            result.first, _, _ = run_client(
-                server.url, key, "--cache-file", cache, *EXTRA, str(tree)
-            )
-            result.first_cpu = children_cpu() - client + server.cpu_seconds() - serving
+            result.first, result.first_cpu = first_ingest(server, key, cache, tree)
             warm(tree)
             result.rescan, _, _ = run_client(server.url, key, "--cache-file", cache, str(tree))
+
+    def putplace_also() -> None:
+        if ALSO_BIN is None:
+            return
+        also = place / "also"
+        also.mkdir()
+        also_env = server_env(also, **fsync)
+        also_key = create_key(also, also_env, ALSO_BIN)
+        with ppserver(also, also_env, bin_dir=ALSO_BIN) as server:
+            result.also_first, result.also_first_cpu = first_ingest(
+                server, also_key, str(also / "client-cache.sqlite3"), tree, ALSO_BIN
+            )
 
     def restic() -> None:
         if have("restic"):
@@ -111,11 +129,23 @@ def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Rou
     def copy() -> None:
         result.copy = cp_sync(tree, work / f"copy-{number}")
 
-    sides = [restic, putplace, copy]
-    for side in sides[number % 3 :] + sides[: number % 3]:
+    sides = [restic, putplace, copy, putplace_also]
+    for side in sides[number % 4 :] + sides[: number % 4]:
         side()
     shutil.rmtree(place)
     return result
+
+
+def first_ingest(
+    server: Server, key: str, cache: str, tree: Path, bin_dir: Path = BIN
+) -> tuple[float, float]:
+    """Seconds and CPU-seconds (server and client together) of a first ingest of *tree*."""
+    warm(tree)
+    client, serving = children_cpu(), server.cpu_seconds()
+    seconds, _, _ = run_client(
+        server.url, key, "--cache-file", cache, *EXTRA, str(tree), bin_dir=bin_dir
+    )
+    return seconds, children_cpu() - client + server.cpu_seconds() - serving
 
 
 def touched_rescan(work: Path, tree: Path, paths: list[Path], fsync: dict[str, str]) -> float:
@@ -171,6 +201,19 @@ def main() -> None:
     to_copy = ratio(ingest, copy_ingest)
     rescan_to_restic = ratio(unchanged, restic_unchanged)
     touched_rate = per_s(count, touched)
+    also_ingest = per_s(count, median_of([r.also_first for r in runs]))
+    also_per_cpu = per_s(count, median_of([r.also_first_cpu for r in runs]))
+    also = None
+    if ALSO_BIN is not None:
+        also = {
+            "python": interpreter(ALSO_BIN),
+            "files_per_s": also_ingest,
+            "ratio_to_restic": ratio(also_ingest, restic_ingest),
+            "files_per_cpu_s": also_per_cpu,
+            "cpu_ratio_to_restic": ratio(also_per_cpu, restic_per_cpu),
+            # PutPlace on the benchmark's interpreter against this one: its build's worth.
+            "speedup": ratio(ingest, also_ingest),
+        }
     results = {
         "files": count,
         "order": (
@@ -190,6 +233,7 @@ def main() -> None:
                 "cp_sync_files_per_s": per_s(count, r.copy),
                 "rescan_files_per_s": per_s(count, r.rescan),
                 "restic_rescan_files_per_s": per_s(count, r.restic_rescan),
+                "also_files_per_s": per_s(count, r.also_first),
             }
             for r in runs
         ],
@@ -211,6 +255,7 @@ def main() -> None:
             "ratio_to_restic": rescan_to_restic,
         },
         "touched_rescan": {"files_per_s": touched_rate, "seconds": round(touched, 2)},
+        "first_ingest_on_also_python": also,
     }
     in_rounds = ", ".join(show(per_s(count, r.first), "").strip() for r in runs)
     restic_rounds = ", ".join(show(per_s(count, r.restic_first), "").strip() for r in runs)
@@ -234,6 +279,16 @@ def main() -> None:
             ("  restic, second backup", show(restic_unchanged, "files/s")),
             ("  ratio to restic", show_ratio(rescan_to_restic)),
             ("rescan, 1% touched", show(touched_rate, "files/s")),
+            *(
+                []
+                if also is None
+                else [
+                    (f"first ingest on {also['python']}", show(also_ingest, "files/s")),
+                    ("  ratio to restic", show_ratio(also["ratio_to_restic"])),
+                    ("  files per CPU-s, ratio to restic", show_ratio(also["cpu_ratio_to_restic"])),
+                    (f"  {interpreter()} against it", show_ratio(also["speedup"])),
+                ]
+            ),
         ],
     )
     record("small_files", results)

@@ -1,0 +1,52 @@
+"""``make bench`` runs PutPlace on the interpreter ``scripts/find-bench-python.sh`` names:
+the distribution's own, or BENCH_PYTHON. A wrong choice must stop the benchmark with a
+message that says what to set, not run it on something PutPlace does not support."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "find-bench-python.sh"
+
+
+def find(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT)], env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+
+def test_it_names_the_interpreter_bench_python_sets() -> None:
+    found = find(BENCH_PYTHON=sys.executable)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == sys.executable
+
+
+def test_a_python_older_than_putplace_supports_is_refused_with_what_to_set(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "python3"
+    # A Python 3.10 stand-in: this Python, saying it is 3.10.13 when asked either way.
+    old.write_text(
+        "#!/bin/sh\n"
+        "[ \"$1\" = -V ] && { echo 'Python 3.10.13'; exit 0; }\n"
+        f'exec {sys.executable} -c "import sys; sys.version_info = (3, 10, 13); '
+        'exec(sys.argv[1])" "$2"\n'
+    )
+    old.chmod(0o755)
+    found = find(BENCH_PYTHON=str(old))
+    assert found.returncode == 1
+    assert found.stdout == ""
+    assert "needs Python >= 3.11" in found.stderr
+    assert "Python 3.10.13" in found.stderr
+    assert "BENCH_PYTHON" in found.stderr
+
+
+def test_a_missing_interpreter_is_refused_with_what_to_set(tmp_path: Path) -> None:
+    found = find(BENCH_PYTHON=str(tmp_path / "nowhere" / "python3"))
+    assert found.returncode == 1
+    assert found.stdout == ""
+    assert "no interpreter at" in found.stderr
+    assert "BENCH_PYTHON=" in found.stderr
