@@ -218,8 +218,9 @@ def main() -> None:
         "files": count,
         "order": (
             f"{rounds} rounds, each a fresh server, repository and copy: restic (first and "
-            "second backup), ppclient (first ingest, unchanged rescan), cp -a + sync, the "
-            "first side turning each round; medians compared; then the 1% touched rescan"
+            "second backup), ppclient (first ingest, unchanged rescan), cp -a + sync and, with "
+            "BENCH_ALSO_BIN, a first ingest by that folder's ppclient and ppserver, the first "
+            "side turning each round; medians compared; then the 1% touched rescan"
         ),
         "rounds": [
             {
