@@ -3,13 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The benchmarks' own virtualenv, on the interpreter a user deploys PutPlace on (see
-# scripts/find-bench-python.sh): the tests need Python >= 3.13 (mongoeco), which this
-# machine has only as a source build without PGO or LTO.
+# A virtualenv on the interpreter a user deploys PutPlace on (scripts/find-bench-python.sh),
+# which the benchmarks run in and `compat` tests: the main suite needs Python >= 3.13
+# (mongoeco), which this machine has only as a source build without PGO or LTO.
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test setup lint typecheck pytest bench clean
+.PHONY: run test setup lint typecheck pytest compat bench clean
 
 # Create the virtualenv and install PutPlace with every extra and the test tools (re-run
 # only when pyproject.toml changes; byte-compiled at install, as pip does, so ppclient
@@ -33,7 +33,7 @@ run: setup
 	$(BIN)/ppserver serve
 
 # Lint, format check, strict type check, then every test.
-test: setup lint typecheck pytest
+test: setup lint typecheck pytest compat
 
 lint:
 	$(BIN)/ruff check src tests bench
@@ -54,6 +54,15 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	  [ -x $(BENCH_VENV)/bin/python ] || $$PY -m venv --without-pip $(BENCH_VENV)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python -e '.[dev]'
 	@touch $(BENCH_STAMP)
+
+# The core paths' tests again (end to end, the client against the real server, bundles,
+# records; about 30 s), on the interpreter the benchmarks run PutPlace on: most
+# deployments run it on their distribution's Python (Debian 12: 3.11), not the tests'
+# 3.13. The MongoDB stack is left out: its test server (mongoeco) needs 3.13.
+COMPAT_TESTS := tests/e2e tests/client/test_against_server.py tests/api/test_bundles.py \
+	tests/api/test_files.py
+compat: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/pytest -q -n 2 -p no:cacheprovider -k "not mongodb" $(COMPAT_TESTS)
 
 # Every benchmark, on the deployment interpreter; small files also once a round on the
 # development one ($(BIN)), so the run shows what the interpreter's build is worth.
