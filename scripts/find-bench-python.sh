@@ -3,8 +3,8 @@
 # set, else the distribution's own python3 (/usr/bin/python3), as a user who installs
 # PutPlace on a server or a laptop gets it. Distributions build CPython with
 # profile-guided and link-time optimisation (Debian also links the interpreter
-# statically); a plain source build, as pyenv makes by default, has neither, and ran
-# PutPlace's first ingest of small files 10-19% slower (README, Benchmarks).
+# statically); a plain source build, as pyenv makes by default, has neither: PutPlace's
+# first ingest of small files took 11-23% longer on one (README, Benchmarks).
 # Exits 1 with a clear message when the interpreter is missing or older than 3.11.
 set -u
 python=${BENCH_PYTHON:-/usr/bin/python3}
