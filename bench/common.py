@@ -27,7 +27,11 @@ BIN = Path(sys.executable).parent
 #: Another virtualenv's bin folder (``make bench``: the development one), whose ppclient and
 #: ppserver the small-files benchmark also runs, so each run shows what the interpreter's
 #: build is worth. Unset: not run.
-ALSO_BIN = Path(os.environ["BENCH_ALSO_BIN"]) if os.environ.get("BENCH_ALSO_BIN") else None
+# Absolute: the servers start with another working directory, against which a relative
+# program path would be looked up.
+ALSO_BIN = (
+    Path(os.environ["BENCH_ALSO_BIN"]).absolute() if os.environ.get("BENCH_ALSO_BIN") else None
+)
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -59,8 +63,8 @@ def interpreter(bin_dir: Path = BIN) -> str:
         [str(bin_dir / "python"), "-c", "import platform, sys; "
          "print(platform.python_version(), sys.base_prefix)"],
         check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    return f"Python {version[0]} ({version[1]})"
+    ).stdout.split(maxsplit=1)  # fmt: skip
+    return f"Python {version[0]} ({version[1].strip()})"
 
 
 def create_key(workdir: Path, env: dict[str, str], bin_dir: Path = BIN) -> str:

@@ -152,6 +152,10 @@ def summary() -> None:
 
 
 if __name__ == "__main__":
+    # Anything else is refused: a typo must not start the half-hour run and overwrite
+    # bench/results.json.
+    if sys.argv[1:] not in ([], ["--summary"]):
+        raise SystemExit(f"usage: {sys.argv[0]} [--summary]")
     if "--summary" not in sys.argv[1:]:
         small_files.main()
         large_file.main()

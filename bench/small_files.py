@@ -89,8 +89,9 @@ class Round:
 
 def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Round:
     """PutPlace (a fresh server and client cache: first ingest, then unchanged rescan),
-    restic (a fresh repository: first and second backup) and ``cp -a`` + ``sync``, which
-    goes first turning with *number*. What the server and restic wrote is removed after
+    restic (a fresh repository: first and second backup), ``cp -a`` + ``sync`` and, with
+    ALSO_BIN, a first ingest by its ppserver and ppclient; which goes first turns with
+    *number*. What the server and restic wrote is removed after
     the round; the copy (100,000 files) is kept to the end: deleting that many files
     slowed the next round's ``cp -a`` + ``sync`` from 12,400 to 1,700-2,500 files/s."""
     place = work / f"round-{number}"
@@ -129,8 +130,9 @@ def one_round(work: Path, tree: Path, number: int, fsync: dict[str, str]) -> Rou
     def copy() -> None:
         result.copy = cp_sync(tree, work / f"copy-{number}")
 
-    sides = [restic, putplace, copy, putplace_also]
-    for side in sides[number % 4 :] + sides[: number % 4]:
+    sides = [restic, putplace, copy, *([putplace_also] if ALSO_BIN else [])]
+    turn = number % len(sides)
+    for side in sides[turn:] + sides[:turn]:
         side()
     shutil.rmtree(place)
     return result
@@ -287,7 +289,7 @@ def main() -> None:
                     (f"first ingest on {also['python']}", show(also_ingest, "files/s")),
                     ("  ratio to restic", show_ratio(also["ratio_to_restic"])),
                     ("  files per CPU-s, ratio to restic", show_ratio(also["cpu_ratio_to_restic"])),
-                    (f"  {interpreter()} against it", show_ratio(also["speedup"])),
+                    (f"  speed-up on {interpreter()}", show_ratio(also["speedup"])),
                 ]
             ),
         ],

@@ -16,4 +16,9 @@ if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
   echo "error: PutPlace needs Python >= 3.11; $python is $("$python" -V 2>&1) (set BENCH_PYTHON)" >&2
   exit 1
 fi
-"$python" -c 'import sys; print(sys.executable)'
+found=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null)
+if [ -z "$found" ]; then
+  echo "error: $python does not run as a Python interpreter (set BENCH_PYTHON)" >&2
+  exit 1
+fi
+echo "$found"

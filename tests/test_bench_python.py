@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "find-bench-python.sh"
 
 
@@ -50,3 +52,21 @@ def test_a_missing_interpreter_is_refused_with_what_to_set(tmp_path: Path) -> No
     assert found.stdout == ""
     assert "no interpreter at" in found.stderr
     assert "BENCH_PYTHON=" in found.stderr
+
+
+def test_something_that_is_not_python_is_refused_with_what_to_set() -> None:
+    found = find(BENCH_PYTHON="/bin/true")  # runs, passes any check, prints nothing
+    assert found.returncode == 1
+    assert found.stdout == ""
+    assert "does not run as a Python interpreter" in found.stderr
+    assert "BENCH_PYTHON" in found.stderr
+
+
+def test_without_bench_python_it_names_the_distributions_python() -> None:
+    distribution = Path("/usr/bin/python3")
+    if not distribution.exists():
+        pytest.skip("no /usr/bin/python3 on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_PYTHON"}
+    found = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() == distribution.resolve()
