@@ -57,14 +57,24 @@ def server_env(workdir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def _python(version: str, prefix: str) -> str:
+    return f"Python {version} ({prefix})"
+
+
+#: The Python running this benchmark, as results.json and the summary name it.
+THIS_PYTHON = _python(platform.python_version(), sys.base_prefix)
+
+
 def interpreter(bin_dir: Path = BIN) -> str:
     """The version and path of the Python that *bin_dir*'s ppserver and ppclient run on."""
-    version = subprocess.run(
+    if bin_dir == BIN:
+        return THIS_PYTHON
+    version, prefix = subprocess.run(
         [str(bin_dir / "python"), "-c", "import platform, sys; "
          "print(platform.python_version(), sys.base_prefix)"],
         check=True, capture_output=True, text=True,
     ).stdout.split(maxsplit=1)  # fmt: skip
-    return f"Python {version[0]} ({version[1].strip()})"
+    return _python(version, prefix.strip())
 
 
 def create_key(workdir: Path, env: dict[str, str], bin_dir: Path = BIN) -> str:
@@ -191,7 +201,7 @@ def record(name: str, data: dict[str, Any]) -> None:
     results[name] = {
         **data,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": f"Python {platform.python_version()} ({sys.base_prefix})",
+        "python": THIS_PYTHON,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 

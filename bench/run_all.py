@@ -135,8 +135,9 @@ def summary() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     python = results.get("small_files", {}).get("python", "an unrecorded interpreter")
     also = (results.get("small_files", {}).get("first_ingest_on_also_python") or {}).get("python")
+    header = f"PutPlace on {python}" + (f"; development interpreter: {also}" if also else "")
     print("\nsummary (ratio = PutPlace / peer, higher is better; same run)")
-    print(f"PutPlace on {python}" + (f"; the development interpreter: {also}" if also else ""))
+    print(header)
     for n, row in enumerate(rows):
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
@@ -144,9 +145,7 @@ def summary() -> None:
             print("  ".join("-" * w for w in widths))
     lines = [f"| {' | '.join(row)} |" for row in rows]
     lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
-    lines.insert(
-        0, f"PutPlace on {python}" + (f"; development interpreter: {also}" if also else "") + "\n"
-    )
+    lines.insert(0, header + "\n")
     MARKDOWN.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.name} and {MARKDOWN.name}")
 
