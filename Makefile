@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test setup lint typecheck pytest compat bench clean
+.PHONY: run test setup lint typecheck pytest compat bench clean FORCE
 
 # Create the virtualenv and install PutPlace with every extra and the test tools (re-run
 # only when pyproject.toml changes; byte-compiled at install, as pip does, so ppclient
@@ -50,9 +50,19 @@ PYTEST_WORKERS ?= 3
 pytest:
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-$(BENCH_STAMP): pyproject.toml | $(STAMP)
+# The interpreter $(BENCH_VENV) was made on. Checked at every use: when
+# find-bench-python.sh names another (BENCH_PYTHON set or changed), the virtualenv is made
+# anew on it; the file is rewritten only then, so an unchanged one leaves the stamp alone.
+BENCH_MADE_ON := $(BENCH_VENV)/.interpreter
+$(BENCH_MADE_ON): FORCE
 	@PY=$$(scripts/find-bench-python.sh) || exit 1; \
-	  [ -x $(BENCH_VENV)/bin/python ] || $$PY -m venv --without-pip $(BENCH_VENV)
+	  if [ "$$(cat $@ 2>/dev/null)" != "$$PY" ]; then \
+	    if [ -e $(BENCH_VENV) ]; then echo "$(BENCH_VENV): made anew on $$PY"; fi; \
+	    rm -rf $(BENCH_VENV) && mkdir -p $(BENCH_VENV) && echo "$$PY" > $@; \
+	  fi
+
+$(BENCH_STAMP): pyproject.toml $(BENCH_MADE_ON) | $(STAMP)
+	@[ -x $(BENCH_VENV)/bin/python ] || $$(cat $(BENCH_MADE_ON)) -m venv --without-pip $(BENCH_VENV)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python -e '.[dev]'
 	@touch $(BENCH_STAMP)
 
@@ -77,6 +87,8 @@ compat:
 # development one ($(BIN)), so the run shows what the interpreter's build is worth.
 bench: setup $(BENCH_STAMP)
 	BENCH_ALSO_BIN=$(abspath $(BIN)) $(BENCH_VENV)/bin/python bench/run_all.py
+
+FORCE:
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -70,3 +70,45 @@ def test_without_bench_python_it_names_the_distributions_python() -> None:
     found = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()).resolve() == distribution.resolve()
+
+
+ROOT = SCRIPT.parents[1]
+
+
+def make(venv: Path, target: str, python: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", f"BENCH_VENV={venv}", str(venv / target)],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_PYTHON": python},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_benchmark_virtualenv_is_made_anew_when_its_interpreter_changes(
+    tmp_path: Path,
+) -> None:
+    venv = tmp_path / "venv-bench"
+    made = make(venv, ".interpreter", sys.executable)
+    assert made.returncode == 0, made.stderr
+    assert (venv / ".interpreter").read_text().strip() == sys.executable
+    # As if installed on it: a file of the virtualenv's, and a stamp newer than
+    # pyproject.toml. An interpreter that fails makes any install attempt fail loudly.
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed").touch()
+
+    unchanged = make(venv, ".installed", sys.executable)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    assert (venv / "bin" / "python").exists()
+    assert "made anew" not in unchanged.stdout
+
+    other = tmp_path / "python3"  # another interpreter, by name
+    other.symlink_to(sys.executable)
+    changed = make(venv, ".interpreter", str(other))
+    assert changed.returncode == 0, changed.stderr
+    assert f"made anew on {other}" in changed.stdout
+    assert not (venv / "bin").exists()
+    assert (venv / ".interpreter").read_text().strip() == str(other)
