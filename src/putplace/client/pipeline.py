@@ -22,8 +22,9 @@
 
 Every hand-over is bounded (queue sizes, in-flight limits, the kept-bytes budget), so
 what a run holds does not grow with the size of the tree. The process's RSS still rises
-over the first 100,000 or so files of a first ingest, to 200-260 MiB (restic: 113 MiB
-for the same 100,000 small files), and little after (249 MiB at 300,000): the client
+over the first 100,000 or so files of a first ingest, to about 190 MiB on Python 3.11
+(200-260 MiB measured on 3.13 with a budget of 64 MiB; restic: 113 MiB for the same
+100,000 small files), and little after (249 MiB at 300,000, on 3.13): the client
 cache's page cache fills (up to ``CACHE_KIB``), and glibc keeps the memory of freed
 contents (its arenas held 55-111 MiB free at the peak; ``malloc_trim`` after each
 bundle, tried, gave peaks of 192-229 against 245-259 MiB, and was left out). A stage
@@ -90,11 +91,14 @@ REGISTER_IN_FLIGHT: Final = 2
 """``POST /put_files`` requests in flight at once."""
 WALK_AHEAD: Final = 2
 """Walked batches waiting to be hashed."""
-KEEP_BUDGET: Final = 64 * MiB
+KEEP_BUDGET: Final = 96 * MiB
 """Most bytes of small files kept in memory between hashing and upload. Room for a
-bundle filling and two being sent (bundles of 5,000 files of 1-8 KiB are about 22 MiB);
-48 and 32 MiB slowed a first ingest of 100,000 such files (single runs: 13,500-13,900
-and 10,700-12,300 against 15,100-15,700 files/s)."""
+bundle filling and three being sent, one to each of a default server's three workers
+(bundles of 5,000 files of 1-8 KiB are about 22 MiB). With 64 MiB two were sent at
+once, one worker had little to do, and the walk waited 1.4-2.8 s for room: a first
+ingest of 100,000 such files, 14 alternated pairs, took a median of 8.29 s with 96 MiB
+against 8.56 s with 64 (96 faster in 11 pairs; 128 MiB no faster than 96), and the
+client's peak RSS was 190 against 150 MiB. 48 and 32 MiB were slower still."""
 RECENTLY_SENT: Final = 16_384
 """Contents uploaded by this run that are remembered, so that a file registered while
 its content was being sent is not sent again (about 2 MiB)."""
