@@ -57,8 +57,8 @@ ARRIVAL_GRACE_SECONDS = 10.0
 SLICE_BYTES = 4 * 1024 * 1024
 
 #: The maps this process reads bundles' slices into: two a bundle (one arriving while
-#: the one before is written), two bundles at a time (a client sends two at a time, to
-#: two processes).
+#: the one before is written), two bundles at a time (a client sends up to three at a
+#: time, which a default server's three processes share: one or two each).
 BUNDLE_MAPS = SpareMaps(size=SLICE_BYTES, keep=4)
 
 MAGIC = b"PPBNDL01"

@@ -23,8 +23,8 @@ import contextlib
 import mmap
 import time
 
-#: Maps kept: as many as bundles one process usually stores at once (a client sends
-#: two at a time, to two processes).
+#: Maps kept: as many as bundles one process usually stores at once (a client sends up
+#: to three at a time, which a default server's three processes share).
 KEEP = 2
 #: Kept maps are unmapped this long after a bundle last gave one back.
 IDLE_SECONDS = 30.0
