@@ -281,6 +281,18 @@ def _results(response: httpx.Response, count: int, field: str) -> list[dict[str,
     return results
 
 
+def unbound(response: httpx.Response) -> httpx.Response:
+    """*response*, read, with its spent stream swapped for its bytes.
+
+    httpx binds a response's stream to the response (a reference cycle), so a response,
+    its request and the request's body (a batch's JSON, a bundle's members) were freed
+    only when the cyclic garbage collector ran, not when the caller let go of them: in a
+    first ingest, every one of the client's cyclic garbage objects. Without the cycle
+    they go at once, and the collector may run rarely (:mod:`putplace.gctune`)."""
+    response.stream = httpx.ByteStream(response.content)
+    return response
+
+
 class ApiClient(Session):
     """The PutPlace API for uploads."""
 
@@ -294,7 +306,7 @@ class ApiClient(Session):
             response: httpx.Response | None = None
             with ExitStack() as resources:
                 try:
-                    response = self._http.request(method, path, **body(resources))
+                    response = unbound(self._http.request(method, path, **body(resources)))
                 except httpx.TransportError as exc:
                     failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if response is not None:
