@@ -71,6 +71,7 @@ $(BENCH_STAMP): pyproject.toml $(BENCH_MADE_ON) | $(STAMP)
 # deployments run it on their distribution's Python (Debian 12: 3.11), not the tests'
 # 3.13. The MongoDB stack is left out: its test server (mongoeco) needs 3.13.
 COMPAT_TESTS := tests/e2e tests/client/test_against_server.py tests/api/test_bundles.py \
+	tests/metadata/test_sqlite_binding.py \
 	tests/api/test_files.py
 # Without such an interpreter (BENCH_PYTHON unset, no /usr/bin/python3 >= 3.11) they are
 # skipped with a warning, except in CI (CI=true), where nothing may be skipped.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,25 @@ from putplace.sequences import chunked
 
 #: How long a statement waits for another process's lock before "database is locked".
 BUSY_TIMEOUT_MS = 30_000
+
+
+def _bind_bytes_and_none_directly() -> None:
+    """Bind ``bytes`` and ``None`` parameters without the adaptation protocol's lookups.
+
+    Python's sqlite3 binds int, float and str as they are, and sends every other
+    parameter (a content's 32-byte key, a NULL) through its adapters: on Python 3.11 and
+    earlier that looks up ``__adapt__`` on a class, which raises and clears an
+    AttributeError each time, about 2,000 instructions (callgrind: 88,000 such errors, 2%
+    of the server's instructions, in a first ingest of 10,000 files). A registered
+    adapter is found first; these two give back what they get, in C. Python 3.12 looks
+    such names up without raising, and there the adapters cost more than they save
+    (rows of a blob and two NULLs: 1,330 -> 960 ns on 3.11, 1,070 -> 1,300 on 3.12)."""
+    if sys.version_info < (3, 12):
+        sqlite3.register_adapter(bytes, bytes)
+        sqlite3.register_adapter(type(None), {}.get)  # {}.get(None) is None
+
+
+_bind_bytes_and_none_directly()
 
 
 def connect(path: Path) -> sqlite3.Connection:
