@@ -16,7 +16,8 @@ import gc
 #: first ingest many are (the records and members in flight): at 20,000 the client spent
 #: 0.14-0.21 s collecting and each server worker 0.06-0.23 s per 100,000 files; at
 #: 100,000, 0.02-0.03 s and 0.04-0.07 s. What waits longer to be freed is only garbage in
-#: reference cycles, which an ingest hardly makes (:func:`putplace.client.uploader.unbound`).
+#: reference cycles, which an ingest hardly makes (see
+#: :class:`putplace.client.uploader.UnboundClient`).
 YOUNG_THRESHOLD = 100_000
 
 

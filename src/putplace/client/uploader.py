@@ -187,6 +187,26 @@ DEFAULT_RETRIES = 5
 """Retries of a transient failure before it counts as an error."""
 
 
+class UnboundClient(httpx.Client):
+    """An ``httpx.Client`` whose answers, once read, hold no reference cycle.
+
+    httpx binds a response's stream to the response (a cycle), so a response, its
+    request and the request's body (a batch's JSON, a bundle's members) were freed only
+    when the cyclic garbage collector ran, not when the caller let go of them: in a
+    first ingest, every one of the client's cyclic garbage objects. A read answer's
+    spent stream is swapped for its bytes, so they go at once, and the collector may run
+    rarely (:mod:`putplace.gctune`). Streamed answers (``stream=True``) are left as
+    they are: their stream is still to be read."""
+
+    def send(
+        self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        response = super().send(request, stream=stream, **kwargs)
+        if not stream:
+            response.stream = httpx.ByteStream(response.content)
+        return response
+
+
 class Session:
     """One ``httpx.Client`` for one server, with the key, timeouts and pool every
     ``ppclient`` command uses; safe to share between threads. Retry waits end early when
@@ -220,7 +240,7 @@ class Session:
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             "verify": verify,
         }
-        self._http = httpx.Client(
+        self._http = UnboundClient(
             **self._options,
             limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
         )
@@ -247,7 +267,7 @@ class Session:
         (measured with two workers: a 512 MiB file sent among 20,000 small ones was read
         back in 3 of 6 runs, +1.4-1.9 CPU-s). Over the shared pool, each request leaves
         on whichever connection is free, to whichever worker."""
-        return httpx.Client(**self._options, limits=httpx.Limits(max_connections=1))
+        return UnboundClient(**self._options, limits=httpx.Limits(max_connections=1))
 
     def wait_to_retry(self, seconds: float) -> None:
         """Wait before a retry (ends early when the run is stopped)."""
@@ -281,18 +301,6 @@ def _results(response: httpx.Response, count: int, field: str) -> list[dict[str,
     return results
 
 
-def unbound(response: httpx.Response) -> httpx.Response:
-    """*response*, read, with its spent stream swapped for its bytes.
-
-    httpx binds a response's stream to the response (a reference cycle), so a response,
-    its request and the request's body (a batch's JSON, a bundle's members) were freed
-    only when the cyclic garbage collector ran, not when the caller let go of them: in a
-    first ingest, every one of the client's cyclic garbage objects. Without the cycle
-    they go at once, and the collector may run rarely (:mod:`putplace.gctune`)."""
-    response.stream = httpx.ByteStream(response.content)
-    return response
-
-
 class ApiClient(Session):
     """The PutPlace API for uploads."""
 
@@ -306,7 +314,7 @@ class ApiClient(Session):
             response: httpx.Response | None = None
             with ExitStack() as resources:
                 try:
-                    response = unbound(self._http.request(method, path, **body(resources)))
+                    response = self._http.request(method, path, **body(resources))
                 except httpx.TransportError as exc:
                     failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if response is not None:
